@@ -1,0 +1,119 @@
+"""One rooted hierarchy for everything leveret raises.
+
+Each error carries structured fields next to its message, so logs and callers can act on them
+without parsing text.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerUnreachable",
+    "ConfigurationError",
+    "ContractError",
+    "DecodeFailure",
+    "HandlerTimeout",
+    "LeveretError",
+    "PublishFailed",
+    "PublishNacked",
+    "PublishTimeout",
+    "QueryFailed",
+    "QueryTimeout",
+    "RegistrationError",
+    "TransportClosed",
+    "Unroutable",
+    "WrongBus",
+]
+
+
+class LeveretError(Exception):
+    """Base of every error leveret raises on purpose."""
+
+
+class ConfigurationError(LeveretError):
+    """The app, a URL or an option is set up wrongly; the message says what to change."""
+
+
+class RegistrationError(ConfigurationError):
+    """A handler or contract cannot be registered as written."""
+
+
+class ContractError(RegistrationError):
+    """A message class does not follow the contract rules (wire name, version, base class)."""
+
+
+class WrongBus(LeveretError, TypeError):
+    """A message was sent on a bus that does not carry its kind (a query via ``send``...)."""
+
+
+class BrokerUnreachable(LeveretError):
+    """The broker could not be reached in time. ``url`` has its password redacted."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach the broker at {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class TransportClosed(LeveretError):
+    """The transport was used after ``close()`` or before ``connect()``."""
+
+
+class PublishFailed(LeveretError):
+    """A publish was not accepted by the broker.
+
+    Args:
+        exchange: where the message was published.
+        routing_key: the routing key used.
+    """
+
+    def __init__(self, message: str, *, exchange: str, routing_key: str) -> None:
+        super().__init__(message)
+        self.exchange = exchange
+        self.routing_key = routing_key
+
+
+class Unroutable(PublishFailed):
+    """The broker returned a mandatory message: no queue is bound for its routing key."""
+
+
+class PublishNacked(PublishFailed):
+    """The broker nacked the publish (queue full with ``reject-publish``, internal error)."""
+
+
+class PublishTimeout(PublishFailed):
+    """No confirm arrived within the deadline; the outcome is unknown, so retry with the same id."""
+
+
+class DecodeFailure(LeveretError):
+    """An incoming message cannot be turned into a registered contract.
+
+    ``reason`` is the short machine-readable text put into the DLQ header, e.g.
+    ``validation_error: Expected `int`, got `str` - at `$.items[0].qty```.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class HandlerTimeout(LeveretError):
+    """A handler ran past its deadline."""
+
+
+class QueryTimeout(LeveretError, TimeoutError):
+    """No reply to a query arrived in time."""
+
+    def __init__(self, query: str, timeout: float) -> None:
+        super().__init__(f"query {query!r} got no reply within {timeout:g}s")
+        self.query = query
+        self.timeout = timeout
+
+
+class QueryFailed(LeveretError):
+    """The query handler raised; ``error_type`` and ``error`` come from its reply."""
+
+    def __init__(self, query: str, error_type: str, error: str) -> None:
+        super().__init__(f"query {query!r} failed in its handler: {error_type}: {error}")
+        self.query = query
+        self.error_type = error_type
+        self.error = error

@@ -1,0 +1,289 @@
+"""The Transport port: the few broker operations leveret needs, and the data they exchange.
+
+Two implementations ship: ``framework.transport.amqp`` (RabbitMQ through aio-pika) and
+``framework.transport.memory`` (an in-process broker with the same semantics). One shared test
+suite (``tests/transport``) runs unchanged against both.
+
+Semantics every implementation keeps:
+
+* ``publish`` returns only once the broker has taken responsibility for the message (publisher
+  confirm). A mandatory message that no queue receives raises ``Unroutable``; a nack raises
+  ``PublishNacked``; a missing confirm raises ``PublishTimeout``.
+* ``consume`` calls the callback once per delivery, concurrently up to ``prefetch`` unacked
+  deliveries. Each delivery is settled exactly once with ``ack`` or ``nack``; settling again is a
+  no-op, never a channel error.
+* Queues may dead-letter (``dead_letter_exchange``) on ``nack(requeue=False)`` and on expiry of a
+  per-message TTL (``OutgoingMessage.expiration_ms``); the dead-lettered copy keeps its routing key
+  unless the queue sets ``dead_letter_routing_key``.
+* ``request`` publishes with a reply address and returns the reply delivery (RabbitMQ's direct
+  reply-to); many requests may be in flight at once.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+
+__all__ = [
+    "BindingSpec",
+    "Consumer",
+    "Delivery",
+    "DeliveryCallback",
+    "ExchangeSpec",
+    "ExchangeType",
+    "OutgoingMessage",
+    "QueueSpec",
+    "Topology",
+    "Transport",
+]
+
+DEFAULT_EXCHANGE = ""
+
+
+class ExchangeType(str, enum.Enum):
+    DIRECT = "direct"
+    TOPIC = "topic"
+    FANOUT = "fanout"
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeSpec:
+    name: str
+    type: ExchangeType
+    durable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A queue and the RabbitMQ arguments leveret uses.
+
+    Args:
+        dead_letter_exchange: where rejected and expired messages go (``x-dead-letter-exchange``).
+        dead_letter_routing_key: replaces their routing key when set.
+        max_length: ``x-max-length``; with ``overflow="reject-publish"`` a full queue nacks.
+        quorum: declare a quorum queue; then ``delivery_limit`` must be set (3.x has no default).
+    """
+
+    name: str
+    durable: bool = True
+    auto_delete: bool = False
+    dead_letter_exchange: str | None = None
+    dead_letter_routing_key: str | None = None
+    max_length: int | None = None
+    overflow: str | None = None
+    quorum: bool = False
+    delivery_limit: int | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        """The ``x-`` arguments RabbitMQ expects for this queue."""
+        args: dict[str, Any] = {}
+        if self.dead_letter_exchange is not None:
+            args["x-dead-letter-exchange"] = self.dead_letter_exchange
+        if self.dead_letter_routing_key is not None:
+            args["x-dead-letter-routing-key"] = self.dead_letter_routing_key
+        if self.max_length is not None:
+            args["x-max-length"] = self.max_length
+        if self.overflow is not None:
+            args["x-overflow"] = self.overflow
+        if self.quorum:
+            args["x-queue-type"] = "quorum"
+        if self.delivery_limit is not None:
+            args["x-delivery-limit"] = self.delivery_limit
+        return args
+
+
+@dataclass(frozen=True, slots=True)
+class BindingSpec:
+    queue: str
+    exchange: str
+    routing_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Everything to declare, idempotently, before consuming or publishing."""
+
+    exchanges: tuple[ExchangeSpec, ...] = ()
+    queues: tuple[QueueSpec, ...] = ()
+    bindings: tuple[BindingSpec, ...] = ()
+
+    def __add__(self, other: Topology) -> Topology:
+        return Topology(
+            exchanges=_unique(self.exchanges + other.exchanges),
+            queues=_unique(self.queues + other.queues),
+            bindings=_unique(self.bindings + other.bindings),
+        )
+
+
+T = TypeVar("T")
+
+
+def _unique(items: tuple[T, ...]) -> tuple[T, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+class OutgoingMessage(msgspec.Struct, kw_only=True, gc=False):
+    """A message as it goes onto the wire: body bytes plus AMQP properties and headers."""
+
+    body: bytes
+    message_id: str
+    type: str | None = None
+    correlation_id: str | None = None
+    content_type: str | None = "application/json"
+    headers: dict[str, Any] = msgspec.field(default_factory=dict)
+    reply_to: str | None = None
+    persistent: bool = True
+    expiration_ms: int | None = None
+    timestamp: int | None = None
+
+
+class Delivery(abc.ABC):
+    """A received message. Settle it once with ``ack`` or ``nack``; later calls do nothing."""
+
+    __slots__ = (
+        "body",
+        "content_type",
+        "correlation_id",
+        "exchange",
+        "headers",
+        "message_id",
+        "redelivered",
+        "reply_to",
+        "routing_key",
+        "timestamp",
+        "type",
+    )
+
+    def __init__(
+        self,
+        *,
+        body: bytes,
+        message_id: str | None,
+        type: str | None,
+        correlation_id: str | None,
+        content_type: str | None,
+        headers: Mapping[str, Any],
+        reply_to: str | None,
+        redelivered: bool,
+        exchange: str,
+        routing_key: str,
+        timestamp: int | None,
+    ) -> None:
+        self.body = body
+        self.message_id = message_id
+        self.type = type
+        self.correlation_id = correlation_id
+        self.content_type = content_type
+        self.headers = headers
+        self.reply_to = reply_to
+        self.redelivered = redelivered
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.timestamp = timestamp
+
+    @abc.abstractmethod
+    async def ack(self) -> None:
+        """Tell the broker the message is done with."""
+
+    @abc.abstractmethod
+    async def nack(self, *, requeue: bool) -> None:
+        """Give the message back (``requeue=True``) or dead-letter/drop it (``False``)."""
+
+    def to_outgoing(self, **changes: Any) -> OutgoingMessage:
+        """A copy of this message to publish again (retry, DLQ), with ``changes`` applied."""
+        out = OutgoingMessage(
+            body=self.body,
+            message_id=self.message_id or "",
+            type=self.type,
+            correlation_id=self.correlation_id,
+            content_type=self.content_type,
+            headers=dict(self.headers),
+            reply_to=self.reply_to,
+            persistent=True,
+            timestamp=self.timestamp,
+        )
+        return msgspec.structs.replace(out, **changes) if changes else out
+
+
+DeliveryCallback = Callable[[Delivery], Awaitable[None]]
+
+
+class Consumer(abc.ABC):
+    """A running subscription on one queue."""
+
+    queue: str
+
+    @abc.abstractmethod
+    async def cancel(self) -> None:
+        """Stop receiving new deliveries. Deliveries in flight stay unsettled until settled."""
+
+
+class Transport(abc.ABC):
+    """The broker port. See the module docstring for the semantics every implementation keeps."""
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open connections and channels.
+
+        Raises:
+            BrokerUnreachable: not connected within the connect deadline.
+        """
+
+    @abc.abstractmethod
+    async def declare(self, topology: Topology) -> None:
+        """Declare exchanges, queues and bindings; declaring the same thing again is a no-op.
+
+        Raises:
+            ConfigurationError: an existing queue or exchange has different settings.
+        """
+
+    @abc.abstractmethod
+    async def delete_queue(self, name: str) -> None:
+        """Delete a queue and its messages (tests and tooling)."""
+
+    @abc.abstractmethod
+    async def publish(
+        self,
+        message: OutgoingMessage,
+        *,
+        exchange: str,
+        routing_key: str,
+        mandatory: bool = True,
+    ) -> None:
+        """Publish and wait for the broker's confirm.
+
+        Raises:
+            Unroutable: mandatory and no queue took it.
+            PublishNacked: the broker refused it.
+            PublishTimeout: no confirm within the publish deadline.
+        """
+
+    @abc.abstractmethod
+    async def consume(self, queue: str, callback: DeliveryCallback, *, prefetch: int) -> Consumer:
+        """Start delivering messages from ``queue`` to ``callback``."""
+
+    @abc.abstractmethod
+    async def request(
+        self, message: OutgoingMessage, *, exchange: str, routing_key: str, timeout: float
+    ) -> Delivery:
+        """Publish ``message`` with a reply address and return the reply.
+
+        The reply is matched by ``message.correlation_id``, which must be unique per request.
+
+        Raises:
+            TimeoutError: no reply within ``timeout`` (the caller turns it into QueryTimeout).
+            Unroutable: nobody consumes the request's routing key.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close everything; in-flight unsettled deliveries return to their queues."""
+
+    @abc.abstractmethod
+    async def queue_depth(self, name: str) -> int:
+        """Ready (not unacked) messages in a queue; for tests and tooling."""
