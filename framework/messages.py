@@ -16,7 +16,7 @@ derived from the Python class or module name, so classes can be renamed and move
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 from typing import Any, ClassVar, Generic, TypeVar, dataclass_transform
 
 import msgspec
@@ -40,7 +40,7 @@ R = TypeVar("R", bound="Reply")
 _WIRE_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
 
-class MessageKind(str, Enum):
+class MessageKind(StrEnum):
     """Which bus a message travels on."""
 
     COMMAND = "command"
@@ -50,7 +50,7 @@ class MessageKind(str, Enum):
 
 
 @dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(msgspec.field,))
-class _ContractMeta(type(msgspec.Struct)):  # type: ignore[misc]  # StructMeta is not exported
+class _ContractMeta(msgspec.StructMeta):
     """Makes every contract frozen and keyword-only without repeating it on each class.
 
     msgspec applies ``kw_only`` to the fields of the class that declares it, not to subclasses, so

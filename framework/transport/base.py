@@ -24,7 +24,7 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
@@ -45,7 +45,7 @@ __all__ = [
 DEFAULT_EXCHANGE = ""
 
 
-class ExchangeType(str, enum.Enum):
+class ExchangeType(enum.StrEnum):
     DIRECT = "direct"
     TOPIC = "topic"
     FANOUT = "fanout"

@@ -1,0 +1,28 @@
+"""The shipping service."""
+
+from __future__ import annotations
+
+from framework.messages import Command, Event
+
+__all__ = ["OrderShipped", "ShipOrder", "ShippingFailed"]
+
+
+class ShipOrder(Command):
+    __wire_name__ = "shipping.ship_order"
+
+    order_id: str
+    address: str
+
+
+class OrderShipped(Event):
+    __wire_name__ = "shipping.order_shipped"
+
+    order_id: str
+    tracking_number: str
+
+
+class ShippingFailed(Event):
+    __wire_name__ = "shipping.shipping_failed"
+
+    order_id: str
+    reason: str

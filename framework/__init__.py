@@ -1,0 +1,63 @@
+"""leveret: an asyncio framework for services on RabbitMQ.
+
+The public API is re-exported here; implementation modules are private unless documented.
+"""
+
+from framework.app import App, AppConfig
+from framework.bus import Outbound, PublishMiddleware
+from framework.consumer import RejectMessage
+from framework.context import Context, MessageContext, QueryContext
+from framework.errors import (
+    BrokerUnreachable,
+    ConfigurationError,
+    ContractError,
+    DecodeFailure,
+    HandlerTimeout,
+    LeveretError,
+    PublishFailed,
+    PublishNacked,
+    PublishTimeout,
+    QueryFailed,
+    QueryTimeout,
+    RegistrationError,
+    Unroutable,
+    WrongBus,
+)
+from framework.handlers import Service
+from framework.messages import Command, Event, Message, Query, Reply
+from framework.middleware import Incoming, Middleware
+from framework.retry import RetryPolicy
+
+__all__ = [
+    "App",
+    "AppConfig",
+    "BrokerUnreachable",
+    "Command",
+    "ConfigurationError",
+    "Context",
+    "ContractError",
+    "DecodeFailure",
+    "Event",
+    "HandlerTimeout",
+    "Incoming",
+    "LeveretError",
+    "Message",
+    "MessageContext",
+    "Middleware",
+    "Outbound",
+    "PublishFailed",
+    "PublishMiddleware",
+    "PublishNacked",
+    "PublishTimeout",
+    "Query",
+    "QueryContext",
+    "QueryFailed",
+    "QueryTimeout",
+    "RegistrationError",
+    "RejectMessage",
+    "Reply",
+    "RetryPolicy",
+    "Service",
+    "Unroutable",
+    "WrongBus",
+]

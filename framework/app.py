@@ -1,0 +1,265 @@
+"""``App``: services + a transport URL, wired into topology, consumers and a bus.
+
+The app owns its registry (no globals): two apps in one process never see each other's handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+
+from framework.bus import Bus, PublishMiddleware
+from framework.codec import DEFAULT_MAX_BODY_SIZE, Codec
+from framework.consumer import HandlerPipeline
+from framework.errors import ConfigurationError
+from framework.handlers import Service, check_unique_handlers
+from framework.messages import Command, Event, Message, MessageKind, Query, Reply, reply_type_of
+from framework.middleware import Middleware
+from framework.retry import RetryPolicy
+from framework.routing import Naming
+from framework.transport.base import Consumer, Topology, Transport
+from framework.urls import redact
+
+__all__ = ["App", "AppConfig", "transport_from_url"]
+
+R = TypeVar("R", bound=Reply)
+_log = structlog.get_logger("leveret.app")
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    """Settings of an app; every handler may override retry, timeout and prefetch.
+
+    Args:
+        prefix: first part of every exchange and queue name.
+        prefetch: unacked deliveries per handler queue.
+        handler_timeout: seconds a handler may run; keep it far below the broker's
+            ``consumer_timeout`` (30 min by default).
+        retry: what happens after a handler fails.
+        max_body_size: bodies larger than this are dead-lettered unread.
+        query_timeout: default seconds ``request`` waits for a reply.
+        shutdown_grace: seconds in-flight handlers get to finish on stop; the rest are nacked
+            back to their queues.
+    """
+
+    prefix: str = "leveret"
+    prefetch: int = 100
+    handler_timeout: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    query_timeout: float = 5.0
+    shutdown_grace: float = 10.0
+
+
+def transport_from_url(url: str) -> Transport:
+    """``memory://`` -> the in-process broker; ``amqp://`` or ``amqps://`` -> RabbitMQ.
+
+    Raises:
+        ConfigurationError: any other scheme.
+    """
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        from framework.transport.memory import MemoryTransport
+
+        return MemoryTransport()
+    if scheme in ("amqp", "amqps"):
+        from framework.transport.amqp import AmqpTransport
+
+        return AmqpTransport(url)
+    raise ConfigurationError(
+        f"unsupported transport URL {redact(url)!r}: use memory:// or amqp://user:pass@host/vhost"
+    )
+
+
+class App:
+    """A set of services running on one transport.
+
+    Args:
+        services: the services whose handlers this app runs.
+        url: ``memory://`` (default, in-process) or ``amqp://user:password@host:port/vhost``.
+        config: app-wide settings.
+        transport: a ready transport instead of ``url`` (e.g. two apps on one MemoryBroker).
+        middleware: consume middleware around every handler, outermost first.
+        publish_middleware: middleware around every publish, outermost first.
+        contracts: extra contract classes this app only sends (for export and checks).
+
+    Raises:
+        RegistrationError: a command or query has two handlers, or a handler is malformed.
+        ConfigurationError: the URL or prefix is unusable.
+    """
+
+    def __init__(
+        self,
+        services: Sequence[Service],
+        *,
+        url: str = "memory://",
+        config: AppConfig | None = None,
+        transport: Transport | None = None,
+        middleware: Sequence[Middleware] = (),
+        publish_middleware: Sequence[PublishMiddleware] = (),
+        contracts: Iterable[type[Message]] = (),
+    ) -> None:
+        self.config = config or AppConfig()
+        self.services = tuple(services)
+        self.url = url
+        self.naming = Naming(self.config.prefix)
+        self.handlers = check_unique_handlers(self.services)
+        self.codec = Codec(
+            _contracts(self.handlers, contracts), max_body_size=self.config.max_body_size
+        )
+        self.transport = transport if transport is not None else transport_from_url(url)
+        self.bus = Bus(
+            self.transport,
+            self.codec,
+            self.naming,
+            middleware=publish_middleware,
+            query_timeout=self.config.query_timeout,
+        )
+        by_service = {s.name: s for s in self.services}
+        self.pipelines: list[HandlerPipeline] = []
+        topology = Topology()
+        delays: set[int] = set()
+        for spec in self.handlers:
+            service = by_service[spec.service]
+            queue = self.naming.handler_queue(spec.service, spec.message_type.__wire_name__)
+            retry = spec.retry or service.retry or self.config.retry
+            if spec.kind is not MessageKind.QUERY:
+                delays.update(retry.delay_ms())
+            self.pipelines.append(
+                HandlerPipeline(
+                    spec,
+                    queue=queue,
+                    codec=self.codec,
+                    bus=self.bus,
+                    naming=self.naming,
+                    retry=retry,
+                    timeout=spec.timeout or service.timeout or self.config.handler_timeout,
+                    middleware=middleware,
+                )
+            )
+            topology = topology + self.naming.handler_topology(
+                queue, spec.kind, spec.message_type.__wire_name__
+            )
+        self.topology = self.naming.base_topology(delays) + topology
+        self._prefetch = {
+            p.queue: p.spec.prefetch or by_service[p.spec.service].prefetch or self.config.prefetch
+            for p in self.pipelines
+        }
+        self._consumers: list[Consumer] = []
+        self._started = False
+
+    def __repr__(self) -> str:
+        return f"App(url={redact(self.url)!r}, services={[s.name for s in self.services]})"
+
+    async def __aenter__(self) -> App:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self, *, consume: bool = True) -> None:
+        """Connect, declare the topology and (unless ``consume=False``) start every consumer.
+
+        Raises:
+            BrokerUnreachable: the broker did not answer within the connect deadline.
+        """
+        await self.transport.connect()
+        self._started = True
+        await self.transport.declare(self.topology)
+        if consume:
+            for pipeline in self.pipelines:
+                consumer = await self.transport.consume(
+                    pipeline.queue, pipeline, prefetch=self._prefetch[pipeline.queue]
+                )
+                self._consumers.append(consumer)
+        _log.info(
+            "app_started",
+            url=redact(self.url),
+            prefix=self.naming.prefix,
+            handlers=len(self.pipelines),
+            consuming=consume,
+        )
+
+    async def stop(self, *, grace: float | None = None) -> None:
+        """Stop consuming, give in-flight handlers ``grace`` seconds, nack the rest, close.
+
+        Handlers still running after the grace period are cancelled; their messages are nacked
+        with requeue, never acked.
+        """
+        if not self._started:
+            return
+        self._started = False
+        wait = self.config.shutdown_grace if grace is None else grace
+        for consumer in self._consumers:
+            try:
+                await consumer.cancel()
+            except Exception as exc:
+                _log.warning("consumer_cancel_failed", queue=consumer.queue, error=str(exc))
+        self._consumers.clear()
+        in_flight = {t for p in self.pipelines for t in p.in_flight}
+        if in_flight:
+            _log.info("draining", in_flight=len(in_flight), grace=wait)
+            _, pending = await asyncio.wait(in_flight, timeout=wait)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)
+                _log.warning("drain_cancelled_handlers", cancelled=len(pending))
+        await self.transport.close()
+        _log.info("app_stopped")
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Start, run until ``stop`` is set or the transport fails for good, then stop.
+
+        Raises:
+            BrokerUnreachable: at start-up, or when consumers could not be restored after a
+                reconnect (the worker then exits non-zero and its supervisor restarts it).
+        """
+        stop = stop or asyncio.Event()
+        await self.start()
+        failure: BaseException | None = None
+        try:
+            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+            wait_failed = getattr(self.transport, "wait_failed", None)
+            if wait_failed is not None:
+                waits.append(asyncio.ensure_future(wait_failed()))
+            try:
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            for w in done:
+                result = w.result()
+                if isinstance(result, BaseException):
+                    failure = result
+        finally:
+            await self.stop()
+        if failure is not None:
+            raise failure
+
+    async def send(self, command: Command, **meta: Any) -> str:
+        """Send a command; see ``Bus.send``."""
+        return await self.bus.send(command, **meta)
+
+    async def publish(self, event: Event, **meta: Any) -> str:
+        """Publish an event; see ``Bus.publish``."""
+        return await self.bus.publish(event, **meta)
+
+    async def request(self, query: Query[R], *, timeout: float | None = None, **meta: Any) -> R:
+        """Ask a query and wait for the reply; see ``Bus.request``."""
+        return await self.bus.request(query, timeout=timeout, **meta)
+
+
+def _contracts(handlers: Iterable[Any], extra: Iterable[type[Message]]) -> list[type[Message]]:
+    types: list[type[Message]] = []
+    for spec in handlers:
+        types.append(spec.message_type)
+        if spec.kind is MessageKind.QUERY:
+            types.append(reply_type_of(spec.message_type))
+    types.extend(extra)
+    return list(dict.fromkeys(types))

@@ -1,0 +1,181 @@
+"""The outgoing side: send commands, publish events, ask queries, with publish middleware.
+
+Publish middleware is an onion like the consume side: ``async def __call__(out, call_next)``
+where ``out`` is an ``Outbound``. Circuit breakers plug in here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from framework import envelope
+from framework.codec import Codec
+from framework.errors import QueryFailed, QueryTimeout, WrongBus
+from framework.messages import Command, Event, Message, MessageKind, Query, Reply, reply_type_of
+from framework.routing import Naming
+from framework.transport.base import OutgoingMessage, Transport
+
+__all__ = ["Bus", "Outbound", "PublishMiddleware"]
+
+R = TypeVar("R", bound=Reply)
+
+
+@dataclass(slots=True)
+class Outbound:
+    """A message on its way out: the contract, its wire form and where it goes."""
+
+    message: Message
+    wire: OutgoingMessage
+    exchange: str
+    routing_key: str
+
+
+PublishNext = Callable[[Outbound], Awaitable[None]]
+
+
+class PublishMiddleware(Protocol):
+    async def __call__(self, out: Outbound, call_next: PublishNext) -> None: ...
+
+
+class Bus:
+    """Sends, publishes and requests on behalf of an app and its handlers.
+
+    Args:
+        transport: the connected broker port.
+        codec: encodes contracts; reply types are added on first request.
+        naming: exchange names.
+        middleware: publish middleware, outermost first.
+        query_timeout: default seconds to wait for a reply.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        codec: Codec,
+        naming: Naming,
+        *,
+        middleware: Sequence[PublishMiddleware] = (),
+        query_timeout: float = 5.0,
+    ) -> None:
+        self.transport = transport
+        self._codec = codec
+        self._naming = naming
+        self._query_timeout = query_timeout
+        self._exchanges = {
+            MessageKind.COMMAND: naming.commands,
+            MessageKind.EVENT: naming.events,
+            MessageKind.QUERY: naming.queries,
+        }
+        self._publish: PublishNext = self._publish_raw
+        for mw in reversed(middleware):
+            self._publish = _wrap(mw, self._publish)
+
+    async def _publish_raw(self, out: Outbound) -> None:
+        await self.transport.publish(out.wire, exchange=out.exchange, routing_key=out.routing_key)
+
+    async def send(self, command: Command, **meta: Any) -> str:
+        """Send a command to the one service that handles it; returns its message id.
+
+        Raises:
+            WrongBus: ``command`` is not a Command.
+            Unroutable: no service handles it (nothing is bound to its name).
+        """
+        return await self._emit(command, MessageKind.COMMAND, "send", meta)
+
+    async def publish(self, event: Event, **meta: Any) -> str:
+        """Publish an event to every subscribed service; returns its message id.
+
+        Raises:
+            WrongBus: ``event`` is not an Event.
+        """
+        return await self._emit(event, MessageKind.EVENT, "publish", meta)
+
+    async def _emit(
+        self, message: Message, kind: MessageKind, verb: str, meta: dict[str, Any]
+    ) -> str:
+        cls = type(message)
+        if getattr(cls, "__kind__", None) is not kind:
+            raise WrongBus(_wrong_bus(message, verb))
+        wire = envelope.build(message, self._codec.encode(message), **meta)
+        await self._publish(Outbound(message, wire, self._exchanges[kind], cls.__wire_name__))
+        return wire.message_id
+
+    async def request(self, query: Query[R], *, timeout: float | None = None, **meta: Any) -> R:
+        """Ask a query and wait for its reply.
+
+        Raises:
+            WrongBus: ``query`` is not a Query.
+            QueryTimeout: no reply within ``timeout`` seconds.
+            QueryFailed: the handler raised; the reply carries its error.
+            Unroutable: no service answers this query.
+        """
+        cls = type(query)
+        if getattr(cls, "__kind__", None) is not MessageKind.QUERY:
+            raise WrongBus(_wrong_bus(query, "request"))
+        reply_type = reply_type_of(cls)
+        self._codec.add(reply_type)
+        wire = envelope.build(query, self._codec.encode(query), **meta)
+        wait = self._query_timeout if timeout is None else timeout
+        try:
+            reply = await self.transport.request(
+                wire, exchange=self._naming.queries, routing_key=cls.__wire_name__, timeout=wait
+            )
+        except TimeoutError:
+            raise QueryTimeout(cls.__wire_name__, wait) from None
+        error = reply.headers.get(envelope.ERROR)
+        if error is not None:
+            raise QueryFailed(
+                cls.__wire_name__, _text(reply.headers.get(envelope.ERROR_TYPE)), _text(error)
+            )
+        decoded = self._codec.decode(
+            reply.body,
+            wire_name=reply.type,
+            version=reply.headers.get(envelope.VERSION),
+            content_type=reply.content_type,
+        )
+        return decoded  # type: ignore[return-value]  # the codec decoded by the reply's wire name
+
+    async def reply(self, to: str, correlation_id: str | None, reply: Reply) -> None:
+        """Publish a query's reply to the caller's reply address."""
+        wire = envelope.build(reply, self._codec.encode(reply), correlation_id=correlation_id)
+        wire.persistent = False
+        await self.transport.publish(wire, exchange="", routing_key=to, mandatory=False)
+
+    async def reply_error(self, to: str, correlation_id: str | None, exc: BaseException) -> None:
+        """Tell the caller its query failed, so it fails at once instead of timing out."""
+        wire = OutgoingMessage(
+            body=b"",
+            message_id=envelope.new_message_id(),
+            correlation_id=correlation_id,
+            headers={envelope.ERROR: str(exc)[:1000], envelope.ERROR_TYPE: type(exc).__name__},
+            persistent=False,
+        )
+        await self.transport.publish(wire, exchange="", routing_key=to, mandatory=False)
+
+
+def _wrap(mw: PublishMiddleware, call_next: PublishNext) -> PublishNext:
+    async def call(out: Outbound) -> None:
+        await mw(out, call_next)
+
+    return call
+
+
+def _wrong_bus(message: object, verb: str) -> str:
+    kind = getattr(type(message), "__kind__", None)
+    right = {
+        MessageKind.COMMAND: "send",
+        MessageKind.EVENT: "publish",
+        MessageKind.QUERY: "request",
+    }.get(kind) if isinstance(kind, MessageKind) else None
+    name = type(message).__qualname__
+    if right is None:
+        return f"{name} cannot be passed to {verb}(): it is not a Command, Event or Query"
+    return f"{name} is a {kind.value.title()}: use {right}(), not {verb}()"  # type: ignore[union-attr]
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)

@@ -1,0 +1,241 @@
+"""The consume pipeline of one handler queue: decode, run, then ack, retry or dead-letter.
+
+Order of operations for every delivery:
+
+1. No ``message_id``, or the body cannot be decoded into a registered contract: publish a copy to
+   the queue's DLQ with a ``leveret-dead-reason`` header, then ack. The handler never runs.
+2. Run middleware and the handler under the handler deadline.
+3. Success: (queries) reply, then ack. Failure: the retry policy, driven by the attempt count in
+   the ``leveret-attempt`` header, republishes the message to its queue at once, via a TTL delay
+   queue, or to the DLQ with the exception in headers; only then is the original acked. If that
+   publish fails, the original is nacked back to its queue: nothing is lost.
+4. Cancelled (shutdown): nack with requeue, never ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from framework import envelope
+from framework.bus import Bus
+from framework.codec import Codec
+from framework.context import Context, MessageContext, QueryContext
+from framework.errors import DecodeFailure, HandlerTimeout, LeveretError
+from framework.handlers import HandlerSpec
+from framework.messages import MessageKind
+from framework.middleware import Incoming, Middleware, compose
+from framework.retry import DeadLetter, Delay, Redeliver, RetryPolicy
+from framework.routing import Naming
+from framework.transport.base import Delivery
+
+__all__ = ["HandlerPipeline", "RejectMessage"]
+
+_log = structlog.get_logger("leveret.consumer")
+_MAX_HEADER_TEXT = 1000
+
+
+class RejectMessage(LeveretError):
+    """Raise from a handler to send the message straight to the DLQ, skipping retries."""
+
+
+class HandlerPipeline:
+    """Delivery callback for one handler's queue.
+
+    Args:
+        spec: the handler.
+        queue: the queue it consumes.
+        retry: the effective retry policy.
+        timeout: the handler deadline in seconds.
+    """
+
+    def __init__(
+        self,
+        spec: HandlerSpec,
+        *,
+        queue: str,
+        codec: Codec,
+        bus: Bus,
+        naming: Naming,
+        retry: RetryPolicy,
+        timeout: float,
+        middleware: Sequence[Middleware] = (),
+    ) -> None:
+        self.spec = spec
+        self.queue = queue
+        self._codec = codec
+        self._bus = bus
+        self._naming = naming
+        self._retry = retry
+        self._timeout = timeout
+        self._is_query = spec.kind is MessageKind.QUERY
+        self._chain = compose(middleware, self._invoke)
+        self.in_flight: set[asyncio.Task[Any]] = set()
+
+    async def __call__(self, delivery: Delivery) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.in_flight.add(task)
+        try:
+            await self._handle(delivery)
+        finally:
+            self.in_flight.discard(task)
+
+    async def _invoke(self, msg: Incoming) -> Any:
+        if self.spec.takes_context:
+            return await self.spec.func(msg.message, msg.context)
+        return await self.spec.func(msg.message)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        message_id = delivery.message_id
+        if not message_id:
+            await self._reject_input(delivery, "missing_message_id: set the AMQP message_id")
+            return
+        try:
+            message = self._codec.decode(
+                delivery.body,
+                wire_name=delivery.type,
+                version=delivery.headers.get(envelope.VERSION),
+                content_type=delivery.content_type,
+            )
+        except DecodeFailure as exc:
+            await self._reject_input(delivery, exc.reason)
+            return
+        if type(message) is not self.spec.message_type:
+            await self._reject_input(
+                delivery,
+                f"wrong_queue: {delivery.type!r} arrived on {self.queue!r}, which handles "
+                f"{self.spec.message_type.__wire_name__!r}",
+            )
+            return
+        attempt = _attempt(delivery.headers)
+        fields: dict[str, Any] = {
+            "message_id": message_id,
+            "correlation_id": delivery.correlation_id,
+            "headers": delivery.headers,
+            "redelivered": delivery.redelivered,
+            "attempt": attempt,
+            "handler": self.spec.name,
+        }
+        ctx: MessageContext = (
+            QueryContext(**fields) if self._is_query else Context(self._bus, **fields)
+        )
+        try:
+            async with asyncio.timeout(self._timeout) as deadline:
+                result = await self._chain(Incoming(message, ctx, delivery, self.spec))
+        except asyncio.CancelledError:
+            await delivery.nack(requeue=True)
+            raise
+        except RejectMessage as exc:
+            await self._dead_letter(delivery, f"rejected: {exc}", exc, attempt + 1)
+            return
+        except Exception as exc:
+            failure: Exception = exc
+            if deadline.expired():
+                failure = HandlerTimeout(
+                    f"{self.spec.name} ran past its {self._timeout:g}s deadline"
+                )
+            await self._failed(delivery, failure, attempt)
+            return
+        if self._is_query and delivery.reply_to:
+            await self._bus.reply(delivery.reply_to, delivery.correlation_id, result)
+        await delivery.ack()
+
+    async def _failed(self, delivery: Delivery, exc: Exception, attempt: int) -> None:
+        if self._is_query:
+            _log.warning(
+                "query_handler_failed", handler=self.spec.name, message_id=delivery.message_id,
+                exc_info=exc,
+            )
+            if delivery.reply_to:
+                await self._bus.reply_error(delivery.reply_to, delivery.correlation_id, exc)
+            await delivery.ack()
+            return
+        step = self._retry.after_failure(attempt)
+        _log.warning(
+            "handler_failed",
+            handler=self.spec.name,
+            message_id=delivery.message_id,
+            correlation_id=delivery.correlation_id,
+            attempt=attempt + 1,
+            next=type(step).__name__.lower(),
+            exc_info=exc,
+        )
+        if isinstance(step, DeadLetter):
+            await self._dead_letter(
+                delivery, f"handler_failed: {type(exc).__name__}", exc, attempt + 1
+            )
+            return
+        headers = dict(delivery.headers)
+        headers[envelope.ATTEMPT] = attempt + 1
+        try:
+            if isinstance(step, Redeliver):
+                await self._bus.transport.publish(
+                    delivery.to_outgoing(headers=headers),
+                    exchange=self._naming.retry,
+                    routing_key=self.queue,
+                )
+            else:
+                assert isinstance(step, Delay)
+                await self._bus.transport.publish(
+                    delivery.to_outgoing(headers=headers, expiration_ms=step.ms),
+                    exchange=self._naming.delay(step.ms),
+                    routing_key=self.queue,
+                )
+        except Exception as publish_exc:
+            _log.error(
+                "retry_publish_failed", queue=self.queue, message_id=delivery.message_id,
+                exc_info=publish_exc,
+            )
+            await delivery.nack(requeue=True)
+            return
+        await delivery.ack()
+
+    async def _reject_input(self, delivery: Delivery, reason: str) -> None:
+        await self._dead_letter(delivery, reason, None, _attempt(delivery.headers))
+        if self._is_query and delivery.reply_to:
+            await self._bus.reply_error(
+                delivery.reply_to, delivery.correlation_id, DecodeFailure(reason)
+            )
+
+    async def _dead_letter(
+        self, delivery: Delivery, reason: str, exc: BaseException | None, attempts: int
+    ) -> None:
+        headers = dict(delivery.headers)
+        headers[envelope.DEAD_REASON] = reason[:_MAX_HEADER_TEXT]
+        headers[envelope.ORIGINAL_QUEUE] = self.queue
+        headers[envelope.ATTEMPT] = attempts
+        if exc is not None:
+            headers[envelope.EXCEPTION_TYPE] = type(exc).__qualname__
+            headers[envelope.EXCEPTION_MESSAGE] = str(exc)[:_MAX_HEADER_TEXT]
+        _log.warning(
+            "message_dead_lettered",
+            queue=self.queue,
+            message_id=delivery.message_id,
+            correlation_id=delivery.correlation_id,
+            reason=headers[envelope.DEAD_REASON],
+        )
+        try:
+            await self._bus.transport.publish(
+                delivery.to_outgoing(headers=headers),
+                exchange=self._naming.dlx,
+                routing_key=self.queue,
+            )
+        except Exception as publish_exc:
+            _log.error(
+                "dead_letter_publish_failed", queue=self.queue, message_id=delivery.message_id,
+                exc_info=publish_exc,
+            )
+            await delivery.nack(requeue=True)
+            return
+        await delivery.ack()
+
+
+def _attempt(headers: Any) -> int:
+    value = headers.get(envelope.ATTEMPT, 0)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return 0

@@ -1,0 +1,99 @@
+"""What a handler gets next to its message: metadata, a logger, and (for commands and events)
+``send`` and ``publish`` that carry the correlation and causation ids forward."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from framework import envelope
+from framework.bus import Bus
+from framework.messages import Command, Event
+
+__all__ = ["Context", "MessageContext", "QueryContext"]
+
+
+class MessageContext:
+    """Metadata of the message being handled and a logger bound to it."""
+
+    __slots__ = (
+        "_log",
+        "attempt",
+        "correlation_id",
+        "handler",
+        "headers",
+        "message_id",
+        "redelivered",
+        "saga_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        message_id: str,
+        correlation_id: str | None,
+        headers: Mapping[str, Any],
+        redelivered: bool,
+        attempt: int,
+        handler: str,
+    ) -> None:
+        self.message_id = message_id
+        self.correlation_id = correlation_id or message_id
+        self.headers = headers
+        self.redelivered = redelivered
+        self.attempt = attempt
+        self.handler = handler
+        saga = headers.get(envelope.SAGA_ID)
+        self.saga_id: str | None = saga if isinstance(saga, str) else None
+        self._log: Any = None
+
+    @property
+    def causation_id(self) -> str | None:
+        """Id of the message that caused this one, if its sender said."""
+        value = self.headers.get(envelope.CAUSATION_ID)
+        return value if isinstance(value, str) else None
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to message id, correlation id and handler (made lazily)."""
+        if self._log is None:
+            self._log = structlog.get_logger("leveret.handler").bind(
+                message_id=self.message_id,
+                correlation_id=self.correlation_id,
+                handler=self.handler,
+            )
+        return self._log
+
+
+class QueryContext(MessageContext):
+    """Context of a query handler: read-only, so it has no ``send`` or ``publish``."""
+
+    __slots__ = ()
+
+
+class Context(MessageContext):
+    """Context of a command or event handler."""
+
+    __slots__ = ("_bus",)
+
+    def __init__(self, bus: Bus, **fields: Any) -> None:
+        super().__init__(**fields)
+        self._bus = bus
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "correlation_id": self.correlation_id,
+            "causation_id": self.message_id,
+            "saga_id": self.saga_id,
+            "traceparent": self.headers.get(envelope.TRACEPARENT),
+        }
+
+    async def send(self, command: Command) -> str:
+        """Send a command, correlated with the message being handled; returns its id."""
+        return await self._bus.send(command, **self._meta())
+
+    async def publish(self, event: Event) -> str:
+        """Publish an event, correlated with the message being handled; returns its id."""
+        return await self._bus.publish(event, **self._meta())

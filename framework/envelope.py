@@ -1,0 +1,91 @@
+"""The wire envelope: which AMQP properties and headers carry leveret's metadata.
+
+The body is only the JSON of the contract, so a plain aio-pika or FastStream client can read and
+write leveret messages. Everything else lives in standard AMQP properties (``message_id``,
+``correlation_id``, ``type`` = wire name, ``content_type``, ``timestamp``, ``reply_to``,
+``delivery_mode``) and in the headers named here.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Final
+
+from framework.messages import Message, MessageKind
+from framework.transport.base import OutgoingMessage
+
+__all__ = [
+    "ATTEMPT",
+    "CAUSATION_ID",
+    "CONTENT_TYPE_JSON",
+    "DEAD_REASON",
+    "ERROR",
+    "ERROR_TYPE",
+    "EXCEPTION_MESSAGE",
+    "EXCEPTION_TYPE",
+    "ORIGINAL_QUEUE",
+    "SAGA_ID",
+    "TRACEPARENT",
+    "VERSION",
+    "build",
+    "new_message_id",
+]
+
+VERSION: Final = "leveret-version"
+CAUSATION_ID: Final = "leveret-causation-id"
+SAGA_ID: Final = "leveret-saga-id"
+TRACEPARENT: Final = "traceparent"
+# Delivery attempts already made (0 on the first delivery); counted in headers, never in memory.
+ATTEMPT: Final = "leveret-attempt"
+# Set on messages in a DLQ.
+DEAD_REASON: Final = "leveret-dead-reason"
+EXCEPTION_TYPE: Final = "leveret-exception-type"
+EXCEPTION_MESSAGE: Final = "leveret-exception-message"
+ORIGINAL_QUEUE: Final = "leveret-original-queue"
+# Set on an error reply to a query.
+ERROR: Final = "leveret-error"
+ERROR_TYPE: Final = "leveret-error-type"
+
+CONTENT_TYPE_JSON: Final = "application/json"
+
+
+def new_message_id() -> str:
+    """A fresh, globally unique message id."""
+    return uuid.uuid4().hex
+
+
+def build(
+    message: Message,
+    body: bytes,
+    *,
+    message_id: str | None = None,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+    saga_id: str | None = None,
+    traceparent: str | None = None,
+    reply_to: str | None = None,
+    headers: dict[str, Any] | None = None,
+) -> OutgoingMessage:
+    """Wrap an encoded contract into the properties and headers of the wire format."""
+    mid = message_id or new_message_id()
+    hdrs: dict[str, Any] = {VERSION: type(message).__wire_version__}
+    if causation_id is not None:
+        hdrs[CAUSATION_ID] = causation_id
+    if saga_id is not None:
+        hdrs[SAGA_ID] = saga_id
+    if traceparent is not None:
+        hdrs[TRACEPARENT] = traceparent
+    if headers:
+        hdrs.update(headers)
+    return OutgoingMessage(
+        body=body,
+        message_id=mid,
+        type=type(message).__wire_name__,
+        correlation_id=correlation_id or mid,
+        content_type=CONTENT_TYPE_JSON,
+        headers=hdrs,
+        reply_to=reply_to,
+        persistent=type(message).__kind__ is not MessageKind.QUERY,
+        timestamp=int(time.time()),
+    )
