@@ -155,6 +155,17 @@ class App:
     def __repr__(self) -> str:
         return f"App(url={redact(self.url)!r}, services={[s.name for s in self.services]})"
 
+    def use_url(self, url: str) -> None:
+        """Point the app at another broker before it starts (``leveret run --amqp-url``).
+
+        Raises:
+            ConfigurationError: the app is running, or the URL scheme is unsupported.
+        """
+        if self._started:
+            raise ConfigurationError("use_url() must be called before the app starts")
+        self.url = url
+        self.transport = self.bus.transport = transport_from_url(url)
+
     async def __aenter__(self) -> App:
         await self.start()
         return self
