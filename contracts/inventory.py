@@ -5,8 +5,13 @@ from __future__ import annotations
 from contracts.orders import LineItem
 from framework.messages import Command, Event
 
-__all__ = ["InventoryRejected", "InventoryReleased", "InventoryReserved", "ReleaseInventory",
-           "ReserveInventory"]
+__all__ = [
+    "InventoryRejected",
+    "InventoryReleased",
+    "InventoryReserved",
+    "ReleaseInventory",
+    "ReserveInventory",
+]
 
 
 class ReserveInventory(Command):

@@ -8,8 +8,7 @@ import msgspec
 
 from framework.messages import Command, Event
 
-__all__ = ["ChargePayment", "PaymentCharged", "PaymentDeclined", "PaymentRefunded",
-           "RefundPayment"]
+__all__ = ["ChargePayment", "PaymentCharged", "PaymentDeclined", "PaymentRefunded", "RefundPayment"]
 
 Cents = Annotated[int, msgspec.Meta(ge=0)]
 

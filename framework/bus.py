@@ -164,11 +164,15 @@ def _wrap(mw: PublishMiddleware, call_next: PublishNext) -> PublishNext:
 
 def _wrong_bus(message: object, verb: str) -> str:
     kind = getattr(type(message), "__kind__", None)
-    right = {
-        MessageKind.COMMAND: "send",
-        MessageKind.EVENT: "publish",
-        MessageKind.QUERY: "request",
-    }.get(kind) if isinstance(kind, MessageKind) else None
+    right = (
+        {
+            MessageKind.COMMAND: "send",
+            MessageKind.EVENT: "publish",
+            MessageKind.QUERY: "request",
+        }.get(kind)
+        if isinstance(kind, MessageKind)
+        else None
+    )
     name = type(message).__qualname__
     if right is None:
         return f"{name} cannot be passed to {verb}(): it is not a Command, Event or Query"

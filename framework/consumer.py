@@ -147,7 +147,9 @@ class HandlerPipeline:
     async def _failed(self, delivery: Delivery, exc: Exception, attempt: int) -> None:
         if self._is_query:
             _log.warning(
-                "query_handler_failed", handler=self.spec.name, message_id=delivery.message_id,
+                "query_handler_failed",
+                handler=self.spec.name,
+                message_id=delivery.message_id,
                 exc_info=exc,
             )
             if delivery.reply_to:
@@ -187,7 +189,9 @@ class HandlerPipeline:
                 )
         except Exception as publish_exc:
             _log.error(
-                "retry_publish_failed", queue=self.queue, message_id=delivery.message_id,
+                "retry_publish_failed",
+                queue=self.queue,
+                message_id=delivery.message_id,
                 exc_info=publish_exc,
             )
             await delivery.nack(requeue=True)
@@ -226,7 +230,9 @@ class HandlerPipeline:
             )
         except Exception as publish_exc:
             _log.error(
-                "dead_letter_publish_failed", queue=self.queue, message_id=delivery.message_id,
+                "dead_letter_publish_failed",
+                queue=self.queue,
+                message_id=delivery.message_id,
                 exc_info=publish_exc,
             )
             await delivery.nack(requeue=True)

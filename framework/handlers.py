@@ -92,7 +92,10 @@ class Service:
     def command(self, func: F, /) -> F: ...
     @overload
     def command(
-        self, *, retry: RetryPolicy | None = ..., timeout: float | None = ...,
+        self,
+        *,
+        retry: RetryPolicy | None = ...,
+        timeout: float | None = ...,
         prefetch: int | None = ...,
     ) -> Callable[[F], F]: ...
     def command(  # type: ignore[misc]  # options are checked in _decorate
@@ -105,7 +108,10 @@ class Service:
     def event(self, func: F, /) -> F: ...
     @overload
     def event(
-        self, *, retry: RetryPolicy | None = ..., timeout: float | None = ...,
+        self,
+        *,
+        retry: RetryPolicy | None = ...,
+        timeout: float | None = ...,
         prefetch: int | None = ...,
     ) -> Callable[[F], F]: ...
     def event(  # type: ignore[misc]  # options are checked in _decorate
@@ -165,10 +171,7 @@ class Service:
                 "`async def` function"
             )
         params = list(inspect.signature(func).parameters.values())
-        positional = [
-            p for p in params
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         if not positional or len(positional) > 2:
             raise RegistrationError(
                 f"{where} must take the message and optionally the context: "
@@ -195,7 +198,8 @@ class Service:
             ) from None
         if actual is not kind:
             hint = (
-                f"use @{self.name}.{actual.value}" if actual is not MessageKind.REPLY
+                f"use @{self.name}.{actual.value}"
+                if actual is not MessageKind.REPLY
                 else "replies are received by `request`, not by handlers"
             )
             raise RegistrationError(

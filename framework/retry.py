@@ -48,7 +48,12 @@ class RetryPolicy:
 
     @classmethod
     def exponential(
-        cls, *, immediate: int = 2, first: float = 1.0, factor: float = 2.0, count: int = 4,
+        cls,
+        *,
+        immediate: int = 2,
+        first: float = 1.0,
+        factor: float = 2.0,
+        count: int = 4,
         maximum: float = 300.0,
     ) -> RetryPolicy:
         """Delays ``first, first*factor, ...`` (``count`` of them), each capped at ``maximum``."""

@@ -1,0 +1,1 @@
+"""The reference shop: orders, inventory, payment, shipping and notifications services."""

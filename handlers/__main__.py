@@ -1,0 +1,3 @@
+from handlers.demo import main
+
+main()
