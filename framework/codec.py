@@ -134,7 +134,7 @@ def _version(raw: Any) -> int:
 def _describe_validation(text: str) -> str:
     """``Expected `int`, got `str` - at `$.a[0]``` -> ``$.a[0] expected int, got str``."""
     match = _VALIDATION.match(text)
-    if match is None or match.group("path") is None:
-        return text
-    what = match.group("what").replace("`", "")
-    return f"{match.group('path')} {what[0].lower()}{what[1:]}" if what else match.group("path")
+    what = (match.group("what") if match else text).replace("`", "")
+    what = what[:1].lower() + what[1:]
+    path = match.group("path") if match else None
+    return f"{path} {what}" if path else what
