@@ -16,8 +16,12 @@ from framework.messages import Command
 CODEC = Codec(contracts.ALL, max_body_size=4096)
 
 
-def decode(body: bytes, wire: str | None = "orders.place_order", version: object = 1,
-           content_type: str | None = "application/json") -> object:
+def decode(
+    body: bytes,
+    wire: str | None = "orders.place_order",
+    version: object = 1,
+    content_type: str | None = "application/json",
+) -> object:
     return CODEC.decode(body, wire_name=wire, version=version, content_type=content_type)
 
 
@@ -62,13 +66,17 @@ def test_unknown_fields_are_ignored() -> None:
         ({"body": b'{"order_id": "\xff\xfe"}'}, "invalid_utf8"),
         ({"body": b"[1, 2]"}, "validation_error: expected object, got array"),
         (
-            {"body": b'{"order_id":"o","customer_id":"c","address":"a",'
-                     b'"items":[{"sku":"s","qty":"1","unit_price_cents":1}]}'},
+            {
+                "body": b'{"order_id":"o","customer_id":"c","address":"a",'
+                b'"items":[{"sku":"s","qty":"1","unit_price_cents":1}]}'
+            },
             "validation_error: $.items[0].qty expected int, got str",
         ),
         (
-            {"body": b'{"order_id":"o","customer_id":"c","address":"a",'
-                     b'"items":[{"sku":"s","qty":0,"unit_price_cents":1}]}'},
+            {
+                "body": b'{"order_id":"o","customer_id":"c","address":"a",'
+                b'"items":[{"sku":"s","qty":0,"unit_price_cents":1}]}'
+            },
             "validation_error: $.items[0].qty expected int >= 1",
         ),
         ({"body": b'{"order_id":"o"}'}, "validation_error: object missing required field"),
@@ -99,7 +107,7 @@ def test_duplicate_wire_name_is_an_error() -> None:
     class Impostor(Command):
         __wire_name__ = "orders.place_order"
 
-    with pytest.raises(ContractError, match="both claim wire name 'orders.place_order'"):
+    with pytest.raises(ContractError, match=r"both claim wire name 'orders\.place_order'"):
         Codec([PlaceOrder, Impostor])
 
 
@@ -111,6 +119,9 @@ def test_duplicate_wire_name_is_an_error() -> None:
 )
 def test_round_trip_property(order_id: str, qty: int, price: int, address: str) -> None:
     """Any valid order survives encode/decode unchanged."""
-    msg = order(order_id=order_id, address=address,
-                items=[LineItem(sku="s", qty=qty, unit_price_cents=price)])
+    msg = order(
+        order_id=order_id,
+        address=address,
+        items=[LineItem(sku="s", qty=qty, unit_price_cents=price)],
+    )
     assert decode(CODEC.encode(msg)) == msg
