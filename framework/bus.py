@@ -30,6 +30,7 @@ class Outbound:
     wire: OutgoingMessage
     exchange: str
     routing_key: str
+    mandatory: bool
 
 
 PublishNext = Callable[[Outbound], Awaitable[None]]
@@ -73,7 +74,9 @@ class Bus:
             self._publish = _wrap(mw, self._publish)
 
     async def _publish_raw(self, out: Outbound) -> None:
-        await self.transport.publish(out.wire, exchange=out.exchange, routing_key=out.routing_key)
+        await self.transport.publish(
+            out.wire, exchange=out.exchange, routing_key=out.routing_key, mandatory=out.mandatory
+        )
 
     async def send(self, command: Command, **meta: Any) -> str:
         """Send a command to the one service that handles it; returns its message id.
@@ -99,7 +102,11 @@ class Bus:
         if getattr(cls, "__kind__", None) is not kind:
             raise WrongBus(_wrong_bus(message, verb))
         wire = envelope.build(message, self._codec.encode(message), **meta)
-        await self._publish(Outbound(message, wire, self._exchanges[kind], cls.__wire_name__))
+        # A command nobody handles is an error; an event nobody subscribes to is not.
+        mandatory = kind is MessageKind.COMMAND
+        await self._publish(
+            Outbound(message, wire, self._exchanges[kind], cls.__wire_name__, mandatory)
+        )
         return wire.message_id
 
     async def request(self, query: Query[R], *, timeout: float | None = None, **meta: Any) -> R:

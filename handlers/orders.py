@@ -72,9 +72,11 @@ def build_orders(book: OrderBook) -> Service:
     async def place_order(cmd: PlaceOrder, ctx: Context) -> None:
         if not cmd.items:
             raise RejectMessage(f"order {cmd.order_id} has no items")
-        if cmd.order_id in book.orders:
-            return  # a redelivered PlaceOrder: the order exists already
+        order = book.orders.get(cmd.order_id)
+        if order is not None and order.status != "placed":
+            return  # a redelivered PlaceOrder whose order moved on already
         total = sum(item.qty * item.unit_price_cents for item in cmd.items)
+        # Emitting again on a redelivery is safe: inventory reserves once per order id.
         book.orders[cmd.order_id] = Order(cmd.order_id, cmd.customer_id, total, cmd.address)
         await ctx.publish(
             OrderPlaced(
