@@ -1,0 +1,126 @@
+"""Fixtures shared by every suite: the broker URL, unique names, and connected transports.
+
+``transport`` and ``make_transport`` are parametrized over the memory and RabbitMQ transports, so
+a test written once runs against both; the RabbitMQ runs carry the ``rabbitmq`` marker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from framework.transport.base import Transport
+from framework.transport.memory import MemoryBroker, MemoryTransport
+from framework.urls import redact
+from tests.support.broker import (
+    DEFAULT_AMQP_URL,
+    RabbitmqctlError,
+    broker_reachable,
+    rabbitmqctl,
+    with_vhost,
+)
+
+MakeTransport = Callable[[], Awaitable[Transport]]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "amqp_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.rabbitmq)
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """The broker URL for this run, on a fresh vhost deleted at the end (when rabbitmqctl works).
+
+    Unreachable broker: fails under ``CI=true``, skips otherwise.
+    """
+    base = os.environ.get("LEVERET_AMQP_URL", DEFAULT_AMQP_URL)
+    if not broker_reachable(base):
+        message = f"RabbitMQ is not reachable at {redact(base)}; set LEVERET_AMQP_URL"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    if urlsplit(base).hostname not in ("127.0.0.1", "localhost", "::1"):
+        yield base  # rabbitmqctl would talk to a different (local) node
+        return
+    vhost = f"leveret-test-{secrets.token_hex(4)}"
+    try:
+        rabbitmqctl("add_vhost", vhost)
+    except RabbitmqctlError:  # not installed or not permitted: share the base vhost
+        yield base
+        return
+    try:
+        user = urlsplit(base).username or "guest"
+        rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    except RabbitmqctlError:
+        with contextlib.suppress(RabbitmqctlError):
+            rabbitmqctl("delete_vhost", vhost)
+        yield base
+        return
+    try:
+        yield with_vhost(base, vhost)
+    finally:
+        with contextlib.suppress(RabbitmqctlError):
+            rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A unique prefix for the queue and exchange names of one test."""
+    return "t" + secrets.token_hex(4)
+
+
+@pytest.fixture(params=["memory", pytest.param("amqp", marks=pytest.mark.rabbitmq)])
+def transport_kind(request: pytest.FixtureRequest) -> str:
+    """Which transport the test runs against: ``"memory"`` or ``"amqp"``."""
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+async def make_transport(
+    transport_kind: str, request: pytest.FixtureRequest
+) -> AsyncIterator[MakeTransport]:
+    """A factory of connected transports (one per call, like separate connections).
+
+    Memory transports of one test share one ``MemoryBroker``; all are closed after the test.
+    """
+    from framework.transport.amqp import AmqpConfig, AmqpTransport
+
+    url = request.getfixturevalue("amqp_url") if transport_kind == "amqp" else ""
+    broker = MemoryBroker()
+    made: list[Transport] = []
+    config = AmqpConfig(
+        connect_timeout=5.0,
+        publish_timeout=5.0,
+        declare_timeout=5.0,
+        heartbeat=5,
+        reconnect_interval=0.2,
+        consumer_verify_timeout=10.0,
+    )
+
+    async def make() -> Transport:
+        transport: Transport
+        if transport_kind == "memory":
+            transport = MemoryTransport(broker)
+        else:
+            transport = AmqpTransport(url, config=config)
+        await transport.connect()
+        made.append(transport)
+        return transport
+
+    yield make
+    for transport in reversed(made):
+        await transport.close()
+
+
+@pytest.fixture
+async def transport(make_transport: MakeTransport) -> Transport:
+    """A connected transport (memory or RabbitMQ), closed after the test."""
+    return await make_transport()

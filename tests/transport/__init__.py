@@ -1,0 +1,1 @@
+"""Transport contract tests (memory and RabbitMQ) and RabbitMQ-only tests."""
