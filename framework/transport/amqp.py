@@ -304,6 +304,8 @@ class AmqpTransport(Transport):
         self._tasks: set[asyncio.Task[None]] = set()
         self._reopened: dict[AbstractRobustChannel, asyncio.Event] = {}
         self._watchdog: asyncio.Task[None] | None = None
+        self._trouble = False  # set by every loss signal; the watchdog checks again after it
+        self._declared: dict[str, object] = {}  # "queue:NAME"/"exchange:NAME" -> spec
         self._failed: asyncio.Future[BaseException] | None = None
 
     def __repr__(self) -> str:
@@ -392,8 +394,11 @@ class AmqpTransport(Transport):
         self._consumers.clear()
         self._publish_raw = self._reply_raw = None
         if connection is not None:
-            async with asyncio.timeout(self.config.connect_timeout):
-                await connection.close()
+            try:
+                async with asyncio.timeout(self.config.connect_timeout):
+                    await connection.close()
+            except (TimeoutError, *_LOST) as exc:
+                log.warning("broker_close_failed", url=self._safe_url, error=repr(exc))
 
     async def wait_failed(self) -> BaseException:
         """Wait until the transport gives up on recovering, and return why.
@@ -423,7 +428,8 @@ class AmqpTransport(Transport):
 
     def _on_connection_lost(self, _: AbstractConnection | None, exc: BaseException | None) -> None:
         if self._connection is not None:
-            log.warning("broker_connection_lost", url=self._safe_url, error=repr(exc))
+            if self._watchdog is None or self._watchdog.done():  # not each failed retry
+                log.warning("broker_connection_lost", url=self._safe_url, error=repr(exc))
             self._start_watchdog()
 
     def _on_reconnected(self, _: Any) -> None:
@@ -436,6 +442,7 @@ class AmqpTransport(Transport):
     def _start_watchdog(self) -> None:
         if self._connection is None or (self._failed is not None and self._failed.done()):
             return
+        self._trouble = True
         if self._watchdog is None or self._watchdog.done():
             self._watchdog = asyncio.get_running_loop().create_task(self._verify_recovery())
 
@@ -444,7 +451,10 @@ class AmqpTransport(Transport):
         try:
             async with asyncio.timeout(limit):
                 # Polling: no event says "the broker counts our consumer again".
-                while not await self._consumers_back():  # noqa: ASYNC110
+                while True:
+                    self._trouble = False
+                    if await self._consumers_back() and not self._trouble:
+                        break
                     await asyncio.sleep(self.config.reconnect_interval)
         except TimeoutError:
             queues = sorted({c.queue for c in self._consumers})
@@ -473,6 +483,19 @@ class AmqpTransport(Transport):
         return True
 
     # -- topology ----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self, what: str) -> AsyncIterator[None]:
+        """``declare_timeout`` around ``what``; broker trouble surfaces as BrokerUnreachable."""
+        seconds = self.config.declare_timeout
+        try:
+            async with asyncio.timeout(seconds):
+                yield
+        except (TimeoutError, *_LOST) as exc:
+            reason = f"{what}: no answer within {seconds:g}s"
+            if not isinstance(exc, TimeoutError):
+                reason = f"{what}: {exc!r}"
+            raise BrokerUnreachable(self._safe_url, self._scrub(reason)) from None
 
     @contextlib.asynccontextmanager
     async def _scratch_channel(self) -> AsyncIterator[aiormq.abc.AbstractChannel]:
@@ -505,13 +528,9 @@ class AmqpTransport(Transport):
             BrokerUnreachable: not done within ``declare_timeout``.
         """
         self._require()
-        try:
-            async with asyncio.timeout(self.config.declare_timeout):
-                await self._check_topology(topology)
-                await self._declare_robust(topology)
-        except TimeoutError:
-            reason = f"declaring topology took over {self.config.declare_timeout:g}s"
-            raise BrokerUnreachable(self._safe_url, reason) from None
+        async with self._deadline("declaring topology"):
+            await self._check_topology(topology)
+            await self._declare_robust(topology)
 
     async def _check_topology(self, topology: Topology) -> None:
         what = ""
@@ -541,23 +560,29 @@ class AmqpTransport(Transport):
     async def _declare_robust(self, topology: Topology) -> None:
         channel = self._topology_channel
         assert channel is not None
+        # Declared once each: aio-pika keeps (and restores) every object a declare returns.
         for exchange in topology.exchanges:
-            await channel.declare_exchange(
-                exchange.name, type=exchange.type.value, durable=exchange.durable
-            )
-            self._known_exchanges.add(exchange.name)
+            if self._declared.get(f"exchange:{exchange.name}") != exchange:
+                await channel.declare_exchange(
+                    exchange.name, type=exchange.type.value, durable=exchange.durable
+                )
+                self._declared[f"exchange:{exchange.name}"] = exchange
+                self._known_exchanges.add(exchange.name)
         for spec in topology.queues:
-            self._queues[spec.name] = await channel.declare_queue(
-                spec.name,
-                durable=spec.durable,
-                auto_delete=spec.auto_delete,
-                arguments=spec.arguments() or None,
-            )
+            if self._declared.get(f"queue:{spec.name}") != spec:
+                self._queues[spec.name] = await channel.declare_queue(
+                    spec.name,
+                    durable=spec.durable,
+                    auto_delete=spec.auto_delete,
+                    arguments=spec.arguments() or None,
+                )
+                self._declared[f"queue:{spec.name}"] = spec
         for binding in topology.bindings:
             queue = self._queues.get(binding.queue)
             if queue is None:
-                queue = await channel.declare_queue(binding.queue, passive=True)
-                self._queues[binding.queue] = queue
+                # Someone else's queue: bind it, but leave restoring it to its owner (a failed
+                # passive redeclare would stall aio-pika's whole reconnect).
+                queue = await channel.declare_queue(binding.queue, passive=True, robust=False)
             await queue.bind(binding.exchange, binding.routing_key)
 
     async def delete_queue(self, name: str) -> None:
@@ -568,9 +593,10 @@ class AmqpTransport(Transport):
             await consumer.cancel()
         channel = self._topology_channel
         assert channel is not None
-        async with asyncio.timeout(self.config.declare_timeout):
+        async with self._deadline(f"deleting queue {name!r}"):
             await channel.queue_delete(name)
         self._queues.pop(name, None)
+        self._declared.pop(f"queue:{name}", None)
 
     async def queue_depth(self, name: str) -> int:
         """Ready messages in ``name``.
@@ -579,7 +605,7 @@ class AmqpTransport(Transport):
             ConfigurationError: the queue does not exist.
         """
         self._require()
-        async with asyncio.timeout(self.config.declare_timeout):
+        async with self._deadline(f"counting queue {name!r}"):
             return (await self._probe_queue(name)).message_count or 0
 
     # -- publishing --------------------------------------------------------------------------
@@ -594,7 +620,7 @@ class AmqpTransport(Transport):
     ) -> None:
         if exchange not in self._known_exchanges:
             await self._check_exchange(exchange, routing_key)
-        elif not exchange and mandatory and routing_key.startswith(_REPLY_PREFIX):
+        if mandatory and not exchange and routing_key.startswith(_REPLY_PREFIX):
             mandatory = False  # RabbitMQ returns every mandatory reply, delivered or not
         properties = _properties(message, message.reply_to)
         try:
@@ -677,7 +703,7 @@ class AmqpTransport(Transport):
         channel = connection.channel(publisher_confirms=False)
         consumer = _AmqpConsumer(self, channel, queue, callback)
         try:
-            async with asyncio.timeout(self.config.declare_timeout):
+            async with self._deadline(f"consuming queue {queue!r}"):
                 await channel.initialize()
                 await channel.set_qos(prefetch_count=prefetch)
                 await consumer.ensure_consuming()

@@ -27,17 +27,8 @@ from framework.errors import (
     TransportClosed,
     Unroutable,
 )
-from framework.transport.base import (
-    Consumer,
-    Delivery,
-    DeliveryCallback,
-    ExchangeSpec,
-    ExchangeType,
-    OutgoingMessage,
-    QueueSpec,
-    Topology,
-    Transport,
-)
+from framework.transport import base
+from framework.transport.base import Delivery, ExchangeType, OutgoingMessage, QueueSpec, Topology
 
 __all__ = ["MemoryBroker", "MemoryTransport"]
 
@@ -46,36 +37,26 @@ log = structlog.get_logger(__name__)
 REPLY_TO = "amq.rabbitmq.reply-to"
 
 
-def topic_matches(pattern: str, routing_key: str) -> bool:
-    """Whether a topic binding key (``*`` one word, ``#`` zero or more) matches a routing key."""
-    return _match(pattern.split("."), routing_key.split("."))
-
-
-def _match(pattern: list[str], words: list[str]) -> bool:
+def _topic_match(pattern: list[str], words: list[str]) -> bool:
+    """Whether binding-key words (``*`` one word, ``#`` zero or more) match routing-key words."""
     if not pattern:
         return not words
     head, rest = pattern[0], pattern[1:]
     if head == "#":
-        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
-    return bool(words) and head in ("*", words[0]) and _match(rest, words[1:])
+        return any(_topic_match(rest, words[i:]) for i in range(len(words) + 1))
+    return bool(words) and head in ("*", words[0]) and _topic_match(rest, words[1:])
 
 
 class _Entry:
-    """One message as one queue holds it."""
+    """One message as one queue holds it; ``returns`` counts deliveries handed back."""
 
     __slots__ = ("deadline", "exchange", "message", "redelivered", "returns", "routing_key", "seq")
 
-    def __init__(
-        self, message: OutgoingMessage, exchange: str, routing_key: str, seq: int, now: float
-    ) -> None:
-        self.message = message
-        self.exchange = exchange
-        self.routing_key = routing_key
-        self.seq = seq
+    def __init__(self, message: OutgoingMessage, exchange: str, key: str, seq: int = 0) -> None:
+        self.message, self.exchange, self.routing_key, self.seq = message, exchange, key, seq
         self.redelivered = False
-        self.returns = 0  # quorum queues count deliveries handed back
-        ttl = message.expiration_ms
-        self.deadline = None if ttl is None else now + ttl / 1000
+        self.returns = 0
+        self.deadline: float | None = None
 
 
 class _Queue:
@@ -91,10 +72,8 @@ class _Queue:
     def offer(self, entry: _Entry) -> bool:
         """Enqueue; False when the queue is full and rejects publishes."""
         limit = self.spec.max_length
-        rejects = self.spec.overflow in ("reject-publish", "reject-publish-dlx")
-        if rejects and limit is not None and len(self.ready) >= limit:
-            if self.spec.overflow == "reject-publish-dlx":
-                self.broker.dead_letter(self, entry, "rejected")
+        full = limit is not None and len(self.ready) >= limit
+        if full and self.spec.overflow == "reject-publish":
             return False
         self.ready.append(entry)
         while limit is not None and len(self.ready) > limit:
@@ -104,9 +83,9 @@ class _Queue:
 
     def give_back(self, entries: list[_Entry]) -> None:
         """Return unsettled deliveries to the head of the queue, in their original order."""
+        limit = self.spec.delivery_limit if self.spec.quorum else None
         for entry in sorted(entries, key=lambda e: e.seq, reverse=True):
             entry.redelivered = True
-            limit = self.spec.delivery_limit if self.spec.quorum else None
             entry.returns += 1
             if limit is not None and entry.returns > limit:
                 self.broker.dead_letter(self, entry, "delivery_limit")
@@ -158,7 +137,7 @@ class MemoryBroker:
     """Exchanges, queues and bindings shared by the ``MemoryTransport`` objects that use it."""
 
     def __init__(self) -> None:
-        self.exchanges: dict[str, ExchangeSpec] = {}
+        self.exchanges: dict[str, base.ExchangeSpec] = {}
         self.queues: dict[str, _Queue] = {}
         self.bindings: dict[str, set[tuple[str, str]]] = {}  # exchange -> {(queue, key)}
         self.reply_routes: dict[str, MemoryTransport] = {}
@@ -166,33 +145,20 @@ class MemoryBroker:
 
     def declare(self, topology: Topology) -> None:
         for exchange in topology.exchanges:
-            current = self.exchanges.setdefault(exchange.name, exchange)
-            if current != exchange:
-                raise ConfigurationError(
-                    f"exchange {exchange.name!r} already exists with other settings: "
-                    f"{_diff(current, exchange)}; delete it or declare it as it is"
-                )
+            _same("exchange", self.exchanges.setdefault(exchange.name, exchange), exchange)
             self.bindings.setdefault(exchange.name, set())
         for spec in topology.queues:
             if spec.quorum and (not spec.durable or spec.auto_delete):
                 raise ConfigurationError(
                     f"quorum queue {spec.name!r} must be durable, not auto-delete"
                 )
-            queue = self.queues.setdefault(spec.name, _Queue(self, spec))
-            if queue.spec != spec:
-                raise ConfigurationError(
-                    f"queue {spec.name!r} already exists with other settings: "
-                    f"{_diff(queue.spec, spec)}; delete it or declare it as it is"
-                )
+            _same("queue", self.queues.setdefault(spec.name, _Queue(self, spec)).spec, spec)
         for binding in topology.bindings:
+            what = f"cannot bind queue {binding.queue!r} to exchange {binding.exchange!r}: "
             if binding.exchange not in self.exchanges:
-                raise ConfigurationError(
-                    f"cannot bind queue {binding.queue!r}: no exchange {binding.exchange!r}"
-                )
+                raise ConfigurationError(what + f"no exchange {binding.exchange!r}")
             if binding.queue not in self.queues:
-                raise ConfigurationError(
-                    f"cannot bind to exchange {binding.exchange!r}: no queue {binding.queue!r}"
-                )
+                raise ConfigurationError(what + f"no queue {binding.queue!r}")
             self.bindings[binding.exchange].add((binding.queue, binding.routing_key))
 
     def delete_queue(self, name: str) -> None:
@@ -215,11 +181,12 @@ class MemoryBroker:
         if spec is None:
             return None
         names: set[str] = set()
+        words = routing_key.split(".")
         for queue_name, key in self.bindings[exchange]:
             if (
                 spec.type is ExchangeType.FANOUT
                 or (spec.type is ExchangeType.DIRECT and key == routing_key)
-                or (spec.type is ExchangeType.TOPIC and topic_matches(key, routing_key))
+                or (spec.type is ExchangeType.TOPIC and _topic_match(key.split("."), words))
             ):
                 names.add(queue_name)
         return [self.queues[name] for name in sorted(names)]
@@ -234,31 +201,20 @@ class MemoryBroker:
                 transport._on_reply(message, routing_key)
             return
         queues = self.route(exchange, routing_key)
+        where = {"exchange": exchange, "routing_key": routing_key}
         if queues is None:
-            raise PublishFailed(
-                f"exchange {exchange!r} does not exist; declare it before publishing",
-                exchange=exchange,
-                routing_key=routing_key,
-            )
-        if not queues:
-            if mandatory:
-                raise Unroutable(
-                    f"no queue is bound to exchange {exchange!r} for {routing_key!r}",
-                    exchange=exchange,
-                    routing_key=routing_key,
-                )
-            return
+            raise PublishFailed(f"exchange {exchange!r} does not exist; declare it first", **where)
+        if not queues and mandatory:
+            raise Unroutable(f"no queue is bound to {exchange!r} for {routing_key!r}", **where)
         message = msgspec.structs.replace(message, headers=dict(message.headers))
         if not all([self._offer(q, message, exchange, routing_key) for q in queues]):
-            raise PublishNacked(
-                f"a full queue refused the message ({', '.join(q.spec.name for q in queues)})",
-                exchange=exchange,
-                routing_key=routing_key,
-            )
+            raise PublishNacked(f"a full queue refused the message for {routing_key!r}", **where)
 
     def _offer(self, queue: _Queue, message: OutgoingMessage, exchange: str, key: str) -> bool:
-        now = asyncio.get_running_loop().time()
-        return queue.offer(_Entry(message, exchange, key, next(self._seq), now))
+        entry = _Entry(message, exchange, key, next(self._seq))
+        if message.expiration_ms is not None:
+            entry.deadline = asyncio.get_running_loop().time() + message.expiration_ms / 1000
+        return queue.offer(entry)
 
     def dead_letter(self, queue: _Queue, entry: _Entry, reason: str) -> None:
         """Republish a rejected, expired or dropped message through the queue's DLX, if any."""
@@ -289,14 +245,8 @@ def _add_death(message: OutgoingMessage, entry: _Entry, queue: str, reason: str)
             deaths.insert(0, deaths.pop(index))
             break
     else:
-        death = {
-            "count": 1,
-            "reason": reason,
-            "queue": queue,
-            "time": now,
-            "exchange": entry.exchange,
-            "routing-keys": [entry.routing_key],
-        }
+        death = {"count": 1, "reason": reason, "queue": queue, "time": now}
+        death.update({"exchange": entry.exchange, "routing-keys": [entry.routing_key]})
         if reason == "expired" and message.expiration_ms is not None:
             death["original-expiration"] = str(message.expiration_ms)
         deaths.insert(0, death)
@@ -307,22 +257,29 @@ def _add_death(message: OutgoingMessage, entry: _Entry, queue: str, reason: str)
     return headers
 
 
-def _diff(current: QueueSpec | ExchangeSpec, wanted: QueueSpec | ExchangeSpec) -> str:
-    names = [f.name for f in dataclasses.fields(current)]
-    return ", ".join(
-        f"{name} is {getattr(current, name)!r}, declared {getattr(wanted, name)!r}"
-        for name in names
-        if getattr(current, name) != getattr(wanted, name)
-    )
+def _same(
+    kind: str, current: QueueSpec | base.ExchangeSpec, wanted: QueueSpec | base.ExchangeSpec
+) -> None:
+    """Raise like RabbitMQ's PRECONDITION_FAILED when a redeclaration differs."""
+    if current != wanted:
+        differences = ", ".join(
+            f"{f.name} is {getattr(current, f.name)!r}, declared {getattr(wanted, f.name)!r}"
+            for f in dataclasses.fields(current)
+            if getattr(current, f.name) != getattr(wanted, f.name)
+        )
+        raise ConfigurationError(
+            f"{kind} {wanted.name!r} exists with other settings ({differences}); "
+            "declare it as it is or delete it first"
+        )
 
 
-class _MemoryDelivery(Delivery):
+class _MemoryDelivery(base.Delivery):
     __slots__ = ("_consumer", "_entry", "_settled")
 
-    def __init__(self, consumer: _MemoryConsumer | None, entry: _Entry, queue: _Queue | None):
+    def __init__(self, entry: _Entry, consumer: _MemoryConsumer | None = None) -> None:
         message = entry.message
         headers = dict(message.headers)
-        if queue is not None and queue.spec.quorum:
+        if consumer is not None and consumer.queue_ref.spec.quorum:
             headers["x-delivery-count"] = entry.returns
         super().__init__(
             body=message.body,
@@ -344,24 +301,21 @@ class _MemoryDelivery(Delivery):
     async def ack(self) -> None:
         if not self._settled and self._consumer is not None:
             self._settled = True
-            self._consumer.settled(self)
-            self._consumer.queue_ref.dispatch()
+            self._consumer.settled(self).dispatch()
 
     async def nack(self, *, requeue: bool) -> None:
-        if self._settled or self._consumer is None:
-            return
-        self._settled = True
-        consumer = self._consumer
-        consumer.settled(self)
-        if requeue:
-            consumer.queue_ref.give_back([self._entry])
-        else:
-            consumer.queue_ref.broker.dead_letter(consumer.queue_ref, self._entry, "rejected")
-            consumer.queue_ref.dispatch()
+        if not self._settled and self._consumer is not None:
+            self._settled = True
+            queue = self._consumer.settled(self)
+            if requeue:
+                queue.give_back([self._entry])
+            else:
+                queue.broker.dead_letter(queue, self._entry, "rejected")
+                queue.dispatch()
 
 
-class _MemoryConsumer(Consumer):
-    def __init__(self, queue: _Queue, callback: DeliveryCallback, prefetch: int) -> None:
+class _MemoryConsumer(base.Consumer):
+    def __init__(self, queue: _Queue, callback: base.DeliveryCallback, prefetch: int) -> None:
         self.queue = queue.spec.name
         self.queue_ref = queue
         self._callback = callback
@@ -373,7 +327,7 @@ class _MemoryConsumer(Consumer):
         return self._prefetch <= 0 or len(self.unacked) < self._prefetch
 
     def deliver(self, entry: _Entry) -> None:
-        delivery = _MemoryDelivery(self, entry, self.queue_ref)
+        delivery = _MemoryDelivery(entry, self)
         self.unacked[delivery] = None
         task = asyncio.get_running_loop().create_task(self._run(delivery))
         self.tasks.add(task)
@@ -386,8 +340,9 @@ class _MemoryConsumer(Consumer):
             # Left unsettled, as with a real broker: it returns when the consumer goes away.
             log.exception("consumer_callback_failed", queue=self.queue)
 
-    def settled(self, delivery: _MemoryDelivery) -> None:
+    def settled(self, delivery: _MemoryDelivery) -> _Queue:
         self.unacked.pop(delivery, None)
+        return self.queue_ref
 
     async def cancel(self) -> None:
         self.queue_ref.remove_consumer(self)
@@ -395,18 +350,16 @@ class _MemoryConsumer(Consumer):
     async def shut_down(self) -> None:
         """Connection closed: return unsettled deliveries and cancel the running callbacks."""
         self.queue_ref.remove_consumer(self)
-        returned = list(self.unacked)
-        self.unacked.clear()
+        returned, self.unacked = list(self.unacked), {}
         for delivery in returned:
-            delivery._settled = True
-        tasks = list(self.tasks)
-        for task in tasks:
+            delivery._settled = True  # a late ack or nack from the callback changes nothing
+        for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         self.queue_ref.give_back([d._entry for d in returned])
 
 
-class MemoryTransport(Transport):
+class MemoryTransport(base.Transport):
     """A connection to a ``MemoryBroker``.
 
     Args:
@@ -444,17 +397,14 @@ class MemoryTransport(Transport):
         self.broker.delete_queue(name)
 
     async def publish(
-        self,
-        message: OutgoingMessage,
-        *,
-        exchange: str,
-        routing_key: str,
-        mandatory: bool = True,
+        self, message: OutgoingMessage, *, exchange: str, routing_key: str, mandatory: bool = True
     ) -> None:
         self._check_open()
         self.broker.publish(message, exchange, routing_key, mandatory)
 
-    async def consume(self, queue: str, callback: DeliveryCallback, *, prefetch: int) -> Consumer:
+    async def consume(
+        self, queue: str, callback: base.DeliveryCallback, *, prefetch: int
+    ) -> base.Consumer:
         self._check_open()
         target = self.broker.queues.get(queue)
         if target is None:
@@ -485,9 +435,7 @@ class MemoryTransport(Transport):
     def _on_reply(self, message: OutgoingMessage, address: str) -> None:
         future = self._pending.get(message.correlation_id or "")
         if future is not None and not future.done():
-            entry = _Entry(message, "", address, 0, 0.0)
-            entry.deadline = None
-            future.set_result(_MemoryDelivery(None, entry, None))
+            future.set_result(_MemoryDelivery(_Entry(message, "", address)))
 
     async def close(self) -> None:
         if self._closed:

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from structlog.testing import capture_logs
 
-from framework.errors import BrokerUnreachable, PublishTimeout
+from framework.errors import BrokerUnreachable, ConfigurationError, PublishTimeout
 from framework.transport.amqp import AmqpConfig, AmqpTransport
 from framework.transport.base import Delivery, OutgoingMessage, QueueSpec, Topology
 from tests.support.broker import close_all_connections, rabbitmqctl_available, vhost_of
@@ -177,6 +177,39 @@ async def test_ack_on_dead_channel_is_dropped_and_message_redelivered(
     await again.ack()
 
 
+@pytest.mark.usefixtures("needs_rabbitmqctl")
+async def test_requests_work_after_connections_are_closed(
+    amqp: AmqpTransport, amqp_url: str, prefix: str
+) -> None:
+    """Direct reply-to is consumed again on the reopened channel, so requests keep working."""
+    queue = f"{prefix}.rpc"
+    await amqp.declare(Topology(queues=(QueueSpec(queue),)))
+
+    async def answer(delivery: Delivery) -> None:
+        assert delivery.reply_to is not None
+        reply = OutgoingMessage(
+            body=b"pong", message_id=uuid.uuid4().hex, correlation_id=delivery.correlation_id
+        )
+        await amqp.publish(reply, exchange="", routing_key=delivery.reply_to)
+        await delivery.ack()
+
+    await amqp.consume(queue, answer, prefetch=5)
+
+    async def ask() -> Delivery:
+        request = OutgoingMessage(
+            body=b"ping", message_id=uuid.uuid4().hex, correlation_id=uuid.uuid4().hex
+        )
+        return await amqp.request(request, exchange="", routing_key=queue, timeout=WAIT)
+
+    assert (await ask()).body == b"pong"
+    close_all_connections(vhost_of(amqp_url))
+    for _ in range(3):  # a request cut off by the drop times out; the next one goes through
+        with contextlib.suppress(TimeoutError, PublishTimeout):
+            assert (await ask()).body == b"pong"
+            return
+    raise AssertionError("requests kept failing after the reconnect")
+
+
 async def test_consumer_lost_for_good_marks_transport_failed(
     amqp: AmqpTransport, amqp_url: str, prefix: str
 ) -> None:
@@ -214,7 +247,7 @@ async def test_declare_conflict_keeps_long_lived_channels(amqp: AmqpTransport, p
     await amqp.publish(message(), exchange="", routing_key=queue)
     async with asyncio.timeout(WAIT):
         held = await received.get()
-    with pytest.raises(Exception, match="inequivalent arg 'x-max-length'"):
+    with pytest.raises(ConfigurationError, match="inequivalent arg 'x-max-length'"):
         await amqp.declare(Topology(queues=(QueueSpec(queue, max_length=4),)))
     await held.ack()  # would fail with "unknown delivery tag" had the channel been reopened
     await amqp.publish(message(), exchange="", routing_key=queue)
