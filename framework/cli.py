@@ -1,0 +1,174 @@
+"""The ``leveret`` command line.
+
+``leveret run MODULE:APP [--workers N] [--amqp-url URL] [--connect-timeout S]
+[--log-format json|console] [--log-level LEVEL]`` serves an app with a supervisor and N workers.
+
+Exit codes of ``leveret run``: 0 drained cleanly after SIGTERM/SIGINT; 1 a worker had to be
+killed or failed while draining; 2 a usage or configuration error (bad MODULE:APP, a memory://
+app with several workers); 3 the broker could not be reached within the connect deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+from importlib import metadata
+
+import structlog
+
+from framework.errors import ConfigurationError
+from framework.logging import LEVELS, LOG_FORMAT_ENV, LOG_LEVEL_ENV, configure_logging
+from framework.supervisor import Supervisor, SupervisorConfig
+from framework.transport.memory import MemoryTransport
+from framework.worker import (
+    EXIT_CONFIGURATION,
+    EXIT_FAILED,
+    configure_transport,
+    connect_timeout_of,
+    load_app,
+)
+
+__all__ = ["main"]
+
+_log = structlog.get_logger("leveret.cli")
+
+# Time for a worker to close its connections after its handlers' grace period (App.stop waits up
+# to 5 s for cancelled handlers, then closes the transport).
+STOP_MARGIN = 10.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (``sys.argv[1:]`` by default), run the command, return its exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    command: Callable[[argparse.Namespace], int] | None = getattr(args, "command", None)
+    if command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_CONFIGURATION
+    return command(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leveret", description="Run and inspect leveret services on RabbitMQ."
+    )
+    parser.add_argument("--version", action="version", version=f"leveret {_version()}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="serve an app with N worker processes",
+        description=(
+            "Serve MODULE:APP with a supervisor and N worker processes. SIGTERM or SIGINT drains "
+            "the workers (in-flight handlers get the app's shutdown_grace) and exits 0; a worker "
+            "that dies is restarted; exit 3 when the broker cannot be reached in time."
+        ),
+    )
+    run.add_argument("app", metavar="MODULE:APP", help="the App to serve, e.g. handlers.app:app")
+    run.add_argument(
+        "--workers", type=_positive_int, default=1, metavar="N", help="worker processes (default 1)"
+    )
+    run.add_argument(
+        "--amqp-url",
+        metavar="URL",
+        help="RabbitMQ URL instead of the app's own, e.g. amqp://user:password@host:5672/vhost",
+    )
+    run.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="how long a worker may take to reach the broker before the command exits 3",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        help=f"log line format (default: console on a terminal, json otherwise; {LOG_FORMAT_ENV})",
+    )
+    run.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=tuple(LEVELS),
+        help=f"lowest level logged (default info; {LOG_LEVEL_ENV})",
+    )
+    run.set_defaults(command=_run)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Flags go into the environment so that the workers, which inherit it, log alike.
+    if args.log_format:
+        os.environ[LOG_FORMAT_ENV] = args.log_format
+    if args.log_level:
+        os.environ[LOG_LEVEL_ENV] = args.log_level
+    try:
+        configure_logging()
+        if args.amqp_url is not None and not _is_amqp(args.amqp_url):
+            raise ConfigurationError(
+                "--amqp-url must start with amqp:// or amqps://, "
+                "e.g. amqp://user:password@host:5672/vhost"
+            )
+        app = load_app(args.app)
+        configure_transport(app, url=args.amqp_url, connect_timeout=args.connect_timeout)
+    except ConfigurationError as exc:
+        return _usage_error(str(exc))
+    if isinstance(app.transport, MemoryTransport) and args.workers > 1:
+        return _usage_error(
+            f"{args.app} uses the in-process broker (memory://), which cannot be shared by "
+            f"{args.workers} worker processes: use --workers 1, or "
+            "--amqp-url amqp://user:password@host:5672/vhost to serve it from RabbitMQ"
+        )
+    config = SupervisorConfig(
+        workers=args.workers,
+        url=args.amqp_url,
+        broker_url=app.url if _is_amqp(app.url) else "",
+        connect_timeout=connect_timeout_of(app),
+        stop_timeout=app.config.shutdown_grace + STOP_MARGIN,
+    )
+    try:
+        return asyncio.run(Supervisor(args.app, config=config).run())
+    except Exception:
+        _log.exception("supervisor_failed")
+        return EXIT_FAILED
+
+
+def _usage_error(message: str) -> int:
+    print(f"leveret: {message}", file=sys.stderr)
+    return EXIT_CONFIGURATION
+
+
+def _is_amqp(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in ("amqp", "amqps")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _version() -> str:
+    try:
+        return metadata.version("leveret")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""The supervisor behind ``leveret run``: N worker processes, restarted when they die.
+
+* Each worker is ``python -m framework.worker MODULE:APP --index I`` with the supervisor's
+  environment, working directory, stdout and stderr.
+* SIGTERM or SIGINT: every worker gets SIGTERM and drains; the supervisor waits up to
+  ``stop_timeout`` seconds, then kills the stragglers (exit 1). All drained: exit 0.
+* A worker that exits while the supervisor is not stopping is restarted after a backoff
+  (``RestartBackoff``), except when it could not reach the broker or load the app: then every
+  worker is stopped and the supervisor exits with that worker's code (3 or 2).
+* No orphans: workers are killed if the supervisor fails, and on Linux each worker asks the kernel
+  for SIGTERM should the supervisor die without cleaning up (SIGKILL, OOM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from framework.urls import redact
+from framework.worker import (
+    EXIT_BROKER_UNREACHABLE,
+    EXIT_CONFIGURATION,
+    EXIT_FAILED,
+    EXIT_OK,
+    WORKER_URL_ENV,
+)
+
+__all__ = ["RestartBackoff", "Supervisor", "SupervisorConfig"]
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# A worker killed by the stop signal itself (before it installed its handlers) had nothing in
+# flight: that is a clean stop too.
+_CLEAN_STOP = frozenset({EXIT_OK, -signal.SIGTERM, -signal.SIGINT})
+_FATAL = frozenset({EXIT_BROKER_UNREACHABLE, EXIT_CONFIGURATION})
+_log = structlog.get_logger("leveret.supervisor")
+
+
+@dataclass(frozen=True, slots=True)
+class RestartBackoff:
+    """Delay before restarting a worker: ``initial``, doubling up to ``maximum``.
+
+    A worker that ran at least ``reset_after`` seconds starts the sequence over.
+    """
+
+    initial: float = 0.5
+    maximum: float = 10.0
+    reset_after: float = 30.0
+
+    def next_delay(self, previous: float | None, ran_for: float) -> float:
+        """The delay after a worker that ran ``ran_for`` seconds; ``previous`` was the last one."""
+        if previous is None or ran_for >= self.reset_after:
+            return self.initial
+        return min(previous * 2, self.maximum)
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorConfig:
+    """What the supervisor runs and how it stops.
+
+    Args:
+        workers: how many worker processes (at least 1).
+        url: broker URL the workers use instead of the app's own (passed in their environment,
+            never on their command line).
+        broker_url: the URL the workers connect to, for error messages (shown redacted).
+        connect_timeout: the workers' connect deadline, passed on when set.
+        stop_timeout: seconds between forwarding SIGTERM and killing workers still running;
+            the app's ``shutdown_grace`` plus a margin for closing connections.
+        backoff: restart delays.
+        python: the interpreter that runs the workers.
+    """
+
+    workers: int = 1
+    url: str | None = None
+    broker_url: str = ""
+    connect_timeout: float | None = None
+    stop_timeout: float = 20.0
+    backoff: RestartBackoff = field(default_factory=RestartBackoff)
+    python: str = sys.executable
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One worker position: its current process and restart history."""
+
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    delay: float | None = None
+    restarts: int = 0
+    final_code: int | None = None
+
+
+class Supervisor:
+    """Run ``config.workers`` workers of ``app_spec`` until a signal or a fatal worker exit.
+
+    Args:
+        app_spec: ``MODULE:APP``, checked by the caller (``load_app``) before the supervisor runs.
+        config: worker count, broker URL and timings.
+    """
+
+    def __init__(self, app_spec: str, *, config: SupervisorConfig) -> None:
+        self.app_spec = app_spec
+        self.config = config
+        self._slots = [_Slot(index) for index in range(config.workers)]
+        self._stop = asyncio.Event()
+        self._fatal: int | None = None
+        self._killed = False
+
+    @property
+    def pids(self) -> list[int]:
+        """Pids of the workers running now."""
+        return [
+            slot.process.pid
+            for slot in self._slots
+            if slot.process is not None and slot.process.returncode is None
+        ]
+
+    def stop(self) -> None:
+        """Begin a drain, as SIGTERM would."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Start the workers, keep them running, drain on a signal; return the exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        _log.info(
+            "supervisor_started",
+            app=self.app_spec,
+            workers=self.config.workers,
+            pid=os.getpid(),
+            url=redact(self.config.broker_url) or None,
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                watchers = [group.create_task(self._keep_running(slot)) for slot in self._slots]
+                await self._stop.wait()
+                await self._drain(watchers)
+        finally:
+            for sig in _STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+            await self._kill_all()
+        code = self._exit_code()
+        _log.info("supervisor_stopped", exit_code=code)
+        message = self._fatal_message()
+        if message is not None:
+            print(f"leveret: {message}", file=sys.stderr, flush=True)
+        return code
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self._stop.is_set():
+            _log.info("supervisor_signal_ignored", signal=name, reason="already stopping")
+            return
+        _log.info("supervisor_stopping", signal=name)
+        self._stop.set()
+
+    async def _keep_running(self, slot: _Slot) -> None:
+        while True:
+            process = await self._spawn(slot)
+            if slot.restarts:
+                _log.info(
+                    "worker_restarted", index=slot.index, pid=process.pid, restarts=slot.restarts
+                )
+            code = await process.wait()
+            ran_for = time.monotonic() - slot.started_at
+            if self._stop.is_set():
+                slot.final_code = code
+                _log.info(
+                    "worker_exited",
+                    index=slot.index,
+                    pid=process.pid,
+                    stopping=True,
+                    **_exit_fields(code),
+                )
+                return
+            fatal = code in _FATAL
+            slot.delay = None if fatal else self.config.backoff.next_delay(slot.delay, ran_for)
+            _log.warning(
+                "worker_exited",
+                index=slot.index,
+                pid=process.pid,
+                ran_for=round(ran_for, 3),
+                restart_in=slot.delay,
+                **_exit_fields(code),
+            )
+            if fatal:
+                self._fail(code)
+                return
+            try:
+                async with asyncio.timeout(slot.delay):
+                    await self._stop.wait()
+                return  # stopping while waiting to restart: nothing left to drain here
+            except TimeoutError:
+                slot.restarts += 1
+
+    async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
+        command = [
+            self.config.python,
+            "-m",
+            "framework.worker",
+            self.app_spec,
+            "--index",
+            str(slot.index),
+            "--supervisor-pid",
+            str(os.getpid()),
+        ]
+        if self.config.connect_timeout is not None:
+            command += ["--connect-timeout", repr(self.config.connect_timeout)]
+        process = await asyncio.create_subprocess_exec(
+            *command, env=self._worker_env(), stdin=asyncio.subprocess.DEVNULL
+        )
+        slot.process = process
+        slot.started_at = time.monotonic()
+        _log.info("worker_spawned", index=slot.index, pid=process.pid)
+        if self._stop.is_set():  # the drain began while this one was starting
+            _send(process, signal.SIGTERM)
+        return process
+
+    def _worker_env(self) -> Mapping[str, str]:
+        env = dict(os.environ)
+        if self.config.url is not None:
+            env[WORKER_URL_ENV] = self.config.url
+        else:
+            env.pop(WORKER_URL_ENV, None)
+        return env
+
+    def _fail(self, code: int) -> None:
+        if self._fatal is None:
+            self._fatal = code
+        if not self._stop.is_set():
+            _log.error("supervisor_giving_up", exit_code=code)
+            self._stop.set()
+
+    async def _drain(self, watchers: Sequence[asyncio.Task[None]]) -> None:
+        running = [s for s in self._slots if s.process is not None and s.process.returncode is None]
+        _log.info(
+            "workers_draining",
+            pids=[s.process.pid for s in running if s.process],
+            timeout=self.config.stop_timeout,
+        )
+        for slot in running:
+            if slot.process is not None:
+                _send(slot.process, signal.SIGTERM)
+        _, pending = await asyncio.wait(watchers, timeout=self.config.stop_timeout)
+        if not pending:
+            return
+        stragglers = self.pids
+        _log.error("workers_killed", pids=stragglers, timeout=self.config.stop_timeout)
+        self._killed = True
+        for slot in self._slots:
+            if slot.process is not None and slot.process.returncode is None:
+                _send(slot.process, signal.SIGKILL)
+        await asyncio.wait(pending)
+
+    async def _kill_all(self) -> None:
+        """Last resort on the way out: no worker outlives the supervisor."""
+        alive = [
+            s.process for s in self._slots if s.process is not None and s.process.returncode is None
+        ]
+        for process in alive:
+            _send(process, signal.SIGKILL)
+        for process in alive:
+            try:
+                async with asyncio.timeout(5.0):
+                    await process.wait()
+            except TimeoutError:
+                _log.error("worker_not_reaped", pid=process.pid)
+
+    def _exit_code(self) -> int:
+        if self._fatal is not None:
+            return self._fatal
+        if self._killed:
+            return EXIT_FAILED
+        finals = [s.final_code for s in self._slots if s.final_code is not None]
+        return EXIT_OK if all(code in _CLEAN_STOP for code in finals) else EXIT_FAILED
+
+    def _fatal_message(self) -> str | None:
+        if self._fatal == EXIT_BROKER_UNREACHABLE:
+            within = (
+                f" within {self.config.connect_timeout:g}s"
+                if self.config.connect_timeout is not None
+                else ""
+            )
+            where = f" at {redact(self.config.broker_url)}" if self.config.broker_url else ""
+            return f"cannot reach the broker{where}{within}"
+        if self._fatal == EXIT_CONFIGURATION:
+            return "a worker could not load or start the app; see its log above"
+        if self._killed:
+            return f"workers still running {self.config.stop_timeout:g}s after SIGTERM were killed"
+        return None
+
+
+def _exit_fields(code: int) -> dict[str, object]:
+    if code >= 0:
+        return {"exit_code": code}
+    try:
+        return {"signal": signal.Signals(-code).name}
+    except ValueError:
+        return {"signal": -code}
+
+
+def _send(process: asyncio.subprocess.Process, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it exited on its own meanwhile
+        process.send_signal(sig)

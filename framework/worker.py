@@ -1,0 +1,362 @@
+"""One worker process: load the app, serve it until SIGTERM or SIGINT, drain, exit.
+
+``leveret run`` starts these under a supervisor (``framework.supervisor``); run one by hand with
+``python -m framework.worker MODULE:APP [--url URL] [--index I]``.
+
+The exit code tells the supervisor what to do next:
+
+* ``EXIT_OK`` (0): stopped by a signal after draining.
+* ``EXIT_FAILED`` (1): an unexpected error; the supervisor restarts the worker.
+* ``EXIT_CONFIGURATION`` (2): the app cannot be loaded or set up; restarting will not help.
+* ``EXIT_BROKER_UNREACHABLE`` (3): no broker within the connect deadline at start-up.
+* ``EXIT_TRANSPORT_FAILED`` (4): the connection failed for good while serving; the supervisor
+  restarts the worker, which connects afresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import importlib
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Sequence
+from types import FrameType, ModuleType
+from typing import Any
+
+import structlog
+
+from framework.app import App
+from framework.errors import BrokerUnreachable, ConfigurationError
+from framework.logging import configure_logging, redact_text
+from framework.urls import redact
+
+__all__ = [
+    "EXIT_BROKER_UNREACHABLE",
+    "EXIT_CONFIGURATION",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_TRANSPORT_FAILED",
+    "WORKER_URL_ENV",
+    "AppLoadError",
+    "configure_transport",
+    "connect_timeout_of",
+    "load_app",
+    "main",
+    "serve",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIGURATION = 2
+EXIT_BROKER_UNREACHABLE = 3
+EXIT_TRANSPORT_FAILED = 4
+
+#: The supervisor hands a ``--amqp-url`` to its workers here rather than on their command line,
+#: where any local user could read the password in ``ps``.
+WORKER_URL_ENV = "LEVERET_WORKER_URL"
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_PR_SET_PDEATHSIG = 1
+_log = structlog.get_logger("leveret.worker")
+
+
+class AppLoadError(ConfigurationError):
+    """``MODULE:APP`` does not name an importable ``framework.App``; the message says why."""
+
+    def __init__(self, spec: str, message: str) -> None:
+        super().__init__(message)
+        self.spec = spec
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:attribute`` (the attribute may be dotted) and return the App it names.
+
+    The current directory is put on ``sys.path`` first, as ``python -m`` would, so that
+    ``leveret run handlers.app:app`` finds the project's modules.
+
+    Raises:
+        AppLoadError: the spec is malformed, the import fails, the attribute is missing or the
+            object is not an App.
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise AppLoadError(
+            spec, f"{spec!r} is not MODULE:APP; name the module and its App, e.g. handlers.app:app"
+        )
+    _put_cwd_on_path()
+    module = _import(spec, module_name)
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            apps = sorted(name for name, value in vars(module).items() if isinstance(value, App))
+            found = f"its apps are: {', '.join(apps)}" if apps else "it defines no App"
+            raise AppLoadError(
+                spec, f"module {module_name!r} has no attribute {attribute!r} ({found})"
+            ) from None
+    if not isinstance(target, App):
+        raise AppLoadError(
+            spec,
+            f"{spec} is {_describe_object(target)}, not a framework.App: point at the App "
+            "instance, e.g. `app = App([service], url=...)` in that module",
+        )
+    return target
+
+
+def _put_cwd_on_path() -> None:
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def _import(spec: str, module_name: str) -> ModuleType:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or module_name
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise AppLoadError(
+                spec,
+                f"cannot import module {module_name!r}: no module named {missing!r} (run leveret "
+                "from the project's directory or add that directory to PYTHONPATH)",
+            ) from None
+        raise AppLoadError(
+            spec, f"importing module {module_name!r} failed: {_describe_error(exc)}"
+        ) from exc
+    except Exception as exc:
+        raise AppLoadError(
+            spec, f"importing module {module_name!r} failed: {_describe_error(exc)}"
+        ) from exc
+
+
+def _describe_error(exc: BaseException) -> str:
+    where = ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames and not isinstance(exc, SyntaxError):  # a SyntaxError names its own place
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno})"
+    return redact_text(f"{type(exc).__name__}: {exc}{where}")
+
+
+def _describe_object(obj: object) -> str:
+    if isinstance(obj, type):
+        return f"the class {obj.__qualname__}"
+    if isinstance(obj, ModuleType):
+        return f"the module {obj.__name__}"
+    return f"a {type(obj).__name__}"
+
+
+def configure_transport(
+    app: App, *, url: str | None = None, connect_timeout: float | None = None
+) -> None:
+    """Point ``app`` at ``url`` and/or give its AMQP transport another connect deadline.
+
+    Raises:
+        ConfigurationError: the URL scheme is unsupported or the app is already running.
+    """
+    if url is not None:
+        app.use_url(url)
+    if connect_timeout is None:
+        return
+    from framework.transport.amqp import AmqpConfig, AmqpTransport
+
+    if not _is_amqp(app.url):
+        if isinstance(app.transport, AmqpTransport):
+            raise ConfigurationError(
+                "--connect-timeout needs the app's broker URL: build the app with "
+                "App(..., url='amqp://...') rather than transport=, or pass --amqp-url"
+            )
+        return  # the in-process broker connects at once
+    base = app.transport.config if isinstance(app.transport, AmqpTransport) else AmqpConfig()
+    config = dataclasses.replace(base, connect_timeout=connect_timeout)
+    app.transport = app.bus.transport = AmqpTransport(app.url, config=config)
+
+
+def connect_timeout_of(app: App) -> float | None:
+    """The connect deadline of the app's transport, if it has one (AMQP)."""
+    config = getattr(app.transport, "config", None)
+    timeout = getattr(config, "connect_timeout", None)
+    return float(timeout) if isinstance(timeout, int | float) else None
+
+
+def _is_amqp(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in ("amqp", "amqps")
+
+
+async def serve(app: App, stop: asyncio.Event) -> int:
+    """Start ``app``, serve until ``stop`` is set or the transport fails, drain; the exit code.
+
+    Draining is ``App.stop``: consumers are cancelled, in-flight handlers get
+    ``config.shutdown_grace`` seconds, the rest are nacked with requeue.
+    """
+    # App.run() would serve too, but it raises BrokerUnreachable both when the first connect
+    # fails and when recovery fails later; the supervisor must tell those apart (3 vs 4).
+    starting = asyncio.create_task(app.start())
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        starting.cancel()
+        raise
+    finally:
+        stopping.cancel()
+    if not starting.done():  # a signal arrived while connecting: nothing is in flight yet
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await starting
+        await _close_quietly(app)
+        return EXIT_OK
+    error = starting.exception()
+    if isinstance(error, BrokerUnreachable):
+        _log.error("broker_unreachable", url=error.url, reason=error.reason)
+        await _close_quietly(app)
+        return EXIT_BROKER_UNREACHABLE
+    if isinstance(error, ConfigurationError):
+        _log.error("app_start_failed", error=str(error))
+        await _close_quietly(app)
+        return EXIT_CONFIGURATION
+    if error is not None:
+        await _close_quietly(app)
+        raise error
+
+    failure = await _until_stopped_or_failed(app, stop)
+    await app.stop()
+    if failure is not None:
+        _log.error("transport_failed", error=str(failure), error_type=type(failure).__name__)
+        return EXIT_TRANSPORT_FAILED
+    return EXIT_OK
+
+
+async def _until_stopped_or_failed(app: App, stop: asyncio.Event) -> BaseException | None:
+    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+    wait_failed = getattr(app.transport, "wait_failed", None)
+    if wait_failed is not None:
+        waits.append(asyncio.ensure_future(wait_failed()))
+    try:
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+    for finished in done:
+        if finished is waits[0]:
+            continue
+        if finished.cancelled():
+            return asyncio.CancelledError("the transport's failure watch was cancelled")
+        error = finished.exception()
+        if error is not None:
+            return error
+        result = finished.result()
+        return result if isinstance(result, BaseException) else RuntimeError(str(result))
+    return None
+
+
+async def _close_quietly(app: App) -> None:
+    try:
+        await app.stop(grace=0)
+        await app.transport.close()
+    except Exception as exc:
+        _log.warning("transport_close_failed", error=str(exc))
+
+
+class _SignalLatch:
+    """Remembers a stop signal that arrives before the event loop runs (during imports)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.install()
+
+    def install(self) -> None:
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, self._record)
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+
+
+def _stop_with_parent(parent_pid: int | None) -> None:
+    """Ask Linux to send us SIGTERM (a drain) when the supervisor dies, even by SIGKILL."""
+    if parent_pid is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def _run(app: App, latch: _SignalLatch, *, index: int) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if not stop.is_set():
+            _log.info("worker_stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    if latch.received is not None:
+        on_signal(latch.received)
+    _log.info("worker_started", pid=os.getpid(), url=redact(app.url))
+    try:
+        return await serve(app, stop)
+    finally:
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m framework.worker", description="Run one leveret worker process."
+    )
+    parser.add_argument("app", metavar="MODULE:APP", help="the App to serve, e.g. handlers.app:app")
+    parser.add_argument(
+        "--url", help=f"broker URL instead of the app's own (or set {WORKER_URL_ENV})"
+    )
+    parser.add_argument("--index", type=int, default=0, help="worker number, for the logs")
+    parser.add_argument("--connect-timeout", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one worker until it is told to stop; return its exit code (see the module docstring)."""
+    latch = _SignalLatch()
+    args = _parser().parse_args(argv)
+    _stop_with_parent(args.supervisor_pid)
+    try:
+        configure_logging()
+    except ConfigurationError as exc:
+        print(f"leveret: {exc}", file=sys.stderr)
+        return EXIT_CONFIGURATION
+    structlog.contextvars.bind_contextvars(worker=args.index)
+    try:
+        app = load_app(args.app)
+        configure_transport(
+            app,
+            url=args.url or os.environ.get(WORKER_URL_ENV) or None,
+            connect_timeout=args.connect_timeout,
+        )
+    except ConfigurationError as exc:
+        _log.error("app_load_failed", app=args.app, error=str(exc))
+        return EXIT_CONFIGURATION
+    try:
+        code = asyncio.run(_run(app, latch, index=args.index))
+    except Exception:
+        _log.exception("worker_failed")
+        code = EXIT_FAILED
+    latch.install()  # closing the loop reset the handlers; a late SIGTERM must not change the code
+    _log.info("worker_stopped", pid=os.getpid(), exit_code=code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
