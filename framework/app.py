@@ -44,6 +44,9 @@ class AppConfig:
         query_timeout: default seconds ``request`` waits for a reply.
         shutdown_grace: seconds in-flight handlers get to finish on stop; the rest are nacked
             back to their queues.
+        quorum_delivery_limit: when set, command and event queues are quorum queues that
+            dead-letter a message after this many deliveries — the guard against a poison
+            message that kills its worker before any retry header can be written.
     """
 
     prefix: str = "leveret"
@@ -53,6 +56,14 @@ class AppConfig:
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     query_timeout: float = 5.0
     shutdown_grace: float = 10.0
+    quorum_delivery_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        limit = self.quorum_delivery_limit
+        if limit is not None and (isinstance(limit, bool) or limit < 1):
+            raise ConfigurationError(
+                f"quorum_delivery_limit={limit!r}: use a positive number of deliveries or None"
+            )
 
 
 def transport_from_url(url: str) -> Transport:
@@ -142,7 +153,12 @@ class App:
                 )
             )
             topology = topology + self.naming.handler_topology(
-                queue, spec.kind, spec.message_type.__wire_name__
+                queue,
+                spec.kind,
+                spec.message_type.__wire_name__,
+                delivery_limit=(
+                    None if spec.kind is MessageKind.QUERY else self.config.quorum_delivery_limit
+                ),
             )
         self.topology = self.naming.base_topology(delays) + topology
         self._prefetch = {

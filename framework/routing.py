@@ -98,12 +98,24 @@ class Naming:
             bindings.append(BindingSpec(name, name, ""))
         return Topology(tuple(exchanges), tuple(queues), tuple(bindings))
 
-    def handler_topology(self, queue: str, kind: MessageKind, wire_name: str) -> Topology:
-        """A handler's queue, its DLQ and its bindings."""
+    def handler_topology(
+        self, queue: str, kind: MessageKind, wire_name: str, *, delivery_limit: int | None = None
+    ) -> Topology:
+        """A handler's queue, its DLQ and its bindings.
+
+        With ``delivery_limit`` the queue is a quorum queue that dead-letters a message after
+        that many deliveries, even when a worker crashes on it every time (3.x has no default).
+        """
         dlq = self.dlq(queue)
         return Topology(
             queues=(
-                QueueSpec(queue, dead_letter_exchange=self.dlx, dead_letter_routing_key=queue),
+                QueueSpec(
+                    queue,
+                    dead_letter_exchange=self.dlx,
+                    dead_letter_routing_key=queue,
+                    quorum=delivery_limit is not None,
+                    delivery_limit=delivery_limit,
+                ),
                 QueueSpec(dlq),
             ),
             bindings=(

@@ -272,3 +272,30 @@ async def test_event_fans_out_to_each_service(backend: Backend) -> None:
     )
     names = {await next_item(got) for _ in range(3)}
     assert names == {"billing", "audit", "mail"}
+
+
+async def test_quorum_delivery_limit_dead_letters_a_poison_message(backend: Backend) -> None:
+    """With a delivery limit, a message that keeps coming back unsettled ends in the DLQ."""
+    orders = Service("orders")
+
+    @orders.command
+    async def place_order(cmd: PlaceOrder) -> None: ...
+
+    app = await backend.app([orders], start=False, quorum_delivery_limit=2)
+    await app.start(consume=False)
+    queue = app.naming.handler_queue("orders", "orders.place_order")
+    dlq = await backend.collect(app.naming.dlq(queue))
+    deliveries = 0
+
+    async def crash_every_time(delivery: Any) -> None:
+        # Stands in for a worker that dies on the message before it can settle or retry it.
+        nonlocal deliveries
+        deliveries += 1
+        await delivery.nack(requeue=True)
+
+    poison = await backend.connected()
+    await poison.consume(queue, crash_every_time, prefetch=1)
+    message_id = await app.send(place())
+    dead = await next_item(dlq)
+    assert dead.message_id == message_id
+    assert deliveries == 3
