@@ -1,0 +1,25 @@
+"""Persistence: the store port (saga state, inbox, outbox, history) and its implementations."""
+
+from framework.store.base import (
+    ConcurrencyConflict,
+    HistoryRow,
+    OutboxRow,
+    SagaExists,
+    SagaRecord,
+    SagaStatus,
+    Store,
+    StoreTx,
+    store_from_url,
+)
+
+__all__ = [
+    "ConcurrencyConflict",
+    "HistoryRow",
+    "OutboxRow",
+    "SagaExists",
+    "SagaRecord",
+    "SagaStatus",
+    "Store",
+    "StoreTx",
+    "store_from_url",
+]

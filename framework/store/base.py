@@ -1,0 +1,246 @@
+"""The store port: saga instances, inbox, outbox and history, changed in one transaction.
+
+Everything a handler's effect consists of is written in one ``StoreTx``: the inbox row that
+marks the incoming message as processed, the saga state with its version check, a history row,
+and the outgoing messages. Only after the transaction commits is the incoming message acked and
+the outbox published. Three implementations pass one contract suite (``tests/store``):
+``memory://`` (tests), ``sqlite:///path`` (the embedded default) and ``postgresql://...``.
+
+Service tables: ``StoreTx.execute/fetchone/fetchall`` run SQL with ``?`` placeholders (the
+PostgreSQL store rewrites them to ``$n``), so a service keeps its own tables in the same
+transaction as its inbox and outbox rows. ``Store.setup(ddl)`` creates them on first use.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import msgspec
+
+from framework.errors import ConfigurationError, LeveretError
+from framework.urls import redact
+
+__all__ = [
+    "ConcurrencyConflict",
+    "HistoryRow",
+    "OutboxRow",
+    "SagaExists",
+    "SagaRecord",
+    "SagaStatus",
+    "Store",
+    "StoreTx",
+    "store_from_url",
+]
+
+SCHEMA_VERSION = 1
+
+
+class SagaStatus(enum.StrEnum):
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+    ABORTED = "aborted"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {
+        SagaStatus.COMPLETED,
+        SagaStatus.COMPENSATED,
+        SagaStatus.COMPENSATION_FAILED,
+        SagaStatus.ABORTED,
+    }
+)
+
+
+class SagaRecord(msgspec.Struct, kw_only=True):
+    """One persisted saga instance.
+
+    ``state`` is the definition's state name; ``data`` the JSON of its state Struct; ``version``
+    increments on every saved transition (optimistic concurrency).
+    """
+
+    saga_id: str
+    saga: str
+    correlation_id: str
+    status: SagaStatus
+    state: str
+    data: bytes
+    version: int
+    created_at: float
+    updated_at: float
+    deadline_at: float | None = None
+    reason: str | None = None
+
+
+class OutboxRow(msgspec.Struct, kw_only=True):
+    """A message to publish once its transaction has committed.
+
+    ``position`` orders rows (assigned by the store); ``properties`` is the JSON of the
+    OutgoingMessage minus its body.
+    """
+
+    message_id: str
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: bytes
+    mandatory: bool = True
+    destination: str = ""
+    saga_id: str | None = None
+    created_at: float = 0.0
+    position: int = 0
+    attempts: int = 0
+
+
+class HistoryRow(msgspec.Struct, kw_only=True):
+    """One step of a saga's timeline: a message in, a transition, messages out."""
+
+    saga_id: str
+    version: int
+    at: float
+    message_id: str
+    message_type: str
+    from_state: str
+    to_state: str
+    status: SagaStatus
+    emitted: list[str] = msgspec.field(default_factory=list)
+    note: str | None = None
+
+
+class SagaExists(LeveretError):
+    """A saga with this id was inserted by someone else (two starts raced)."""
+
+
+class ConcurrencyConflict(LeveretError):
+    """The saga's version changed since it was loaded; retry in a fresh transaction."""
+
+
+class StoreTx(abc.ABC):
+    """One database transaction. Commits when its ``async with`` block exits normally."""
+
+    @abc.abstractmethod
+    async def inbox_add(self, consumer: str, message_id: str) -> bool:
+        """Record ``message_id`` as processed by ``consumer``; False if it was already."""
+
+    @abc.abstractmethod
+    async def load(self, saga_id: str) -> SagaRecord | None:
+        """The saga instance, read for update."""
+
+    @abc.abstractmethod
+    async def insert(self, record: SagaRecord) -> None:
+        """Create a saga instance.
+
+        Raises:
+            SagaExists: an instance with this id exists already.
+        """
+
+    @abc.abstractmethod
+    async def update(self, record: SagaRecord, *, expected_version: int) -> None:
+        """Save a saga instance whose stored version must still be ``expected_version``.
+
+        Raises:
+            ConcurrencyConflict: the stored version differs.
+        """
+
+    @abc.abstractmethod
+    async def add_history(self, row: HistoryRow) -> None:
+        """Append a row to a saga's timeline."""
+
+    @abc.abstractmethod
+    async def add_outbox(self, rows: Sequence[OutboxRow]) -> None:
+        """Queue messages for publication after commit (positions are assigned in order)."""
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        """Run a statement on a service table (``?`` placeholders)."""
+        raise ConfigurationError(f"{type(self).__name__} has no SQL tables: use sqlite or postgres")
+
+    async def fetchone(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        """First row of a query on a service table, or None."""
+        raise ConfigurationError(f"{type(self).__name__} has no SQL tables: use sqlite or postgres")
+
+    async def fetchall(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """All rows of a query on a service table."""
+        raise ConfigurationError(f"{type(self).__name__} has no SQL tables: use sqlite or postgres")
+
+
+class Store(abc.ABC):
+    """The persistence port. Create with ``store_from_url``; call ``setup()`` before use."""
+
+    url: str
+
+    @abc.abstractmethod
+    async def setup(self, ddl: Sequence[str] = ()) -> None:
+        """Create leveret's tables (and the version table) if missing, then run ``ddl``.
+
+        ``ddl`` statements must be idempotent (``CREATE TABLE IF NOT EXISTS ...``).
+        """
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[StoreTx]:
+        """A transaction: commits on normal exit, rolls back on an exception."""
+
+    @abc.abstractmethod
+    async def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
+        """Unsent outbox rows, oldest first."""
+
+    @abc.abstractmethod
+    async def mark_sent(self, message_ids: Sequence[str]) -> None:
+        """Mark outbox rows as published."""
+
+    @abc.abstractmethod
+    async def get_saga(self, saga_id: str) -> SagaRecord | None:
+        """One saga instance (no lock)."""
+
+    @abc.abstractmethod
+    async def list_sagas(
+        self, *, status: SagaStatus | None = None, saga: str | None = None, limit: int = 1000
+    ) -> list[SagaRecord]:
+        """Saga instances, newest first, optionally filtered."""
+
+    @abc.abstractmethod
+    async def history(self, saga_id: str) -> list[HistoryRow]:
+        """A saga's timeline, oldest first."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def store_from_url(url: str) -> Store:
+    """``memory://``, ``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``sqlite://:memory:``
+    or ``postgresql://user@host/db``.
+
+    Raises:
+        ConfigurationError: an unsupported scheme, or the PostgreSQL extra is not installed.
+    """
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        from framework.store.memory import MemoryStore
+
+        return MemoryStore()
+    if scheme == "sqlite":
+        from framework.store.sqlite import SqliteStore
+
+        return SqliteStore(url)
+    if scheme in ("postgres", "postgresql"):
+        try:
+            from framework.store.postgres import PostgresStore
+        except ImportError as exc:  # asyncpg is the `postgres` extra
+            raise ConfigurationError(
+                "the PostgreSQL store needs asyncpg: pip install 'leveret[postgres]'"
+            ) from exc
+        return PostgresStore(url)
+    raise ConfigurationError(
+        f"unsupported store URL {redact(url)!r}: use memory://, sqlite:///file.db or "
+        "postgresql://user:pass@host/db"
+    )

@@ -1,0 +1,122 @@
+"""In-memory store: the reference implementation of the port, for tests and the harness.
+
+Transactions run one at a time (like SQLite's single writer); their changes are buffered and
+applied on commit, dropped on rollback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import msgspec
+
+from framework.store.base import (
+    ConcurrencyConflict,
+    HistoryRow,
+    OutboxRow,
+    SagaExists,
+    SagaRecord,
+    SagaStatus,
+    Store,
+    StoreTx,
+)
+
+__all__ = ["MemoryStore"]
+
+
+class _MemoryTx(StoreTx):
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self.inbox: set[tuple[str, str]] = set()
+        self.sagas: dict[str, SagaRecord] = {}
+        self.history: list[HistoryRow] = []
+        self.outbox: list[OutboxRow] = []
+
+    async def inbox_add(self, consumer: str, message_id: str) -> bool:
+        key = (consumer, message_id)
+        if key in self._store._inbox or key in self.inbox:
+            return False
+        self.inbox.add(key)
+        return True
+
+    async def load(self, saga_id: str) -> SagaRecord | None:
+        record = self.sagas.get(saga_id) or self._store._sagas.get(saga_id)
+        return msgspec.structs.replace(record) if record is not None else None
+
+    async def insert(self, record: SagaRecord) -> None:
+        if record.saga_id in self._store._sagas or record.saga_id in self.sagas:
+            raise SagaExists(record.saga_id)
+        self.sagas[record.saga_id] = msgspec.structs.replace(record)
+
+    async def update(self, record: SagaRecord, *, expected_version: int) -> None:
+        current = self.sagas.get(record.saga_id) or self._store._sagas.get(record.saga_id)
+        if current is None or current.version != expected_version:
+            raise ConcurrencyConflict(record.saga_id)
+        self.sagas[record.saga_id] = msgspec.structs.replace(record)
+
+    async def add_history(self, row: HistoryRow) -> None:
+        self.history.append(row)
+
+    async def add_outbox(self, rows: Sequence[OutboxRow]) -> None:
+        self.outbox.extend(rows)
+
+
+class MemoryStore(Store):
+    """Keeps everything in dicts; one transaction at a time."""
+
+    def __init__(self) -> None:
+        self.url = "memory://"
+        self._lock = asyncio.Lock()
+        self._inbox: set[tuple[str, str]] = set()
+        self._sagas: dict[str, SagaRecord] = {}
+        self._history: dict[str, list[HistoryRow]] = {}
+        self._outbox: dict[str, OutboxRow] = {}
+        self._positions = itertools.count(1)
+
+    async def setup(self, ddl: Sequence[str] = ()) -> None:
+        return None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[StoreTx]:
+        async with self._lock:
+            tx = _MemoryTx(self)
+            yield tx
+            self._inbox |= tx.inbox
+            self._sagas.update(tx.sagas)
+            for row in tx.history:
+                self._history.setdefault(row.saga_id, []).append(row)
+            for out in tx.outbox:
+                self._outbox[out.message_id] = msgspec.structs.replace(
+                    out, position=next(self._positions)
+                )
+
+    async def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
+        rows = sorted(self._outbox.values(), key=lambda r: r.position)
+        return rows[:limit]
+
+    async def mark_sent(self, message_ids: Sequence[str]) -> None:
+        for message_id in message_ids:
+            self._outbox.pop(message_id, None)
+
+    async def get_saga(self, saga_id: str) -> SagaRecord | None:
+        return self._sagas.get(saga_id)
+
+    async def list_sagas(
+        self, *, status: SagaStatus | None = None, saga: str | None = None, limit: int = 1000
+    ) -> list[SagaRecord]:
+        found = [
+            r
+            for r in self._sagas.values()
+            if (status is None or r.status == status) and (saga is None or r.saga == saga)
+        ]
+        found.sort(key=lambda r: r.created_at, reverse=True)
+        return found[:limit]
+
+    async def history(self, saga_id: str) -> list[HistoryRow]:
+        return list(self._history.get(saga_id, ()))
+
+    async def close(self) -> None:
+        return None
