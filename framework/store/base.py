@@ -45,6 +45,9 @@ class SagaStatus(enum.StrEnum):
     COMPLETED = "completed"
     COMPENSATED = "compensated"
     COMPENSATION_FAILED = "compensation_failed"
+    # A step past the pivot exhausted its retries: the saga can neither finish nor compensate
+    # on its own; an operator resumes or aborts it.
+    FAILED = "failed"
     ABORTED = "aborted"
 
     @property
