@@ -6,7 +6,8 @@ The app owns its registry (no globals): two apps in one process never see each o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -15,12 +16,16 @@ import structlog
 from framework.bus import Bus, PublishMiddleware
 from framework.codec import DEFAULT_MAX_BODY_SIZE, Codec
 from framework.consumer import HandlerPipeline
+from framework.context import Context
 from framework.errors import ConfigurationError
-from framework.handlers import Service, check_unique_handlers
+from framework.handlers import HandlerSpec, Service, check_unique_handlers
 from framework.messages import Command, Event, Message, MessageKind, Query, Reply, reply_type_of
 from framework.middleware import Middleware
 from framework.retry import RetryPolicy
 from framework.routing import Naming
+from framework.saga.outbox import OutboxRelay, OutboxWriter
+from framework.saga.runner import SagaConflict, SagaRunner
+from framework.store.base import ConcurrencyConflict, Store, store_from_url
 from framework.transport.base import Consumer, Topology, Transport
 from framework.urls import redact
 
@@ -28,6 +33,8 @@ __all__ = ["App", "AppConfig", "transport_from_url"]
 
 R = TypeVar("R", bound=Reply)
 _log = structlog.get_logger("leveret.app")
+
+DEFAULT_DB_URL = "sqlite:///leveret.sqlite3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +104,10 @@ class App:
         middleware: consume middleware around every handler, outermost first.
         publish_middleware: middleware around every publish, outermost first.
         contracts: extra contract classes this app only sends (for export and checks).
+        db_url: the store for sagas and transactional handlers: ``sqlite:///file.db``
+            (default ``sqlite:///leveret.sqlite3``), ``postgresql://...`` or ``memory://``.
+            Only opened when the app has a saga or a transactional handler.
+        store: a ready store instead of ``db_url``.
 
     Raises:
         RegistrationError: a command or query has two handlers, or a handler is malformed.
@@ -113,6 +124,8 @@ class App:
         middleware: Sequence[Middleware] = (),
         publish_middleware: Sequence[PublishMiddleware] = (),
         contracts: Iterable[type[Message]] = (),
+        db_url: str | None = None,
+        store: Store | None = None,
     ) -> None:
         self.config = config or AppConfig()
         self.services = tuple(services)
@@ -131,6 +144,15 @@ class App:
             query_timeout=self.config.query_timeout,
         )
         by_service = {s.name: s for s in self.services}
+        self.store: Store | None = None
+        self.relay: OutboxRelay | None = None
+        self.sagas: dict[str, SagaRunner] = {}
+        if store is not None or any(h.saga is not None or h.transactional for h in self.handlers):
+            self.store = store or store_from_url(db_url or DEFAULT_DB_URL)
+            self.relay = OutboxRelay(self.store, self.transport, self.naming)
+            writer = OutboxWriter(self.codec, self.naming)
+            self.handlers = [self._bind_store(h, writer) for h in self.handlers]
+        self._sweeper: asyncio.Task[None] | None = None
         self.pipelines: list[HandlerPipeline] = []
         topology = Topology()
         delays: set[int] = set()
@@ -171,6 +193,31 @@ class App:
     def __repr__(self) -> str:
         return f"App(url={redact(self.url)!r}, services={[s.name for s in self.services]})"
 
+    def _bind_store(self, spec: HandlerSpec, writer: OutboxWriter) -> HandlerSpec:
+        """Point saga entry points at their runner and wrap transactional handlers."""
+        assert self.store is not None
+        assert self.relay is not None
+        if spec.saga is not None:
+            runner = self.sagas.get(spec.saga.name)
+            if runner is None:
+                timeout_wire = spec.saga.timeout_type.__wire_name__
+                runner = SagaRunner(
+                    spec.saga,
+                    store=self.store,
+                    writer=writer,
+                    relay=self.relay,
+                    consumer=f"{spec.service}.saga.{spec.saga.name}",
+                    timeout_queue=self.naming.handler_queue(spec.service, timeout_wire),
+                )
+                self.sagas[spec.saga.name] = runner
+            return dataclasses.replace(spec, func=runner.handle)
+        if spec.transactional:
+            queue = self.naming.handler_queue(spec.service, spec.message_type.__wire_name__)
+            return dataclasses.replace(
+                spec, func=transactional(spec.func, self.store, self.relay, writer, queue)
+            )
+        return spec
+
     def use_url(self, url: str) -> None:
         """Point the app at another broker before it starts (``leveret run --amqp-url``).
 
@@ -181,6 +228,8 @@ class App:
             raise ConfigurationError("use_url() must be called before the app starts")
         self.url = url
         self.transport = self.bus.transport = transport_from_url(url)
+        if self.relay is not None:
+            self.relay.use_transport(self.transport)
 
     async def __aenter__(self) -> App:
         await self.start()
@@ -195,9 +244,13 @@ class App:
         Raises:
             BrokerUnreachable: the broker did not answer within the connect deadline.
         """
+        if self.store is not None:
+            await self.store.setup([ddl for s in self.services for ddl in s.schema])
         await self.transport.connect()
         self._started = True
         await self.transport.declare(self.topology)
+        if self.relay is not None:
+            self._sweeper = asyncio.create_task(self.relay.run(), name="leveret-outbox-sweeper")
         if consume:
             for pipeline in self.pipelines:
                 consumer = await self.transport.consume(
@@ -237,7 +290,13 @@ class App:
             if pending:
                 await asyncio.wait(pending, timeout=5.0)
                 _log.warning("drain_cancelled_handlers", cancelled=len(pending))
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
         await self.transport.close()
+        if self.store is not None:
+            await self.store.close()
         _log.info("app_stopped")
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -290,3 +349,47 @@ def _contracts(handlers: Iterable[Any], extra: Iterable[type[Message]]) -> list[
             types.append(reply_type_of(spec.message_type))
     types.extend(extra)
     return list(dict.fromkeys(types))
+
+
+def transactional(
+    handler: Callable[..., Awaitable[Any]],
+    store: Store,
+    relay: OutboxRelay,
+    writer: OutboxWriter,
+    consumer: str,
+) -> Callable[[Message, Context], Awaitable[None]]:
+    """Run ``handler`` inside a store transaction with inbox dedupe and an outbox.
+
+    The handler's own SQL (``ctx.tx``), the inbox row and the messages it sends commit together;
+    the messages are published after the commit.
+    """
+
+    async def run(message: Message, ctx: Context) -> None:
+        for _ in range(5):
+            try:
+                async with store.transaction() as tx:
+                    if not await tx.inbox_add(consumer, ctx.message_id):
+                        return
+                    ctx.begin_transaction(tx)
+                    try:
+                        await handler(message, ctx)
+                    finally:
+                        queued = ctx.take_outbox()
+                    rows = [
+                        writer.row(
+                            m,
+                            message_id=mid,
+                            correlation_id=ctx.correlation_id,
+                            causation_id=ctx.message_id,
+                            saga_id=ctx.saga_id,
+                        )
+                        for m, mid in queued
+                    ]
+                    await tx.add_outbox(rows)
+            except ConcurrencyConflict:
+                continue
+            await relay.publish(rows)
+            return
+        raise SagaConflict(f"{consumer}: {ctx.message_id} kept conflicting")
+
+    return run

@@ -95,6 +95,12 @@ class Bus:
         """
         return await self._emit(event, MessageKind.EVENT, "publish", meta)
 
+    def check_bus(self, message: Message, verb: str) -> None:
+        """Raise WrongBus unless ``verb`` (send/publish) carries ``message``'s kind."""
+        expected = MessageKind.COMMAND if verb == "send" else MessageKind.EVENT
+        if getattr(type(message), "__kind__", None) is not expected:
+            raise WrongBus(_wrong_bus(message, verb))
+
     async def _emit(
         self, message: Message, kind: MessageKind, verb: str, meta: dict[str, Any]
     ) -> str:

@@ -10,7 +10,7 @@ import structlog
 
 from framework import envelope
 from framework.bus import Bus
-from framework.messages import Command, Event
+from framework.messages import Command, Event, Message
 
 __all__ = ["Context", "MessageContext", "QueryContext"]
 
@@ -74,13 +74,37 @@ class QueryContext(MessageContext):
 
 
 class Context(MessageContext):
-    """Context of a command or event handler."""
+    """Context of a command or event handler.
 
-    __slots__ = ("_bus",)
+    In a ``transactional=True`` handler, ``tx`` is the store transaction the handler's inbox row
+    and outbox rows are written in, and ``send``/``publish`` queue messages in that outbox: they
+    are published only after the transaction commits.
+    """
+
+    __slots__ = ("_bus", "_outbox", "tx")
 
     def __init__(self, bus: Bus, **fields: Any) -> None:
         super().__init__(**fields)
         self._bus = bus
+        self._outbox: list[tuple[Message, str]] | None = None
+        self.tx: Any = None
+
+    def begin_transaction(self, tx: Any) -> None:
+        """Route ``send``/``publish`` into an outbox for ``tx`` (used by the app)."""
+        self.tx = tx
+        self._outbox = []
+
+    def take_outbox(self) -> list[tuple[Message, str]]:
+        """The messages queued since ``begin_transaction``, with their deterministic ids."""
+        queued, self._outbox = self._outbox or [], None
+        self.tx = None
+        return queued
+
+    def _queue(self, message: Message) -> str:
+        assert self._outbox is not None
+        message_id = f"{self.message_id}/{self.handler}/{len(self._outbox)}"
+        self._outbox.append((message, message_id))
+        return message_id
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -92,8 +116,14 @@ class Context(MessageContext):
 
     async def send(self, command: Command) -> str:
         """Send a command, correlated with the message being handled; returns its id."""
+        if self._outbox is not None:
+            self._bus.check_bus(command, "send")
+            return self._queue(command)
         return await self._bus.send(command, **self._meta())
 
     async def publish(self, event: Event) -> str:
         """Publish an event, correlated with the message being handled; returns its id."""
+        if self._outbox is not None:
+            self._bus.check_bus(event, "publish")
+            return self._queue(event)
         return await self._bus.publish(event, **self._meta())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
@@ -40,10 +40,14 @@ class HandlerSpec:
     retry: RetryPolicy | None
     timeout: float | None
     prefetch: int | None
+    transactional: bool = False
+    saga: Any = None  # the Saga definition when the handler is a saga runner's entry point
 
     @property
     def name(self) -> str:
-        """``service.function`` as it appears in logs and errors."""
+        """``service.function`` (or ``service.saga:<name>``) as it appears in logs and errors."""
+        if self.saga is not None:
+            return f"{self.service}.saga:{self.saga.name}"
         return f"{self.service}.{self.func.__name__}"
 
     @property
@@ -60,6 +64,8 @@ class Service:
         retry: default retry policy for this service's command and event handlers.
         timeout: default handler deadline in seconds.
         prefetch: default unacked deliveries per handler queue.
+        schema: idempotent DDL (``CREATE TABLE IF NOT EXISTS ...``) for the service's own tables,
+            run by the app's store at start-up.
     """
 
     def __init__(
@@ -69,6 +75,7 @@ class Service:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         prefetch: int | None = None,
+        schema: Sequence[str] = (),
     ) -> None:
         if not _SERVICE_NAME.match(name):
             raise RegistrationError(
@@ -79,7 +86,9 @@ class Service:
         self.retry = retry
         self.timeout = timeout
         self.prefetch = prefetch
+        self.schema = tuple(schema)
         self._handlers: dict[type[Message], HandlerSpec] = {}
+        self.sagas: list[Any] = []
 
     def __repr__(self) -> str:
         return f"Service({self.name!r}, handlers={len(self._handlers)})"
@@ -136,14 +145,51 @@ class Service:
             )
         return self._decorate(MessageKind.QUERY, "query", func, options)
 
+    def saga(self, saga: Any, *, retry: RetryPolicy | None = None) -> Any:
+        """Run a saga definition in this service: it handles its start message and replies.
+
+        The saga becomes the handler of every message type it consumes (its start command counts
+        as that command's one handler). Returns the built definition.
+        """
+        from framework.saga.definition import Saga
+
+        if not isinstance(saga, Saga):
+            raise RegistrationError(f"{saga!r} is not a framework.saga.Saga")
+        built = saga.build()
+
+        async def run_saga(msg: Message, ctx: Any) -> None:  # replaced by the app's runner
+            raise RegistrationError(f"saga {built.name!r} runs only inside an App")
+
+        for message_type in built.message_types:
+            validate_contract(message_type)
+            existing = self._handlers.get(message_type)
+            if existing is not None:
+                raise RegistrationError(
+                    f"saga {built.name!r} consumes {message_type.__qualname__}, which "
+                    f"{existing.where} already handles in service {self.name!r}"
+                )
+            self._handlers[message_type] = HandlerSpec(
+                service=self.name,
+                kind=kind_of(message_type),
+                message_type=message_type,
+                func=run_saga,
+                takes_context=True,
+                retry=retry,
+                timeout=None,
+                prefetch=None,
+                saga=built,
+            )
+        self.sagas.append(built)
+        return built
+
     def _decorate(
         self, kind: MessageKind, decorator: str, func: F | None, options: dict[str, Any]
     ) -> F | Callable[[F], F]:
-        unknown = set(options) - {"retry", "timeout", "prefetch"}
+        unknown = set(options) - {"retry", "timeout", "prefetch", "transactional"}
         if unknown:
             raise RegistrationError(
                 f"@{self.name}.{decorator} got unknown options {sorted(unknown)}: "
-                "accepted are retry, timeout, prefetch"
+                "accepted are retry, timeout, prefetch, transactional"
             )
         _check_option(options.get("timeout"), "timeout", float)
         _check_option(options.get("prefetch"), "prefetch", int)
@@ -208,6 +254,11 @@ class Service:
             )
         validate_contract(message_type)
         _check_return(where, kind, message_type, hints.get("return", inspect.Signature.empty))
+        if options.get("transactional") and (kind is MessageKind.QUERY or len(positional) != 2):
+            raise RegistrationError(
+                f"{where}: transactional=True needs a command or event handler that takes the "
+                "context (`ctx.tx` is its transaction)"
+            )
         return HandlerSpec(
             service=self.name,
             kind=kind,
@@ -217,6 +268,7 @@ class Service:
             retry=options.get("retry"),
             timeout=options.get("timeout"),
             prefetch=options.get("prefetch"),
+            transactional=bool(options.get("transactional", False)),
         )
 
 

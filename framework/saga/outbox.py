@@ -1,0 +1,231 @@
+"""The outbox: messages written in a handler's transaction, published only after it commits.
+
+``OutboxWriter`` turns outgoing contracts into rows with deterministic message ids;
+``OutboxRelay`` publishes rows with confirms and marks them sent — right after each commit, and
+from a sweeper for rows a crashed process left behind. A row published twice (a crash between
+the publish and ``mark_sent``) carries the same message id both times, so the consumer's inbox
+drops the second copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+import structlog
+
+from framework import envelope
+from framework.codec import Codec
+from framework.messages import Message, MessageKind
+from framework.routing import Naming
+from framework.store.base import OutboxRow, Store
+from framework.transport.base import (
+    BindingSpec,
+    ExchangeSpec,
+    ExchangeType,
+    OutgoingMessage,
+    QueueSpec,
+    Topology,
+    Transport,
+)
+
+__all__ = ["OutboxRelay", "OutboxWriter"]
+
+_log = structlog.get_logger("leveret.outbox")
+
+
+class _Properties(msgspec.Struct, kw_only=True, omit_defaults=True):
+    type: str | None = None
+    correlation_id: str | None = None
+    content_type: str | None = None
+    headers: dict[str, Any] = msgspec.field(default_factory=dict)
+    persistent: bool = True
+    expiration_ms: int | None = None
+    timestamp: int | None = None
+
+
+_encode_props = msgspec.json.Encoder().encode
+_decode_props = msgspec.json.Decoder(_Properties).decode
+
+
+class OutboxWriter:
+    """Builds outbox rows for contracts (and delayed messages) without touching the broker."""
+
+    def __init__(self, codec: Codec, naming: Naming, *, clock: Callable[[], float] = time.time):
+        self._codec = codec
+        self._naming = naming
+        self._clock = clock
+        self._exchanges = {
+            MessageKind.COMMAND: naming.commands,
+            MessageKind.EVENT: naming.events,
+            MessageKind.QUERY: naming.queries,
+        }
+
+    def row(
+        self,
+        message: Message,
+        *,
+        message_id: str,
+        correlation_id: str | None,
+        causation_id: str | None,
+        saga_id: str | None = None,
+        delay_ms: int | None = None,
+        queue: str | None = None,
+    ) -> OutboxRow:
+        """A row for ``message``; with ``delay_ms`` it goes through the delay queue to ``queue``."""
+        cls = type(message)
+        wire = envelope.build(
+            message,
+            self._codec.encode(message),
+            message_id=message_id,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            saga_id=saga_id,
+        )
+        if delay_ms is not None:
+            assert queue is not None
+            exchange, routing_key, mandatory = self._naming.delay(delay_ms), queue, True
+        else:
+            kind = cls.__kind__
+            exchange, routing_key = self._exchanges[kind], cls.__wire_name__
+            mandatory = kind is MessageKind.COMMAND
+        props = _Properties(
+            type=wire.type,
+            correlation_id=wire.correlation_id,
+            content_type=wire.content_type,
+            headers=wire.headers,
+            persistent=wire.persistent,
+            expiration_ms=delay_ms,
+            timestamp=wire.timestamp,
+        )
+        return OutboxRow(
+            message_id=message_id,
+            exchange=exchange,
+            routing_key=routing_key,
+            body=wire.body,
+            properties=_encode_props(props),
+            mandatory=mandatory,
+            destination=routing_key,
+            saga_id=saga_id,
+            created_at=self._clock(),
+        )
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows with confirms and marks them sent.
+
+    Args:
+        sweep_interval: seconds between sweeps for rows left unsent (crash, broker trouble).
+        sweep_grace: rows younger than this are left to the process that wrote them.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        transport: Transport,
+        naming: Naming,
+        *,
+        sweep_interval: float = 1.0,
+        sweep_grace: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._transport = transport
+        self._naming = naming
+        self._interval = sweep_interval
+        self._grace = sweep_grace
+        self._clock = clock
+        self._delays: set[str] = set()
+        self._delay_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    def use_transport(self, transport: Transport) -> None:
+        self._transport = transport
+
+    async def publish(self, rows: Sequence[OutboxRow]) -> bool:
+        """Publish ``rows`` (concurrently, each with its confirm) and mark the sent ones.
+
+        Returns whether all were sent; unsent rows stay pending for the sweeper.
+        """
+        if not rows:
+            return True
+        results = await asyncio.gather(*(self._publish_one(r) for r in rows))
+        sent = [r.message_id for r, ok in zip(rows, results, strict=True) if ok]
+        if sent:
+            await self._store.mark_sent(sent)
+        return len(sent) == len(rows)
+
+    async def _publish_one(self, row: OutboxRow) -> bool:
+        props = _decode_props(row.properties)
+        if props.expiration_ms is not None:
+            await self._ensure_delay(props.expiration_ms)
+        message = OutgoingMessage(
+            body=row.body,
+            message_id=row.message_id,
+            type=props.type,
+            correlation_id=props.correlation_id,
+            content_type=props.content_type,
+            headers=props.headers,
+            persistent=props.persistent,
+            expiration_ms=props.expiration_ms,
+            timestamp=props.timestamp,
+        )
+        try:
+            await self._transport.publish(
+                message,
+                exchange=row.exchange,
+                routing_key=row.routing_key,
+                mandatory=row.mandatory,
+            )
+        except Exception as exc:
+            _log.warning(
+                "outbox_publish_failed",
+                message_id=row.message_id,
+                exchange=row.exchange,
+                routing_key=row.routing_key,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return False
+        return True
+
+    async def _ensure_delay(self, ms: int) -> None:
+        """Declare the delay tier for ``ms`` the first time it is used."""
+        name = self._naming.delay(ms)
+        if name in self._delays:
+            return
+        async with self._delay_lock:
+            if name in self._delays:
+                return
+            await self._transport.declare(
+                Topology(
+                    exchanges=(ExchangeSpec(name, ExchangeType.FANOUT),),
+                    queues=(QueueSpec(name, dead_letter_exchange=self._naming.retry),),
+                    bindings=(BindingSpec(name, name, ""),),
+                )
+            )
+            self._delays.add(name)
+
+    async def sweep(self) -> int:
+        """Publish rows older than the grace period; returns how many were sent."""
+        cutoff = self._clock() - self._grace
+        rows = [r for r in await self._store.pending_outbox() if r.created_at <= cutoff]
+        if not rows:
+            return 0
+        await self.publish(rows)
+        return len(rows)
+
+    async def run(self) -> None:
+        """Sweep forever (until cancelled)."""
+        while True:
+            try:
+                sent = await self.sweep()
+                if sent:
+                    _log.info("outbox_swept", rows=sent)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                _log.warning("outbox_sweep_failed", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(self._interval)

@@ -1,0 +1,277 @@
+"""The saga runner: correlate, dedupe, transition, save and emit — in one transaction.
+
+For every message a saga consumes, ``SagaRunner.handle`` (registered as the handler of that
+message type) does, in one store transaction:
+
+1. record the message id in the inbox — a duplicate stops here and is acked;
+2. find the instance (saga id from the ``leveret-saga-id`` header, a timeout's own field, or the
+   saga's key field), creating it for the start message — the insert is unique per saga id, so
+   of two racing starts one wins and the other is retried against the winner's instance;
+3. apply the pure transition;
+4. save state (version-checked), a history row and the emitted messages as outbox rows with
+   deterministic ids ``<saga id>/<version>/<n>``.
+
+After the commit it publishes those rows (the consume pipeline acks only when ``handle`` has
+returned). A version conflict retries the message in a fresh transaction, a bounded number of
+times; then the handler fails and the retry policy takes over.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import msgspec
+import structlog
+
+from framework.consumer import RejectMessage
+from framework.context import Context
+from framework.errors import LeveretError
+from framework.messages import Message
+from framework.saga.definition import Instance, Saga, SagaTimeout, Transition
+from framework.saga.outbox import OutboxRelay, OutboxWriter
+from framework.store.base import (
+    ConcurrencyConflict,
+    HistoryRow,
+    OutboxRow,
+    SagaExists,
+    SagaRecord,
+    Store,
+    StoreTx,
+)
+
+__all__ = ["SagaConflict", "SagaRunner"]
+
+_log = structlog.get_logger("leveret.saga")
+
+
+class SagaConflict(LeveretError):
+    """Concurrent updates kept conflicting; the message is retried by the retry policy."""
+
+
+class SagaRunner:
+    """Runs one saga definition against a store.
+
+    Args:
+        saga: the built definition.
+        consumer: inbox namespace (the service name plus saga name).
+        timeout_queue: the queue the saga's timeout messages are delivered to.
+        unknown: what to do with a reply for an instance that does not exist: ``dead_letter``
+            (default; it reaches the DLQ with a reason) or ``discard``.
+        conflict_retries: fresh transactions to try before failing the message.
+    """
+
+    def __init__(
+        self,
+        saga: Saga[Any],
+        *,
+        store: Store,
+        writer: OutboxWriter,
+        relay: OutboxRelay,
+        consumer: str,
+        timeout_queue: str,
+        unknown: Literal["dead_letter", "discard"] = "dead_letter",
+        conflict_retries: int = 5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.saga = saga
+        self._store = store
+        self._writer = writer
+        self._relay = relay
+        self._consumer = consumer
+        self._timeout_queue = timeout_queue
+        self._unknown = unknown
+        self._retries = conflict_retries
+        self._clock = clock
+        persisted = msgspec.defstruct(
+            f"{saga.name}_persisted",
+            [("data", saga.state), ("completed", list[str], []), ("attempt", int, 0)],
+            kw_only=True,
+        )
+        self._persisted = persisted
+        self._encode = msgspec.json.Encoder().encode
+        self._decode = msgspec.json.Decoder(persisted).decode
+
+    async def handle(self, message: Message, ctx: Context) -> None:
+        """The handler registered for every message type the saga consumes."""
+        for _ in range(self._retries):
+            try:
+                rows = await self._apply_once(message, ctx)
+            except (ConcurrencyConflict, SagaExists):
+                continue
+            await self._relay.publish(rows)
+            return
+        raise SagaConflict(
+            f"saga {self.saga.name!r}: {ctx.message_id} kept conflicting with concurrent "
+            f"updates after {self._retries} attempts"
+        )
+
+    def saga_id_for(self, message: Message, header: str | None) -> str | None:
+        """Which instance a message belongs to, or None if it cannot tell."""
+        if isinstance(message, SagaTimeout):
+            return message.saga_id
+        prefix = f"{self.saga.name}-"
+        if header is not None and header.startswith(prefix):
+            return header
+        key = self.saga.key_of(message)
+        return None if key is None else prefix + key
+
+    async def _apply_once(self, message: Message, ctx: Context) -> list[OutboxRow]:
+        saga = self.saga
+        async with self._store.transaction() as tx:
+            if not await tx.inbox_add(self._consumer, ctx.message_id):
+                return []
+            saga_id = self.saga_id_for(message, ctx.saga_id)
+            if saga_id is None:
+                raise RejectMessage(
+                    f"uncorrelated: {type(message).__qualname__} carries neither a saga id "
+                    f"header nor a {saga.key!r} field"
+                )
+            record = await tx.load(saga_id)
+            now = self._clock()
+            transition: Transition[Any] | None
+            if record is None:
+                if type(message) is not saga.start:
+                    return await self._unknown_instance(tx, saga_id, message)
+                transition = saga.begin(saga_id, message)
+                version = 1
+            else:
+                ignored = self._ignore_reason(record, message)
+                instance = None if ignored else self._instance(record)
+                transition = None if instance is None else saga.apply(instance, message)
+                if transition is None:
+                    await self._note(
+                        tx,
+                        record,
+                        ctx,
+                        message,
+                        ignored
+                        or f"ignored: no transition for {type(message).__name__} "
+                        f"in state {record.state!r}",
+                    )
+                    return []
+                version = record.version + 1
+            rows = self._rows(saga_id, version, transition, ctx)
+            new = SagaRecord(
+                saga_id=saga_id,
+                saga=saga.name,
+                correlation_id=ctx.correlation_id or saga_id,
+                status=transition.status,
+                state=transition.state,
+                data=self._encode(
+                    self._persisted(
+                        data=transition.data,
+                        completed=list(transition.completed),
+                        attempt=transition.attempt,
+                    )
+                ),
+                version=version,
+                created_at=record.created_at if record else now,
+                updated_at=now,
+                deadline_at=None if transition.timeout is None else now + transition.timeout,
+                reason=transition.reason,
+            )
+            if record is None:
+                await tx.insert(new)
+            else:
+                await tx.update(new, expected_version=record.version)
+            await tx.add_history(
+                HistoryRow(
+                    saga_id=saga_id,
+                    version=version,
+                    at=now,
+                    message_id=ctx.message_id,
+                    message_type=type(message).__wire_name__,
+                    from_state=record.state if record else "start",
+                    to_state=transition.state,
+                    status=transition.status,
+                    emitted=[r.message_id for r in rows],
+                )
+            )
+            await tx.add_outbox(rows)
+        if transition.finished:
+            _log.info(
+                "saga_finished",
+                saga=saga.name,
+                saga_id=saga_id,
+                status=str(transition.status),
+                reason=transition.reason,
+            )
+        return rows
+
+    def _ignore_reason(self, record: SagaRecord, message: Message) -> str | None:
+        if record.status.terminal:
+            return f"ignored: saga already {record.status}"
+        if isinstance(message, SagaTimeout) and (
+            message.armed_version != record.version or message.state != record.state
+        ):
+            return f"ignored: stale timeout for {message.state!r} (v{message.armed_version})"
+        return None
+
+    def _instance(self, record: SagaRecord) -> Instance[Any]:
+        persisted: Any = self._decode(record.data)
+        return Instance(
+            saga_id=record.saga_id,
+            state=record.state,
+            data=persisted.data,
+            completed=tuple(persisted.completed),
+            attempt=persisted.attempt,
+            reason=record.reason,
+        )
+
+    def _rows(
+        self, saga_id: str, version: int, transition: Transition[Any], ctx: Context
+    ) -> list[OutboxRow]:
+        rows = [
+            self._writer.row(
+                msg,
+                message_id=f"{saga_id}/{version}/{n}",
+                correlation_id=ctx.correlation_id,
+                causation_id=ctx.message_id,
+                saga_id=saga_id,
+            )
+            for n, msg in enumerate(transition.emit)
+        ]
+        if transition.timeout is not None and not transition.finished:
+            timeout = self.saga.timeout_type(
+                saga_id=saga_id, state=transition.state, armed_version=version
+            )
+            rows.append(
+                self._writer.row(
+                    timeout,
+                    message_id=f"{saga_id}/{version}/timeout",
+                    correlation_id=ctx.correlation_id,
+                    causation_id=ctx.message_id,
+                    saga_id=saga_id,
+                    delay_ms=max(1, round(transition.timeout * 1000)),
+                    queue=self._timeout_queue,
+                )
+            )
+        return rows
+
+    async def _note(
+        self, tx: StoreTx, record: SagaRecord, ctx: Context, message: Message, note: str
+    ) -> None:
+        """Record a message that changed nothing (late reply, stale timeout, duplicate start)."""
+        await tx.add_history(
+            HistoryRow(
+                saga_id=record.saga_id,
+                version=record.version,
+                at=self._clock(),
+                message_id=ctx.message_id,
+                message_type=type(message).__wire_name__,
+                from_state=record.state,
+                to_state=record.state,
+                status=record.status,
+                note=note,
+            )
+        )
+
+    async def _unknown_instance(
+        self, tx: StoreTx, saga_id: str, message: Message
+    ) -> list[OutboxRow]:
+        if self._unknown == "discard":
+            _log.info("saga_reply_discarded", saga_id=saga_id, message=type(message).__name__)
+            return []
+        raise RejectMessage(f"unknown_saga: no {self.saga.name} instance {saga_id!r}")
