@@ -14,19 +14,6 @@ __all__ = [
 ]
 
 
-class ReserveInventory(Command):
-    __wire_name__ = "inventory.reserve_inventory"
-
-    order_id: str
-    items: list[LineItem]
-
-
-class ReleaseInventory(Command):
-    __wire_name__ = "inventory.release_inventory"
-
-    order_id: str
-
-
 class InventoryReserved(Event):
     __wire_name__ = "inventory.inventory_reserved"
 
@@ -42,5 +29,20 @@ class InventoryRejected(Event):
 
 class InventoryReleased(Event):
     __wire_name__ = "inventory.inventory_released"
+
+    order_id: str
+
+
+class ReserveInventory(Command):
+    __wire_name__ = "inventory.reserve_inventory"
+    __replies__ = (InventoryReserved, InventoryRejected)
+
+    order_id: str
+    items: list[LineItem]
+
+
+class ReleaseInventory(Command):
+    __wire_name__ = "inventory.release_inventory"
+    __replies__ = (InventoryReleased,)
 
     order_id: str

@@ -8,24 +8,15 @@ import msgspec
 
 from framework.messages import Command, Event
 
-__all__ = ["ChargePayment", "PaymentCharged", "PaymentDeclined", "PaymentRefunded", "RefundPayment"]
+__all__ = [
+    "ChargePayment",
+    "PaymentCharged",
+    "PaymentDeclined",
+    "PaymentRefunded",
+    "RefundPayment",
+]
 
 Cents = Annotated[int, msgspec.Meta(ge=0)]
-
-
-class ChargePayment(Command):
-    __wire_name__ = "payment.charge_payment"
-
-    order_id: str
-    customer_id: str
-    amount_cents: Cents
-
-
-class RefundPayment(Command):
-    __wire_name__ = "payment.refund_payment"
-
-    order_id: str
-    amount_cents: Cents
 
 
 class PaymentCharged(Event):
@@ -45,6 +36,23 @@ class PaymentDeclined(Event):
 
 class PaymentRefunded(Event):
     __wire_name__ = "payment.payment_refunded"
+
+    order_id: str
+    amount_cents: Cents
+
+
+class ChargePayment(Command):
+    __wire_name__ = "payment.charge_payment"
+    __replies__ = (PaymentCharged, PaymentDeclined)
+
+    order_id: str
+    customer_id: str
+    amount_cents: Cents
+
+
+class RefundPayment(Command):
+    __wire_name__ = "payment.refund_payment"
+    __replies__ = (PaymentRefunded,)
 
     order_id: str
     amount_cents: Cents

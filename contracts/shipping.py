@@ -7,13 +7,6 @@ from framework.messages import Command, Event
 __all__ = ["OrderShipped", "ShipOrder", "ShippingFailed"]
 
 
-class ShipOrder(Command):
-    __wire_name__ = "shipping.ship_order"
-
-    order_id: str
-    address: str
-
-
 class OrderShipped(Event):
     __wire_name__ = "shipping.order_shipped"
 
@@ -26,3 +19,11 @@ class ShippingFailed(Event):
 
     order_id: str
     reason: str
+
+
+class ShipOrder(Command):
+    __wire_name__ = "shipping.ship_order"
+    __replies__ = (OrderShipped, ShippingFailed)
+
+    order_id: str
+    address: str

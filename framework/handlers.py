@@ -106,11 +106,16 @@ class Service:
         retry: RetryPolicy | None = ...,
         timeout: float | None = ...,
         prefetch: int | None = ...,
+        transactional: bool = ...,
     ) -> Callable[[F], F]: ...
     def command(  # type: ignore[misc]  # options are checked in _decorate
         self, func: F | None = None, /, **options: Any
     ) -> F | Callable[[F], F]:
-        """Register the handler of a Command (exactly one per command across the app)."""
+        """Register the handler of a Command (exactly one per command across the app).
+
+        ``transactional=True`` runs it in a store transaction with inbox dedupe: its SQL on
+        ``ctx.tx`` and the messages it sends commit together (see ``App(db_url=)``).
+        """
         return self._decorate(MessageKind.COMMAND, "command", func, options)
 
     @overload
@@ -122,6 +127,7 @@ class Service:
         retry: RetryPolicy | None = ...,
         timeout: float | None = ...,
         prefetch: int | None = ...,
+        transactional: bool = ...,
     ) -> Callable[[F], F]: ...
     def event(  # type: ignore[misc]  # options are checked in _decorate
         self, func: F | None = None, /, **options: Any

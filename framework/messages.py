@@ -74,9 +74,13 @@ class Message(msgspec.Struct, metaclass=_ContractMeta):
 
 
 class Command(Message):
-    """Asks exactly one service to change something. Its handler returns nothing."""
+    """Asks exactly one service to change something. Its handler returns nothing.
+
+    ``__replies__`` may list the events that answer it; saga steps are then checked against it.
+    """
 
     __kind__ = MessageKind.COMMAND
+    __replies__: ClassVar[tuple[type[Message], ...] | None] = None
 
 
 class Event(Message):

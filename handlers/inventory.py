@@ -1,8 +1,13 @@
-"""Inventory: reserves stock for orders and releases it again."""
+"""Inventory: stock with reservations, in its own tables.
+
+Every change and the event announcing it commit in one transaction with the inbox row, so a
+redelivered command changes nothing twice. ``inventory_movements`` is the ledger the shop's
+invariants are checked against.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 
 from contracts.inventory import (
     InventoryRejected,
@@ -13,28 +18,49 @@ from contracts.inventory import (
 )
 from framework import Context, Service
 
-__all__ = ["Stock", "build_inventory"]
+__all__ = ["build_inventory"]
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS inventory_stock (
+        sku TEXT PRIMARY KEY,
+        on_hand BIGINT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS inventory_movements (
+        order_id TEXT NOT NULL,
+        sku TEXT NOT NULL,
+        qty BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        PRIMARY KEY (order_id, sku, kind)
+    )""",
+)
 
 
-@dataclass
-class Stock:
-    """Units on hand per SKU and what each order holds."""
+def build_inventory(stock: Mapping[str, int]) -> Service:
+    """The inventory service; ``stock`` seeds the SKUs that do not exist yet."""
+    seed = tuple(
+        f"INSERT INTO inventory_stock (sku, on_hand) VALUES ('{sku}', {int(n)}) "
+        "ON CONFLICT (sku) DO NOTHING"
+        for sku, n in sorted(stock.items())
+        if sku.replace("-", "").isalnum()
+    )
+    inventory = Service("inventory", schema=SCHEMA + seed)
 
-    on_hand: dict[str, int] = field(default_factory=dict)
-    reservations: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
-def build_inventory(stock: Stock) -> Service:
-    """The inventory service over ``stock``."""
-    inventory = Service("inventory")
-
-    @inventory.command
+    @inventory.command(transactional=True)
     async def reserve(cmd: ReserveInventory, ctx: Context) -> None:
-        if cmd.order_id not in stock.reservations:
+        tx = ctx.tx
+        held = await tx.fetchone(
+            "SELECT 1 FROM inventory_movements WHERE order_id = ? AND kind = 'reserve'",
+            cmd.order_id,
+        )
+        if held is None:
             wanted: dict[str, int] = {}
             for item in cmd.items:
                 wanted[item.sku] = wanted.get(item.sku, 0) + item.qty
-            short = sorted(s for s, n in wanted.items() if stock.on_hand.get(s, 0) < n)
+            short = []
+            for sku, qty in sorted(wanted.items()):
+                row = await tx.fetchone("SELECT on_hand FROM inventory_stock WHERE sku = ?", sku)
+                if row is None or row[0] < qty:
+                    short.append(sku)
             if short:
                 await ctx.publish(
                     InventoryRejected(
@@ -42,18 +68,42 @@ def build_inventory(stock: Stock) -> Service:
                     )
                 )
                 return
-            for sku, n in wanted.items():
-                stock.on_hand[sku] -= n
-            stock.reservations[cmd.order_id] = wanted
+            for sku, qty in sorted(wanted.items()):
+                await tx.execute(
+                    "UPDATE inventory_stock SET on_hand = on_hand - ? WHERE sku = ?", qty, sku
+                )
+                await tx.execute(
+                    "INSERT INTO inventory_movements (order_id, sku, qty, kind) "
+                    "VALUES (?, ?, ?, 'reserve')",
+                    cmd.order_id,
+                    sku,
+                    qty,
+                )
         await ctx.publish(InventoryReserved(order_id=cmd.order_id))
 
-    @inventory.command
+    @inventory.command(transactional=True)
     async def release(cmd: ReleaseInventory, ctx: Context) -> None:
-        held = stock.reservations.pop(cmd.order_id, None)
-        if held is None:
-            return  # never reserved, or released already
-        for sku, n in held.items():
-            stock.on_hand[sku] = stock.on_hand.get(sku, 0) + n
+        tx = ctx.tx
+        released = await tx.fetchone(
+            "SELECT 1 FROM inventory_movements WHERE order_id = ? AND kind = 'release'",
+            cmd.order_id,
+        )
+        if released is None:
+            for sku, qty in await tx.fetchall(
+                "SELECT sku, qty FROM inventory_movements WHERE order_id = ? AND kind = 'reserve'",
+                cmd.order_id,
+            ):
+                await tx.execute(
+                    "UPDATE inventory_stock SET on_hand = on_hand + ? WHERE sku = ?", qty, sku
+                )
+                await tx.execute(
+                    "INSERT INTO inventory_movements (order_id, sku, qty, kind) "
+                    "VALUES (?, ?, ?, 'release')",
+                    cmd.order_id,
+                    sku,
+                    qty,
+                )
+        # Confirm even when nothing was held: the saga waits for this to finish compensating.
         await ctx.publish(InventoryReleased(order_id=cmd.order_id))
 
     return inventory

@@ -1,32 +1,37 @@
-"""Notifications: tells customers what happened to their orders (here: records it)."""
+"""Notifications: tells customers how their orders ended (here: records each notification)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 from contracts.notifications import CustomerNotified, NotifyCustomer
 from framework import Context, Service
 
-__all__ = ["Outbox", "build_notifications"]
+__all__ = ["build_notifications"]
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS notifications_sent (
+        message_id TEXT PRIMARY KEY,
+        customer_id TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        template TEXT NOT NULL
+    )""",
+)
 
 
-@dataclass
-class Outbox:
-    """Notifications sent, keyed by the command's message id so a redelivery sends nothing."""
+def build_notifications() -> Service:
+    """The notifications service."""
+    notifications = Service("notifications", schema=SCHEMA)
 
-    sent: dict[str, tuple[str, str, str]] = field(default_factory=dict)
-
-
-def build_notifications(outbox: Outbox) -> Service:
-    """The notifications service over ``outbox``."""
-    notifications = Service("notifications")
-
-    @notifications.command
+    @notifications.command(transactional=True)
     async def notify(cmd: NotifyCustomer, ctx: Context) -> None:
-        if ctx.message_id in outbox.sent:
-            return
-        outbox.sent[ctx.message_id] = (cmd.customer_id, cmd.order_id, cmd.template)
-        ctx.log.info("customer_notified", order_id=cmd.order_id, template=cmd.template)
+        # The inbox already drops redeliveries; the key makes a second copy impossible anyway.
+        await ctx.tx.execute(
+            "INSERT INTO notifications_sent (message_id, customer_id, order_id, template) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING",
+            ctx.message_id,
+            cmd.customer_id,
+            cmd.order_id,
+            cmd.template,
+        )
         await ctx.publish(
             CustomerNotified(
                 customer_id=cmd.customer_id, order_id=cmd.order_id, template=cmd.template

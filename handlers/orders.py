@@ -1,180 +1,221 @@
-"""Orders: takes orders, drives them through inventory, payment and shipping, answers GetOrder.
+"""Orders: the order saga (orchestration) and the order read side (choreography).
 
-Until the saga runner lands this service coordinates the order flow with plain event handlers
-(choreography), keeping its state in memory.
+The saga reserves inventory, charges the payment and ships. Out of stock: nothing to undo, the
+order is cancelled. Payment declined: inventory is released. Shipping failed: the payment is
+refunded and inventory released. Each ending notifies the customer once.
+
+The read side is plain event handling in one transaction with its inbox: it keeps the
+``orders_view`` table that ``GetOrder`` answers from.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import msgspec
 
 from contracts.inventory import (
     InventoryRejected,
+    InventoryReleased,
     InventoryReserved,
     ReleaseInventory,
     ReserveInventory,
 )
 from contracts.notifications import NotifyCustomer
 from contracts.orders import (
-    CancelOrder,
     GetOrder,
+    LineItem,
     OrderCancelled,
     OrderCompleted,
-    OrderFailed,
     OrderPlaced,
-    OrderStatus,
     OrderView,
     PlaceOrder,
 )
-from contracts.payment import ChargePayment, PaymentCharged, PaymentDeclined, RefundPayment
+from contracts.payment import (
+    ChargePayment,
+    PaymentCharged,
+    PaymentDeclined,
+    PaymentRefunded,
+    RefundPayment,
+)
 from contracts.shipping import OrderShipped, ShipOrder, ShippingFailed
-from framework import Context, QueryContext, RejectMessage, Service
+from framework import Context, QueryContext, Service
+from framework.messages import Message
+from framework.saga import Saga, StepKind
+from framework.store import Store
 
-__all__ = ["OrderBook", "build_orders"]
-
-TERMINAL: frozenset[OrderStatus] = frozenset({"completed", "cancelled", "failed"})
+__all__ = ["OrderState", "build_orders", "build_read_side", "order_saga"]
 
 
-@dataclass
-class Order:
+class OrderState(msgspec.Struct, frozen=True, kw_only=True):
     order_id: str
     customer_id: str
+    items: list[LineItem]
     total_cents: int
     address: str
-    status: OrderStatus = "placed"
-    reason: str | None = None
+    payment_id: str | None = None
 
 
-@dataclass
-class OrderBook:
-    """The orders service's state (in memory until the saga store lands)."""
+def new_order(cmd: PlaceOrder) -> OrderState:
+    return OrderState(
+        order_id=cmd.order_id,
+        customer_id=cmd.customer_id,
+        items=cmd.items,
+        total_cents=sum(i.qty * i.unit_price_cents for i in cmd.items),
+        address=cmd.address,
+    )
 
-    orders: dict[str, Order] = field(default_factory=dict)
 
-    def view(self, order_id: str) -> OrderView | None:
-        order = self.orders.get(order_id)
-        if order is None:
-            return None
-        return OrderView(
-            order_id=order.order_id,
-            customer_id=order.customer_id,
-            status=order.status,
-            total_cents=order.total_cents,
-            reason=order.reason,
+def placed(s: OrderState) -> list[Message]:
+    return [
+        OrderPlaced(
+            order_id=s.order_id,
+            customer_id=s.customer_id,
+            items=s.items,
+            total_cents=s.total_cents,
+            address=s.address,
         )
+    ]
 
 
-def build_orders(book: OrderBook) -> Service:
-    """The orders service over ``book``."""
+def reserve(s: OrderState) -> ReserveInventory:
+    return ReserveInventory(order_id=s.order_id, items=s.items)
+
+
+def release(s: OrderState) -> ReleaseInventory:
+    return ReleaseInventory(order_id=s.order_id)
+
+
+def charge(s: OrderState) -> ChargePayment:
+    return ChargePayment(order_id=s.order_id, customer_id=s.customer_id, amount_cents=s.total_cents)
+
+
+def refund(s: OrderState) -> RefundPayment:
+    return RefundPayment(order_id=s.order_id, amount_cents=s.total_cents)
+
+
+def ship(s: OrderState) -> ShipOrder:
+    return ShipOrder(order_id=s.order_id, address=s.address)
+
+
+def charged(s: OrderState, evt: PaymentCharged) -> OrderState:
+    return msgspec.structs.replace(s, payment_id=evt.payment_id)
+
+
+def completed(s: OrderState) -> list[Message]:
+    return [
+        OrderCompleted(order_id=s.order_id),
+        NotifyCustomer(customer_id=s.customer_id, order_id=s.order_id, template="order_shipped"),
+    ]
+
+
+def cancelled(s: OrderState, reason: str) -> list[Message]:
+    return [
+        OrderCancelled(order_id=s.order_id, reason=reason),
+        NotifyCustomer(customer_id=s.customer_id, order_id=s.order_id, template="order_cancelled"),
+    ]
+
+
+def order_saga(*, step_timeout: float | None = 60.0) -> Saga[OrderState]:
+    """The order saga definition (pure: no I/O)."""
+    saga = Saga(
+        "order",
+        state=OrderState,
+        start=PlaceOrder,
+        key="order_id",
+        init=new_order,
+        on_started=placed,
+        on_completed=completed,
+        on_compensated=cancelled,
+    )
+    saga.step(
+        "reserve",
+        send=reserve,
+        success=InventoryReserved,
+        failure=InventoryRejected,
+        compensate=release,
+        compensated=InventoryReleased,
+        timeout=step_timeout,
+    )
+    saga.step(
+        "charge",
+        send=charge,
+        success=PaymentCharged,
+        failure=PaymentDeclined,
+        compensate=refund,
+        compensated=PaymentRefunded,
+        on_success=charged,
+        timeout=step_timeout,
+    )
+    saga.step(
+        "ship",
+        send=ship,
+        success=OrderShipped,
+        failure=ShippingFailed,
+        kind=StepKind.PIVOT,
+        timeout=step_timeout,
+    )
+    return saga
+
+
+ORDERS_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS orders_view (
+        order_id TEXT PRIMARY KEY,
+        customer_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        total_cents BIGINT NOT NULL,
+        reason TEXT
+    )""",
+)
+
+
+def build_orders(*, step_timeout: float | None = 60.0) -> Service:
+    """The orders service: runs the order saga."""
     orders = Service("orders")
-
-    @orders.command
-    async def place_order(cmd: PlaceOrder, ctx: Context) -> None:
-        if not cmd.items:
-            raise RejectMessage(f"order {cmd.order_id} has no items")
-        order = book.orders.get(cmd.order_id)
-        if order is not None and order.status != "placed":
-            return  # a redelivered PlaceOrder whose order moved on already
-        total = sum(item.qty * item.unit_price_cents for item in cmd.items)
-        # Emitting again on a redelivery is safe: inventory reserves once per order id.
-        book.orders[cmd.order_id] = Order(cmd.order_id, cmd.customer_id, total, cmd.address)
-        await ctx.publish(
-            OrderPlaced(
-                order_id=cmd.order_id,
-                customer_id=cmd.customer_id,
-                items=cmd.items,
-                total_cents=total,
-                address=cmd.address,
-            )
-        )
-        await ctx.send(ReserveInventory(order_id=cmd.order_id, items=cmd.items))
-
-    @orders.event
-    async def on_inventory_reserved(evt: InventoryReserved, ctx: Context) -> None:
-        order = book.orders[evt.order_id]
-        if order.status != "placed":
-            return
-        order.status = "reserved"
-        await ctx.send(
-            ChargePayment(
-                order_id=order.order_id,
-                customer_id=order.customer_id,
-                amount_cents=order.total_cents,
-            )
-        )
-
-    @orders.event
-    async def on_inventory_rejected(evt: InventoryRejected, ctx: Context) -> None:
-        await _fail(book.orders[evt.order_id], evt.reason, ctx)
-
-    @orders.event
-    async def on_payment_charged(evt: PaymentCharged, ctx: Context) -> None:
-        order = book.orders[evt.order_id]
-        if order.status != "reserved":
-            return
-        order.status = "paid"
-        await ctx.send(ShipOrder(order_id=order.order_id, address=order.address))
-
-    @orders.event
-    async def on_payment_declined(evt: PaymentDeclined, ctx: Context) -> None:
-        order = book.orders[evt.order_id]
-        if order.status in TERMINAL:
-            return
-        await ctx.send(ReleaseInventory(order_id=order.order_id))
-        await _fail(order, evt.reason, ctx)
-
-    @orders.event
-    async def on_order_shipped(evt: OrderShipped, ctx: Context) -> None:
-        order = book.orders[evt.order_id]
-        if order.status in TERMINAL:
-            return
-        order.status = "completed"
-        await ctx.publish(OrderCompleted(order_id=order.order_id))
-        await ctx.send(
-            NotifyCustomer(
-                customer_id=order.customer_id, order_id=order.order_id, template="order_shipped"
-            )
-        )
-
-    @orders.event
-    async def on_shipping_failed(evt: ShippingFailed, ctx: Context) -> None:
-        order = book.orders[evt.order_id]
-        if order.status in TERMINAL:
-            return
-        await ctx.send(RefundPayment(order_id=order.order_id, amount_cents=order.total_cents))
-        await ctx.send(ReleaseInventory(order_id=order.order_id))
-        await _fail(order, evt.reason, ctx)
-
-    @orders.command
-    async def cancel_order(cmd: CancelOrder, ctx: Context) -> None:
-        order = book.orders.get(cmd.order_id)
-        if order is None:
-            raise RejectMessage(f"unknown order {cmd.order_id}")
-        if order.status in TERMINAL or order.status == "paid":
-            return
-        order.status = "cancelled"
-        order.reason = cmd.reason
-        await ctx.send(ReleaseInventory(order_id=order.order_id))
-        await ctx.publish(OrderCancelled(order_id=order.order_id, reason=cmd.reason))
-
-    @orders.query
-    async def get_order(query: GetOrder, ctx: QueryContext) -> OrderView:
-        view = book.view(query.order_id)
-        if view is None:
-            raise LookupError(f"no order {query.order_id}")
-        return view
-
+    orders.saga(order_saga(step_timeout=step_timeout))
     return orders
 
 
-async def _fail(order: Order, reason: str, ctx: Context) -> None:
-    if order.status in TERMINAL:
-        return
-    order.status = "failed"
-    order.reason = reason
-    await ctx.publish(OrderFailed(order_id=order.order_id, reason=reason))
-    await ctx.send(
-        NotifyCustomer(
-            customer_id=order.customer_id, order_id=order.order_id, template="order_failed"
+def build_read_side(store: Store) -> Service:
+    """The order read side: a projection of order events answering GetOrder."""
+    view = Service("order_view", schema=ORDERS_SCHEMA)
+
+    async def set_status(ctx: Context, order_id: str, status: str, reason: str | None) -> None:
+        await ctx.tx.execute(
+            "UPDATE orders_view SET status = ?, reason = ? WHERE order_id = ?",
+            status,
+            reason,
+            order_id,
         )
-    )
+
+    @view.event(transactional=True)
+    async def on_placed(evt: OrderPlaced, ctx: Context) -> None:
+        await ctx.tx.execute(
+            "INSERT INTO orders_view (order_id, customer_id, status, total_cents) "
+            "VALUES (?, ?, 'placed', ?) ON CONFLICT (order_id) DO NOTHING",
+            evt.order_id,
+            evt.customer_id,
+            evt.total_cents,
+        )
+
+    @view.event(transactional=True)
+    async def on_completed(evt: OrderCompleted, ctx: Context) -> None:
+        await set_status(ctx, evt.order_id, "completed", None)
+
+    @view.event(transactional=True)
+    async def on_cancelled(evt: OrderCancelled, ctx: Context) -> None:
+        await set_status(ctx, evt.order_id, "cancelled", evt.reason)
+
+    @view.query
+    async def get_order(query: GetOrder, ctx: QueryContext) -> OrderView:
+        async with store.transaction() as tx:
+            row = await tx.fetchone(
+                "SELECT order_id, customer_id, status, total_cents, reason FROM orders_view "
+                "WHERE order_id = ?",
+                query.order_id,
+            )
+        if row is None:
+            raise LookupError(f"no order {query.order_id}")
+        return OrderView(
+            order_id=row[0], customer_id=row[1], status=row[2], total_cents=row[3], reason=row[4]
+        )
+
+    return view

@@ -1,8 +1,6 @@
-"""Payment: charges customers and refunds them."""
+"""Payment: charges cards (declined above the card limit) and refunds them."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 from contracts.payment import (
     ChargePayment,
@@ -13,44 +11,66 @@ from contracts.payment import (
 )
 from framework import Context, Service
 
-__all__ = ["Ledger", "build_payment"]
+__all__ = ["build_payment"]
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS payment_charges (
+        order_id TEXT PRIMARY KEY,
+        customer_id TEXT NOT NULL,
+        amount_cents BIGINT NOT NULL,
+        payment_id TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS payment_refunds (
+        order_id TEXT PRIMARY KEY,
+        amount_cents BIGINT NOT NULL
+    )""",
+)
 
 
-@dataclass
-class Ledger:
-    """Charges per order; charges above ``limit_cents`` are declined."""
+def build_payment(*, card_limit_cents: int = 100_000) -> Service:
+    """The payment service; charges above ``card_limit_cents`` are declined."""
+    payment = Service("payment", schema=SCHEMA)
 
-    limit_cents: int = 100_000
-    charges: dict[str, int] = field(default_factory=dict)
-    refunds: dict[str, int] = field(default_factory=dict)
-
-
-def build_payment(ledger: Ledger) -> Service:
-    """The payment service over ``ledger``."""
-    payment = Service("payment")
-
-    @payment.command
+    @payment.command(transactional=True)
     async def charge(cmd: ChargePayment, ctx: Context) -> None:
-        if cmd.order_id not in ledger.charges:
-            if cmd.amount_cents > ledger.limit_cents:
+        row = await ctx.tx.fetchone(
+            "SELECT amount_cents, payment_id FROM payment_charges WHERE order_id = ?", cmd.order_id
+        )
+        if row is None:
+            if cmd.amount_cents > card_limit_cents:
                 await ctx.publish(
-                    PaymentDeclined(order_id=cmd.order_id, reason="amount over card limit")
+                    PaymentDeclined(order_id=cmd.order_id, reason="card declined: over limit")
                 )
                 return
-            ledger.charges[cmd.order_id] = cmd.amount_cents
-        await ctx.publish(
-            PaymentCharged(
-                order_id=cmd.order_id,
-                amount_cents=ledger.charges[cmd.order_id],
-                payment_id=f"pay-{cmd.order_id}",
+            row = (cmd.amount_cents, f"pay-{cmd.order_id}")
+            await ctx.tx.execute(
+                "INSERT INTO payment_charges (order_id, customer_id, amount_cents, payment_id) "
+                "VALUES (?, ?, ?, ?)",
+                cmd.order_id,
+                cmd.customer_id,
+                row[0],
+                row[1],
             )
+        await ctx.publish(
+            PaymentCharged(order_id=cmd.order_id, amount_cents=row[0], payment_id=row[1])
         )
 
-    @payment.command
+    @payment.command(transactional=True)
     async def refund(cmd: RefundPayment, ctx: Context) -> None:
-        if cmd.order_id in ledger.refunds or cmd.order_id not in ledger.charges:
-            return
-        ledger.refunds[cmd.order_id] = cmd.amount_cents
-        await ctx.publish(PaymentRefunded(order_id=cmd.order_id, amount_cents=cmd.amount_cents))
+        charged = await ctx.tx.fetchone(
+            "SELECT amount_cents FROM payment_charges WHERE order_id = ?", cmd.order_id
+        )
+        refunded = await ctx.tx.fetchone(
+            "SELECT 1 FROM payment_refunds WHERE order_id = ?", cmd.order_id
+        )
+        amount = 0
+        if charged is not None and refunded is None:
+            amount = charged[0]
+            await ctx.tx.execute(
+                "INSERT INTO payment_refunds (order_id, amount_cents) VALUES (?, ?)",
+                cmd.order_id,
+                amount,
+            )
+        await ctx.publish(PaymentRefunded(order_id=cmd.order_id, amount_cents=amount))
 
     return payment

@@ -202,6 +202,7 @@ class Saga(Generic[S]):
         key: the field of the start message (and of replies lacking the saga header) that
             identifies the instance; the saga id is ``<name>-<value>``.
         init: builds the initial state from the start message.
+        on_started: messages to emit when an instance starts (with the first step's command).
         on_completed: messages to emit when the last step succeeded.
         on_compensated: messages to emit once every compensation is done, given the state and
             the reason.
@@ -213,6 +214,7 @@ class Saga(Generic[S]):
     start: type[Message]
     key: str
     init: Callable[[Any], S]
+    on_started: Callable[[S], Sequence[Message]] | None = None
     on_completed: Callable[[S], Sequence[Message]] | None = None
     on_compensated: Callable[[S, str], Sequence[Message]] | None = None
     compensation_retry: RetryBackoff = field(default_factory=RetryBackoff)
@@ -568,8 +570,12 @@ class _StepCompiler(Generic[S]):
         step = self.steps[i]
 
         def enter(inst: Instance[Any], msg: Any) -> Transition[Any]:
+            started = self.saga.on_started(inst.data) if self.saga.on_started else ()
             return inst.goto(
-                _waiting(step), emit=[step.send(inst.data)], timeout=step.timeout, attempt=1
+                _waiting(step),
+                emit=[*started, step.send(inst.data)],
+                timeout=step.timeout,
+                attempt=1,
             )
 
         return enter

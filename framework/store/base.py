@@ -60,6 +60,7 @@ _TERMINAL = frozenset(
         SagaStatus.COMPLETED,
         SagaStatus.COMPENSATED,
         SagaStatus.COMPENSATION_FAILED,
+        SagaStatus.FAILED,
         SagaStatus.ABORTED,
     }
 )

@@ -1,3 +1,0 @@
-from handlers.demo import main
-
-main()
