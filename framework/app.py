@@ -227,9 +227,19 @@ class App:
         if self._started:
             raise ConfigurationError("use_url() must be called before the app starts")
         self.url = url
-        self.transport = self.bus.transport = transport_from_url(url)
+        self.use_transport(transport_from_url(url))
+
+    def use_transport(self, transport: Transport) -> None:
+        """Replace the app's transport before it starts (every part that publishes uses it).
+
+        Raises:
+            ConfigurationError: the app is running.
+        """
+        if self._started:
+            raise ConfigurationError("use_transport() must be called before the app starts")
+        self.transport = self.bus.transport = transport
         if self.relay is not None:
-            self.relay.use_transport(self.transport)
+            self.relay.use_transport(transport)
 
     async def __aenter__(self) -> App:
         await self.start()

@@ -175,7 +175,7 @@ def configure_transport(
         return  # the in-process broker connects at once
     base = app.transport.config if isinstance(app.transport, AmqpTransport) else AmqpConfig()
     config = dataclasses.replace(base, connect_timeout=connect_timeout)
-    app.transport = app.bus.transport = AmqpTransport(app.url, config=config)
+    app.use_transport(AmqpTransport(app.url, config=config))
 
 
 def connect_timeout_of(app: App) -> float | None:

@@ -159,9 +159,9 @@ def order_saga(*, step_timeout: float | None = 60.0) -> Saga[OrderState]:
 ORDERS_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS orders_view (
         order_id TEXT PRIMARY KEY,
-        customer_id TEXT NOT NULL,
+        customer_id TEXT,
         status TEXT NOT NULL,
-        total_cents BIGINT NOT NULL,
+        total_cents BIGINT,
         reason TEXT
     )""",
 )
@@ -175,22 +175,29 @@ def build_orders(*, step_timeout: float | None = 60.0) -> Service:
 
 
 def build_read_side(store: Store) -> Service:
-    """The order read side: a projection of order events answering GetOrder."""
+    """The order read side: a projection of order events answering GetOrder.
+
+    Events of one order travel on different queues and may arrive in any order, so every
+    handler upserts only the columns it knows, and ``placed`` never overwrites a final status.
+    """
     view = Service("order_view", schema=ORDERS_SCHEMA)
 
     async def set_status(ctx: Context, order_id: str, status: str, reason: str | None) -> None:
         await ctx.tx.execute(
-            "UPDATE orders_view SET status = ?, reason = ? WHERE order_id = ?",
+            "INSERT INTO orders_view (order_id, status, reason) VALUES (?, ?, ?) "
+            "ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, "
+            "reason = excluded.reason",
+            order_id,
             status,
             reason,
-            order_id,
         )
 
     @view.event(transactional=True)
     async def on_placed(evt: OrderPlaced, ctx: Context) -> None:
         await ctx.tx.execute(
             "INSERT INTO orders_view (order_id, customer_id, status, total_cents) "
-            "VALUES (?, ?, 'placed', ?) ON CONFLICT (order_id) DO NOTHING",
+            "VALUES (?, ?, 'placed', ?) ON CONFLICT (order_id) DO UPDATE SET "
+            "customer_id = excluded.customer_id, total_cents = excluded.total_cents",
             evt.order_id,
             evt.customer_id,
             evt.total_cents,
@@ -215,7 +222,11 @@ def build_read_side(store: Store) -> Service:
         if row is None:
             raise LookupError(f"no order {query.order_id}")
         return OrderView(
-            order_id=row[0], customer_id=row[1], status=row[2], total_cents=row[3], reason=row[4]
+            order_id=row[0],
+            customer_id=row[1] or "",
+            status=row[2],
+            total_cents=row[3] or 0,
+            reason=row[4],
         )
 
     return view

@@ -48,13 +48,12 @@ def test_hello_example_on_rabbitmq(amqp_url: str) -> None:
 
 
 def test_main_job() -> None:
-    """`python -m handlers` runs the shop in memory and reports every order's final status."""
-    result = run(["-m", "handlers"])
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert "20 orders in" in lines[-2]
-    assert "completed=15" in lines[-2]
-    assert "failed=5" in lines[-2]
-    assert "out of stock: rare-truffle" in result.stdout
-    assert "amount over card limit" in result.stdout
-    assert "no delivery to Atlantis" in result.stdout
+    """`python -m examples.shop` runs the shop in memory, reports, and checks its invariants."""
+    result = run(["-m", "examples.shop", "--orders", "60"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "completed" in result.stdout
+    assert "compensated: stock-out" in result.stdout
+    assert "compensated: card declined" in result.stdout
+    assert "compensated: shipping failed" in result.stdout
+    assert "sagas/s" in result.stdout
+    assert "invariants hold" in result.stdout

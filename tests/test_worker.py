@@ -183,8 +183,8 @@ def broker_counts(amqp_url: str, queue: str) -> tuple[int, int, int] | None:
 async def publisher(amqp_url: str, prefix: str) -> Any:
     """A non-consuming copy of the slow app on the test's vhost and prefix, to send ``Work``."""
     app = build_app(url=amqp_url, prefix=prefix)
-    app.transport = app.bus.transport = AmqpTransport(
-        amqp_url, config=AmqpConfig(connect_timeout=5.0, publish_timeout=5.0)
+    app.use_transport(
+        AmqpTransport(amqp_url, config=AmqpConfig(connect_timeout=5.0, publish_timeout=5.0))
     )
     await app.start(consume=False)
     yield app

@@ -1,0 +1,315 @@
+"""The main job: run the reference shop, place N orders, report, and check the invariants.
+
+    python -m examples.shop                      # in-process broker + a fresh SQLite file
+    python -m examples.shop --orders 1000 --seed 7
+    python -m examples.shop --amqp-url amqp://guest:guest@127.0.0.1:5672/ \\
+        --db-url postgresql://postgres@127.0.0.1:5432/test --workers 2
+
+With ``--amqp-url`` the services run as ``leveret run handlers.app:app`` worker processes and this
+process only places the orders and watches the database. Exit status 1 if an invariant fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+from contracts.orders import LineItem, PlaceOrder
+from framework import App, AppConfig
+from framework.store import SagaRecord, SagaStatus, Store, store_from_url
+from framework.urls import redact
+from handlers.app import build_app
+
+CAUSES = {
+    "out of stock": "stock-out",
+    "card declined": "card declined",
+    "no delivery": "shipping failed",
+}
+
+
+def make_orders(run: str, n: int, seed: int) -> list[PlaceOrder]:
+    """``n`` orders: ~10% stock-outs, ~10% declined cards, ~10% shipping failures."""
+    rng = random.Random(seed)
+    orders = []
+    for i in range(n):
+        roll = rng.random()
+        items = [
+            LineItem(
+                sku=rng.choice(["apple", "pear", "plum"]),
+                qty=rng.randint(1, 5),
+                unit_price_cents=rng.choice([99, 250, 499, 1299]),
+            )
+        ]
+        address = f"{rng.randint(1, 999)} Main St"
+        if roll < 0.10:
+            items.append(LineItem(sku="discontinued", qty=1, unit_price_cents=999))
+        elif roll < 0.20:
+            items = [LineItem(sku="plum", qty=100, unit_price_cents=5_000)]  # over the card limit
+        elif roll < 0.30:
+            address = "Atlantis"
+        orders.append(
+            PlaceOrder(
+                order_id=f"{run}-{i:05d}",
+                customer_id=f"cust-{i % 97}",
+                items=items,
+                address=address,
+            )
+        )
+    return orders
+
+
+@dataclass
+class Report:
+    records: list[SagaRecord]
+    seconds: float
+    problems: list[str] = field(default_factory=list)
+
+    def outcome(self, record: SagaRecord) -> str:
+        if record.status is SagaStatus.COMPENSATED:
+            for text, cause in CAUSES.items():
+                if text in (record.reason or ""):
+                    return f"compensated: {cause}"
+            return "compensated: other"
+        return str(record.status)
+
+    def print(self) -> None:
+        counts = Counter(self.outcome(r) for r in self.records)
+        latencies = sorted(r.updated_at - r.created_at for r in self.records)
+        print(f"\n{'outcome':<30} {'sagas':>7}")
+        for outcome, count in sorted(counts.items()):
+            print(f"{outcome:<30} {count:>7}")
+        print(f"{'total':<30} {len(self.records):>7}")
+        if latencies:
+            p50 = statistics.median(latencies) * 1000
+            p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+            print(
+                f"\nsaga latency p50 {p50:.0f} ms, p99 {p99:.0f} ms; "
+                f"{len(self.records) / self.seconds:.1f} sagas/s "
+                f"({len(self.records)} in {self.seconds:.1f}s)"
+            )
+        if self.problems:
+            print(f"\nINVARIANTS BROKEN ({len(self.problems)}):")
+            for problem in self.problems[:50]:
+                print(f"  - {problem}")
+        else:
+            print(
+                "\ninvariants hold: one terminal state per order; charges - refunds = amount if "
+                "shipped else 0; reserved - released = shipped quantity; one final notification "
+                "per order"
+            )
+
+
+async def wait_for_sagas(store: Store, run: str, n: int, deadline: float) -> list[SagaRecord]:
+    """Poll until all ``n`` sagas of ``run`` are terminal, drawing a progress bar."""
+    started = time.monotonic()
+    done: list[SagaRecord] = []
+    shown = -1
+    while True:
+        records = [
+            r
+            for r in await store.list_sagas(saga="order", limit=10 * n + 1000)
+            if r.saga_id.startswith(f"order-{run}")
+        ]
+        done = [r for r in records if r.status.terminal]
+        if len(done) != shown:
+            shown = len(done)
+            width = 40
+            filled = width * shown // max(n, 1)
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {shown}/{n} sagas")
+            sys.stderr.flush()
+        if len(done) >= n:
+            sys.stderr.write("\n")
+            return done
+        if time.monotonic() - started > deadline:
+            sys.stderr.write("\n")
+            raise TimeoutError(f"only {len(done)} of {n} sagas finished within {deadline:.0f}s")
+        await asyncio.sleep(0.2)
+
+
+async def check_invariants(
+    store: Store, orders: list[PlaceOrder], records: list[SagaRecord], settle: float = 30.0
+) -> list[str]:
+    """The shop's invariants; retried until ``settle`` seconds pass (the read side lags)."""
+    started = time.monotonic()
+    while True:
+        problems = await _invariants(store, orders, records)
+        if not problems or time.monotonic() - started > settle:
+            return problems
+        await asyncio.sleep(0.25)
+
+
+async def _invariants(
+    store: Store, orders: list[PlaceOrder], records: list[SagaRecord]
+) -> list[str]:
+    problems: list[str] = []
+    by_order = {r.saga_id.removeprefix("order-"): r for r in records}
+    async with store.transaction() as tx:
+        charges = dict(await tx.fetchall("SELECT order_id, amount_cents FROM payment_charges"))
+        refunds = dict(await tx.fetchall("SELECT order_id, amount_cents FROM payment_refunds"))
+        shipped = {r[0] for r in await tx.fetchall("SELECT order_id FROM shipping_shipments")}
+        moves: Counter[tuple[str, str]] = Counter()
+        for order_id, _sku, qty, kind in await tx.fetchall(
+            "SELECT order_id, sku, qty, kind FROM inventory_movements"
+        ):
+            moves[(order_id, kind)] += qty
+        finals = Counter(
+            r[0]
+            for r in await tx.fetchall(
+                "SELECT order_id FROM notifications_sent "
+                "WHERE template IN ('order_shipped', 'order_cancelled')"
+            )
+        )
+        views = dict(await tx.fetchall("SELECT order_id, status FROM orders_view"))
+    for order in orders:
+        oid = order.order_id
+        record = by_order.get(oid)
+        if record is None or not record.status.terminal:
+            problems.append(f"{oid}: no terminal saga")
+            continue
+        total = sum(i.qty * i.unit_price_cents for i in order.items)
+        is_shipped = oid in shipped
+        if (record.status is SagaStatus.COMPLETED) != is_shipped:
+            problems.append(f"{oid}: saga {record.status} but shipped={is_shipped}")
+        net = charges.get(oid, 0) - refunds.get(oid, 0)
+        if net != (total if is_shipped else 0):
+            problems.append(
+                f"{oid}: charges - refunds = {net}, expected {total if is_shipped else 0}"
+            )
+        held = moves[(oid, "reserve")] - moves[(oid, "release")]
+        quantity = sum(i.qty for i in order.items)
+        if held != (quantity if is_shipped else 0):
+            problems.append(
+                f"{oid}: reserved - released = {held}, expected {quantity if is_shipped else 0}"
+            )
+        if finals[oid] != 1:
+            problems.append(f"{oid}: {finals[oid]} final notifications, expected 1")
+        expected_view = "completed" if record.status is SagaStatus.COMPLETED else "cancelled"
+        if views.get(oid) != expected_view:
+            problems.append(f"{oid}: read model says {views.get(oid)!r}, saga {record.status}")
+    return problems
+
+
+async def place(app: App, orders: list[PlaceOrder], concurrency: int = 50) -> None:
+    for start in range(0, len(orders), concurrency):
+        await asyncio.gather(*(app.send(o) for o in orders[start : start + concurrency]))
+
+
+async def run_embedded(args: argparse.Namespace, run: str, orders: list[PlaceOrder]) -> Report:
+    db_url = args.db_url or f"sqlite:///{tempfile.mkdtemp(prefix='leveret-shop-')}/shop.sqlite3"
+    print(f"shop: {len(orders)} orders on memory:// with {redact(db_url)}", file=sys.stderr)
+    app = build_app("memory://", db_url=db_url, config=AppConfig(prefix="shop"))
+    assert app.store is not None
+    async with app:
+        started = time.monotonic()
+        await place(app, orders)
+        records = await wait_for_sagas(app.store, run, len(orders), args.deadline)
+        seconds = time.monotonic() - started
+        problems = await check_invariants(app.store, orders, records)
+    return Report(records, seconds, problems)
+
+
+async def run_workers(args: argparse.Namespace, run: str, orders: list[PlaceOrder]) -> Report:
+    db_url = args.db_url or f"sqlite:///{tempfile.mkdtemp(prefix='leveret-shop-')}/shop.sqlite3"
+    prefix = f"shop-{run}"
+    print(
+        f"shop: {len(orders)} orders on {redact(args.amqp_url)} with {redact(db_url)}, "
+        f"{args.workers} workers",
+        file=sys.stderr,
+    )
+    env = {
+        **os.environ,
+        "LEVERET_SHOP_URL": "memory://",
+        "LEVERET_SHOP_DB_URL": db_url,
+        "LEVERET_SHOP_PREFIX": prefix,
+        "LEVERET_LOG_LEVEL": os.environ.get("LEVERET_LOG_LEVEL", "warning"),
+    }
+    workers = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "framework",
+        "run",
+        "handlers.app:app",
+        "--workers",
+        str(args.workers),
+        "--amqp-url",
+        args.amqp_url,
+        env=env,
+    )
+    store = store_from_url(db_url)
+    client = App([], url=args.amqp_url, config=AppConfig(prefix=prefix))
+    try:
+        # The workers create the schema and declare the topology; wait until they have.
+        await wait_ready(store, client, args.deadline)
+        started = time.monotonic()
+        await place(client, orders)
+        records = await wait_for_sagas(store, run, len(orders), args.deadline)
+        seconds = time.monotonic() - started
+        problems = await check_invariants(store, orders, records)
+        return Report(records, seconds, problems)
+    finally:
+        await client.stop(grace=0)
+        if workers.returncode is None:
+            workers.send_signal(signal.SIGTERM)
+            await workers.wait()
+        await store.close()
+
+
+async def wait_ready(store: Store, client: App, deadline: float) -> None:
+    started = time.monotonic()
+    await client.start(consume=False)
+    while True:
+        try:
+            await store.setup()
+            async with store.transaction() as tx:
+                await tx.fetchone("SELECT 1 FROM orders_view")
+            # Raises until the workers have declared the orders saga's queue.
+            await client.transport.queue_depth(
+                client.naming.handler_queue("orders", PlaceOrder.__wire_name__)
+            )
+            return
+        except Exception:  # not ready yet: no tables, no queue (each driver has its own errors)
+            if time.monotonic() - started > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m examples.shop", description=__doc__)
+    parser.add_argument("--orders", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--amqp-url", help="run the services as worker processes on RabbitMQ")
+    parser.add_argument(
+        "--db-url", help="sqlite:///file.db or postgresql://... (default: a fresh SQLite file)"
+    )
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--deadline", type=float, default=300.0, help="seconds to wait for every saga to finish"
+    )
+    args = parser.parse_args(argv)
+    run = f"r{uuid.uuid4().hex[:6]}"
+    orders = make_orders(run, args.orders, args.seed)
+    runner = run_workers if args.amqp_url else run_embedded
+    report = await runner(args, run, orders)
+    report.print()
+    return 1 if report.problems else 0
+
+
+def cli() -> None:
+    from framework.logging import configure_logging
+
+    configure_logging(level=os.environ.get("LEVERET_LOG_LEVEL", "warning"))
+    raise SystemExit(asyncio.run(main()))
+
+
+if __name__ == "__main__":
+    cli()
