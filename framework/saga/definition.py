@@ -385,6 +385,41 @@ class Saga(Generic[S]):
             )
         return result
 
+    def resume(self, instance: Instance[S]) -> Transition[S]:
+        """What an operator's ``leveret sagas resume`` does: resend where the saga stopped.
+
+        A step's waiting or resend state resends the step's command; a compensating state
+        resends that compensation (its attempts start again).
+
+        Raises:
+            SagaDefinitionError: the state is not one of the step form's (general-form sagas
+                resume by a rule for ``timeout_type`` in that state).
+        """
+        for step in self.steps:
+            if instance.state in (_waiting(step), _resending(step)):
+                return instance.goto(
+                    _waiting(step),
+                    emit=[step.send(instance.data)],
+                    timeout=step.timeout,
+                    attempt=1,
+                )
+            if instance.state == _compensating(step) and step.compensate is not None:
+                return instance.goto(
+                    _compensating(step),
+                    emit=[step.compensate(instance.data)],
+                    timeout=self.compensation_retry.delay(1),
+                    attempt=1,
+                    status=SagaStatus.COMPENSATING,
+                )
+        rule = self._index.get((self.timeout_type, instance.state))
+        if rule is None:
+            raise SagaDefinitionError(
+                f"saga {self.name!r} cannot resume from state {instance.state!r}: add a rule for "
+                "saga.timeout_type in that state"
+            )
+        timeout = self.timeout_type(saga_id=instance.saga_id, state=instance.state, armed_version=0)
+        return rule.fn(instance, timeout)
+
     def key_of(self, message: Message) -> str | None:
         """The instance key carried in a message's fields, if it has the key field."""
         value = getattr(message, self.key, None)
@@ -541,8 +576,7 @@ class _StepCompiler(Generic[S]):
                     _Rule(
                         saga.timeout_type,
                         frozenset({comp}),
-                        frozenset({comp, str(SagaStatus.COMPENSATION_FAILED)})
-                        | self._compensation_targets(i),
+                        frozenset({comp}) | self._compensation_targets(i),
                         self._compensation_late(i),
                         f"{step.name}.compensation_late",
                     )
@@ -553,7 +587,7 @@ class _StepCompiler(Generic[S]):
     def _failure_targets(self, i: int) -> frozenset[str]:
         step = self.steps[i]
         if step.kind is StepKind.RETRIABLE:
-            return frozenset({_resending(step), str(SagaStatus.FAILED)})
+            return frozenset({_resending(step)})
         return self._compensation_targets(i)
 
     def _compensation_targets(self, i: int) -> frozenset[str]:
@@ -633,8 +667,12 @@ class _StepCompiler(Generic[S]):
 
     def _retry_or_fail(self, inst: Instance[Any], step: Step, reason: str) -> Transition[Any]:
         if inst.attempt >= step.retry.attempts:
-            return inst.finish(
-                SagaStatus.FAILED, reason=f"{reason}; gave up after {inst.attempt} attempts"
+            # Stays in the step's resend state so that an operator's resume knows where it was.
+            return inst.goto(
+                _resending(step),
+                attempt=inst.attempt,
+                status=SagaStatus.FAILED,
+                reason=f"{reason}; gave up after {inst.attempt} attempts",
             )
         return inst.goto(
             _resending(step),
@@ -703,8 +741,11 @@ class _StepCompiler(Generic[S]):
         def late(inst: Instance[Any], msg: Any) -> Transition[Any]:
             assert step.compensate is not None
             if inst.attempt >= policy.attempts:
-                return inst.finish(
-                    SagaStatus.COMPENSATION_FAILED,
+                # Stays in this compensating state so that a resume resends this compensation.
+                return inst.goto(
+                    _compensating(step),
+                    attempt=inst.attempt,
+                    status=SagaStatus.COMPENSATION_FAILED,
                     reason=f"compensation of {step.name} unconfirmed after {inst.attempt} "
                     f"attempts (while compensating: {inst.reason})",
                 )

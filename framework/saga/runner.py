@@ -19,6 +19,7 @@ times; then the handler fails and the retry policy takes over.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -37,6 +38,7 @@ from framework.store.base import (
     OutboxRow,
     SagaExists,
     SagaRecord,
+    SagaStatus,
     Store,
     StoreTx,
 )
@@ -107,6 +109,49 @@ class SagaRunner:
             f"updates after {self._retries} attempts"
         )
 
+    async def resume(self, saga_id: str) -> SagaRecord:
+        """Resend where a stuck or failed saga stopped (``leveret sagas resume``).
+
+        Raises:
+            LookupError: no such saga.
+        """
+        return await self._operate(saga_id, "resume", lambda inst: self.saga.resume(inst))
+
+    async def abort(self, saga_id: str, reason: str = "aborted by an operator") -> SagaRecord:
+        """End a saga as ``aborted`` without emitting anything (``leveret sagas abort``).
+
+        Raises:
+            LookupError: no such saga.
+        """
+        return await self._operate(
+            saga_id, "abort", lambda inst: inst.finish(SagaStatus.ABORTED, reason=reason)
+        )
+
+    async def _operate(
+        self, saga_id: str, action: str, decide: Callable[[Instance[Any]], Transition[Any]]
+    ) -> SagaRecord:
+        operation = f"operator:{action}:{uuid.uuid4().hex}"
+        async with self._store.transaction() as tx:
+            record = await tx.load(saga_id)
+            if record is None:
+                raise LookupError(f"no saga {saga_id!r}")
+            transition = decide(self._instance(record))
+            version = record.version + 1
+            rows = self._rows(saga_id, version, transition, operation, record.correlation_id)
+            new = self._record(record, saga_id, record.correlation_id, version, transition)
+            await tx.update(new, expected_version=record.version)
+            await tx.add_history(
+                self._history(
+                    saga_id, version, operation, f"operator.{action}", record, transition, rows
+                )
+            )
+            await tx.add_outbox(rows)
+        _log.info(
+            "saga_operator_action", saga_id=saga_id, action=action, status=str(transition.status)
+        )
+        await self._relay.publish(rows)
+        return new
+
     def saga_id_for(self, message: Message, header: str | None) -> str | None:
         """Which instance a message belongs to, or None if it cannot tell."""
         if isinstance(message, SagaTimeout):
@@ -129,7 +174,6 @@ class SagaRunner:
                     f"header nor a {saga.key!r} field"
                 )
             record = await tx.load(saga_id)
-            now = self._clock()
             transition: Transition[Any] | None
             if record is None:
                 if type(message) is not saga.start:
@@ -152,41 +196,23 @@ class SagaRunner:
                     )
                     return []
                 version = record.version + 1
-            rows = self._rows(saga_id, version, transition, ctx)
-            new = SagaRecord(
-                saga_id=saga_id,
-                saga=saga.name,
-                correlation_id=ctx.correlation_id or saga_id,
-                status=transition.status,
-                state=transition.state,
-                data=self._encode(
-                    self._persisted(
-                        data=transition.data,
-                        completed=list(transition.completed),
-                        attempt=transition.attempt,
-                    )
-                ),
-                version=version,
-                created_at=record.created_at if record else now,
-                updated_at=now,
-                deadline_at=None if transition.timeout is None else now + transition.timeout,
-                reason=transition.reason,
+            rows = self._rows(
+                saga_id, version, transition, ctx.message_id, ctx.correlation_id or saga_id
             )
+            new = self._record(record, saga_id, ctx.correlation_id or saga_id, version, transition)
             if record is None:
                 await tx.insert(new)
             else:
                 await tx.update(new, expected_version=record.version)
             await tx.add_history(
-                HistoryRow(
-                    saga_id=saga_id,
-                    version=version,
-                    at=now,
-                    message_id=ctx.message_id,
-                    message_type=type(message).__wire_name__,
-                    from_state=record.state if record else "start",
-                    to_state=transition.state,
-                    status=transition.status,
-                    emitted=[r.message_id for r in rows],
+                self._history(
+                    saga_id,
+                    version,
+                    ctx.message_id,
+                    type(message).__wire_name__,
+                    record,
+                    transition,
+                    rows,
                 )
             )
             await tx.add_outbox(rows)
@@ -199,6 +225,57 @@ class SagaRunner:
                 reason=transition.reason,
             )
         return rows
+
+    def _record(
+        self,
+        old: SagaRecord | None,
+        saga_id: str,
+        correlation_id: str,
+        version: int,
+        transition: Transition[Any],
+    ) -> SagaRecord:
+        now = self._clock()
+        return SagaRecord(
+            saga_id=saga_id,
+            saga=self.saga.name,
+            correlation_id=correlation_id,
+            status=transition.status,
+            state=transition.state,
+            data=self._encode(
+                self._persisted(
+                    data=transition.data,
+                    completed=list(transition.completed),
+                    attempt=transition.attempt,
+                )
+            ),
+            version=version,
+            created_at=old.created_at if old else now,
+            updated_at=now,
+            deadline_at=None if transition.timeout is None else now + transition.timeout,
+            reason=transition.reason,
+        )
+
+    def _history(
+        self,
+        saga_id: str,
+        version: int,
+        message_id: str,
+        message_type: str,
+        old: SagaRecord | None,
+        transition: Transition[Any],
+        rows: list[OutboxRow],
+    ) -> HistoryRow:
+        return HistoryRow(
+            saga_id=saga_id,
+            version=version,
+            at=self._clock(),
+            message_id=message_id,
+            message_type=message_type,
+            from_state=old.state if old else "start",
+            to_state=transition.state,
+            status=transition.status,
+            emitted=[r.message_id for r in rows],
+        )
 
     def _ignore_reason(self, record: SagaRecord, message: Message) -> str | None:
         if record.status.terminal:
@@ -221,14 +298,19 @@ class SagaRunner:
         )
 
     def _rows(
-        self, saga_id: str, version: int, transition: Transition[Any], ctx: Context
+        self,
+        saga_id: str,
+        version: int,
+        transition: Transition[Any],
+        cause: str,
+        correlation_id: str,
     ) -> list[OutboxRow]:
         rows = [
             self._writer.row(
                 msg,
                 message_id=f"{saga_id}/{version}/{n}",
-                correlation_id=ctx.correlation_id,
-                causation_id=ctx.message_id,
+                correlation_id=correlation_id,
+                causation_id=cause,
                 saga_id=saga_id,
             )
             for n, msg in enumerate(transition.emit)
@@ -241,8 +323,8 @@ class SagaRunner:
                 self._writer.row(
                     timeout,
                     message_id=f"{saga_id}/{version}/timeout",
-                    correlation_id=ctx.correlation_id,
-                    causation_id=ctx.message_id,
+                    correlation_id=correlation_id,
+                    causation_id=cause,
                     saga_id=saga_id,
                     delay_ms=max(1, round(transition.timeout * 1000)),
                     queue=self._timeout_queue,

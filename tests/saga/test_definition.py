@@ -157,6 +157,10 @@ def test_compensation_that_keeps_failing_ends_in_compensation_failed() -> None:
     assert t.status is SagaStatus.COMPENSATION_FAILED
     assert "compensation of reserve unconfirmed after 3 attempts" in (t.reason or "")
     assert timeouts[:3] == [1.0, 2.0, 4.0]
+    resumed = saga.resume(Instance("order-o-1", t.state, t.data, t.completed, t.attempt, t.reason))
+    assert resumed.status is SagaStatus.COMPENSATING
+    assert types(resumed) == [ReleaseInventory]
+    assert resumed.attempt == 1
 
 
 class Job(msgspec.Struct, frozen=True):
@@ -215,6 +219,10 @@ def test_retriable_step_is_resent_then_gives_up() -> None:
     assert final is not None
     assert final.status is SagaStatus.FAILED
     assert "gave up after 2 attempts" in (final.reason or "")
+    inst = Instance("order-o-1", final.state, final.data, final.completed, final.attempt)
+    resumed = saga.resume(inst)
+    assert resumed.status is SagaStatus.RUNNING
+    assert types(resumed) == [ShipOrder]
 
 
 def _saga(**kw: Any) -> Saga[OrderState]:
