@@ -9,6 +9,7 @@ from framework.store.base import (
     SagaStatus,
     Store,
     StoreTx,
+    StoreUnreachable,
     store_from_url,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "SagaStatus",
     "Store",
     "StoreTx",
+    "StoreUnreachable",
     "store_from_url",
 ]

@@ -33,6 +33,7 @@ __all__ = [
     "SagaStatus",
     "Store",
     "StoreTx",
+    "StoreUnreachable",
     "store_from_url",
 ]
 
@@ -127,6 +128,15 @@ class SagaExists(LeveretError):
 
 class ConcurrencyConflict(LeveretError):
     """The saga's version changed since it was loaded; retry in a fresh transaction."""
+
+
+class StoreUnreachable(LeveretError):
+    """The database server could not be reached in time. ``url`` has its password redacted."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach the store at {url}: {reason}")
+        self.url = url
+        self.reason = reason
 
 
 class StoreTx(abc.ABC):

@@ -1,0 +1,444 @@
+"""PostgreSQL store on asyncpg: the store for services that run more than one process.
+
+Transactions run concurrently, each on its own pooled connection, at READ COMMITTED: ``load``
+locks the saga row (``SELECT ... FOR UPDATE``), so two transitions of one saga queue up instead
+of failing; ``update`` still checks the version. Inserts of an existing saga, inbox row or outbox
+message id use ``ON CONFLICT DO NOTHING``, so the transaction stays usable after ``SagaExists``
+or a duplicate inbox row. ``?schema=name`` puts every table (leveret's and the service's) in
+that schema, through each connection's ``search_path``; the schema is created when missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TypeAlias
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from framework.errors import ConfigurationError
+from framework.store import _sql
+from framework.store.base import (
+    SCHEMA_VERSION,
+    ConcurrencyConflict,
+    HistoryRow,
+    OutboxRow,
+    SagaExists,
+    SagaRecord,
+    SagaStatus,
+    Store,
+    StoreTx,
+    StoreUnreachable,
+)
+from framework.urls import redact
+
+__all__ = ["PostgresConfig", "PostgresStore", "positional_params"]
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+# Subscripted for the type checker only: asyncpg's classes are not generic at run time.
+_Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS leveret_sagas ("
+    " saga_id TEXT PRIMARY KEY, saga TEXT NOT NULL, correlation_id TEXT NOT NULL,"
+    " status TEXT NOT NULL, state TEXT NOT NULL, data BYTEA NOT NULL, version BIGINT NOT NULL,"
+    " created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,"
+    " deadline_at DOUBLE PRECISION, reason TEXT)",
+    "CREATE INDEX IF NOT EXISTS leveret_sagas_status ON leveret_sagas (status, created_at)",
+    "CREATE INDEX IF NOT EXISTS leveret_sagas_saga ON leveret_sagas (saga, created_at)",
+    "CREATE INDEX IF NOT EXISTS leveret_sagas_created ON leveret_sagas (created_at)",
+    "CREATE TABLE IF NOT EXISTS leveret_inbox ("
+    " consumer TEXT NOT NULL, message_id TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,"
+    " PRIMARY KEY (consumer, message_id))",
+    "CREATE TABLE IF NOT EXISTS leveret_outbox ("
+    " position BIGSERIAL PRIMARY KEY, message_id TEXT NOT NULL UNIQUE, exchange TEXT NOT NULL,"
+    " routing_key TEXT NOT NULL, body BYTEA NOT NULL, properties BYTEA NOT NULL,"
+    " mandatory BOOLEAN NOT NULL, destination TEXT NOT NULL, saga_id TEXT,"
+    " created_at DOUBLE PRECISION NOT NULL, sent_at DOUBLE PRECISION,"
+    " attempts INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS leveret_outbox_pending ON leveret_outbox (position)"
+    " WHERE sent_at IS NULL",
+    "CREATE INDEX IF NOT EXISTS leveret_outbox_sent ON leveret_outbox (sent_at)"
+    " WHERE sent_at IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS leveret_history ("
+    " seq BIGSERIAL PRIMARY KEY, saga_id TEXT NOT NULL, version BIGINT NOT NULL,"
+    " at DOUBLE PRECISION NOT NULL, message_id TEXT NOT NULL, message_type TEXT NOT NULL,"
+    " from_state TEXT NOT NULL, to_state TEXT NOT NULL, status TEXT NOT NULL,"
+    " emitted JSONB NOT NULL, note TEXT)",
+    "CREATE INDEX IF NOT EXISTS leveret_history_saga ON leveret_history (saga_id, seq)",
+)
+# Serializes concurrent setup() calls: CREATE ... IF NOT EXISTS races in PostgreSQL.
+_SETUP_LOCK_KEY = 0x6C65766572657401
+
+_INBOX_ADD = (
+    "INSERT INTO leveret_inbox (consumer, message_id, created_at) VALUES ($1, $2, $3)"
+    " ON CONFLICT DO NOTHING"
+)
+_LOAD = f"SELECT {_sql.SAGA_COLUMNS} FROM leveret_sagas WHERE saga_id = $1"
+_LOAD_FOR_UPDATE = _LOAD + " FOR UPDATE"
+_INSERT = (
+    f"INSERT INTO leveret_sagas ({_sql.SAGA_COLUMNS})"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (saga_id) DO NOTHING"
+)
+_UPDATE = (
+    "UPDATE leveret_sagas SET saga = $2, correlation_id = $3, status = $4, state = $5,"
+    " data = $6, version = $7, created_at = $8, updated_at = $9, deadline_at = $10,"
+    " reason = $11 WHERE saga_id = $1 AND version = $12"
+)
+_HISTORY_ADD = (
+    f"INSERT INTO leveret_history ({_sql.HISTORY_COLUMNS})"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+)
+# A message id queued twice is the same message (ids are deterministic): the first row stays.
+_OUTBOX_ADD = (
+    f"INSERT INTO leveret_outbox ({_sql.OUTBOX_COLUMNS})"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (message_id) DO NOTHING"
+)
+_PENDING = (
+    f"SELECT position, {_sql.OUTBOX_COLUMNS} FROM leveret_outbox"
+    " WHERE sent_at IS NULL ORDER BY position LIMIT $1"
+)
+_MARK_SENT = (
+    "UPDATE leveret_outbox SET sent_at = $1 WHERE message_id = ANY($2::text[]) AND sent_at IS NULL"
+)
+_DELETE_SENT = "DELETE FROM leveret_outbox WHERE message_id = ANY($1::text[])"
+_PRUNE = "DELETE FROM leveret_outbox WHERE sent_at < $1"
+_HISTORY = f"SELECT {_sql.HISTORY_COLUMNS} FROM leveret_history WHERE saga_id = $1 ORDER BY seq"
+
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_OPTIONS = (
+    "schema",
+    "min_size",
+    "max_size",
+    "connect_timeout",
+    "command_timeout",
+    "outbox_retention",
+)
+# Quoted strings, quoted identifiers, comments and dollar quotes: a `?` inside stays as it is.
+_SQL_TOKENS = re.compile(
+    r"""
+      (?<![A-Za-z0-9_])[Ee]'(?:[^'\\]|\\.|'')*'
+    | '(?:[^']|'')*'
+    | "(?:[^"]|"")*"
+    | --[^\n]*
+    | /\*.*?\*/
+    | \$(?P<tag>[A-Za-z_][A-Za-z0-9_]*|)\$.*?\$(?P=tag)\$
+    | (?P<param>\?)
+    """,
+    re.DOTALL | re.VERBOSE,
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def positional_params(sql: str) -> str:
+    """``sql`` with each ``?`` placeholder replaced by ``$1``, ``$2``, ... in order.
+
+    A ``?`` inside a string, a quoted identifier, a comment or a dollar-quoted body is kept,
+    so is nothing else: use ``jsonb_exists()`` instead of the ``jsonb ? key`` operator.
+    """
+    count = 0
+
+    def number(match: re.Match[str]) -> str:
+        nonlocal count
+        if match.group("param") is None:
+            return match.group(0)
+        count += 1
+        return f"${count}"
+
+    return _SQL_TOKENS.sub(number, sql)
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresConfig:
+    """Settings of the PostgreSQL store; each can also be given as a URL query parameter.
+
+    Args:
+        schema: the schema for every table (created when missing); None keeps the server's
+            ``search_path``.
+        min_size: connections the pool keeps open.
+        max_size: connections the pool opens at most (concurrent transactions).
+        connect_timeout: seconds to open a connection.
+        command_timeout: seconds one statement, or waiting for a free connection, may take.
+        outbox_retention: seconds a sent outbox row is kept; 0 deletes it when marked sent.
+    """
+
+    schema: str | None = None
+    min_size: int = 1
+    max_size: int = 10
+    connect_timeout: float = 10.0
+    command_timeout: float = 30.0
+    outbox_retention: float = 3600.0
+
+
+class _PostgresTx(StoreTx):
+    def __init__(self, conn: _Conn, clock: Callable[[], float]) -> None:
+        self._conn = conn
+        self._clock = clock
+
+    async def inbox_add(self, consumer: str, message_id: str) -> bool:
+        status = await self._conn.execute(_INBOX_ADD, consumer, message_id, self._clock())
+        return _row_count(status) == 1
+
+    async def load(self, saga_id: str) -> SagaRecord | None:
+        row = await self._conn.fetchrow(_LOAD_FOR_UPDATE, saga_id)
+        return _sql.saga_from_row(row) if row is not None else None
+
+    async def insert(self, record: SagaRecord) -> None:
+        status = await self._conn.execute(_INSERT, *_sql.saga_params(record))
+        if _row_count(status) != 1:
+            raise SagaExists(record.saga_id)
+
+    async def update(self, record: SagaRecord, *, expected_version: int) -> None:
+        status = await self._conn.execute(_UPDATE, *_sql.saga_params(record), expected_version)
+        if _row_count(status) != 1:
+            raise ConcurrencyConflict(record.saga_id)
+
+    async def add_history(self, row: HistoryRow) -> None:
+        await self._conn.execute(_HISTORY_ADD, *_sql.history_params(row))
+
+    async def add_outbox(self, rows: Sequence[OutboxRow]) -> None:
+        if rows:
+            await self._conn.executemany(_OUTBOX_ADD, [_sql.outbox_params(row) for row in rows])
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._conn.execute(positional_params(sql), *args)
+
+    async def fetchone(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        row = await self._conn.fetchrow(positional_params(sql), *args)
+        return tuple(row) if row is not None else None
+
+    async def fetchall(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in await self._conn.fetch(positional_params(sql), *args)]
+
+
+class PostgresStore(Store):
+    """The store in a PostgreSQL database, through a small asyncpg pool opened on first use.
+
+    Args:
+        url: ``postgresql://user:password@host:port/database`` (or ``postgres://``); the query
+            parameters ``schema``, ``min_size``, ``max_size``, ``connect_timeout``,
+            ``command_timeout`` and ``outbox_retention`` override ``config``, any others
+            (``sslmode``...) go to asyncpg. ``url`` keeps the address with its password
+            redacted.
+        config: settings; defaults to ``PostgresConfig()``.
+        clock: the time source for inbox and ``sent_at`` timestamps.
+
+    Raises:
+        ConfigurationError: an option is invalid.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        config: PostgresConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.url = _display(url)
+        self._dsn, self.config = _parse_url(url, config or PostgresConfig(), self.url)
+        self._secrets = _secrets(url)
+        self._clock = clock
+        self._pruner = _sql.OutboxPruner(self.config.outbox_retention, clock)
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._pool_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.url!r})"
+
+    async def setup(self, ddl: Sequence[str] = ()) -> None:
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _SETUP_LOCK_KEY)
+            schema = self.config.schema
+            if schema is not None and not await conn.fetchval(
+                "SELECT 1 FROM pg_namespace WHERE nspname = $1", schema
+            ):
+                await conn.execute(f'CREATE SCHEMA "{schema}"')
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS leveret_schema_version (version INTEGER NOT NULL)"
+            )
+            found: int | None = await conn.fetchval(
+                "SELECT max(version) FROM leveret_schema_version"
+            )
+            _sql.check_schema_version(found, self.url)
+            for statement in (*_SCHEMA, *ddl):
+                await conn.execute(statement)
+            if found is None:
+                await conn.execute(
+                    "INSERT INTO leveret_schema_version (version) VALUES ($1)", SCHEMA_VERSION
+                )
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[StoreTx]:
+        async with self._connection() as conn, conn.transaction():
+            yield _PostgresTx(conn, self._clock)
+
+    async def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(_PENDING, limit)
+        return [_sql.outbox_from_row(row) for row in rows]
+
+    async def mark_sent(self, message_ids: Sequence[str]) -> None:
+        if not message_ids:
+            return
+        now = self._pruner.now()
+        async with self._connection() as conn:
+            if self._pruner.retention <= 0:
+                await conn.execute(_DELETE_SENT, list(message_ids))
+                return
+            await conn.execute(_MARK_SENT, now, list(message_ids))
+            cutoff = self._pruner.cutoff(now)
+            if cutoff is not None:
+                await conn.execute(_PRUNE, cutoff)
+
+    async def get_saga(self, saga_id: str) -> SagaRecord | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_LOAD, saga_id)
+        return _sql.saga_from_row(row) if row is not None else None
+
+    async def list_sagas(
+        self, *, status: SagaStatus | None = None, saga: str | None = None, limit: int = 1000
+    ) -> list[SagaRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        if status is not None:
+            args.append(status.value)
+            where.append(f"status = ${len(args)}")
+        if saga is not None:
+            args.append(saga)
+            where.append(f"saga = ${len(args)}")
+        sql = f"SELECT {_sql.SAGA_COLUMNS} FROM leveret_sagas"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        args.append(limit)
+        sql += f" ORDER BY created_at DESC LIMIT ${len(args)}"
+        async with self._connection() as conn:
+            rows = await conn.fetch(sql, *args)
+        return [_sql.saga_from_row(row) for row in rows]
+
+    async def history(self, saga_id: str) -> list[HistoryRow]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(_HISTORY, saga_id)
+        return [_sql.history_from_row(row) for row in rows]
+
+    async def close(self) -> None:
+        async with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            async with asyncio.timeout(self.config.command_timeout):
+                await pool.close()
+        except TimeoutError:  # a connection still held: cut it
+            pool.terminate()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_Conn]:
+        pool = await self._open_pool()
+        async with pool.acquire(timeout=self.config.command_timeout) as conn:
+            yield conn
+
+    async def _open_pool(self) -> asyncpg.Pool[asyncpg.Record]:
+        async with self._pool_lock:
+            if self._pool is None:
+                self._pool = await self._create_pool()
+            return self._pool
+
+    async def _create_pool(self) -> asyncpg.Pool[asyncpg.Record]:
+        settings = {"search_path": f'"{self.config.schema}"'} if self.config.schema else None
+        try:
+            return await asyncpg.create_pool(
+                self._dsn,
+                min_size=self.config.min_size,
+                max_size=self.config.max_size,
+                timeout=self.config.connect_timeout,
+                command_timeout=self.config.command_timeout,
+                server_settings=settings,
+            )
+        except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            for secret in self._secrets:
+                reason = reason.replace(secret, "***")
+            # Not chained: asyncpg's own exception could quote the DSN.
+            raise StoreUnreachable(self.url, reason) from None
+
+
+def _row_count(status: str) -> int:
+    """The row count in a command status such as ``INSERT 0 1`` or ``UPDATE 0``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _secrets(url: str) -> list[str]:
+    """The passwords in ``url`` (in its user info or its query), to scrub from messages."""
+    try:
+        parts = urlsplit(url)
+        found = [parts.password] if parts.password else []
+    except ValueError:
+        return []
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    found += [value for key, value in query if key in ("password", "sslpassword") and value]
+    return found
+
+
+def _display(url: str) -> str:
+    """``url`` with every password replaced by ``***``."""
+    try:
+        shown = redact(url)
+        parts = urlsplit(shown)
+    except ValueError:
+        return "<unparseable url>"
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if not any(key in ("password", "sslpassword") for key, _ in query):
+        return shown
+    masked = [(k, "***" if k in ("password", "sslpassword") else v) for k, v in query]
+    return urlunsplit(parts._replace(query=urlencode(masked, safe="*")))
+
+
+def _parse_url(url: str, config: PostgresConfig, shown: str) -> tuple[str, PostgresConfig]:
+    """The DSN for asyncpg (without leveret's options) and the settings in ``url``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ConfigurationError(f"cannot parse the PostgreSQL store URL {shown}") from None
+    if parts.scheme.lower() not in ("postgres", "postgresql"):
+        raise ConfigurationError(
+            f"not a PostgreSQL store URL: {shown}; use postgresql://user:password@host/database"
+        )
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    ours = {key: query.pop(key) for key in _OPTIONS if key in query}
+    where = shown
+    schema = ours.get("schema")
+    if schema is not None:
+        config = replace(config, schema=schema)
+    min_size = _sql.query_option(ours, "min_size", int, minimum=1, where=where)
+    max_size = _sql.query_option(ours, "max_size", int, minimum=1, where=where)
+    connect = _sql.query_option(ours, "connect_timeout", float, minimum=0.0, where=where)
+    command = _sql.query_option(ours, "command_timeout", float, minimum=0.0, where=where)
+    retention = _sql.query_option(ours, "outbox_retention", float, minimum=0.0, where=where)
+    config = replace(
+        config,
+        min_size=config.min_size if min_size is None else min_size,
+        max_size=config.max_size if max_size is None else max_size,
+        connect_timeout=config.connect_timeout if connect is None else connect,
+        command_timeout=config.command_timeout if command is None else command,
+        outbox_retention=config.outbox_retention if retention is None else retention,
+    )
+    if config.schema is not None and not _SCHEMA_NAME.fullmatch(config.schema):
+        raise ConfigurationError(
+            f"store URL {where}: schema={config.schema!r} must be a plain identifier "
+            "(letters, digits, underscores; at most 63)"
+        )
+    if not 1 <= config.min_size <= config.max_size:
+        raise ConfigurationError(
+            f"store URL {where}: need 1 <= min_size ({config.min_size}) <= max_size "
+            f"({config.max_size})"
+        )
+    dsn = urlunsplit(parts._replace(query=urlencode(list(query.items()))))
+    return dsn, config

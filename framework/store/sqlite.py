@@ -1,0 +1,364 @@
+"""SQLite store on aiosqlite: the embedded default.
+
+One connection does everything. Transactions take an ``asyncio.Lock`` and start with
+``BEGIN IMMEDIATE`` (SQLite has a single writer, so waiting in the event loop is cheaper than
+``SQLITE_BUSY`` retries); the read-only methods take the same lock, so they never see a
+transaction half done. Other processes on the same file wait up to ``busy_timeout``.
+The file runs in WAL mode with ``synchronous=NORMAL``: a commit survives a crash of the process,
+and a power loss may lose the last transactions but never corrupts the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import parse_qsl
+
+import aiosqlite
+
+from framework.errors import ConfigurationError, LeveretError
+from framework.store import _sql
+from framework.store.base import (
+    SCHEMA_VERSION,
+    ConcurrencyConflict,
+    HistoryRow,
+    OutboxRow,
+    SagaExists,
+    SagaRecord,
+    SagaStatus,
+    Store,
+    StoreTx,
+)
+
+__all__ = ["SqliteConfig", "SqliteStore"]
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS leveret_sagas ("
+    " saga_id TEXT PRIMARY KEY, saga TEXT NOT NULL, correlation_id TEXT NOT NULL,"
+    " status TEXT NOT NULL, state TEXT NOT NULL, data BLOB NOT NULL, version INTEGER NOT NULL,"
+    " created_at REAL NOT NULL, updated_at REAL NOT NULL, deadline_at REAL, reason TEXT)",
+    "CREATE INDEX IF NOT EXISTS leveret_sagas_status ON leveret_sagas (status, created_at)",
+    "CREATE INDEX IF NOT EXISTS leveret_sagas_saga ON leveret_sagas (saga, created_at)",
+    "CREATE INDEX IF NOT EXISTS leveret_sagas_created ON leveret_sagas (created_at)",
+    "CREATE TABLE IF NOT EXISTS leveret_inbox ("
+    " consumer TEXT NOT NULL, message_id TEXT NOT NULL, created_at REAL NOT NULL,"
+    " PRIMARY KEY (consumer, message_id)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS leveret_outbox ("
+    " position INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL UNIQUE,"
+    " exchange TEXT NOT NULL, routing_key TEXT NOT NULL, body BLOB NOT NULL,"
+    " properties BLOB NOT NULL, mandatory INTEGER NOT NULL, destination TEXT NOT NULL,"
+    " saga_id TEXT, created_at REAL NOT NULL, sent_at REAL, attempts INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS leveret_outbox_pending ON leveret_outbox (position)"
+    " WHERE sent_at IS NULL",
+    "CREATE INDEX IF NOT EXISTS leveret_outbox_sent ON leveret_outbox (sent_at)"
+    " WHERE sent_at IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS leveret_history ("
+    " seq INTEGER PRIMARY KEY, saga_id TEXT NOT NULL, version INTEGER NOT NULL,"
+    " at REAL NOT NULL, message_id TEXT NOT NULL, message_type TEXT NOT NULL,"
+    " from_state TEXT NOT NULL, to_state TEXT NOT NULL, status TEXT NOT NULL,"
+    " emitted TEXT NOT NULL, note TEXT)",
+    "CREATE INDEX IF NOT EXISTS leveret_history_saga ON leveret_history (saga_id, seq)",
+)
+
+_INBOX_ADD = (
+    "INSERT INTO leveret_inbox (consumer, message_id, created_at) VALUES (?, ?, ?)"
+    " ON CONFLICT DO NOTHING"
+)
+_LOAD = f"SELECT {_sql.SAGA_COLUMNS} FROM leveret_sagas WHERE saga_id = ?"
+_INSERT = (
+    f"INSERT INTO leveret_sagas ({_sql.SAGA_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (saga_id) DO NOTHING"
+)
+_UPDATE = (
+    "UPDATE leveret_sagas SET saga = ?, correlation_id = ?, status = ?, state = ?, data = ?,"
+    " version = ?, created_at = ?, updated_at = ?, deadline_at = ?, reason = ?"
+    " WHERE saga_id = ? AND version = ?"
+)
+_HISTORY_ADD = (
+    f"INSERT INTO leveret_history ({_sql.HISTORY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# A message id queued twice is the same message (ids are deterministic): the first row stays.
+_OUTBOX_ADD = (
+    f"INSERT INTO leveret_outbox ({_sql.OUTBOX_COLUMNS}, sent_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL) ON CONFLICT (message_id) DO NOTHING"
+)
+_PENDING = (
+    f"SELECT position, {_sql.OUTBOX_COLUMNS} FROM leveret_outbox"
+    " WHERE sent_at IS NULL ORDER BY position LIMIT ?"
+)
+_MARK_SENT = "UPDATE leveret_outbox SET sent_at = ? WHERE message_id = ? AND sent_at IS NULL"
+_DELETE_SENT = "DELETE FROM leveret_outbox WHERE message_id = ?"
+_PRUNE = "DELETE FROM leveret_outbox WHERE sent_at < ?"
+_HISTORY = f"SELECT {_sql.HISTORY_COLUMNS} FROM leveret_history WHERE saga_id = ? ORDER BY seq"
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteConfig:
+    """Settings of the SQLite store; each can also be given as a URL query parameter.
+
+    Args:
+        busy_timeout: seconds to wait for another process's write lock on the same file.
+        outbox_retention: seconds a sent outbox row is kept; 0 deletes it when marked sent.
+    """
+
+    busy_timeout: float = 5.0
+    outbox_retention: float = 3600.0
+
+
+class _SqliteTx(StoreTx):
+    def __init__(self, conn: aiosqlite.Connection, clock: Callable[[], float]) -> None:
+        self._conn = conn
+        self._clock = clock
+
+    async def inbox_add(self, consumer: str, message_id: str) -> bool:
+        cursor = await self._conn.execute(_INBOX_ADD, (consumer, message_id, self._clock()))
+        return cursor.rowcount == 1
+
+    async def load(self, saga_id: str) -> SagaRecord | None:
+        # The transaction holds SQLite's write lock already (BEGIN IMMEDIATE): no one else can
+        # change the row before we commit.
+        rows = list(await self._conn.execute_fetchall(_LOAD, (saga_id,)))
+        return _sql.saga_from_row(rows[0]) if rows else None
+
+    async def insert(self, record: SagaRecord) -> None:
+        cursor = await self._conn.execute(_INSERT, _sql.saga_params(record))
+        if cursor.rowcount != 1:
+            raise SagaExists(record.saga_id)
+
+    async def update(self, record: SagaRecord, *, expected_version: int) -> None:
+        values = _sql.saga_params(record)
+        cursor = await self._conn.execute(_UPDATE, (*values[1:], record.saga_id, expected_version))
+        if cursor.rowcount != 1:
+            raise ConcurrencyConflict(record.saga_id)
+
+    async def add_history(self, row: HistoryRow) -> None:
+        await self._conn.execute(_HISTORY_ADD, _sql.history_params(row))
+
+    async def add_outbox(self, rows: Sequence[OutboxRow]) -> None:
+        if rows:
+            await self._conn.executemany(_OUTBOX_ADD, [_sql.outbox_params(row) for row in rows])
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._conn.execute(sql, args)
+
+    async def fetchone(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        async with self._conn.execute(sql, args) as cursor:
+            row = await cursor.fetchone()
+        return tuple(row) if row is not None else None
+
+    async def fetchall(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in await self._conn.execute_fetchall(sql, args)]
+
+
+class SqliteStore(Store):
+    """The store in one SQLite file (or in memory).
+
+    Args:
+        url: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or
+            ``sqlite://:memory:``; query parameters ``busy_timeout`` and ``outbox_retention``
+            (seconds) override ``config``.
+        config: settings; defaults to ``SqliteConfig()``.
+        clock: the time source for inbox and ``sent_at`` timestamps.
+
+    Raises:
+        ConfigurationError: the URL is not one of these forms, or an option is invalid.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        config: SqliteConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.url = url
+        self.path, self.config = _parse_url(url, config or SqliteConfig())
+        self._clock = clock
+        self._pruner = _sql.OutboxPruner(self.config.outbox_retention, clock)
+        self._lock = asyncio.Lock()
+        self._conn: aiosqlite.Connection | None = None
+        # The task inside a transaction: a store call from it would wait for itself forever.
+        self._owner: asyncio.Task[Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self.url!r})"
+
+    async def setup(self, ddl: Sequence[str] = ()) -> None:
+        async with self._locked("setup") as conn:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS leveret_schema_version (version INTEGER NOT NULL)"
+                )
+                rows = list(
+                    await conn.execute_fetchall("SELECT max(version) FROM leveret_schema_version")
+                )
+                found: int | None = rows[0][0]
+                _sql.check_schema_version(found, self.url)
+                for statement in (*_SCHEMA, *ddl):
+                    await conn.execute(statement)
+                if found is None:
+                    await conn.execute(
+                        "INSERT INTO leveret_schema_version (version) VALUES (?)", (SCHEMA_VERSION,)
+                    )
+                await conn.execute("COMMIT")
+            except BaseException:
+                await _rollback(conn)
+                raise
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[StoreTx]:
+        async with self._locked("transaction") as conn:
+            await conn.execute("BEGIN IMMEDIATE")
+            self._owner = asyncio.current_task()
+            try:
+                yield _SqliteTx(conn, self._clock)
+                self._owner = None
+                await conn.execute("COMMIT")
+            except BaseException:
+                self._owner = None
+                await _rollback(conn)
+                raise
+
+    async def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
+        async with self._locked("pending_outbox") as conn:
+            rows = await conn.execute_fetchall(_PENDING, (limit,))
+        return [_sql.outbox_from_row(row) for row in rows]
+
+    async def mark_sent(self, message_ids: Sequence[str]) -> None:
+        if not message_ids:
+            return
+        now = self._pruner.now()
+        ids = [(message_id,) for message_id in message_ids]
+        async with self._locked("mark_sent") as conn:
+            if self._pruner.retention <= 0:
+                await conn.executemany(_DELETE_SENT, ids)
+                return
+            await conn.executemany(_MARK_SENT, [(now, message_id) for (message_id,) in ids])
+            cutoff = self._pruner.cutoff(now)
+            if cutoff is not None:
+                await conn.execute(_PRUNE, (cutoff,))
+
+    async def get_saga(self, saga_id: str) -> SagaRecord | None:
+        async with self._locked("get_saga") as conn:
+            rows = list(await conn.execute_fetchall(_LOAD, (saga_id,)))
+        return _sql.saga_from_row(rows[0]) if rows else None
+
+    async def list_sagas(
+        self, *, status: SagaStatus | None = None, saga: str | None = None, limit: int = 1000
+    ) -> list[SagaRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status.value)
+        if saga is not None:
+            where.append("saga = ?")
+            args.append(saga)
+        sql = f"SELECT {_sql.SAGA_COLUMNS} FROM leveret_sagas"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC LIMIT ?"
+        async with self._locked("list_sagas") as conn:
+            rows = await conn.execute_fetchall(sql, (*args, limit))
+        return [_sql.saga_from_row(row) for row in rows]
+
+    async def history(self, saga_id: str) -> list[HistoryRow]:
+        async with self._locked("history") as conn:
+            rows = await conn.execute_fetchall(_HISTORY, (saga_id,))
+        return [_sql.history_from_row(row) for row in rows]
+
+    async def close(self) -> None:
+        async with self._locked("close"):
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                await conn.close()
+
+    @asynccontextmanager
+    async def _locked(self, operation: str) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection, for this task alone (opened on first use)."""
+        if self._owner is not None and self._owner is asyncio.current_task():
+            raise LeveretError(
+                f"SqliteStore.{operation}() was called inside a transaction of the same task, "
+                "which would wait for itself: use the transaction's methods, or call it after "
+                "the `async with` block"
+            )
+        async with self._lock:
+            if self._conn is None:
+                self._conn = await self._connect()
+            yield self._conn
+
+    async def _connect(self) -> aiosqlite.Connection:
+        # isolation_level=None: no implicit BEGIN; the store issues BEGIN IMMEDIATE itself.
+        try:
+            conn = await aiosqlite.connect(
+                self.path, isolation_level=None, timeout=self.config.busy_timeout
+            )
+        except sqlite3.Error as exc:
+            raise ConfigurationError(f"cannot open the SQLite store {self.url!r}: {exc}") from exc
+        try:
+            if self.path != ":memory:":
+                await self._enable_wal(conn)
+            await conn.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _enable_wal(self, conn: aiosqlite.Connection) -> None:
+        # Switching a new file to WAL needs an exclusive lock and SQLite answers SQLITE_BUSY at
+        # once, without its busy handler, while another connection holds any lock: retry, up to
+        # busy_timeout. Once the file is in WAL mode (it stays so), the pragma does not lock.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.busy_timeout
+        pause = 0.005
+        while True:
+            try:
+                await conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or loop.time() >= deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    # SQLite rolls back by itself after some errors (SQLITE_FULL, an interrupt); then there is
+    # no transaction left to end.
+    with suppress(sqlite3.OperationalError):
+        await conn.execute("ROLLBACK")
+
+
+def _parse_url(url: str, config: SqliteConfig) -> tuple[str, SqliteConfig]:
+    """The database path and the settings in ``url``."""
+    forms = "sqlite:///relative/path.db, sqlite:////absolute/path.db or sqlite://:memory:"
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower() != "sqlite" or not sep:
+        raise ConfigurationError(f"not a SQLite store URL: {url!r}; use {forms}")
+    location, _, query_string = rest.partition("?")
+    if location in (":memory:", "/:memory:"):
+        path = ":memory:"
+    elif location.startswith("/") and len(location) > 1:
+        path = location[1:]
+    else:
+        raise ConfigurationError(f"SQLite store URL {url!r} names no file; use {forms}")
+    query = dict(parse_qsl(query_string, keep_blank_values=True))
+    unknown = sorted(set(query) - {"busy_timeout", "outbox_retention"})
+    if unknown:
+        raise ConfigurationError(
+            f"SQLite store URL {url!r}: unknown option(s) {', '.join(unknown)}; "
+            "known: busy_timeout, outbox_retention"
+        )
+    busy = _sql.query_option(query, "busy_timeout", float, minimum=0.0, where=repr(url))
+    retention = _sql.query_option(query, "outbox_retention", float, minimum=0.0, where=repr(url))
+    if busy is not None:
+        config = replace(config, busy_timeout=busy)
+    if retention is not None:
+        config = replace(config, outbox_retention=retention)
+    return path, config
