@@ -316,27 +316,39 @@ class App:
             BrokerUnreachable: at start-up, or when consumers could not be restored after a
                 reconnect (the worker then exits non-zero and its supervisor restarts it).
         """
-        stop = stop or asyncio.Event()
         await self.start()
-        failure: BaseException | None = None
         try:
-            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
-            wait_failed = getattr(self.transport, "wait_failed", None)
-            if wait_failed is not None:
-                waits.append(asyncio.ensure_future(wait_failed()))
-            try:
-                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
-            for w in done:
-                result = w.result()
-                if isinstance(result, BaseException):
-                    failure = result
+            failure = await self.wait_stopped_or_failed(stop or asyncio.Event())
         finally:
             await self.stop()
         if failure is not None:
             raise failure
+
+    async def wait_stopped_or_failed(self, stop: asyncio.Event) -> BaseException | None:
+        """Wait (while running) until ``stop`` is set — None — or the transport fails for good.
+
+        Returns the transport's failure, so a worker can tell it from a failed start.
+        """
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+        wait_failed = getattr(self.transport, "wait_failed", None)
+        if wait_failed is not None:
+            waits.append(asyncio.ensure_future(wait_failed()))
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        for finished in done:
+            if finished is waits[0]:
+                continue
+            if finished.cancelled():
+                return asyncio.CancelledError("the transport's failure watch was cancelled")
+            error = finished.exception()
+            if error is not None:
+                return error
+            result = finished.result()
+            return result if isinstance(result, BaseException) else RuntimeError(str(result))
+        return None
 
     async def send(self, command: Command, **meta: Any) -> str:
         """Send a command; see ``Bus.send``."""

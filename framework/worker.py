@@ -225,35 +225,12 @@ async def serve(app: App, stop: asyncio.Event) -> int:
         await _close_quietly(app)
         raise error
 
-    failure = await _until_stopped_or_failed(app, stop)
+    failure = await app.wait_stopped_or_failed(stop)
     await app.stop()
     if failure is not None:
         _log.error("transport_failed", error=str(failure), error_type=type(failure).__name__)
         return EXIT_TRANSPORT_FAILED
     return EXIT_OK
-
-
-async def _until_stopped_or_failed(app: App, stop: asyncio.Event) -> BaseException | None:
-    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
-    wait_failed = getattr(app.transport, "wait_failed", None)
-    if wait_failed is not None:
-        waits.append(asyncio.ensure_future(wait_failed()))
-    try:
-        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiting in waits:
-            waiting.cancel()
-    for finished in done:
-        if finished is waits[0]:
-            continue
-        if finished.cancelled():
-            return asyncio.CancelledError("the transport's failure watch was cancelled")
-        error = finished.exception()
-        if error is not None:
-            return error
-        result = finished.result()
-        return result if isinstance(result, BaseException) else RuntimeError(str(result))
-    return None
 
 
 async def _close_quietly(app: App) -> None:
