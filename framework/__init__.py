@@ -27,6 +27,7 @@ from framework.handlers import Service
 from framework.messages import Command, Event, Message, Query, Reply
 from framework.middleware import Incoming, Middleware
 from framework.retry import RetryPolicy
+from framework.upcasting import Upcaster, upcaster
 
 __all__ = [
     "App",
@@ -59,5 +60,7 @@ __all__ = [
     "RetryPolicy",
     "Service",
     "Unroutable",
+    "Upcaster",
     "WrongBus",
+    "upcaster",
 ]

@@ -27,6 +27,7 @@ from framework.saga.outbox import OutboxRelay, OutboxWriter
 from framework.saga.runner import SagaConflict, SagaRunner
 from framework.store.base import ConcurrencyConflict, Store, store_from_url
 from framework.transport.base import Consumer, Topology, Transport
+from framework.upcasting import Upcaster
 from framework.urls import redact
 
 __all__ = ["App", "AppConfig", "transport_from_url"]
@@ -104,6 +105,7 @@ class App:
         middleware: consume middleware around every handler, outermost first.
         publish_middleware: middleware around every publish, outermost first.
         contracts: extra contract classes this app only sends (for export and checks).
+        upcasters: conversions from older contract versions to the ones its handlers read.
         db_url: the store for sagas and transactional handlers: ``sqlite:///file.db``
             (default ``sqlite:///leveret.sqlite3``), ``postgresql://...`` or ``memory://``.
             Only opened when the app has a saga or a transactional handler.
@@ -124,6 +126,7 @@ class App:
         middleware: Sequence[Middleware] = (),
         publish_middleware: Sequence[PublishMiddleware] = (),
         contracts: Iterable[type[Message]] = (),
+        upcasters: Iterable[Upcaster[Any, Any]] = (),
         db_url: str | None = None,
         store: Store | None = None,
     ) -> None:
@@ -132,8 +135,11 @@ class App:
         self.url = url
         self.naming = Naming(self.config.prefix)
         self.handlers = check_unique_handlers(self.services)
+        sent = [cls for service in self.services for cls in service.sends]
         self.codec = Codec(
-            _contracts(self.handlers, contracts), max_body_size=self.config.max_body_size
+            _contracts(self.handlers, [*sent, *contracts]),
+            upcasters=upcasters,
+            max_body_size=self.config.max_body_size,
         )
         self.transport = transport if transport is not None else transport_from_url(url)
         self.bus = Bus(

@@ -3,6 +3,8 @@
 ``leveret run MODULE:APP [--workers N] [--amqp-url URL] [--connect-timeout S]
 [--log-format json|console] [--log-level LEVEL]`` serves an app with a supervisor and N workers.
 
+``leveret contracts export|check`` and ``leveret asyncapi`` live in ``framework.schema.cli``.
+
 Exit codes of ``leveret run``: 0 drained cleanly after SIGTERM/SIGINT; 1 a worker had to be
 killed or failed while draining; 2 a usage or configuration error (bad MODULE:APP, a memory://
 app with several workers); 3 the broker could not be reached within the connect deadline.
@@ -21,6 +23,7 @@ import structlog
 
 from framework.errors import ConfigurationError
 from framework.logging import LEVELS, LOG_FORMAT_ENV, LOG_LEVEL_ENV, configure_logging
+from framework.schema import cli as schema_cli
 from framework.supervisor import Supervisor, SupervisorConfig
 from framework.transport.memory import MemoryTransport
 from framework.worker import (
@@ -94,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"lowest level logged (default info; {LOG_LEVEL_ENV})",
     )
     run.set_defaults(command=_run)
+    schema_cli.register(commands)  # contracts export|check, asyncapi
     return parser
 
 

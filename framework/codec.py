@@ -3,11 +3,16 @@
 ``Codec`` holds one JSON decoder per registered ``(wire name, version)``; decoding checks the
 size limit, the content type, the type and the version before the body is parsed, and turns every
 problem into a ``DecodeFailure`` whose ``reason`` goes into the DLQ header.
+
+Several versions of one wire name live side by side. Decoding ``into`` a handler's class takes an
+older version through the upcasters planned when they were registered (start-up), never per
+message; the handler's own version costs one comparison more than plain decoding.
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,6 +20,7 @@ import msgspec
 
 from framework.errors import ContractError, DecodeFailure
 from framework.messages import Message, validate_contract
+from framework.upcasting import Upcaster
 
 __all__ = ["DEFAULT_MAX_BODY_SIZE", "Codec"]
 
@@ -29,23 +35,33 @@ class Codec:
 
     Args:
         types: every contract class the app sends or receives.
+        upcasters: conversions from older to newer versions; their classes are registered too.
         max_body_size: bodies larger than this (bytes) are refused before parsing.
 
     Raises:
-        ContractError: a class breaks the contract rules, or two classes share a wire name and
-            version.
+        ContractError: a class breaks the contract rules, two classes share a wire name and
+            version, or two upcasters join the same two versions.
     """
 
     def __init__(
-        self, types: Iterable[type[Message]], *, max_body_size: int = DEFAULT_MAX_BODY_SIZE
+        self,
+        types: Iterable[type[Message]],
+        *,
+        upcasters: Iterable[Upcaster[Any, Any]] = (),
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     ) -> None:
         self.max_body_size = max_body_size
         self._encoder = msgspec.json.Encoder()
         self._decoders: dict[tuple[str, int], msgspec.json.Decoder[Any]] = {}
         self._types: dict[tuple[str, int], type[Message]] = {}
         self._versions: dict[str, list[int]] = {}
+        self._upcasters: dict[tuple[str, int, int], Upcaster[Any, Any]] = {}
+        # (wire name, from version, to version) -> the upcasters to apply, in order
+        self._paths: dict[tuple[str, int, int], tuple[Upcaster[Any, Any], ...]] = {}
         for cls in types:
             self.add(cls)
+        for up in upcasters:
+            self.add_upcaster(up)
 
     def add(self, cls: type[Message]) -> None:
         """Register one more contract class (start-up only)."""
@@ -62,10 +78,68 @@ class Codec:
         self._types[key] = cls
         self._decoders[key] = msgspec.json.Decoder(cls)
         self._versions.setdefault(key[0], []).append(key[1])
+        self._plan(key[0])
+
+    def add_upcaster(self, upcaster: Upcaster[Any, Any]) -> None:
+        """Register an upcaster and both its classes (start-up only).
+
+        Raises:
+            ContractError: another upcaster already joins the same two versions.
+        """
+        self.add(upcaster.source)
+        self.add(upcaster.target)
+        key = (upcaster.wire_name, upcaster.from_version, upcaster.to_version)
+        known = self._upcasters.get(key)
+        if known is upcaster:
+            return
+        if known is not None:
+            raise ContractError(
+                f"{upcaster.where} and {known.where} both upcast {key[0]!r} from version "
+                f"{key[1]} to {key[2]}: keep one"
+            )
+        self._upcasters[key] = upcaster
+        self._plan(upcaster.wire_name)
+
+    def _plan(self, wire_name: str) -> None:
+        """Find the shortest upcaster path between every two versions of ``wire_name``."""
+        versions = sorted(self._versions.get(wire_name, ()))
+        edges: dict[int, list[Upcaster[Any, Any]]] = {}
+        for (name, start, _), up in sorted(self._upcasters.items()):
+            if name == wire_name:
+                edges.setdefault(start, []).append(up)
+        for source in versions:
+            paths: dict[int, tuple[Upcaster[Any, Any], ...]] = {source: ()}
+            todo = deque([source])
+            while todo:
+                at = todo.popleft()
+                for up in edges.get(at, ()):
+                    if up.to_version not in paths:
+                        paths[up.to_version] = (*paths[at], up)
+                        todo.append(up.to_version)
+            for target, path in paths.items():
+                if path:
+                    self._paths[(wire_name, source, target)] = path
 
     def types(self) -> list[type[Message]]:
         """Every registered contract class."""
         return list(self._types.values())
+
+    def upcasters(self) -> list[Upcaster[Any, Any]]:
+        """Every registered upcaster, by wire name and versions."""
+        return [self._upcasters[key] for key in sorted(self._upcasters)]
+
+    def versions(self, wire_name: str) -> list[int]:
+        """The registered versions of a wire name, oldest first."""
+        return sorted(self._versions.get(wire_name, ()))
+
+    def upcast_path(
+        self, wire_name: str, from_version: int, to_version: int
+    ) -> tuple[Upcaster[Any, Any], ...] | None:
+        """The upcasters that take ``from_version`` to ``to_version``; ``()`` when equal, None
+        when there is no path."""
+        if from_version == to_version:
+            return ()
+        return self._paths.get((wire_name, from_version, to_version))
 
     def encode(self, message: Message) -> bytes:
         """JSON body of a contract."""
@@ -78,16 +152,20 @@ class Codec:
         wire_name: str | None,
         version: Any,
         content_type: str | None,
+        into: type[Message] | None = None,
     ) -> Message:
-        """Decode a body into its registered contract class.
+        """Decode a body into its registered contract class, or upcast it ``into`` a newer one.
 
         A missing version means version 1; a missing content type means JSON (plain clients
-        often leave it out).
+        often leave it out). With ``into`` (a handler's class), an older version of the same
+        wire name is decoded with its own class and passed through the upcasters; a version
+        with no path to ``into`` fails. A message of another wire name is returned as it is.
 
         Raises:
             DecodeFailure: with a reason such as ``body_too_large``, ``unsupported_content_type``,
                 ``missing_type``, ``unknown_type``, ``unsupported_version``, ``invalid_utf8``,
-                ``malformed_json`` or ``validation_error: $.path expected int, got str``.
+                ``malformed_json``, ``validation_error: $.path expected int, got str`` or
+                ``upcast_failed``.
         """
         size = len(body)
         if size > self.max_body_size:
@@ -98,7 +176,8 @@ class Codec:
                 raise DecodeFailure(f"unsupported_content_type: {content_type!r}")
         if not wire_name:
             raise DecodeFailure("missing_type: the AMQP `type` property must name the contract")
-        decoder = self._decoders.get((wire_name, _version(version)))
+        number = _version(version)
+        decoder = self._decoders.get((wire_name, number))
         if decoder is None:
             versions = self._versions.get(wire_name)
             if versions is None:
@@ -107,8 +186,17 @@ class Codec:
                 f"unsupported_version: {wire_name!r} version {version!r}, "
                 f"handled: {sorted(versions)}"
             )
+        path: tuple[Upcaster[Any, Any], ...] = ()
+        if into is not None and number != into.__wire_version__ and wire_name == into.__wire_name__:
+            found = self._paths.get((wire_name, number, into.__wire_version__))
+            if found is None:
+                raise DecodeFailure(
+                    f"unsupported_version: {wire_name!r} version {number} has no upcaster "
+                    f"path to version {into.__wire_version__}, which this handler reads"
+                )
+            path = found
         try:
-            return decoder.decode(body)  # type: ignore[no-any-return]  # decoder typed per class
+            message: Message = decoder.decode(body)
         except msgspec.ValidationError as exc:
             raise DecodeFailure(f"validation_error: {_describe_validation(str(exc))}") from None
         except msgspec.DecodeError as exc:
@@ -116,6 +204,32 @@ class Codec:
             if "UTF-8" in text:
                 raise DecodeFailure(f"invalid_utf8: {text}") from None
             raise DecodeFailure(f"malformed_json: {text}") from None
+        return self._upcast(message, path) if path else message
+
+    def _upcast(self, message: Message, path: tuple[Upcaster[Any, Any], ...]) -> Message:
+        first, last = path[0], path[-1]
+        what = f"{first.wire_name!r} version {first.from_version} -> {last.to_version}"
+        for step in path:
+            try:
+                message = step.func(message)
+            except Exception as exc:
+                raise DecodeFailure(
+                    f"upcast_failed: {what}: {step.where} raised {type(exc).__name__}: {exc}"
+                ) from None
+            if type(message) is not step.target:
+                raise DecodeFailure(
+                    f"upcast_failed: {what}: {step.where} returned "
+                    f"{type(message).__qualname__}, not {step.target.__qualname__}"
+                )
+        # Struct constructors check no constraints: validate the result as if it came on the wire.
+        decoder = self._decoders[(last.wire_name, last.to_version)]
+        try:
+            result: Message = decoder.decode(self._encoder.encode(message))
+        except msgspec.ValidationError as exc:
+            raise DecodeFailure(
+                f"upcast_failed: {what} gave an invalid message: {_describe_validation(str(exc))}"
+            ) from None
+        return result
 
 
 def _version(raw: Any) -> int:

@@ -100,6 +100,7 @@ class HandlerPipeline:
                 wire_name=delivery.type,
                 version=delivery.headers.get(envelope.VERSION),
                 content_type=delivery.content_type,
+                into=self.spec.message_type,
             )
         except DecodeFailure as exc:
             await self._reject_input(delivery, exc.reason)

@@ -66,6 +66,13 @@ class Service:
         prefetch: default unacked deliveries per handler queue.
         schema: idempotent DDL (``CREATE TABLE IF NOT EXISTS ...``) for the service's own tables,
             run by the app's store at start-up.
+        sends: the commands and events its handlers send or publish; they become the
+            service's send operations in ``leveret asyncapi``, and the test harness checks
+            that the service emits nothing else.
+
+    Raises:
+        RegistrationError: the name is malformed, or ``sends`` holds something that is not a
+            command or event contract.
     """
 
     def __init__(
@@ -76,6 +83,7 @@ class Service:
         timeout: float | None = None,
         prefetch: int | None = None,
         schema: Sequence[str] = (),
+        sends: Sequence[type[Message]] = (),
     ) -> None:
         if not _SERVICE_NAME.match(name):
             raise RegistrationError(
@@ -87,6 +95,14 @@ class Service:
         self.timeout = timeout
         self.prefetch = prefetch
         self.schema = tuple(schema)
+        self.sends = tuple(dict.fromkeys(sends))
+        for cls in self.sends:
+            if kind_of(cls) not in (MessageKind.COMMAND, MessageKind.EVENT):
+                raise RegistrationError(
+                    f"Service({name!r}, sends=...) lists {cls.__qualname__}, a "
+                    f"{kind_of(cls).value}: list the commands and events the service emits"
+                )
+            validate_contract(cls)
         self._handlers: dict[type[Message], HandlerSpec] = {}
         self.sagas: list[Any] = []
 
@@ -208,6 +224,16 @@ class Service:
                     f"{spec.where} and {existing.where} both handle "
                     f"{spec.message_type.__qualname__} in service {self.name!r}: keep one"
                 )
+            wire_name = spec.message_type.__wire_name__
+            for other in self._handlers.values():
+                if other.message_type.__wire_name__ == wire_name:
+                    raise RegistrationError(
+                        f"{spec.where} handles {wire_name!r} version "
+                        f"{spec.message_type.__wire_version__} and {other.where} version "
+                        f"{other.message_type.__wire_version__}, in one service (one queue per "
+                        "wire name): handle the newest version and declare an upcaster from "
+                        "the older one"
+                    )
             self._handlers[spec.message_type] = spec
             return f
 
@@ -313,7 +339,8 @@ def check_unique_handlers(services: Iterable[Service]) -> list[HandlerSpec]:
             share a name.
     """
     by_name: dict[str, Service] = {}
-    owners: dict[type[Message], HandlerSpec] = {}
+    # By wire name: two versions of one command are still one routing key.
+    owners: dict[str, HandlerSpec] = {}
     specs: list[HandlerSpec] = []
     for service in services:
         if service.name in by_name and by_name[service.name] is not service:
@@ -321,13 +348,14 @@ def check_unique_handlers(services: Iterable[Service]) -> list[HandlerSpec]:
         by_name[service.name] = service
         for spec in service.handlers:
             if spec.kind in (MessageKind.COMMAND, MessageKind.QUERY):
-                other = owners.get(spec.message_type)
+                wire_name = spec.message_type.__wire_name__
+                other = owners.get(wire_name)
                 if other is not None:
                     raise RegistrationError(
                         f"{spec.message_type.__qualname__} is a {spec.kind.value} and must have "
                         f"exactly one handler, but {other.where} (service {other.service!r}) and "
                         f"{spec.where} (service {spec.service!r}) both handle it: remove one"
                     )
-                owners[spec.message_type] = spec
+                owners[wire_name] = spec
             specs.append(spec)
     return specs

@@ -43,7 +43,11 @@ def build_inventory(stock: Mapping[str, int]) -> Service:
         for sku, n in sorted(stock.items())
         if sku.replace("-", "").isalnum()
     )
-    inventory = Service("inventory", schema=SCHEMA + seed)
+    inventory = Service(
+        "inventory",
+        schema=SCHEMA + seed,
+        sends=[InventoryReserved, InventoryRejected, InventoryReleased],
+    )
 
     @inventory.command(transactional=True)
     async def reserve(cmd: ReserveInventory, ctx: Context) -> None:

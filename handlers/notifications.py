@@ -19,7 +19,7 @@ SCHEMA = (
 
 def build_notifications() -> Service:
     """The notifications service."""
-    notifications = Service("notifications", schema=SCHEMA)
+    notifications = Service("notifications", schema=SCHEMA, sends=[CustomerNotified])
 
     @notifications.command(transactional=True)
     async def notify(cmd: NotifyCustomer, ctx: Context) -> None:

@@ -169,7 +169,20 @@ ORDERS_SCHEMA = (
 
 def build_orders(*, step_timeout: float | None = 60.0) -> Service:
     """The orders service: runs the order saga."""
-    orders = Service("orders")
+    orders = Service(
+        "orders",
+        sends=[
+            OrderPlaced,
+            OrderCompleted,
+            OrderCancelled,
+            ReserveInventory,
+            ReleaseInventory,
+            ChargePayment,
+            RefundPayment,
+            ShipOrder,
+            NotifyCustomer,
+        ],
+    )
     orders.saga(order_saga(step_timeout=step_timeout))
     return orders
 

@@ -29,7 +29,9 @@ SCHEMA = (
 
 def build_payment(*, card_limit_cents: int = 100_000) -> Service:
     """The payment service; charges above ``card_limit_cents`` are declined."""
-    payment = Service("payment", schema=SCHEMA)
+    payment = Service(
+        "payment", schema=SCHEMA, sends=[PaymentCharged, PaymentDeclined, PaymentRefunded]
+    )
 
     @payment.command(transactional=True)
     async def charge(cmd: ChargePayment, ctx: Context) -> None:

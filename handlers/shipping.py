@@ -19,7 +19,7 @@ SCHEMA = (
 
 def build_shipping() -> Service:
     """The shipping service."""
-    shipping = Service("shipping", schema=SCHEMA)
+    shipping = Service("shipping", schema=SCHEMA, sends=[OrderShipped, ShippingFailed])
 
     @shipping.command(transactional=True)
     async def ship(cmd: ShipOrder, ctx: Context) -> None:

@@ -27,6 +27,17 @@ from tests.support.broker import (
 
 MakeTransport = Callable[[], Awaitable[Transport]]
 
+pytest_plugins = ["pytester"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Installed, leveret brings its plugin through the pytest11 entry point; a checkout run
+    # through PYTHONPATH (or an install older than the entry point) loads it here instead.
+    if not config.pluginmanager.has_plugin("leveret"):
+        from framework.testing import pytest_plugin
+
+        config.pluginmanager.register(pytest_plugin, "leveret")
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:

@@ -456,3 +456,8 @@ class MemoryTransport(base.Transport):
         if queue is None:
             raise ConfigurationError(f"queue {name!r} does not exist")
         return len(queue.ready)
+
+    def unsettled(self) -> int:
+        """Deliveries handed to this connection's consumers and not yet acked or nacked,
+        including those whose callback has not started (the test harness waits on it)."""
+        return sum(len(consumer.unacked) for consumer in self._consumers)

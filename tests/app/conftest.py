@@ -39,6 +39,8 @@ class Backend:
         start: bool = True,
         middleware: Sequence[Any] = (),
         publish_middleware: Sequence[Any] = (),
+        upcasters: Sequence[Any] = (),
+        contracts: Sequence[Any] = (),
         **config: Any,
     ) -> App:
         """An app on this backend with the test's prefix, started unless ``start=False``."""
@@ -49,6 +51,8 @@ class Backend:
             config=AppConfig(**config),
             middleware=middleware,
             publish_middleware=publish_middleware,
+            upcasters=upcasters,
+            contracts=contracts,
         )
         self._apps.append(app)
         if start:
