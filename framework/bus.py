@@ -147,6 +147,7 @@ class Bus:
             wire_name=reply.type,
             version=reply.headers.get(envelope.VERSION),
             content_type=reply.content_type,
+            into=reply_type,  # an older reply version is upcast, as for handlers
         )
         return decoded  # type: ignore[return-value]  # the codec decoded by the reply's wire name
 

@@ -68,7 +68,12 @@ def register(commands: Any) -> None:
         ),
     )
     check.add_argument("source", metavar="SOURCE", help=_SOURCE_HELP)
-    check.add_argument("--dir", default=DEFAULT_SNAPSHOT_DIR, metavar="DIR")
+    check.add_argument(
+        "--dir",
+        default=DEFAULT_SNAPSHOT_DIR,
+        metavar="DIR",
+        help=f"snapshot directory (default {DEFAULT_SNAPSHOT_DIR})",
+    )
     check.add_argument(
         "--mode",
         choices=[m.value for m in Mode],

@@ -101,8 +101,10 @@ class _Document:
         kind = node.get("type")
         if kind is None:
             return [("any", node)]
-        kinds = kind if isinstance(kind, list) else [kind]
-        return [(k, {**node, "type": k}) for k in kinds if k in _TYPES]
+        if isinstance(kind, str):
+            # The node itself, not a copy: the recursion guard of ``object`` goes by identity.
+            return [(kind, node)] if kind in _TYPES else []
+        return [(k, {**node, "type": k}) for k in kind if k in _TYPES]
 
     def describe(self, node: Any, depth: int = 0) -> str:
         parts = [self._describe(cat, alt, depth) for cat, alt in self.alternatives(node)]
@@ -169,8 +171,13 @@ class _Comparison:
         issues: list[Issue] = []
         accepted = 0
         rejected = 0
+        # Tagged unions: a struct matches only the struct with its tag value.
+        tag = _discriminator(self.w.resolve(writer)) or _discriminator(self.r.resolve(reader))
         for w_cat, w_alt in self.w.alternatives(writer):
             candidates = [(r_cat, r_alt) for r_cat, r_alt in r_alts if _fits(r_cat, w_cat)]
+            w_tag = _tag_value(w_alt, tag)
+            if w_tag is not None:
+                candidates = [(c, a) for c, a in candidates if _tag_value(a, tag) == w_tag]
             if w_cat == "any" or not candidates:
                 rejected += 1
                 continue
@@ -307,6 +314,25 @@ class _Comparison:
                         Issue("unknown_forbidden", where, "", self.w.describe(w_props[name]))
                     )
         return issues
+
+
+def _discriminator(node: Node) -> str | None:
+    found = node.get("discriminator")
+    if isinstance(found, dict):
+        name = found.get("propertyName")
+        return name if isinstance(name, str) else None
+    return found if isinstance(found, str) else None
+
+
+def _tag_value(node: Node, tag: str | None) -> Any:
+    if tag is None:
+        return None
+    prop = node.get("properties", {}).get(tag)
+    if isinstance(prop, dict):
+        values = prop.get("enum", [prop["const"]] if "const" in prop else [])
+        if len(values) == 1:
+            return values[0]
+    return None
 
 
 def _fits(r_cat: str, w_cat: str) -> bool:

@@ -65,8 +65,14 @@ class Captured:
 
     @property
     def version(self) -> int:
+        """The ``leveret-version`` header (1 when absent, -1 when unreadable)."""
         value = self.wire.headers.get(envelope.VERSION, 1)
-        return value if isinstance(value, int) else int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return -1
 
     def describe(self) -> str:
         """``orders.order_placed v1 from orders.place_order``."""

@@ -8,7 +8,7 @@ import asyncio
 import aio_pika
 import pytest
 
-from framework import Context, Service
+from framework import Context, Query, QueryContext, Reply, Service, upcaster
 from framework import envelope as env
 from framework.transport.base import OutgoingMessage
 from tests.app.conftest import Backend, next_item
@@ -98,3 +98,53 @@ async def test_plain_aio_pika_v1_message_reaches_v3_handler(amqp_url: str, prefi
         finally:
             await connection.close()
     assert got == Ship(parcel_id="p-1", address=Address(street="1 Main St", city="Springfield"))
+
+
+class ParcelViewV1(Reply):
+    __wire_name__ = "ship.parcel_view"
+    __wire_version__ = 1
+
+    parcel_id: str
+    address: str
+
+
+class ParcelView(Reply):
+    __wire_name__ = "ship.parcel_view"
+    __wire_version__ = 2
+
+    parcel_id: str
+    address: Address
+
+
+class GetParcelOld(Query[ParcelViewV1]):
+    __wire_name__ = "ship.get_parcel"
+
+    parcel_id: str
+
+
+class GetParcel(Query[ParcelView]):
+    __wire_name__ = "ship.get_parcel"
+
+    parcel_id: str
+
+
+@upcaster
+def parcel_view_v1_to_v2(old: ParcelViewV1) -> ParcelView:
+    street, _, city = old.address.rpartition(", ")
+    return ParcelView(parcel_id=old.parcel_id, address=Address(street=street, city=city))
+
+
+async def test_old_reply_version_is_upcast_for_the_caller(backend: Backend) -> None:
+    """A service still answering with reply v1 gives a v2 caller its v2 reply, upcast."""
+    old_shipping = Service("shipping")
+
+    @old_shipping.query
+    async def get_parcel(query: GetParcelOld, ctx: QueryContext) -> ParcelViewV1:
+        return ParcelViewV1(parcel_id=query.parcel_id, address="1 Main St, Springfield")
+
+    await backend.app([old_shipping])
+    caller = await backend.app([], upcasters=[parcel_view_v1_to_v2])
+    reply = await caller.request(GetParcel(parcel_id="p-9"), timeout=10)
+    assert reply == ParcelView(
+        parcel_id="p-9", address=Address(street="1 Main St", city="Springfield")
+    )

@@ -28,6 +28,28 @@ class SmallItem(msgspec.Struct, frozen=True, kw_only=True):
     qty: SmallQty
 
 
+class Card(msgspec.Struct, frozen=True, kw_only=True, tag="card"):
+    last4: str
+
+
+class Cash(msgspec.Struct, frozen=True, kw_only=True, tag="cash"):
+    pass
+
+
+class Voucher(msgspec.Struct, frozen=True, kw_only=True, tag="voucher"):
+    code: str
+
+
+class Node(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    children: list[Node] = []
+
+
+class WideNode(msgspec.Struct, frozen=True, kw_only=True):
+    name: str | None
+    children: list[WideNode] = []
+
+
 def kinds(
     tmp_path: Path,
     old: dict[str, Any],
@@ -144,6 +166,24 @@ FIELD_CHANGES: list[tuple[str, dict[str, Any], dict[str, Any], dict[Mode, set[st
         {"pair": list[int]},
         {"pair": tuple[int, int]},
         {B: {"type_narrowed"}, U: {"type_narrowed"}},
+    ),
+    (
+        "tagged union variant added",
+        {"pay": Card | Cash},
+        {"pay": Card | Cash | Voucher},
+        {F: {"type_widened"}, U: {"type_widened"}},
+    ),
+    (
+        "tagged union variant removed",
+        {"pay": Card | Cash},
+        {"pay": Card},
+        {B: {"type_narrowed"}, U: {"type_narrowed"}},
+    ),
+    (
+        "recursive struct widened",
+        {"tree": Node},
+        {"tree": WideNode},
+        {F: {"type_widened"}, U: {"type_widened"}},
     ),
     ("unchanged", {"a": str, "items": list[Item]}, {"a": str, "items": list[Item]}, {}),
 ]
