@@ -190,7 +190,7 @@ class Service:
                     f"saga {built.name!r} consumes {message_type.__qualname__}, which "
                     f"{existing.where} already handles in service {self.name!r}"
                 )
-            self._handlers[message_type] = HandlerSpec(
+            spec = HandlerSpec(
                 service=self.name,
                 kind=kind_of(message_type),
                 message_type=message_type,
@@ -201,8 +201,23 @@ class Service:
                 prefetch=None,
                 saga=built,
             )
+            self._check_one_version(spec)
+            self._handlers[message_type] = spec
         self.sagas.append(built)
         return built
+
+    def _check_one_version(self, spec: HandlerSpec) -> None:
+        """One queue per wire name per service, so one handled version of each."""
+        wire_name = spec.message_type.__wire_name__
+        for other in self._handlers.values():
+            if other.message_type.__wire_name__ == wire_name:
+                raise RegistrationError(
+                    f"{spec.where} handles {wire_name!r} version "
+                    f"{spec.message_type.__wire_version__} and {other.where} version "
+                    f"{other.message_type.__wire_version__}, in one service (one queue per "
+                    "wire name): handle the newest version and declare an upcaster from "
+                    "the older one"
+                )
 
     def _decorate(
         self, kind: MessageKind, decorator: str, func: F | None, options: dict[str, Any]
@@ -224,16 +239,7 @@ class Service:
                     f"{spec.where} and {existing.where} both handle "
                     f"{spec.message_type.__qualname__} in service {self.name!r}: keep one"
                 )
-            wire_name = spec.message_type.__wire_name__
-            for other in self._handlers.values():
-                if other.message_type.__wire_name__ == wire_name:
-                    raise RegistrationError(
-                        f"{spec.where} handles {wire_name!r} version "
-                        f"{spec.message_type.__wire_version__} and {other.where} version "
-                        f"{other.message_type.__wire_version__}, in one service (one queue per "
-                        "wire name): handle the newest version and declare an upcaster from "
-                        "the older one"
-                    )
+            self._check_one_version(spec)
             self._handlers[spec.message_type] = spec
             return f
 

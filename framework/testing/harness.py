@@ -2,7 +2,7 @@
 
 ::
 
-    app, shop = build_app()
+    app = build_app()
     async with Harness(app) as harness:
         await harness.app.send(PlaceOrder(...))
         await harness.settle()
