@@ -143,6 +143,9 @@ class Harness:
     async def settle(self, timeout: float | None = None) -> None:
         """Wait until no handler runs and no message waits in a handler or retry queue.
 
+        Saga deadlines armed for later are not waited for — unless a deadline equals one of
+        the retry delays, whose queue it then shares.
+
         Raises:
             TimeoutError: still busy after ``timeout`` (default ``settle_timeout``) seconds.
         """
