@@ -9,11 +9,11 @@ import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import structlog
 
-from framework.bus import Bus, PublishMiddleware
+from framework.bus import Answer, Bus, PublishMiddleware
 from framework.codec import DEFAULT_MAX_BODY_SIZE, Codec
 from framework.consumer import HandlerPipeline
 from framework.context import Context
@@ -21,6 +21,7 @@ from framework.errors import ConfigurationError
 from framework.handlers import HandlerSpec, Service, check_unique_handlers
 from framework.messages import Command, Event, Message, MessageKind, Query, Reply, reply_type_of
 from framework.middleware import Middleware
+from framework.resilience.registry import Breakers
 from framework.retry import RetryPolicy
 from framework.routing import Naming
 from framework.saga.outbox import OutboxRelay, OutboxWriter
@@ -110,6 +111,9 @@ class App:
             (default ``sqlite:///leveret.sqlite3``), ``postgresql://...`` or ``memory://``.
             Only opened when the app has a saga or a transactional handler.
         store: a ready store instead of ``db_url``.
+        breakers: circuit breakers gating sends, publishes and queries to downstreams
+            (``framework.resilience``); they run innermost among the publish middleware and
+            outermost among the consume middleware.
 
     Raises:
         RegistrationError: a command or query has two handlers, or a handler is malformed.
@@ -129,6 +133,7 @@ class App:
         upcasters: Iterable[Upcaster[Any, Any]] = (),
         db_url: str | None = None,
         store: Store | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self.config = config or AppConfig()
         self.services = tuple(services)
@@ -136,6 +141,13 @@ class App:
         self.naming = Naming(self.config.prefix)
         self.handlers = check_unique_handlers(self.services)
         sent = [cls for service in self.services for cls in service.sends]
+        # Circuit breakers: the last publish middleware (closest to the broker, so they time
+        # and judge the publish itself) and the first consume middleware.
+        self.breakers = breakers
+        if breakers is not None:
+            breakers.bind(self)
+            publish_middleware = [*publish_middleware, breakers.publish_middleware]
+            middleware = [breakers.consume_middleware, *middleware]
         self.codec = Codec(
             _contracts(self.handlers, [*sent, *contracts]),
             upcasters=upcasters,
@@ -265,6 +277,8 @@ class App:
         await self.transport.connect()
         self._started = True
         await self.transport.declare(self.topology)
+        if self.breakers is not None:
+            await self.breakers.start(self)
         if self.relay is not None:
             self._sweeper = asyncio.create_task(self.relay.run(), name="leveret-outbox-sweeper")
         if consume:
@@ -310,6 +324,8 @@ class App:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
+        if self.breakers is not None:
+            await self.breakers.stop()
         await self.transport.close()
         if self.store is not None:
             await self.store.close()
@@ -364,9 +380,30 @@ class App:
         """Publish an event; see ``Bus.publish``."""
         return await self.bus.publish(event, **meta)
 
-    async def request(self, query: Query[R], *, timeout: float | None = None, **meta: Any) -> R:
-        """Ask a query and wait for the reply; see ``Bus.request``."""
-        return await self.bus.request(query, timeout=timeout, **meta)
+    @overload
+    async def request(
+        self,
+        query: Query[R],
+        *,
+        timeout: float | None = ...,
+        with_meta: Literal[False] = ...,
+        **meta: Any,
+    ) -> R: ...
+
+    @overload
+    async def request(
+        self, query: Query[R], *, timeout: float | None = ..., with_meta: Literal[True], **meta: Any
+    ) -> Answer[R]: ...
+
+    async def request(
+        self, query: Query[R], *, timeout: float | None = None, with_meta: bool = False, **meta: Any
+    ) -> R | Answer[R]:
+        """Ask a query and wait for the reply (an ``Answer`` with ``with_meta=True``); see
+        ``Bus.request``."""
+        if with_meta:
+            return await self.bus.request(query, timeout=timeout, with_meta=True, **meta)
+        reply: R = await self.bus.request(query, timeout=timeout, **meta)
+        return reply
 
 
 def _contracts(handlers: Iterable[Any], extra: Iterable[type[Message]]) -> list[type[Message]]:

@@ -1,43 +1,75 @@
 """The outgoing side: send commands, publish events, ask queries, with publish middleware.
 
 Publish middleware is an onion like the consume side: ``async def __call__(out, call_next)``
-where ``out`` is an ``Outbound``. Circuit breakers plug in here.
+where ``out`` is an ``Outbound``. Circuit breakers plug in here. Queries go through the same
+onion (``out.timeout`` is set for them): there ``call_next`` returns the reply delivery, so a
+middleware must return what ``call_next`` returned (or a reply of its own, as a fallback does).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar, overload
 
 from framework import envelope
 from framework.codec import Codec
 from framework.errors import QueryFailed, QueryTimeout, WrongBus
 from framework.messages import Command, Event, Message, MessageKind, Query, Reply, reply_type_of
 from framework.routing import Naming
-from framework.transport.base import OutgoingMessage, Transport
+from framework.transport.base import Delivery, OutgoingMessage, Transport
 
-__all__ = ["Bus", "Outbound", "PublishMiddleware"]
+__all__ = ["Answer", "Bus", "Outbound", "PublishMiddleware"]
 
 R = TypeVar("R", bound=Reply)
 
 
 @dataclass(slots=True)
 class Outbound:
-    """A message on its way out: the contract, its wire form and where it goes."""
+    """A message on its way out: the contract, its wire form and where it goes.
+
+    ``timeout`` is set for a query: the seconds its caller waits for the reply.
+    """
 
     message: Message
     wire: OutgoingMessage
     exchange: str
     routing_key: str
     mandatory: bool
+    timeout: float | None = None
 
 
-PublishNext = Callable[[Outbound], Awaitable[None]]
+# Returns None for a send or publish, the reply Delivery for a query.
+PublishNext = Callable[[Outbound], Awaitable[Any]]
 
 
 class PublishMiddleware(Protocol):
-    async def __call__(self, out: Outbound, call_next: PublishNext) -> None: ...
+    async def __call__(self, out: Outbound, call_next: PublishNext) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Answer(Generic[R]):
+    """A query's reply and where it came from (``request(..., with_meta=True)``).
+
+    Args:
+        reply: the reply.
+        fallback: None when the handler answered; ``"cache"`` (the last good reply to the same
+            query) or ``"default"`` when a circuit breaker's fallback did.
+        age: for a cached reply, seconds since it arrived from the handler.
+        breaker: the breaker whose fallback answered.
+        cause: why the fallback answered: ``breaker_open``, or the failure's type name.
+    """
+
+    reply: R
+    fallback: str | None = None
+    age: float | None = None
+    breaker: str | None = None
+    cause: str | None = None
+
+    @property
+    def from_fallback(self) -> bool:
+        """Whether a fallback answered instead of the query's handler."""
+        return self.fallback is not None
 
 
 class Bus:
@@ -73,10 +105,15 @@ class Bus:
         for mw in reversed(middleware):
             self._publish = _wrap(mw, self._publish)
 
-    async def _publish_raw(self, out: Outbound) -> None:
+    async def _publish_raw(self, out: Outbound) -> Delivery | None:
+        if out.timeout is not None:
+            return await self.transport.request(
+                out.wire, exchange=out.exchange, routing_key=out.routing_key, timeout=out.timeout
+            )
         await self.transport.publish(
             out.wire, exchange=out.exchange, routing_key=out.routing_key, mandatory=out.mandatory
         )
+        return None
 
     async def send(self, command: Command, **meta: Any) -> str:
         """Send a command to the one service that handles it; returns its message id.
@@ -115,14 +152,35 @@ class Bus:
         )
         return wire.message_id
 
-    async def request(self, query: Query[R], *, timeout: float | None = None, **meta: Any) -> R:
+    @overload
+    async def request(
+        self,
+        query: Query[R],
+        *,
+        timeout: float | None = ...,
+        with_meta: Literal[False] = ...,
+        **meta: Any,
+    ) -> R: ...
+
+    @overload
+    async def request(
+        self, query: Query[R], *, timeout: float | None = ..., with_meta: Literal[True], **meta: Any
+    ) -> Answer[R]: ...
+
+    async def request(
+        self, query: Query[R], *, timeout: float | None = None, with_meta: bool = False, **meta: Any
+    ) -> R | Answer[R]:
         """Ask a query and wait for its reply.
+
+        With ``with_meta=True`` the reply comes wrapped in an ``Answer`` that says whether a
+        circuit breaker's fallback gave it (and how old a cached reply is).
 
         Raises:
             WrongBus: ``query`` is not a Query.
             QueryTimeout: no reply within ``timeout`` seconds.
             QueryFailed: the handler raised; the reply carries its error.
             Unroutable: no service answers this query.
+            BreakerOpen: the query's circuit breaker is open and it has no fallback.
         """
         cls = type(query)
         if getattr(cls, "__kind__", None) is not MessageKind.QUERY:
@@ -131,10 +189,9 @@ class Bus:
         self._codec.add(reply_type)
         wire = envelope.build(query, self._codec.encode(query), **meta)
         wait = self._query_timeout if timeout is None else timeout
+        out = Outbound(query, wire, self._naming.queries, cls.__wire_name__, True, timeout=wait)
         try:
-            reply = await self.transport.request(
-                wire, exchange=self._naming.queries, routing_key=cls.__wire_name__, timeout=wait
-            )
+            reply: Delivery = await self._publish(out)
         except TimeoutError:
             raise QueryTimeout(cls.__wire_name__, wait) from None
         error = reply.headers.get(envelope.ERROR)
@@ -142,14 +199,25 @@ class Bus:
             raise QueryFailed(
                 cls.__wire_name__, _text(reply.headers.get(envelope.ERROR_TYPE)), _text(error)
             )
-        decoded = self._codec.decode(
+        decoded: Any = self._codec.decode(
             reply.body,
             wire_name=reply.type,
             version=reply.headers.get(envelope.VERSION),
             content_type=reply.content_type,
             into=reply_type,  # an older reply version is upcast, as for handlers
+        )  # the codec decoded (and upcast) into the reply type: an R
+        if not with_meta:
+            return decoded  # type: ignore[no-any-return]  # an R, see above
+        fallback = reply.headers.get(envelope.FALLBACK)
+        if fallback is None:
+            return Answer(decoded)
+        return Answer(
+            decoded,
+            fallback=str(fallback),
+            age=reply.headers.get(envelope.FALLBACK_AGE),
+            breaker=reply.headers.get(envelope.FALLBACK_BREAKER),
+            cause=reply.headers.get(envelope.FALLBACK_CAUSE),
         )
-        return decoded  # type: ignore[return-value]  # the codec decoded by the reply's wire name
 
     async def reply(self, to: str, correlation_id: str | None, reply: Reply) -> None:
         """Publish a query's reply to the caller's reply address."""

@@ -24,6 +24,10 @@ __all__ = [
     "ERROR_TYPE",
     "EXCEPTION_MESSAGE",
     "EXCEPTION_TYPE",
+    "FALLBACK",
+    "FALLBACK_AGE",
+    "FALLBACK_BREAKER",
+    "FALLBACK_CAUSE",
     "ORIGINAL_QUEUE",
     "SAGA_ID",
     "TRACEPARENT",
@@ -46,6 +50,12 @@ ORIGINAL_QUEUE: Final = "leveret-original-queue"
 # Set on an error reply to a query.
 ERROR: Final = "leveret-error"
 ERROR_TYPE: Final = "leveret-error-type"
+# Set (in process only, never on the wire) on a reply a circuit breaker's fallback produced:
+# "cache" or "default", the cached reply's age in seconds, the breaker, and why.
+FALLBACK: Final = "leveret-fallback"
+FALLBACK_AGE: Final = "leveret-fallback-age"
+FALLBACK_BREAKER: Final = "leveret-fallback-breaker"
+FALLBACK_CAUSE: Final = "leveret-fallback-cause"
 
 CONTENT_TYPE_JSON: Final = "application/json"
 

@@ -7,6 +7,7 @@ without parsing text.
 from __future__ import annotations
 
 __all__ = [
+    "BreakerOpen",
     "BrokerUnreachable",
     "ConfigurationError",
     "ContractError",
@@ -82,6 +83,54 @@ class PublishNacked(PublishFailed):
 
 class PublishTimeout(PublishFailed):
     """No confirm arrived within the deadline; the outcome is unknown, so retry with the same id."""
+
+
+class BreakerOpen(PublishFailed):
+    """A circuit breaker refused the call: its downstream is failing, so nothing was published.
+
+    A future outbox relay catches this to keep the row (and the rows after it for the same
+    destination) parked until ``retry_after``; a query without a fallback fails fast with it.
+
+    Args:
+        breaker: the name of the breaker (the downstream it guards).
+        state: the breaker's state (``open``, ``half_open``, ``forced_open``).
+        retry_after: seconds until the breaker lets a probe through; None when that depends on
+            an operator or on the broker lifting a resource alarm.
+        reason: why the breaker is open (``failure_rate``, ``connection_blocked``...).
+    """
+
+    def __init__(
+        self,
+        breaker: str,
+        *,
+        state: str,
+        retry_after: float | None,
+        exchange: str = "",
+        routing_key: str = "",
+        reason: str | None = None,
+    ) -> None:
+        target = f" for {routing_key!r}" if routing_key else ""
+        if retry_after is not None:
+            when = f"a probe may go in {retry_after:.3g}s"
+        elif state == "forced_open":
+            when = "until an operator closes it"
+        else:
+            when = "until the cause is lifted"
+        why = f" ({reason})" if reason else ""
+        super().__init__(
+            f"circuit breaker {breaker!r} is {state}{why}{target}: nothing was sent, {when}",
+            exchange=exchange,
+            routing_key=routing_key,
+        )
+        self.breaker = breaker
+        self.state = state
+        self.retry_after = retry_after
+        self.reason = reason
+
+    @property
+    def destination(self) -> str:
+        """The routing key refused, or the breaker's name when the call had none."""
+        return self.routing_key or self.breaker
 
 
 class DecodeFailure(LeveretError):

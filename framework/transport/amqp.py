@@ -55,6 +55,7 @@ from framework.transport.base import (
     Consumer,
     Delivery,
     DeliveryCallback,
+    FlowListener,
     OutgoingMessage,
     Topology,
     Transport,
@@ -70,6 +71,11 @@ _REPLY_PREFIX = REPLY_TO + "."
 # Errors of a channel or connection that went away under us; the broker requeues what we held.
 _LOST = (AMQPError, ChannelInvalidStateError, ConnectionError, RuntimeError)
 _PLAIN = (str, int, bool, float, type(None))
+# aiormq 7 handles connection.blocked / unblocked in these private methods, with no callback.
+_FLOW_HANDLERS = (
+    ("_Connection__handle_connection_blocked", True),
+    ("_Connection__handle_connection_unblocked", False),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +313,9 @@ class AmqpTransport(Transport):
         self._trouble = False  # set by every loss signal; the watchdog checks again after it
         self._declared: dict[str, object] = {}  # "queue:NAME"/"exchange:NAME" -> spec
         self._failed: asyncio.Future[BaseException] | None = None
+        self._flow_listeners: list[FlowListener] = []
+        self._flow_raw: object | None = None  # the aiormq connection whose flow frames we hear
+        self._blocked = False
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._connection else "new"
@@ -353,6 +362,7 @@ class AmqpTransport(Transport):
         self._failed = asyncio.get_running_loop().create_future()
         connection.close_callbacks.add(self._on_connection_lost)
         connection.reconnect_callbacks.add(self._on_reconnected)
+        self._watch_flow()
 
     @staticmethod
     async def _open_channel(
@@ -435,6 +445,55 @@ class AmqpTransport(Transport):
     def _on_reconnected(self, _: Any) -> None:
         log.info("broker_reconnected", url=self._safe_url)
         self._start_watchdog()
+        self._watch_flow()
+        if self._blocked:  # a new connection starts unblocked; a lasting alarm blocks it again
+            self._on_flow(False, None)
+
+    # -- flow control (resource alarms), for circuit breakers --------------------------------
+
+    def add_flow_listener(self, listener: FlowListener) -> None:
+        """Call ``listener(blocked, reason)`` on connection.blocked / connection.unblocked."""
+        self._flow_listeners.append(listener)
+
+    def _watch_flow(self) -> None:
+        """Hear connection.blocked / unblocked on the current aiormq connection.
+
+        aiormq 7 handles both frames in private methods and has no callback for them, so the
+        live connection's two handlers are wrapped (again after each reconnect). Should a later
+        aiormq rename them, nothing breaks: blocks go unheard (breakers still count the publish
+        timeouts a block causes) and a warning says so.
+        """
+        connection = self._connection
+        underlay = connection.transport if connection is not None else None
+        raw = underlay.connection if underlay is not None else None
+        if raw is None or raw is self._flow_raw:
+            return
+        self._flow_raw = raw
+        for name, blocked in _FLOW_HANDLERS:
+            original = getattr(raw, name, None)
+            if original is None:
+                log.warning("flow_control_unavailable", missing=name)
+                return
+            setattr(raw, name, self._flow_handler(original, blocked))
+
+    def _flow_handler(self, original: Any, blocked: bool) -> Any:
+        async def handle(frame: Any) -> None:
+            await original(frame)
+            self._on_flow(blocked, getattr(frame, "reason", None) if blocked else None)
+
+        return handle
+
+    def _on_flow(self, blocked: bool, reason: str | None) -> None:
+        self._blocked = blocked
+        if blocked:
+            log.warning("broker_blocked_connection", url=self._safe_url, reason=reason)
+        else:
+            log.info("broker_unblocked_connection", url=self._safe_url)
+        for listener in list(self._flow_listeners):
+            try:
+                listener(blocked, reason)
+            except Exception:
+                log.exception("flow_listener_failed")
 
     def _on_consumer_trouble(self, *_: Any) -> None:
         self._start_watchdog()

@@ -36,6 +36,7 @@ __all__ = [
     "DeliveryCallback",
     "ExchangeSpec",
     "ExchangeType",
+    "FlowListener",
     "OutgoingMessage",
     "QueueSpec",
     "Topology",
@@ -212,6 +213,10 @@ class Delivery(abc.ABC):
 
 DeliveryCallback = Callable[[Delivery], Awaitable[None]]
 
+# ``listener(blocked, reason)``: the broker stopped (True) or resumed (False) accepting this
+# connection's publishes, e.g. on a memory or disk alarm; ``reason`` is the broker's text.
+FlowListener = Callable[[bool, str | None], None]
+
 
 class Consumer(abc.ABC):
     """A running subscription on one queue."""
@@ -287,3 +292,10 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def queue_depth(self, name: str) -> int:
         """Ready (not unacked) messages in a queue; for tests and tooling."""
+
+    # Added for circuit breakers (resilience): a blocked connection is a failure signal.
+    def add_flow_listener(self, listener: FlowListener) -> None:  # noqa: B027  # optional hook
+        """Call ``listener`` when the broker blocks or unblocks publishing on this connection.
+
+        Not abstract: a transport without flow control never calls it.
+        """

@@ -143,6 +143,18 @@ class MemoryBroker:
         self.reply_routes: dict[str, MemoryTransport] = {}
         self._seq = itertools.count()
 
+    # Resource alarms, for circuit-breaker tests: connected transports hear it like
+    # RabbitMQ's connection.blocked / unblocked (publishes are not held back here).
+    def block(self, reason: str = "low on memory") -> None:
+        """Raise a resource alarm: every connected transport is told it is blocked."""
+        for transport in list(self.reply_routes.values()):
+            transport._flow(True, reason)
+
+    def unblock(self) -> None:
+        """Clear the alarm: every connected transport is told it is unblocked."""
+        for transport in list(self.reply_routes.values()):
+            transport._flow(False, None)
+
     def declare(self, topology: Topology) -> None:
         for exchange in topology.exchanges:
             _same("exchange", self.exchanges.setdefault(exchange.name, exchange), exchange)
@@ -374,9 +386,17 @@ class MemoryTransport(base.Transport):
         self._consumers: list[_MemoryConsumer] = []
         self._pending: dict[str, asyncio.Future[Delivery]] = {}
         self._reply_address = f"{REPLY_TO}.{uuid.uuid4().hex}"
+        self._flow_listeners: list[base.FlowListener] = []
 
     def __repr__(self) -> str:
         return f"<MemoryTransport broker={id(self.broker):#x} open={self._open}>"
+
+    def add_flow_listener(self, listener: base.FlowListener) -> None:
+        self._flow_listeners.append(listener)
+
+    def _flow(self, blocked: bool, reason: str | None) -> None:
+        for listener in list(self._flow_listeners):
+            listener(blocked, reason)
 
     def _check_open(self) -> None:
         if not self._open:

@@ -1,0 +1,85 @@
+"""Circuit breakers that gate publishing, with fallbacks that never drop a message.
+
+Declare one ``Downstream`` per destination and give the app its ``Breakers``::
+
+    from framework.resilience import Breakers, BreakerConfig, CachedReply, Downstream, WhenOpen
+
+    app = App(
+        [orders],
+        breakers=Breakers(
+            [
+                Downstream("inventory", config=BreakerConfig(failure_rate_threshold=50)),
+                Downstream("reports", fallback=CachedReply(max_age=300)),
+            ],
+            shared=True,
+        ),
+    )
+
+See the README's "Circuit breakers" section for the semantics.
+"""
+
+from framework.errors import BreakerOpen
+from framework.resilience.breaker import CircuitBreaker, Clock, Listener, Outcome
+from framework.resilience.config import Backoff, BreakerConfig, WindowType
+from framework.resilience.downstream import (
+    CachedReply,
+    DefaultReply,
+    Downstream,
+    Fallback,
+    WhenOpen,
+)
+from framework.resilience.events import (
+    BreakerClosed,
+    BreakerDisabled,
+    BreakerEvent,
+    BreakerForcedOpen,
+    BreakerHalfOpened,
+    BreakerMetrics,
+    BreakerOpened,
+    BreakerReset,
+    CallNotPermitted,
+    State,
+    StateTransition,
+    TransitionReason,
+)
+from framework.resilience.middleware import (
+    BreakerMiddleware,
+    Deferral,
+    HandlerGuard,
+    defer_when_open,
+)
+from framework.resilience.registry import DEFERRALS, Breakers
+
+__all__ = [
+    "DEFERRALS",
+    "Backoff",
+    "BreakerClosed",
+    "BreakerConfig",
+    "BreakerDisabled",
+    "BreakerEvent",
+    "BreakerForcedOpen",
+    "BreakerHalfOpened",
+    "BreakerMetrics",
+    "BreakerMiddleware",
+    "BreakerOpen",
+    "BreakerOpened",
+    "BreakerReset",
+    "Breakers",
+    "CachedReply",
+    "CallNotPermitted",
+    "CircuitBreaker",
+    "Clock",
+    "DefaultReply",
+    "Deferral",
+    "Downstream",
+    "Fallback",
+    "HandlerGuard",
+    "Listener",
+    "Outcome",
+    "State",
+    "StateTransition",
+    "TransitionReason",
+    "WhenOpen",
+    "WindowType",
+    "defer_when_open",
+]

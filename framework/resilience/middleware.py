@@ -1,0 +1,163 @@
+"""The breakers' two middlewares, and the decorator that lets a handler defer its message.
+
+* ``BreakerMiddleware`` (publish side) finds the downstream of each outgoing message by its
+  routing key — once per routing key, then a dict lookup — and sends it through that breaker.
+* ``HandlerGuard`` (consume side) marks the handler's context, so refused sends raise at once
+  inside handlers, and defers the message of a handler decorated with ``defer_when_open`` when
+  such a refusal escapes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from framework.bus import Outbound, PublishNext
+from framework.errors import BreakerOpen, ConfigurationError
+from framework.messages import MessageKind
+from framework.middleware import Incoming, Next
+from framework.resilience.gate import Gate, in_handler
+
+if TYPE_CHECKING:
+    from framework.resilience.registry import Breakers
+
+__all__ = ["BreakerMiddleware", "Deferral", "HandlerGuard", "defer_when_open", "deferral_of"]
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+_DEFER_ATTRIBUTE = "__leveret_defer_when_open__"
+_UNRESOLVED: Any = object()
+
+
+class BreakerMiddleware:
+    """Publish middleware: every send, publish and query to a guarded downstream consults its
+    breaker; other messages pass straight through.
+
+    Args:
+        gates: the downstreams' gates, in declaration order (the first match wins).
+        events_exchange: the app's events exchange, to tell events from commands and queries
+            (None: by the message's kind).
+    """
+
+    __slots__ = ("_events_exchange", "_gates", "_routes")
+
+    def __init__(self, gates: Sequence[Gate], *, events_exchange: str | None = None) -> None:
+        self._gates = tuple(gates)
+        self._events_exchange = events_exchange
+        self._routes: dict[str, Gate | None] = {}
+
+    def bind(self, events_exchange: str) -> None:
+        """Tell events apart by the exchange they are published on (set by the app)."""
+        self._events_exchange = events_exchange
+        self._routes.clear()
+
+    def gate_for(self, out: Outbound) -> Gate | None:
+        """The gate of ``out``'s downstream, or None when no breaker guards it."""
+        gate = self._routes.get(out.routing_key, _UNRESOLVED)
+        if gate is _UNRESOLVED:
+            gate = self._resolve(out)
+        return gate  # type: ignore[no-any-return]  # a Gate or None, see _resolve
+
+    def route(self, routing_key: str, *, is_event: bool = False) -> Gate | None:
+        """The gate guarding ``routing_key`` (for tools and a future outbox relay)."""
+        for gate in self._gates:
+            if gate.downstream.matches(routing_key, is_event=is_event):
+                return gate
+        return None
+
+    def _resolve(self, out: Outbound) -> Gate | None:
+        if self._events_exchange is not None:
+            is_event = out.exchange == self._events_exchange
+        else:
+            is_event = getattr(type(out.message), "__kind__", None) is MessageKind.EVENT
+        gate = self._routes[out.routing_key] = self.route(out.routing_key, is_event=is_event)
+        return gate
+
+    async def __call__(self, out: Outbound, call_next: PublishNext) -> Any:
+        gate = self._routes.get(out.routing_key, _UNRESOLVED)
+        if gate is _UNRESOLVED:
+            gate = self._resolve(out)
+        if gate is None:
+            return await call_next(out)
+        return await gate.call(out, call_next)
+
+
+@dataclass(frozen=True, slots=True)
+class Deferral:
+    """How a handler defers its message when a send in it is refused by a breaker.
+
+    Args:
+        max_deferrals: deferrals of one message before the refusal counts as a failure (the
+            retry policy then applies); None for no limit.
+    """
+
+    max_deferrals: int | None = None
+
+
+@overload
+def defer_when_open(func: F, /) -> F: ...
+
+
+@overload
+def defer_when_open(*, max_deferrals: int | None = None) -> Callable[[F], F]: ...
+
+
+def defer_when_open(
+    func: F | None = None, /, *, max_deferrals: int | None = None
+) -> F | Callable[[F], F]:
+    """Mark a command or event handler: when a send in it hits an open breaker, its message is
+    re-queued after the breaker's wait (through a TTL delay queue) instead of failing, and no
+    retry attempt is used up.
+
+    Works above or below the service decorator::
+
+        @orders.command
+        @defer_when_open(max_deferrals=20)
+        async def place_order(cmd: PlaceOrder, ctx: Context) -> None: ...
+
+    Raises:
+        ConfigurationError: ``max_deferrals`` is below 1.
+    """
+    if max_deferrals is not None and (isinstance(max_deferrals, bool) or max_deferrals < 1):
+        raise ConfigurationError(f"max_deferrals={max_deferrals!r}: use a number >= 1 or None")
+    deferral = Deferral(max_deferrals)
+
+    def mark(f: F) -> F:
+        setattr(f, _DEFER_ATTRIBUTE, deferral)
+        return f
+
+    return mark(func) if func is not None else mark
+
+
+def deferral_of(func: Callable[..., Any]) -> Deferral | None:
+    """The ``defer_when_open`` marking of a handler function, if any."""
+    found = getattr(func, _DEFER_ATTRIBUTE, None)
+    return found if isinstance(found, Deferral) else None
+
+
+class HandlerGuard:
+    """Consume middleware installed with the breakers (outermost).
+
+    Args:
+        breakers: the app's breakers, which publish deferred messages.
+    """
+
+    __slots__ = ("_breakers",)
+
+    def __init__(self, breakers: Breakers) -> None:
+        self._breakers = breakers
+
+    async def __call__(self, msg: Incoming, call_next: Next) -> Any:
+        token = in_handler.set(True)
+        try:
+            return await call_next(msg)
+        except BreakerOpen as exc:
+            deferral = deferral_of(msg.handler.func)
+            if deferral is None or msg.handler.kind is MessageKind.QUERY:
+                raise
+            if not await self._breakers.defer(msg, exc, deferral):
+                raise
+            return None
+        finally:
+            in_handler.reset(token)
