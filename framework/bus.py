@@ -238,8 +238,8 @@ class Bus:
 
 
 def _wrap(mw: PublishMiddleware, call_next: PublishNext) -> PublishNext:
-    async def call(out: Outbound) -> None:
-        await mw(out, call_next)
+    async def call(out: Outbound) -> Any:
+        return await mw(out, call_next)  # a query's reply comes back through the onion
 
     return call
 

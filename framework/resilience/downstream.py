@@ -190,9 +190,16 @@ def _check_fallback(
                 f"{where}: a fallback is CachedReply(max_age=...) or DefaultReply(reply), "
                 f"got {item!r}"
             )
-        if query is not None and isinstance(item, DefaultReply) and isinstance(item.value, Reply):
+        if not isinstance(item, DefaultReply):
+            continue
+        value: object = item.value
+        if not isinstance(value, Message) and not callable(value):
+            raise ConfigurationError(
+                f"{where}: DefaultReply takes a reply or a function of the query, got {value!r}"
+            )
+        if query is not None and isinstance(value, Message):
             expected = reply_type_of(query)  # type: ignore[arg-type]  # checked to be a Query
-            if not isinstance(item.value, expected):
+            if not isinstance(value, expected):
                 raise ConfigurationError(
                     f"{where}: the default reply for {query.__qualname__} must be a "
                     f"{expected.__qualname__}, got {type(item.value).__qualname__}"
