@@ -94,6 +94,7 @@ class CircuitBreaker:
         "_open_until",
         "_openings",
         "_permitted",
+        "_probing",
         "_slow_duration",
         "_slow_threshold",
         "_state",
@@ -121,6 +122,7 @@ class CircuitBreaker:
         self._state = _CLOSED
         self._epoch = 0
         self._window: Window = self._closed_window()
+        self._probing = False  # whether _window holds half-open probes (kept while open)
         self._granted = 0
         self._open_until = 0.0
         self._open_reason: TransitionReason | None = None
@@ -245,17 +247,20 @@ class CircuitBreaker:
         self.tick()
         return self._snapshot()
 
-    def _snapshot(self) -> BreakerMetrics:
+    def _snapshot(self, state: State | None = None) -> BreakerMetrics:
+        """The current window's numbers, reported under ``state`` (default: the current one)."""
         window = self._window
         window.advance(self._clock())
         calls = window.calls
-        rated = calls >= (self._permitted if self._state is _HALF_OPEN else self._min_calls)
+        probing = self._probing
+        rated = calls >= (self._permitted if probing else self._min_calls)
+        state = state or self._state
         retry_after = None
-        if self._state is _OPEN and not math.isinf(self._open_until):
+        if state is _OPEN and not math.isinf(self._open_until):
             retry_after = max(0.0, self._open_until - self._clock())
         return BreakerMetrics(
             name=self.name,
-            state=self._state,
+            state=state,
             failure_rate=window.failed * 100.0 / calls if rated else None,
             slow_call_rate=window.slow * 100.0 / calls if rated else None,
             buffered=calls,
@@ -263,11 +268,7 @@ class CircuitBreaker:
             slow=window.slow,
             slow_failed=window.slow_failed,
             not_permitted=self._not_permitted,
-            window=(
-                f"{self._permitted} probes"
-                if self._state is _HALF_OPEN
-                else self.config.describe_window()
-            ),
+            window=f"{self._permitted} probes" if probing else self.config.describe_window(),
             retry_after=retry_after,
         )
 
@@ -342,7 +343,9 @@ class CircuitBreaker:
         self._not_permitted = 0
         self._openings = 0
         self._enter(_CLOSED)
-        self._emit_transition(BreakerReset, before, _CLOSED, TransitionReason.MANUAL, None, None)
+        self._emit_transition(
+            BreakerReset, before, _CLOSED, TransitionReason.MANUAL, None, None, None
+        )
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -417,9 +420,12 @@ class CircuitBreaker:
             self._open_reason = reason
         elif to is _CLOSED:
             self._openings = 0
+        # Events report the window that decided the transition, not the fresh one after it.
+        decided = self._snapshot(to) if self._listeners else None
         self._enter(to)
         event = TRANSITION_EVENTS[to]
-        self._emit_transition(event, before, to, reason, wait if to is _OPEN else None, origin)
+        wait = wait if to is _OPEN else None
+        self._emit_transition(event, before, to, reason, wait, origin, decided)
 
     def _enter(self, to: State) -> None:
         self._state = to
@@ -427,8 +433,10 @@ class CircuitBreaker:
         self._granted = 0
         if to is _CLOSED:
             self._window = self._closed_window()
+            self._probing = False
         elif to is _HALF_OPEN:
             self._window = CountWindow(self._permitted)
+            self._probing = True
             self._half_open_until = self._clock() + self.config.max_wait_in_half_open
         # Open and forced-open keep the window that opened them, for metrics and logs.
 
@@ -440,6 +448,7 @@ class CircuitBreaker:
         reason: TransitionReason,
         wait: float | None,
         origin: str | None,
+        metrics: BreakerMetrics | None,
     ) -> None:
         if not self._listeners:
             return
@@ -450,7 +459,7 @@ class CircuitBreaker:
                 from_state=before,
                 to_state=to,
                 reason=reason,
-                metrics=self._snapshot(),  # no tick(): it could transition mid-event
+                metrics=metrics or self._snapshot(),  # no tick(): it could transition mid-event
                 wait=wait,
                 origin=origin,
             )

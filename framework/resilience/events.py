@@ -105,7 +105,8 @@ class StateTransition(BreakerEvent):
         from_state: the state it left.
         to_state: the state it entered.
         reason: why.
-        metrics: the snapshot at the moment of the transition.
+        metrics: the window that decided the transition (for a close, the probes'), reported
+            under the new state.
         wait: seconds it will stay open (open states only); ``inf`` while a resource alarm lasts.
         origin: the worker whose transition this mirrors (shared state), else None.
     """
