@@ -1,7 +1,8 @@
 """The ``leveret`` command line.
 
 ``leveret run MODULE:APP [--workers N] [--amqp-url URL] [--connect-timeout S]
-[--log-format json|console] [--log-level LEVEL]`` serves an app with a supervisor and N workers.
+[--log-format json|console] [--log-level LEVEL]`` serves an app with a supervisor and N workers;
+``leveret breakers MODULE:APP`` shows its circuit breakers per worker (``framework.cli_breakers``).
 
 ``leveret contracts export|check`` and ``leveret asyncapi`` live in ``framework.schema.cli``.
 
@@ -21,6 +22,7 @@ from importlib import metadata
 
 import structlog
 
+from framework.cli_breakers import add_breakers_command
 from framework.errors import ConfigurationError
 from framework.logging import LEVELS, LOG_FORMAT_ENV, LOG_LEVEL_ENV, configure_logging
 from framework.schema import cli as schema_cli
@@ -98,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(command=_run)
     schema_cli.register(commands)  # contracts export|check, asyncapi
+    add_breakers_command(commands)  # leveret breakers MODULE:APP (framework/cli_breakers.py)
     return parser
 
 
