@@ -84,6 +84,7 @@ class CircuitBreaker:
     __slots__ = (
         "_classify",
         "_clock",
+        "_count_window",
         "_epoch",
         "_granted",
         "_half_open_until",
@@ -95,6 +96,7 @@ class CircuitBreaker:
         "_openings",
         "_permitted",
         "_probing",
+        "_record_result",
         "_slow_duration",
         "_slow_threshold",
         "_state",
@@ -118,6 +120,8 @@ class CircuitBreaker:
         self._slow_duration = config.slow_call_duration
         self._permitted = config.permitted_calls_in_half_open
         self._min_calls = config.effective_minimum_calls
+        self._record_result = config.record_result
+        self._count_window = config.window_type is WindowType.COUNT
         self._listeners: list[Listener] = []
         self._state = _CLOSED
         self._epoch = 0
@@ -155,10 +159,25 @@ class CircuitBreaker:
 
     def on_success(self, permit: int, duration: float, result: object = None) -> Outcome:
         """Report a call that returned; ``record_result`` may still count it as failed."""
-        predicate = self.config.record_result
-        outcome = _FAILURE if predicate is not None and predicate(result) else _SUCCESS
-        self.record(permit, outcome, duration)
-        return outcome
+        predicate = self._record_result
+        if predicate is not None and predicate(result):
+            self.record(permit, _FAILURE, duration)
+            return _FAILURE
+        if (
+            permit == self._epoch
+            and self._state is _CLOSED
+            and self._count_window
+            and duration < self._slow_duration
+        ):
+            # The common case, kept short. In a count window a quick success can only lower
+            # both rates, except when it brings the window up to minimum_calls.
+            window = self._window
+            window.add(0, 0.0)
+            if window.calls == self._min_calls:
+                self._check_closed(window)
+            return _SUCCESS
+        self.record(permit, _SUCCESS, duration)
+        return _SUCCESS
 
     def on_error(self, permit: int, duration: float, exc: BaseException) -> Outcome:
         """Report a call that raised; the config's predicates decide how it counts."""

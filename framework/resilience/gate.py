@@ -1,8 +1,9 @@
 """One downstream at run time: its breaker around each publish or query, and what a refusal does.
 
-The hot path (breaker closed, plain publish) is: one ``try_acquire`` (returns an int the breaker
-already holds), two clock reads, the publish, one ``on_success``. Everything else — waiting,
-retrying nacks, fallbacks — runs only when something already went wrong.
+The hot path (breaker closed, plain publish) is in ``BreakerMiddleware.__call__``: one
+``try_acquire`` (returns an int the breaker already holds), two clock reads, the publish, one
+``on_success``. What is here — waiting, retrying nacks, fallbacks — runs only when something
+already went wrong, or for queries.
 """
 
 from __future__ import annotations
@@ -60,30 +61,15 @@ class Gate:
         self._caches: dict[CachedReply, ReplyCache] = {}
         self._fallbacks: dict[type[Any], tuple[Fallback, ...]] = {}
 
-    # -- the call ----------------------------------------------------------------------------
+    # -- after the call (the call itself is in BreakerMiddleware.__call__) --------------------
 
-    async def call(self, out: Outbound, call_next: PublishNext) -> Any:
-        """Publish or ask ``out`` through the breaker."""
-        breaker = self.breaker
-        permit = breaker.try_acquire()
-        if permit is None:
-            return await self._refused(out, call_next)
-        clock = self.clock
-        started = clock()
-        try:
-            result = await call_next(out)
-        except Exception as exc:
-            return await self._failed(out, call_next, permit, clock() - started, exc)
-        except BaseException:
-            breaker.release(permit)  # cancelled: no outcome to count
-            self.wake()
-            raise
-        if out.timeout is None:
-            breaker.on_success(permit, clock() - started)
-            return result
-        return self._replied(out, permit, clock() - started, result)
+    def cancelled(self, permit: int) -> None:
+        """The call was cancelled: no outcome to count; its permit goes back."""
+        self.breaker.release(permit)
+        self.wake()
 
-    def _replied(self, out: Outbound, permit: int, duration: float, reply: Delivery) -> Delivery:
+    def replied(self, out: Outbound, permit: int, duration: float, reply: Delivery) -> Delivery:
+        """A query got its reply: an error reply is a failure; a good one is remembered."""
         breaker = self.breaker
         error = reply.headers.get(envelope.ERROR)
         if error is not None:
@@ -105,7 +91,7 @@ class Gate:
                     self._caches[fallback].remember(out, reply, now)
         return reply
 
-    async def _failed(
+    async def failed(
         self,
         out: Outbound,
         call_next: PublishNext,
@@ -113,6 +99,7 @@ class Gate:
         duration: float,
         exc: Exception,
     ) -> Any:
+        """The call raised: count it; a query may fall back, a waiting send retries."""
         outcome = self.breaker.on_error(permit, duration, exc)
         if outcome is Outcome.IGNORED:
             self.wake()  # a half-open permit came back: a waiting send may take it
@@ -125,7 +112,8 @@ class Gate:
                 return await self._send_waiting(out, call_next, exc)
         raise exc
 
-    async def _refused(self, out: Outbound, call_next: PublishNext) -> Any:
+    async def refused(self, out: Outbound, call_next: PublishNext) -> Any:
+        """The breaker refused the call: a fallback answers, the send waits, or BreakerOpen."""
         if out.timeout is not None:
             answer = self._fallback(out, cause="breaker_open", on_failure=False)
             if answer is not None:

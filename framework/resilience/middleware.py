@@ -80,7 +80,25 @@ class BreakerMiddleware:
             gate = self._resolve(out)
         if gate is None:
             return await call_next(out)
-        return await gate.call(out, call_next)
+        # The hot path is written out here rather than in a Gate method: one coroutine frame
+        # less per publish. Everything off the closed-and-fine path is the gate's.
+        breaker = gate.breaker
+        permit = breaker.try_acquire()
+        if permit is None:
+            return await gate.refused(out, call_next)
+        clock = gate.clock
+        started = clock()
+        try:
+            result = await call_next(out)
+        except Exception as exc:
+            return await gate.failed(out, call_next, permit, clock() - started, exc)
+        except BaseException:
+            gate.cancelled(permit)
+            raise
+        if out.timeout is None:
+            breaker.on_success(permit, clock() - started)
+            return result
+        return gate.replied(out, permit, clock() - started, result)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,278 @@
+"""What a circuit breaker costs on the publish path, and the pipeline with and without one.
+
+1. ``state machine``: one ``try_acquire`` + ``on_success`` pair on a closed breaker.
+2. ``middleware``: ``await middleware(out, call_next)`` around a no-op ``call_next``, minus the
+   bare ``await call_next(out)``: the cost of the check as a publish pays it.
+3. ``app.send``: a full ``app.send`` (encode, envelope, onion) on a transport whose ``publish``
+   returns at once, with and without a breaker guarding the destination.
+4. ``pipeline`` (RabbitMQ): ``bench.pipeline``'s consume -> publish-with-confirm -> ack
+   handler, with and without a breaker on its publish, alternating rounds in the same run.
+
+    python -m bench.breaker --iterations 100000 --messages 20000 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import aio_pika
+
+from bench.pipeline import PREFETCH, URL, BenchFollowUp, BenchOrder, fill, payload, write_json
+from framework import App, AppConfig, Context, Service
+from framework.bus import Outbound
+from framework.resilience import Breakers, CircuitBreaker, Downstream
+from framework.transport.base import (
+    BindingSpec,
+    Consumer,
+    Delivery,
+    DeliveryCallback,
+    OutgoingMessage,
+    QueueSpec,
+    Topology,
+    Transport,
+)
+
+
+def per_call_us(run: Callable[[int], float], n: int, repeats: int = 15) -> float:
+    """Best-of-``repeats`` microseconds per iteration of ``run(n)`` (which returns seconds).
+
+    The minimum, not the mean: on a shared machine everything else only ever adds time.
+    """
+    gc.collect()
+    return min(run(n) for _ in range(repeats)) / n * 1e6
+
+
+def bench_state_machine(n: int) -> float:
+    breaker = CircuitBreaker("bench")
+    try_acquire, on_success = breaker.try_acquire, breaker.on_success
+    started = time.perf_counter()
+    for _ in range(n):
+        permit = try_acquire()
+        on_success(permit, 0.001)  # type: ignore[arg-type]  # closed: always a permit
+    return time.perf_counter() - started
+
+
+def _outbound() -> Outbound:
+    wire = OutgoingMessage(body=b"{}", message_id="m", type=BenchFollowUp.__wire_name__)
+    message = BenchFollowUp(order_id="o", items=[])
+    return Outbound(message, wire, "b.commands", BenchFollowUp.__wire_name__, True)
+
+
+async def _noop(out: Outbound) -> None:
+    return None
+
+
+async def _passthrough(out: Outbound, call_next: Callable[[Outbound], Awaitable[None]]) -> None:
+    return await call_next(out)
+
+
+def _middleware_loop(middleware: Any) -> Callable[[int], Coroutine[Any, Any, float]]:
+    async def run(n: int) -> float:
+        out = _outbound()
+        started = time.perf_counter()
+        if middleware is None:
+            for _ in range(n):
+                await _noop(out)
+        else:
+            for _ in range(n):
+                await middleware(out, _noop)
+        return time.perf_counter() - started
+
+    return run
+
+
+def interleaved_us(
+    loops: dict[str, Callable[[int], Coroutine[Any, Any, float]]], n: int, repeats: int = 15
+) -> dict[str, float]:
+    """Best-of-``repeats`` microseconds per iteration of each loop, the loops run in turn.
+
+    The minimum, not the mean: on a shared machine everything else only ever adds time; and
+    in turn, so that a burst of load hits every contender alike.
+    """
+    gc.collect()
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    for _ in range(repeats):
+        for name, loop in loops.items():
+            times[name].append(asyncio.run(loop(n)))
+    return {name: min(t) / n * 1e6 for name, t in times.items()}
+
+
+class NullTransport(Transport):
+    """Accepts every publish at once: isolates the client side of ``app.send``."""
+
+    async def connect(self) -> None: ...
+    async def declare(self, topology: Topology) -> None: ...
+    async def delete_queue(self, name: str) -> None: ...
+    async def close(self) -> None: ...
+
+    async def publish(
+        self, message: OutgoingMessage, *, exchange: str, routing_key: str, mandatory: bool = True
+    ) -> None:
+        return None
+
+    async def consume(self, queue: str, callback: DeliveryCallback, *, prefetch: int) -> Consumer:
+        raise NotImplementedError
+
+    async def request(
+        self, message: OutgoingMessage, *, exchange: str, routing_key: str, timeout: float
+    ) -> Delivery:
+        raise NotImplementedError
+
+    async def queue_depth(self, name: str) -> int:
+        return 0
+
+
+def _send_loop(with_breaker: bool) -> Callable[[int], Coroutine[Any, Any, float]]:
+    async def run(n: int) -> float:
+        breakers = Breakers([Downstream("bench")], status=False) if with_breaker else None
+        app = App([], transport=NullTransport(), breakers=breakers)
+        await app.start(consume=False)
+        command = BenchFollowUp(order_id="o-1", items=payload(1).items)
+        started = time.perf_counter()
+        for _ in range(n):
+            await app.send(command)
+        elapsed = time.perf_counter() - started
+        await app.stop()
+        return elapsed
+
+    return run
+
+
+async def run_pipeline(n: int, tag: str, *, with_breaker: bool) -> float:
+    """``bench.pipeline``'s leveret contender, optionally with a breaker on its publish."""
+    bench = Service("bench")
+    done = asyncio.Event()
+    count = 0
+
+    @bench.command
+    async def place_order(cmd: BenchOrder, ctx: Context) -> None:
+        nonlocal count
+        await ctx.send(BenchFollowUp(order_id=cmd.order_id, items=cmd.items))
+        count += 1
+        if count == n:
+            done.set()
+
+    prefix = f"bench.{tag}.breaker{int(with_breaker)}"
+    # Downstream("bench") gates every bench.* command: the follow-up publish of each message.
+    breakers = Breakers([Downstream("bench")], status=False) if with_breaker else None
+    app = App(
+        [bench], url=URL, config=AppConfig(prefix=prefix, prefetch=PREFETCH), breakers=breakers
+    )
+    sink = f"{prefix}.sink"
+    await app.start(consume=False)
+    try:
+        await app.transport.declare(
+            Topology(
+                queues=(QueueSpec(sink),),
+                bindings=(BindingSpec(sink, app.naming.commands, BenchFollowUp.__wire_name__),),
+            )
+        )
+        conn = await aio_pika.connect(URL)
+        try:
+            await fill(await conn.channel(), app.naming.commands, BenchOrder.__wire_name__, n)
+        finally:
+            await conn.close()
+        pipeline = app.pipelines[0]
+        started = time.perf_counter()
+        consumer = await app.transport.consume(pipeline.queue, pipeline, prefetch=PREFETCH)
+        app._consumers.append(consumer)
+        await done.wait()
+        elapsed = time.perf_counter() - started
+        if breakers is not None:
+            metrics = breakers["bench"].metrics()
+            assert metrics.buffered > 0, metrics
+            assert metrics.failed == 0, metrics
+        for queue in (sink, pipeline.queue, app.naming.dlq(pipeline.queue)):
+            await app.transport.delete_queue(queue)
+        return n / elapsed
+    finally:
+        await app.stop(grace=1)
+
+
+async def pipeline_rounds(messages: int, rounds: int) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {"without breaker": [], "with breaker": []}
+    for r in range(rounds):
+        for name in results:
+            rate = await run_pipeline(
+                messages, uuid.uuid4().hex[:6], with_breaker=name == "with breaker"
+            )
+            results[name].append(rate)
+            print(f"round {r + 1}: {name:<16} {rate:8.0f} msgs/s", file=sys.stderr)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=100_000)
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=25, help="best of this many, per micro")
+    parser.add_argument("--no-pipeline", action="store_true", help="skip the RabbitMQ part")
+    parser.add_argument("--json", default="bench/results/breaker.json")
+    args = parser.parse_args(argv)
+    n = args.iterations
+    report: dict[str, Any] = {"python": sys.version.split()[0], "iterations": n}
+
+    repeats = args.repeats
+    machine = per_call_us(bench_state_machine, n, repeats)
+    layer = interleaved_us(
+        {
+            "bare": _middleware_loop(None),
+            "empty": _middleware_loop(_passthrough),
+            "other": _middleware_loop(Breakers([Downstream("elsewhere")]).publish_middleware),
+            "breaker": _middleware_loop(Breakers([Downstream("bench")]).publish_middleware),
+        },
+        n,
+        repeats,
+    )
+    send = interleaved_us(
+        {"without": _send_loop(False), "with": _send_loop(True)}, n // 10, repeats
+    )
+    micro = {
+        "state_machine_us": machine,
+        "await_bare_us": layer["bare"],
+        "empty_middleware_us": layer["empty"],
+        "breakers_other_destination_us": layer["other"],
+        "breaker_middleware_us": layer["breaker"],
+        "breaker_check_us": layer["breaker"] - layer["empty"],
+        "app_send_without_us": send["without"],
+        "app_send_with_us": send["with"],
+        "app_send_overhead_us": send["with"] - send["without"],
+    }
+    report["micro"] = micro
+    print(f"closed breaker, best of {repeats} runs, microseconds per call")
+    print(f"  state machine alone (try_acquire + on_success)        {machine:6.3f}")
+    print(f"  await call_next(out), no middleware                   {layer['bare']:6.3f}")
+    print(f"  through an empty middleware                           {layer['empty']:6.3f}")
+    print(f"  through the breakers, destination not guarded         {layer['other']:6.3f}")
+    print(f"  through the breakers, guarded destination             {layer['breaker']:6.3f}")
+    print(
+        f"  => breaker check per publish (guarded - empty)        {micro['breaker_check_us']:6.3f}"
+    )
+    print(f"  app.send on a null transport, without breakers        {send['without']:6.3f}")
+    print(f"                                with a breaker          {send['with']:6.3f}")
+
+    if not args.no_pipeline:
+        results = asyncio.run(pipeline_rounds(args.messages, args.rounds))
+        base = statistics.median(results["without breaker"])
+        print(f"\npipeline, {args.messages} messages, prefetch {PREFETCH}, median of {args.rounds}")
+        summary = {}
+        for name, rates in results.items():
+            med = statistics.median(rates)
+            summary[name] = {"median": med, "runs": rates, "ratio": med / base}
+            print(f"  {name:<16} {med:8.0f} msgs/s {med / base:6.3f}x")
+        report["pipeline"] = {"messages": args.messages, "prefetch": PREFETCH, "results": summary}
+    write_json(args.json, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
