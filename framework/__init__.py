@@ -4,10 +4,11 @@ The public API is re-exported here; implementation modules are private unless do
 """
 
 from framework.app import App, AppConfig
-from framework.bus import Outbound, PublishMiddleware
+from framework.bus import Answer, Outbound, PublishMiddleware
 from framework.consumer import RejectMessage
 from framework.context import Context, MessageContext, QueryContext
 from framework.errors import (
+    BreakerOpen,
     BrokerUnreachable,
     ConfigurationError,
     ContractError,
@@ -30,8 +31,10 @@ from framework.retry import RetryPolicy
 from framework.upcasting import Upcaster, upcaster
 
 __all__ = [
+    "Answer",
     "App",
     "AppConfig",
+    "BreakerOpen",
     "BrokerUnreachable",
     "Command",
     "ConfigurationError",

@@ -14,7 +14,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, overload
 
 from framework import envelope
 from framework.codec import Codec
-from framework.errors import QueryFailed, QueryTimeout, WrongBus
+from framework.errors import ConfigurationError, QueryFailed, QueryTimeout, WrongBus
 from framework.messages import Command, Event, Message, MessageKind, Query, Reply, reply_type_of
 from framework.routing import Naming
 from framework.transport.base import Delivery, OutgoingMessage, Transport
@@ -191,9 +191,15 @@ class Bus:
         wait = self._query_timeout if timeout is None else timeout
         out = Outbound(query, wire, self._naming.queries, cls.__wire_name__, True, timeout=wait)
         try:
-            reply: Delivery = await self._publish(out)
+            reply: Delivery | None = await self._publish(out)
         except TimeoutError:
             raise QueryTimeout(cls.__wire_name__, wait) from None
+        if reply is None:
+            raise ConfigurationError(
+                f"a publish middleware returned None for the query {cls.__wire_name__!r}: "
+                "queries go through publish middleware too, so write "
+                "`return await call_next(out)`"
+            )
         error = reply.headers.get(envelope.ERROR)
         if error is not None:
             raise QueryFailed(

@@ -42,6 +42,7 @@ from framework.resilience.events import (
     StateTransition,
     TransitionReason,
 )
+from framework.resilience.gate import fail_fast
 from framework.resilience.middleware import (
     BreakerMiddleware,
     Deferral,
@@ -82,4 +83,5 @@ __all__ = [
     "WhenOpen",
     "WindowType",
     "defer_when_open",
+    "fail_fast",
 ]

@@ -101,6 +101,7 @@ class CircuitBreaker:
         "_slow_threshold",
         "_state",
         "_threshold",
+        "_transition_listeners",
         "_window",
         "config",
         "name",
@@ -122,7 +123,8 @@ class CircuitBreaker:
         self._min_calls = config.effective_minimum_calls
         self._record_result = config.record_result
         self._count_window = config.window_type is WindowType.COUNT
-        self._listeners: list[Listener] = []
+        self._listeners: list[Listener] = []  # every event
+        self._transition_listeners: list[Listener] = []  # transitions only
         self._state = _CLOSED
         self._epoch = 0
         self._window: Window = self._closed_window()
@@ -310,13 +312,17 @@ class CircuitBreaker:
 
     # -- listeners ---------------------------------------------------------------------------
 
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener(event)`` on every transition and refused call; returns unsubscribe."""
-        self._listeners.append(listener)
+    def subscribe(
+        self, listener: Listener, *, transitions_only: bool = False
+    ) -> Callable[[], None]:
+        """Call ``listener(event)`` on every transition and (unless ``transitions_only``) every
+        refused call; returns a function that unsubscribes it."""
+        chosen = self._transition_listeners if transitions_only else self._listeners
+        chosen.append(listener)
 
         def unsubscribe() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
+            if listener in chosen:
+                chosen.remove(listener)
 
         return unsubscribe
 
@@ -440,7 +446,7 @@ class CircuitBreaker:
         elif to is _CLOSED:
             self._openings = 0
         # Events report the window that decided the transition, not the fresh one after it.
-        decided = self._snapshot(to) if self._listeners else None
+        decided = self._snapshot(to) if self._listeners or self._transition_listeners else None
         self._enter(to)
         event = TRANSITION_EVENTS[to]
         wait = wait if to is _OPEN else None
@@ -469,7 +475,7 @@ class CircuitBreaker:
         origin: str | None,
         metrics: BreakerMetrics | None,
     ) -> None:
-        if not self._listeners:
+        if not self._listeners and not self._transition_listeners:
             return
         self._emit(
             event_type(  # type: ignore[call-arg]  # every transition event has these fields
@@ -485,7 +491,10 @@ class CircuitBreaker:
         )
 
     def _emit(self, event: BreakerEvent) -> None:
-        for listener in tuple(self._listeners):
+        listeners = self._listeners
+        if not isinstance(event, CallNotPermitted):
+            listeners = self._transition_listeners + listeners
+        for listener in listeners:
             try:
                 listener(event)
             except Exception:

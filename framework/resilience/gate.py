@@ -9,7 +9,9 @@ already went wrong, or for queries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+from collections.abc import Iterator
 from typing import Any
 
 from framework import envelope
@@ -20,13 +22,28 @@ from framework.resilience.downstream import CachedReply, Downstream, Fallback, W
 from framework.resilience.fallback import ReplyCache, answer_from
 from framework.transport.base import Delivery
 
-__all__ = ["Gate", "in_handler"]
+__all__ = ["Gate", "fail_fast"]
 
-# True while a handler runs (set by the breakers' consume middleware): a refused send raises at
-# once there, so the handler's own message can be retried or deferred.
-in_handler: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "leveret_in_handler", default=False
+# True while a handler runs (set by the breakers' consume middleware) or inside ``fail_fast()``:
+# a refused send raises at once, whatever its downstream's ``when_open``.
+_fail_fast: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "leveret_breakers_fail_fast", default=False
 )
+
+
+@contextlib.contextmanager
+def fail_fast() -> Iterator[None]:
+    """Within this block a refused send raises ``BreakerOpen`` at once, never waits.
+
+    Handlers run so already. An outbox relay publishes its rows so, to keep a refused row (and
+    the rows after it for the same destination) parked instead of holding the relay up.
+    """
+    token = _fail_fast.set(True)
+    try:
+        yield
+    finally:
+        _fail_fast.reset(token)
+
 
 _FAILURE = Outcome.FAILURE
 
@@ -123,7 +140,7 @@ class Gate:
         raise self.breaker.refusal(exchange=out.exchange, routing_key=out.routing_key)
 
     def _may_wait(self) -> bool:
-        return self.wait_sends and not in_handler.get()
+        return self.wait_sends and not _fail_fast.get()
 
     async def _send_waiting(
         self, out: Outbound, call_next: PublishNext, failure: Exception | None

@@ -17,7 +17,7 @@ from framework.bus import Outbound, PublishNext
 from framework.errors import BreakerOpen, ConfigurationError
 from framework.messages import MessageKind
 from framework.middleware import Incoming, Next
-from framework.resilience.gate import Gate, in_handler
+from framework.resilience.gate import Gate, fail_fast
 
 if TYPE_CHECKING:
     from framework.resilience.registry import Breakers
@@ -167,9 +167,9 @@ class HandlerGuard:
         self._breakers = breakers
 
     async def __call__(self, msg: Incoming, call_next: Next) -> Any:
-        token = in_handler.set(True)
         try:
-            return await call_next(msg)
+            with fail_fast():
+                return await call_next(msg)
         except BreakerOpen as exc:
             deferral = deferral_of(msg.handler.func)
             if deferral is None or msg.handler.kind is MessageKind.QUERY:
@@ -177,5 +177,3 @@ class HandlerGuard:
             if not await self._breakers.defer(msg, exc, deferral):
                 raise
             return None
-        finally:
-            in_handler.reset(token)

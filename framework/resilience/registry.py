@@ -96,7 +96,7 @@ class Breakers:
         for downstream in downstreams:
             breaker = CircuitBreaker(downstream.name, downstream.config, clock=clock)
             gate = self._gates[downstream.name] = Gate(downstream, breaker, clock)
-            breaker.subscribe(self._listener(gate))
+            breaker.subscribe(self._listener(gate), transitions_only=True)
         self.publish_middleware = BreakerMiddleware(list(self._gates.values()))
         self.consume_middleware = HandlerGuard(self)
         self.worker_id = f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"

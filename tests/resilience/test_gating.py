@@ -29,11 +29,13 @@ from framework.resilience import (
     Breakers,
     CachedReply,
     CallNotPermitted,
+    CircuitBreaker,
     DefaultReply,
     Downstream,
     State,
     TransitionReason,
     WhenOpen,
+    fail_fast,
 )
 from framework.transport.base import BindingSpec, OutgoingMessage, QueueSpec, Topology
 from framework.transport.memory import MemoryBroker, MemoryTransport
@@ -71,7 +73,11 @@ async def make_app(broker: MemoryBroker) -> AsyncIterator[MakeApp]:
     apps: list[App] = []
 
     async def make(
-        services: Sequence[Service] = (), *, breakers: Breakers | None = None, **config: Any
+        services: Sequence[Service] = (),
+        *,
+        breakers: Breakers | None = None,
+        publish_middleware: Sequence[Any] = (),
+        **config: Any,
     ) -> App:
         config.setdefault("prefix", "t")
         app = App(
@@ -79,6 +85,7 @@ async def make_app(broker: MemoryBroker) -> AsyncIterator[MakeApp]:
             transport=MemoryTransport(broker),
             config=AppConfig(**config),
             breakers=breakers,
+            publish_middleware=publish_middleware,
         )
         apps.append(app)
         await app.start()
@@ -274,6 +281,20 @@ async def test_sends_inside_a_handler_raise_at_once(make_app: MakeApp) -> None:
     )
     error = await asyncio.wait_for(caught.get(), 5)
     assert error.routing_key == RESERVE
+
+
+async def test_fail_fast_refuses_at_once_outside_handlers() -> None:
+    """Inside fail_fast() (what an outbox relay uses) a WAIT downstream raises at once."""
+    downstream = Downstream("inventory", config=quick(), when_open=WhenOpen.WAIT, max_wait=60)
+    breakers = Breakers([downstream], clock=FakeClock())
+    breakers["inventory"].transition_to_open(wait=5)
+
+    async def call_next(out: Outbound) -> None:
+        raise AssertionError("must not be published")
+
+    with fail_fast(), pytest.raises(BreakerOpen) as info:
+        await breakers.publish_middleware(outbound(), call_next)
+    assert (info.value.breaker, info.value.retry_after) == ("inventory", 5.0)
 
 
 # -- queries --------------------------------------------------------------------------------
@@ -486,3 +507,28 @@ async def test_the_outbox_hooks(make_app: MakeApp) -> None:
     breakers.tick()
     assert await waiting is True
     assert breaker.state is State.OPEN  # waiting took no permit
+
+
+async def test_a_publish_middleware_that_drops_a_reply_is_named(make_app: MakeApp) -> None:
+    """Queries pass through publish middleware: one that returns None gets a helpful error."""
+
+    async def forgetful(out: Outbound, call_next: Callable[[Outbound], Awaitable[Any]]) -> None:
+        await call_next(out)
+
+    await make_app([orders_service([])])
+    client = await make_app(publish_middleware=[forgetful])
+    with pytest.raises(ConfigurationError, match=r"return await call_next\(out\)"):
+        await client.request(GetOrder(order_id="o-1"))
+
+
+def test_transition_listeners_hear_no_refusals() -> None:
+    """A transitions_only listener gets transitions but not the per-call refusals."""
+    clock = FakeClock()
+    breaker = CircuitBreaker("x", quick(window_size=1, minimum_calls=1), clock=clock)
+    heard: list[object] = []
+    breaker.subscribe(heard.append, transitions_only=True)
+    permit = breaker.acquire()
+    breaker.on_error(permit, 0.01, ValueError())
+    for _ in range(3):
+        assert breaker.try_acquire() is None
+    assert [type(e).__name__ for e in heard] == ["BreakerOpened"]
