@@ -52,32 +52,33 @@ class BreakerMiddleware:
         self._events_exchange = events_exchange
         self._routes.clear()
 
-    def gate_for(self, out: Outbound) -> Gate | None:
-        """The gate of ``out``'s downstream, or None when no breaker guards it."""
-        gate = self._routes.get(out.routing_key, _UNRESOLVED)
+    def gate_for(self, exchange: str, routing_key: str) -> Gate | None:
+        """The gate of messages published to ``exchange`` with ``routing_key``, or None when no
+        breaker guards them (resolved once per routing key)."""
+        gate = self._routes.get(routing_key, _UNRESOLVED)
         if gate is _UNRESOLVED:
-            gate = self._resolve(out)
+            gate = self._resolve(routing_key, is_event=exchange == self._events_exchange)
         return gate  # type: ignore[no-any-return]  # a Gate or None, see _resolve
 
     def route(self, routing_key: str, *, is_event: bool = False) -> Gate | None:
-        """The gate guarding ``routing_key`` (for tools and a future outbox relay)."""
+        """The gate guarding ``routing_key``, looked up afresh (no cache)."""
         for gate in self._gates:
             if gate.downstream.matches(routing_key, is_event=is_event):
                 return gate
         return None
 
-    def _resolve(self, out: Outbound) -> Gate | None:
-        if self._events_exchange is not None:
-            is_event = out.exchange == self._events_exchange
-        else:
-            is_event = getattr(type(out.message), "__kind__", None) is MessageKind.EVENT
-        gate = self._routes[out.routing_key] = self.route(out.routing_key, is_event=is_event)
+    def _resolve(self, routing_key: str, *, is_event: bool) -> Gate | None:
+        gate = self._routes[routing_key] = self.route(routing_key, is_event=is_event)
         return gate
 
     async def __call__(self, out: Outbound, call_next: PublishNext) -> Any:
         gate = self._routes.get(out.routing_key, _UNRESOLVED)
         if gate is _UNRESOLVED:
-            gate = self._resolve(out)
+            if self._events_exchange is not None:
+                is_event = out.exchange == self._events_exchange
+            else:
+                is_event = getattr(type(out.message), "__kind__", None) is MessageKind.EVENT
+            gate = self._resolve(out.routing_key, is_event=is_event)
         if gate is None:
             return await call_next(out)
         # The hot path is written out here rather than in a Gate method: one coroutine frame

@@ -38,7 +38,7 @@ from framework.resilience.middleware import (
     deferral_of,
 )
 from framework.routing import Naming
-from framework.transport.base import Transport
+from framework.transport.base import OutgoingMessage, Transport
 
 if TYPE_CHECKING:
     from framework.app import App
@@ -156,6 +156,53 @@ class Breakers:
         for gate in self._gates.values():
             gate.breaker.tick()
             gate.wake()
+
+    async def publish_guarded(
+        self,
+        transport: Transport,
+        message: OutgoingMessage,
+        *,
+        exchange: str,
+        routing_key: str,
+        mandatory: bool,
+    ) -> None:
+        """Publish a ready wire message through its breaker, refusing at once when it is open.
+
+        The entry point for an outbox relay, which holds rows rather than contracts: the
+        outcome is counted like any publish (a nack, a confirm timeout, a return). Only the
+        app's command and event exchanges are gated; anything else (delay queues) goes straight
+        to the transport.
+
+        Raises:
+            BreakerOpen: the destination's breaker refused; nothing was published. Park the row
+                (and the later rows for ``exc.breaker``) until ``wait_permitted`` says so.
+            PublishFailed: as ``Transport.publish``.
+        """
+        naming = self._naming
+        gate = None
+        if naming is not None and exchange in (naming.commands, naming.events):
+            gate = self.publish_middleware.gate_for(exchange, routing_key)
+        if gate is None:
+            await transport.publish(
+                message, exchange=exchange, routing_key=routing_key, mandatory=mandatory
+            )
+            return
+        breaker, clock = gate.breaker, gate.clock
+        permit = breaker.try_acquire()
+        if permit is None:
+            raise breaker.refusal(exchange=exchange, routing_key=routing_key)
+        started = clock()
+        try:
+            await transport.publish(
+                message, exchange=exchange, routing_key=routing_key, mandatory=mandatory
+            )
+        except Exception as exc:
+            breaker.on_error(permit, clock() - started, exc)
+            raise
+        except BaseException:
+            gate.cancelled(permit)
+            raise
+        breaker.on_success(permit, clock() - started)
 
     async def wait_permitted(self, name: str, *, timeout: float) -> bool:
         """Wait until breaker ``name`` would permit a call, at most ``timeout`` clock seconds.

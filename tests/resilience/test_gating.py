@@ -509,6 +509,34 @@ async def test_the_outbox_hooks(make_app: MakeApp) -> None:
     assert breaker.state is State.OPEN  # waiting took no permit
 
 
+async def test_publish_guarded_counts_rows_and_refuses_when_open(make_app: MakeApp) -> None:
+    """A relay's wire messages are judged like sends; a refusal names the breaker to park on."""
+    breakers = Breakers([Downstream("inventory", config=quick())], clock=FakeClock(), status=False)
+    app = await make_app(breakers=breakers)
+    queue = await capped_queue(app, RESERVE, 1)
+    where = {"exchange": app.naming.commands, "routing_key": RESERVE, "mandatory": True}
+
+    def row(n: int) -> OutgoingMessage:
+        return OutgoingMessage(body=b"{}", message_id=f"row-{n}", type=RESERVE)
+
+    await breakers.publish_guarded(app.transport, row(0), **where)
+    for n in range(1, 4):
+        with pytest.raises(PublishNacked):
+            await breakers.publish_guarded(app.transport, row(n), **where)
+    with pytest.raises(BreakerOpen) as info:
+        await breakers.publish_guarded(app.transport, row(4), **where)
+    assert (info.value.breaker, info.value.destination) == ("inventory", RESERVE)
+    assert await app.transport.queue_depth(queue) == 1
+    await app.transport.declare(app.naming.base_topology([1000]))
+    await breakers.publish_guarded(  # a delay-queue row is never gated
+        app.transport,
+        row(5),
+        exchange=app.naming.delay(1000),
+        routing_key="inventory.anything",
+        mandatory=True,
+    )
+
+
 async def test_a_publish_middleware_that_drops_a_reply_is_named(make_app: MakeApp) -> None:
     """Queries pass through publish middleware: one that returns None gets a helpful error."""
 
