@@ -1,10 +1,10 @@
 """The ``leveret`` command line.
 
 ``leveret run MODULE:APP [--workers N] [--amqp-url URL] [--connect-timeout S]
-[--log-format json|console] [--log-level LEVEL]`` serves an app with a supervisor and N workers;
-``leveret breakers MODULE:APP`` shows its circuit breakers per worker (``framework.cli_breakers``).
+[--log-format json|console] [--log-level LEVEL]`` serves an app with a supervisor and N workers.
 
-``leveret contracts export|check`` and ``leveret asyncapi`` live in ``framework.schema.cli``.
+``leveret contracts export|check`` and ``leveret asyncapi`` live in ``framework.schema.cli``;
+``leveret breakers`` lives in ``framework.resilience.cli``.
 
 Exit codes of ``leveret run``: 0 drained cleanly after SIGTERM/SIGINT; 1 a worker had to be
 killed or failed while draining; 2 a usage or configuration error (bad MODULE:APP, a memory://
@@ -22,9 +22,9 @@ from importlib import metadata
 
 import structlog
 
-from framework.cli_breakers import add_breakers_command
 from framework.errors import ConfigurationError
 from framework.logging import LEVELS, LOG_FORMAT_ENV, LOG_LEVEL_ENV, configure_logging
+from framework.resilience import cli as breakers_cli
 from framework.schema import cli as schema_cli
 from framework.supervisor import Supervisor, SupervisorConfig
 from framework.transport.memory import MemoryTransport
@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(command=_run)
     schema_cli.register(commands)  # contracts export|check, asyncapi
-    add_breakers_command(commands)  # leveret breakers MODULE:APP (framework/cli_breakers.py)
+    breakers_cli.register(commands)  # breakers
     return parser
 
 

@@ -1,4 +1,6 @@
-"""``leveret breakers MODULE:APP``: the state and metrics of every circuit breaker, per worker.
+"""``leveret breakers MODULE:APP``: registered by ``framework.cli``.
+
+Shows the state and metrics of every circuit breaker, per worker.
 
 The command loads the app (for its prefix, its breakers and its broker URL), asks every running
 worker over the breakers' control exchange (``<prefix>.breakers.<group>``) and prints what each
@@ -16,11 +18,10 @@ import asyncio
 import sys
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from framework.app import App
 from framework.errors import BrokerUnreachable, ConfigurationError, PublishFailed
 from framework.resilience.control import (
     BreakerStatus,
@@ -34,20 +35,20 @@ from framework.resilience.control import (
 from framework.transport.base import Delivery, QueueSpec, Topology
 from framework.transport.memory import MemoryTransport
 from framework.urls import redact
-from framework.worker import (
-    EXIT_BROKER_UNREACHABLE,
-    EXIT_CONFIGURATION,
-    EXIT_FAILED,
-    EXIT_OK,
-    configure_transport,
-    load_app,
-)
 
-__all__ = ["add_breakers_command"]
+if TYPE_CHECKING:
+    from framework.app import App
+
+__all__ = ["ask_workers", "register"]
+
+EXIT_OK = 0
+EXIT_NO_ANSWER = 1
+EXIT_USAGE = 2
+EXIT_BROKER_UNREACHABLE = 3
 
 
-def add_breakers_command(commands: Any) -> None:
-    """Register ``leveret breakers`` on the CLI's sub-parsers."""
+def register(commands: Any) -> None:
+    """Add the ``breakers`` command to the ``leveret`` subparsers."""
     parser = commands.add_parser(
         "breakers",
         help="show the circuit breakers of a running app, per worker",
@@ -70,12 +71,15 @@ def add_breakers_command(commands: Any) -> None:
 
 
 def _breakers(args: argparse.Namespace) -> int:
+    # The command sits above the app layer; imported here so resilience never imports it.
+    from framework.worker import configure_transport, load_app
+
     try:
         app = load_app(args.app)
         configure_transport(app, url=args.amqp_url)
     except ConfigurationError as exc:
         print(f"leveret: {exc}", file=sys.stderr)
-        return EXIT_CONFIGURATION
+        return EXIT_USAGE
     if app.breakers is None or not len(app.breakers):
         print(f"{args.app} declares no circuit breakers")
         return EXIT_OK
@@ -88,7 +92,7 @@ def _breakers(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not args.timeout > 0:
         print("leveret: --timeout must be more than 0 seconds", file=sys.stderr)
-        return EXIT_CONFIGURATION
+        return EXIT_USAGE
     try:
         replies = asyncio.run(ask_workers(app, timeout=args.timeout))
     except BrokerUnreachable as exc:
@@ -96,13 +100,13 @@ def _breakers(args: argparse.Namespace) -> int:
         return EXIT_BROKER_UNREACHABLE
     if args.json:
         print(msgspec.json.encode(replies).decode())
-        return EXIT_OK if replies else EXIT_FAILED
+        return EXIT_OK if replies else EXIT_NO_ANSWER
     if not replies:
         print(
             f"no worker of {args.app} answered within {args.timeout:g}s on "
             f"{redact(app.url)} (is `leveret run {args.app}` serving there?)"
         )
-        return EXIT_FAILED
+        return EXIT_NO_ANSWER
     _print_replies(app, replies, args.timeout)
     return EXIT_OK
 
