@@ -228,7 +228,8 @@ def _target(service: str | None, routes: tuple[str, ...], messages: tuple[Any, .
 def _print_table(rows: Sequence[tuple[str, ...]], *, header: tuple[str, ...] = _HEADER) -> None:
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
-        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print(("  " + "  ".join(cells)).rstrip())
 
 
 def _percent(value: float | None) -> str:
