@@ -168,6 +168,9 @@ class App:
         if store is not None or any(h.saga is not None or h.transactional for h in self.handlers):
             self.store = store or store_from_url(db_url or DEFAULT_DB_URL)
             self.relay = OutboxRelay(self.store, self.transport, self.naming)
+            if breakers is not None:
+                # Outbox rows go through the same breakers; refused destinations are parked.
+                self.relay.use_breakers(breakers)
             writer = OutboxWriter(self.codec, self.naming)
             self.handlers = [self._bind_store(h, writer) for h in self.handlers]
         self._sweeper: asyncio.Task[None] | None = None
@@ -199,6 +202,7 @@ class App:
                 delivery_limit=(
                     None if spec.kind is MessageKind.QUERY else self.config.quorum_delivery_limit
                 ),
+                max_length=service.max_length,
             )
         self.topology = self.naming.base_topology(delays) + topology
         self._prefetch = {
@@ -324,6 +328,8 @@ class App:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
+        if self.relay is not None:
+            await self.relay.close()
         if self.breakers is not None:
             await self.breakers.stop()
         await self.transport.close()

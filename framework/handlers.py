@@ -66,6 +66,8 @@ class Service:
         prefetch: default unacked deliveries per handler queue.
         schema: idempotent DDL (``CREATE TABLE IF NOT EXISTS ...``) for the service's own tables,
             run by the app's store at start-up.
+        max_length: cap each of the service's queues at this many ready messages; a full queue
+            nacks publishes (``reject-publish``), which trips the senders' circuit breakers.
         sends: the commands and events its handlers send or publish; they become the
             service's send operations in ``leveret asyncapi``, and the test harness checks
             that the service emits nothing else.
@@ -84,6 +86,7 @@ class Service:
         prefetch: int | None = None,
         schema: Sequence[str] = (),
         sends: Sequence[type[Message]] = (),
+        max_length: int | None = None,
     ) -> None:
         if not _SERVICE_NAME.match(name):
             raise RegistrationError(
@@ -95,6 +98,9 @@ class Service:
         self.timeout = timeout
         self.prefetch = prefetch
         self.schema = tuple(schema)
+        if max_length is not None and (isinstance(max_length, bool) or max_length < 1):
+            raise RegistrationError(f"max_length={max_length!r} must be a positive int or None")
+        self.max_length = max_length
         self.sends = tuple(dict.fromkeys(sends))
         for cls in self.sends:
             if kind_of(cls) not in (MessageKind.COMMAND, MessageKind.EVENT):

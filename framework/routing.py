@@ -99,12 +99,20 @@ class Naming:
         return Topology(tuple(exchanges), tuple(queues), tuple(bindings))
 
     def handler_topology(
-        self, queue: str, kind: MessageKind, wire_name: str, *, delivery_limit: int | None = None
+        self,
+        queue: str,
+        kind: MessageKind,
+        wire_name: str,
+        *,
+        delivery_limit: int | None = None,
+        max_length: int | None = None,
     ) -> Topology:
         """A handler's queue, its DLQ and its bindings.
 
         With ``delivery_limit`` the queue is a quorum queue that dead-letters a message after
         that many deliveries, even when a worker crashes on it every time (3.x has no default).
+        With ``max_length`` a full queue refuses publishes (``reject-publish``): senders get a
+        nack, which their circuit breaker counts, instead of the broker dropping messages.
         """
         dlq = self.dlq(queue)
         return Topology(
@@ -115,6 +123,8 @@ class Naming:
                     dead_letter_routing_key=queue,
                     quorum=delivery_limit is not None,
                     delivery_limit=delivery_limit,
+                    max_length=max_length,
+                    overflow=None if max_length is None else "reject-publish",
                 ),
                 QueueSpec(dlq),
             ),

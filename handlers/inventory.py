@@ -35,8 +35,11 @@ SCHEMA = (
 )
 
 
-def build_inventory(stock: Mapping[str, int]) -> Service:
-    """The inventory service; ``stock`` seeds the SKUs that do not exist yet."""
+def build_inventory(stock: Mapping[str, int], *, max_length: int | None = None) -> Service:
+    """The inventory service; ``stock`` seeds the SKUs that do not exist yet.
+
+    ``max_length`` caps its queues (full: publishes are refused), as in the breaker test.
+    """
     seed = tuple(
         f"INSERT INTO inventory_stock (sku, on_hand) VALUES ('{sku}', {int(n)}) "
         "ON CONFLICT (sku) DO NOTHING"
@@ -47,6 +50,7 @@ def build_inventory(stock: Mapping[str, int]) -> Service:
         "inventory",
         schema=SCHEMA + seed,
         sends=[InventoryReserved, InventoryRejected, InventoryReleased],
+        max_length=max_length,
     )
 
     @inventory.command(transactional=True)

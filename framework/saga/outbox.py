@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
 
 from framework import envelope
 from framework.codec import Codec
+from framework.errors import BreakerOpen
 from framework.messages import Message, MessageKind
 from framework.routing import Naming
 from framework.store.base import OutboxRow, Store
@@ -31,6 +32,9 @@ from framework.transport.base import (
     Topology,
     Transport,
 )
+
+if TYPE_CHECKING:
+    from framework.resilience.registry import Breakers
 
 __all__ = ["OutboxRelay", "OutboxWriter"]
 
@@ -117,6 +121,11 @@ class OutboxWriter:
 class OutboxRelay:
     """Publishes committed outbox rows with confirms and marks them sent.
 
+    With circuit breakers (``use_breakers``), every row goes through its destination's breaker.
+    A refused row stays pending and its destination is *parked*: later rows for it are not
+    tried, and a waiter releases them oldest first — one at a time, each a probe — once the
+    breaker lets calls through again. Nothing is dropped.
+
     Args:
         sweep_interval: seconds between sweeps for rows left unsent (crash, broker trouble).
         sweep_grace: rows younger than this are left to the process that wrote them.
@@ -140,10 +149,28 @@ class OutboxRelay:
         self._clock = clock
         self._delays: set[str] = set()
         self._delay_lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._breakers: Breakers | None = None
+        self._parked: dict[str, asyncio.Task[None]] = {}
 
     def use_transport(self, transport: Transport) -> None:
         self._transport = transport
+
+    def use_breakers(self, breakers: Breakers) -> None:
+        """Gate every row through its destination's breaker, parking refused destinations."""
+        self._breakers = breakers
+
+    @property
+    def parked(self) -> frozenset[str]:
+        """Names of the breakers whose rows are parked right now."""
+        return frozenset(self._parked)
+
+    def _breaker_of(self, row: OutboxRow) -> str | None:
+        if self._breakers is None:
+            return None
+        breaker = self._breakers.breaker_for(
+            row.routing_key, is_event=row.exchange == self._naming.events
+        )
+        return None if breaker is None else breaker.name
 
     async def publish(self, rows: Sequence[OutboxRow]) -> bool:
         """Publish ``rows`` (concurrently, each with its confirm) and mark the sent ones.
@@ -152,6 +179,8 @@ class OutboxRelay:
         """
         if not rows:
             return True
+        if self._parked:
+            rows = [r for r in rows if self._breaker_of(r) not in self._parked]
         results = await asyncio.gather(*(self._publish_one(r) for r in rows))
         sent = [r.message_id for r, ok in zip(rows, results, strict=True) if ok]
         if sent:
@@ -174,12 +203,24 @@ class OutboxRelay:
             timestamp=props.timestamp,
         )
         try:
-            await self._transport.publish(
-                message,
-                exchange=row.exchange,
-                routing_key=row.routing_key,
-                mandatory=row.mandatory,
-            )
+            if self._breakers is None:
+                await self._transport.publish(
+                    message,
+                    exchange=row.exchange,
+                    routing_key=row.routing_key,
+                    mandatory=row.mandatory,
+                )
+            else:
+                await self._breakers.publish_guarded(
+                    self._transport,
+                    message,
+                    exchange=row.exchange,
+                    routing_key=row.routing_key,
+                    mandatory=row.mandatory,
+                )
+        except BreakerOpen as exc:
+            self._park(exc)
+            return False
         except Exception as exc:
             _log.warning(
                 "outbox_publish_failed",
@@ -207,6 +248,45 @@ class OutboxRelay:
                 )
             )
             self._delays.add(name)
+
+    def _park(self, refusal: BreakerOpen) -> None:
+        name = refusal.breaker
+        if name in self._parked:
+            return
+        _log.warning(
+            "outbox_parked", breaker=name, state=refusal.state, retry_after=refusal.retry_after
+        )
+        self._parked[name] = asyncio.create_task(
+            self._release_when_permitted(name), name=f"leveret-outbox-parked-{name}"
+        )
+
+    async def _release_when_permitted(self, name: str) -> None:
+        """Wait for breaker ``name`` to permit calls, then publish its rows in order."""
+        assert self._breakers is not None
+        try:
+            while True:
+                if not await self._breakers.wait_permitted(name, timeout=self._interval * 5):
+                    continue
+                pending = [
+                    r for r in await self._store.pending_outbox() if self._breaker_of(r) == name
+                ]
+                for row in pending:  # one at a time: in half-open each publish is a probe
+                    if not await self._publish_one(row):
+                        break
+                    await self._store.mark_sent([row.message_id])
+                else:
+                    _log.info("outbox_released", breaker=name, rows=len(pending))
+                    return
+                # A refusal or failure: stay parked and wait for the breaker again.
+        finally:
+            self._parked.pop(name, None)
+
+    async def close(self) -> None:
+        """Stop the waiters of parked destinations (their rows stay pending in the store)."""
+        tasks = list(self._parked.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def sweep(self) -> int:
         """Publish rows older than the grace period; returns how many were sent."""
