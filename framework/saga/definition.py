@@ -545,7 +545,7 @@ class _StepCompiler(Generic[S]):
                     _Rule(
                         saga.timeout_type,
                         frozenset({waiting}),
-                        failing | {waiting},
+                        failing,
                         self._timed_out(i),
                         f"{step.name}.timeout",
                     )
@@ -576,7 +576,7 @@ class _StepCompiler(Generic[S]):
                     _Rule(
                         saga.timeout_type,
                         frozenset({comp}),
-                        frozenset({comp}) | self._compensation_targets(i),
+                        frozenset({comp}),
                         self._compensation_late(i),
                         f"{step.name}.compensation_late",
                     )
@@ -591,12 +591,15 @@ class _StepCompiler(Generic[S]):
         return self._compensation_targets(i)
 
     def _compensation_targets(self, i: int) -> frozenset[str]:
-        """Where compensation goes next when steps before ``i`` must be undone."""
-        targets = {str(SagaStatus.COMPENSATED)}
-        for step in self.steps[:i]:
+        """Where compensation goes next when the steps before ``i`` must be undone.
+
+        The flow is linear, so those steps have all completed: compensation waits at the nearest
+        one whose undoing is confirmed, or, when none is, ends at once (``_compensate_from``).
+        """
+        for step in reversed(self.steps[:i]):
             if step.compensate is not None and step.compensated:
-                targets.add(_compensating(step))
-        return frozenset(targets)
+                return frozenset({_compensating(step)})
+        return frozenset({str(SagaStatus.COMPENSATED)})
 
     # Transition functions ----------------------------------------------------------------
 
