@@ -30,7 +30,7 @@ from framework.consumer import RejectMessage
 from framework.context import Context
 from framework.errors import LeveretError
 from framework.messages import Message
-from framework.saga.definition import Instance, Saga, SagaTimeout, Transition
+from framework.saga.definition import Instance, Saga, SagaDefinitionError, SagaTimeout, Transition
 from framework.saga.outbox import OutboxRelay, OutboxWriter
 from framework.store.base import (
     ConcurrencyConflict,
@@ -43,13 +43,33 @@ from framework.store.base import (
     StoreTx,
 )
 
-__all__ = ["SagaConflict", "SagaRunner"]
+__all__ = ["SagaActionRefused", "SagaConflict", "SagaRunner"]
 
 _log = structlog.get_logger("leveret.saga")
 
 
 class SagaConflict(LeveretError):
     """Concurrent updates kept conflicting; the message is retried by the retry policy."""
+
+
+class SagaActionRefused(LeveretError):
+    """An operator's resume or abort does not apply to the saga as it is; nothing was changed.
+
+    Args:
+        saga_id: the saga.
+        action: ``resume`` or ``abort``.
+        message: why, and what to do instead.
+    """
+
+    def __init__(self, saga_id: str, action: str, message: str) -> None:
+        super().__init__(message)
+        self.saga_id = saga_id
+        self.action = action
+
+
+# Ended for good: a resume would restart a finished story, an abort would rewrite its outcome.
+# FAILED and COMPENSATION_FAILED are terminal too, but they wait for exactly these actions.
+_SETTLED = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.ABORTED})
 
 
 class SagaRunner:
@@ -114,6 +134,8 @@ class SagaRunner:
 
         Raises:
             LookupError: no such saga.
+            SagaActionRefused: the saga is completed, compensated or aborted, or its state has
+                no way to resume.
         """
         return await self._operate(saga_id, "resume", lambda inst: self.saga.resume(inst))
 
@@ -122,6 +144,7 @@ class SagaRunner:
 
         Raises:
             LookupError: no such saga.
+            SagaActionRefused: the saga is completed, compensated or aborted already.
         """
         return await self._operate(
             saga_id, "abort", lambda inst: inst.finish(SagaStatus.ABORTED, reason=reason)
@@ -133,9 +156,19 @@ class SagaRunner:
         operation = f"operator:{action}:{uuid.uuid4().hex}"
         async with self._store.transaction() as tx:
             record = await tx.load(saga_id)
-            if record is None:
-                raise LookupError(f"no saga {saga_id!r}")
-            transition = decide(self._instance(record))
+            if record is None or record.saga != self.saga.name:
+                what = "" if record is None else f" (it is a {record.saga!r} saga)"
+                raise LookupError(f"no {self.saga.name!r} saga {saga_id!r}{what}")
+            if record.status in _SETTLED:
+                raise SagaActionRefused(
+                    saga_id,
+                    action,
+                    f"saga {saga_id!r} is {record.status} already: there is nothing to {action}",
+                )
+            try:
+                transition = decide(self._instance(record))
+            except SagaDefinitionError as exc:
+                raise SagaActionRefused(saga_id, action, str(exc)) from None
             version = record.version + 1
             rows = self._rows(saga_id, version, transition, operation, record.correlation_id)
             new = self._record(record, saga_id, record.correlation_id, version, transition)
