@@ -236,7 +236,7 @@ class App:
         if spec.transactional:
             queue = self.naming.handler_queue(spec.service, spec.message_type.__wire_name__)
             return dataclasses.replace(
-                spec, func=transactional(spec.func, self.store, self.relay, writer, queue)
+                spec, func=transactional(spec.func, self.relay, writer, queue)
             )
         return spec
 
@@ -262,6 +262,27 @@ class App:
         self.transport = self.bus.transport = transport
         if self.relay is not None:
             self.relay.use_transport(transport)
+
+    def use_store(self, store: Store) -> None:
+        """Replace the app's store before it starts (``leveret sagas --db-url``).
+
+        Its sagas, transactional handlers and outbox use ``store`` from then on; the previous
+        store is not closed. Handlers that captured a store themselves keep theirs.
+
+        Raises:
+            ConfigurationError: the app is running, or it has neither a saga nor a
+                transactional handler (nothing would use a store).
+        """
+        if self._started:
+            raise ConfigurationError("use_store() must be called before the app starts")
+        if self.relay is None:
+            raise ConfigurationError(
+                "this app has no saga and no transactional handler: nothing would use a store"
+            )
+        self.store = store
+        self.relay.use_store(store)
+        for runner in self.sagas.values():
+            runner.use_store(store)
 
     async def __aenter__(self) -> App:
         await self.start()
@@ -424,7 +445,6 @@ def _contracts(handlers: Iterable[Any], extra: Iterable[type[Message]]) -> list[
 
 def transactional(
     handler: Callable[..., Awaitable[Any]],
-    store: Store,
     relay: OutboxRelay,
     writer: OutboxWriter,
     consumer: str,
@@ -432,13 +452,14 @@ def transactional(
     """Run ``handler`` inside a store transaction with inbox dedupe and an outbox.
 
     The handler's own SQL (``ctx.tx``), the inbox row and the messages it sends commit together;
-    the messages are published after the commit.
+    the messages are published after the commit. The transaction runs on the relay's store (the
+    one whose outbox the relay publishes), looked up per message so that ``App.use_store`` holds.
     """
 
     async def run(message: Message, ctx: Context) -> None:
         for _ in range(5):
             try:
-                async with store.transaction() as tx:
+                async with relay.store.transaction() as tx:
                     if not await tx.inbox_add(consumer, ctx.message_id):
                         return
                     ctx.begin_transaction(tx)

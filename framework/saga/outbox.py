@@ -152,8 +152,16 @@ class OutboxRelay:
         self._breakers: Breakers | None = None
         self._parked: dict[str, asyncio.Task[None]] = {}
 
+    @property
+    def store(self) -> Store:
+        """The store whose outbox this relay publishes."""
+        return self._store
+
     def use_transport(self, transport: Transport) -> None:
         self._transport = transport
+
+    def use_store(self, store: Store) -> None:
+        self._store = store
 
     def use_breakers(self, breakers: Breakers) -> None:
         """Gate every row through its destination's breaker, parking refused destinations."""

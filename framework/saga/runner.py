@@ -115,6 +115,10 @@ class SagaRunner:
         self._encode = msgspec.json.Encoder().encode
         self._decode = msgspec.json.Decoder(persisted).decode
 
+    def use_store(self, store: Store) -> None:
+        """Run against another store from now on (``App.use_store``)."""
+        self._store = store
+
     async def handle(self, message: Message, ctx: Context) -> None:
         """The handler registered for every message type the saga consumes."""
         for _ in range(self._retries):
