@@ -484,4 +484,6 @@ def transactional(
             return
         raise SagaConflict(f"{consumer}: {ctx.message_id} kept conflicting")
 
+    # The handler's name is in its logs and in the ids of the messages it sends, not "run".
+    run.__name__, run.__qualname__ = handler.__name__, handler.__qualname__
     return run
