@@ -39,7 +39,17 @@ _MAX_HEADER_TEXT = 1000
 
 
 class RejectMessage(LeveretError):
-    """Raise from a handler to send the message straight to the DLQ, skipping retries."""
+    """Raise from a handler to send the message straight to the DLQ, skipping retries.
+
+    Args:
+        message: why; the DLQ's reason header reads ``rejected: <message>``.
+        reason: the reason header as it is instead, for a machine-readable ``kind: detail``
+            such as the saga runner's ``unknown_saga: ...``.
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason if reason is not None else f"rejected: {message}"
 
 
 class HandlerPipeline:
@@ -131,7 +141,7 @@ class HandlerPipeline:
             await delivery.nack(requeue=True)
             raise
         except RejectMessage as exc:
-            await self._dead_letter(delivery, f"rejected: {exc}", exc, attempt + 1)
+            await self._dead_letter(delivery, exc.reason, exc, attempt + 1)
             return
         except Exception as exc:
             failure: Exception = exc

@@ -206,10 +206,11 @@ class SagaRunner:
                 return []
             saga_id = self.saga_id_for(message, ctx.saga_id)
             if saga_id is None:
-                raise RejectMessage(
+                reason = (
                     f"uncorrelated: {type(message).__qualname__} carries neither a saga id "
                     f"header nor a {saga.key!r} field"
                 )
+                raise RejectMessage(reason, reason=reason)
             record = await tx.load(saga_id)
             transition: Transition[Any] | None
             if record is None:
@@ -393,4 +394,5 @@ class SagaRunner:
         if self._unknown == "discard":
             _log.info("saga_reply_discarded", saga_id=saga_id, message=type(message).__name__)
             return []
-        raise RejectMessage(f"unknown_saga: no {self.saga.name} instance {saga_id!r}")
+        reason = f"unknown_saga: no {self.saga.name} instance {saga_id!r}"
+        raise RejectMessage(reason, reason=reason)
