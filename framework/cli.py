@@ -4,7 +4,8 @@
 [--log-format json|console] [--log-level LEVEL]`` serves an app with a supervisor and N workers.
 
 ``leveret contracts export|check`` and ``leveret asyncapi`` live in ``framework.schema.cli``;
-``leveret breakers`` lives in ``framework.resilience.cli``.
+``leveret breakers`` lives in ``framework.resilience.cli``;
+``leveret sagas list|show|graph|resume|abort`` lives in ``framework.saga.cli``.
 
 Exit codes of ``leveret run``: 0 drained cleanly after SIGTERM/SIGINT; 1 a worker had to be
 killed or failed while draining; 2 a usage or configuration error (bad MODULE:APP, a memory://
@@ -25,6 +26,7 @@ import structlog
 from framework.errors import ConfigurationError
 from framework.logging import LEVELS, LOG_FORMAT_ENV, LOG_LEVEL_ENV, configure_logging
 from framework.resilience import cli as breakers_cli
+from framework.saga import cli as saga_cli
 from framework.schema import cli as schema_cli
 from framework.supervisor import Supervisor, SupervisorConfig
 from framework.transport.memory import MemoryTransport
@@ -101,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(command=_run)
     schema_cli.register(commands)  # contracts export|check, asyncapi
     breakers_cli.register(commands)  # breakers
+    saga_cli.register(commands)  # sagas list|show|graph|resume|abort
     return parser
 
 

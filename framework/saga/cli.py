@@ -1,0 +1,471 @@
+"""``leveret sagas``: see and operate an app's sagas from the command line.
+
+    leveret sagas list MODULE:APP [--db-url URL] [--state S] [--saga NAME] [--limit N]
+                                  [--format table|json]
+    leveret sagas show MODULE:APP ID [--db-url URL] [--format table|json]
+    leveret sagas graph MODULE:APP NAME
+    leveret sagas resume MODULE:APP ID [--db-url URL] [--amqp-url URL] [--connect-timeout S]
+    leveret sagas abort MODULE:APP ID [--reason R] [--db-url URL] [--amqp-url URL]
+                                      [--connect-timeout S]
+
+The store is the app's own (``App(db_url=...)``) unless ``--db-url`` names another. ``resume`` and
+``abort`` go through the app's ``SagaRunner``: state, history and outbox change in one
+transaction, then the outbox is published on the app's broker (connected without consuming). An
+app on the in-process broker (``memory://``) has no broker another process could reach: there the
+messages stay in the outbox, and the app publishes them when it next runs.
+
+Exit codes: ``EXIT_OK`` 0; ``EXIT_REFUSED`` 1 (no saga with that id, or the action does not apply
+to it as it is); ``EXIT_USAGE`` 2 (MODULE:APP does not load, runs no sagas, an unknown saga name or
+state, an unusable URL); ``EXIT_UNREACHABLE`` 3 (the broker or the database did not answer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import Any
+
+import msgspec
+
+from framework.app import App
+from framework.errors import BrokerUnreachable, ConfigurationError
+from framework.logging import configure_logging
+from framework.saga.definition import START, Saga
+from framework.saga.diagram import mermaid
+from framework.saga.runner import SagaActionRefused
+from framework.store.base import (
+    HistoryRow,
+    SagaRecord,
+    SagaStatus,
+    Store,
+    StoreUnreachable,
+    store_from_url,
+)
+from framework.transport.memory import MemoryTransport
+from framework.urls import redact
+from framework.worker import configure_transport, load_app
+
+__all__ = ["EXIT_OK", "EXIT_REFUSED", "EXIT_UNREACHABLE", "EXIT_USAGE", "register"]
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+_REASON_WIDTH = 60
+_encode_json = msgspec.json.Encoder().encode
+
+
+class _Exit(Exception):
+    """Ends a command with ``code`` after printing ``message`` to stderr."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``sagas list|show|graph|resume|abort`` to the ``leveret`` command line."""
+    sagas = commands.add_parser(
+        "sagas",
+        help="list, show, draw, resume and abort saga instances",
+        description="See and operate the sagas of MODULE:APP. Exit codes: 0 done; 1 no saga "
+        "with that id, or the action does not apply to it; 2 usage or configuration error; "
+        "3 the broker or the database cannot be reached.",
+    )
+    actions = sagas.add_subparsers(title="actions", metavar="ACTION", required=True)
+
+    listing = actions.add_parser("list", help="saga instances, newest first")
+    _app_and_store(listing)
+    listing.add_argument(
+        "--state",
+        metavar="S",
+        help="only sagas with this status (running, compensating, completed, compensated, "
+        "compensation_failed, failed, aborted) or in this state (e.g. charge:compensating)",
+    )
+    listing.add_argument("--saga", metavar="NAME", help="only instances of this saga definition")
+    listing.add_argument(
+        "--limit", type=_positive_int, default=50, metavar="N", help="at most N (default 50)"
+    )
+    _format(listing)
+    listing.set_defaults(command=_command(_list))
+
+    show = actions.add_parser("show", help="one saga: its state, data and timeline")
+    _app_and_store(show)
+    show.add_argument("id", metavar="ID", help="the saga id, e.g. order-1234")
+    _format(show)
+    show.set_defaults(command=_command(_show))
+
+    graph = actions.add_parser("graph", help="a Mermaid state diagram of a saga definition")
+    graph.add_argument("app", metavar="MODULE:APP", help="the App, e.g. handlers.app:app")
+    graph.add_argument("name", metavar="NAME", help="the saga definition's name, e.g. order")
+    graph.set_defaults(command=_command(_graph))
+
+    for name, help_text in (
+        ("resume", "resend where a stuck or failed saga stopped"),
+        ("abort", "end a saga as aborted, sending nothing"),
+    ):
+        action = actions.add_parser(name, help=help_text)
+        _app_and_store(action)
+        action.add_argument("id", metavar="ID", help="the saga id, e.g. order-1234")
+        if name == "abort":
+            action.add_argument(
+                "--reason", default="aborted by an operator", help="recorded as the saga's reason"
+            )
+        action.add_argument(
+            "--amqp-url",
+            metavar="URL",
+            help="RabbitMQ URL instead of the app's own, e.g. amqp://user:password@host:5672/vhost",
+        )
+        action.add_argument(
+            "--connect-timeout",
+            type=_positive_float,
+            metavar="SECONDS",
+            help="how long to wait for the broker before exiting 3",
+        )
+        action.set_defaults(command=_command(_resume if name == "resume" else _abort))
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+async def _list(args: argparse.Namespace) -> int:
+    app = _load(args.app)
+    definitions = _definitions(app)
+    if args.saga is not None and args.saga not in definitions:
+        raise _Exit(EXIT_USAGE, f"{args.app} has no saga {args.saga!r}; {_known(definitions)}")
+    status, state = _state_filter(args.state, definitions, args.saga)
+    store = _store(app, args)
+    async with _opened(store):
+        if state is None:
+            records = await store.list_sagas(status=status, saga=args.saga, limit=args.limit)
+        else:  # a state name: the port filters by status only, so filter here
+            found = await store.list_sagas(saga=args.saga, limit=sys.maxsize >> 1)
+            records = [r for r in found if r.state == state][: args.limit]
+    if args.format == "json":
+        print(_encode_json([_summary(r) for r in records]).decode())
+    else:
+        print(_table(records))
+    return EXIT_OK
+
+
+async def _show(args: argparse.Namespace) -> int:
+    app = _load(args.app)
+    store = _store(app, args)
+    async with _opened(store):
+        record = await store.get_saga(args.id)
+        if record is None:
+            raise _Exit(EXIT_REFUSED, f"no saga {args.id!r} in the store at {redact(store.url)}")
+        history = await store.history(args.id)
+    if args.format == "json":
+        detail = {**_summary(record), **_persisted(record), "history": history}
+        print(_encode_json(detail).decode())
+    else:
+        print(_timeline(record, history))
+    return EXIT_OK
+
+
+async def _graph(args: argparse.Namespace) -> int:
+    definitions = _definitions(_load(args.app))
+    saga = definitions.get(args.name)
+    if saga is None:
+        raise _Exit(EXIT_USAGE, f"{args.app} has no saga {args.name!r}; {_known(definitions)}")
+    sys.stdout.write(mermaid(saga))
+    return EXIT_OK
+
+
+async def _resume(args: argparse.Namespace) -> int:
+    async def resume(app: App, record: SagaRecord) -> SagaRecord:
+        return await app.sagas[record.saga].resume(record.saga_id)
+
+    return await _operate(args, "resumed", resume)
+
+
+async def _abort(args: argparse.Namespace) -> int:
+    async def abort(app: App, record: SagaRecord) -> SagaRecord:
+        return await app.sagas[record.saga].abort(record.saga_id, args.reason)
+
+    return await _operate(args, "aborted", abort)
+
+
+async def _operate(
+    args: argparse.Namespace,
+    done: str,
+    action: Callable[[App, SagaRecord], Awaitable[SagaRecord]],
+) -> int:
+    """Run an operator action through the app's runner, with the app's broker connected."""
+    app = _load(args.app)
+    store = _store(app, args)
+    if args.amqp_url is not None and args.amqp_url.split("://", 1)[0].lower() not in (
+        "amqp",
+        "amqps",
+    ):
+        raise _Exit(EXIT_USAGE, "--amqp-url must start with amqp:// or amqps://")
+    try:
+        configure_transport(app, url=args.amqp_url, connect_timeout=args.connect_timeout)
+    except ConfigurationError as exc:
+        raise _Exit(EXIT_USAGE, str(exc)) from None
+    # The in-process broker would take the messages and lose them with this process: leave
+    # them in the outbox for the app's own sweeper instead.
+    live = not isinstance(app.transport, MemoryTransport)
+    try:
+        if live:
+            await app.start(consume=False)
+        else:
+            await store.setup()
+        record = await store.get_saga(args.id)
+        if record is None:
+            raise _Exit(EXIT_REFUSED, f"no saga {args.id!r} in the store at {redact(store.url)}")
+        if record.saga not in app.sagas:
+            raise _Exit(
+                EXIT_USAGE,
+                f"{args.id!r} is a {record.saga!r} saga, which {args.app} does not run; "
+                f"{_known(_definitions(app))}",
+            )
+        try:
+            new = await action(app, record)
+        except SagaActionRefused as exc:
+            raise _Exit(EXIT_REFUSED, str(exc)) from None
+        except LookupError as exc:
+            raise _Exit(EXIT_REFUSED, str(exc)) from None
+        history = await store.history(args.id)
+        emitted = history[-1].emitted if history else []
+        pending = {r.message_id for r in await store.pending_outbox(limit=100_000)}
+    finally:
+        with contextlib.suppress(Exception):
+            await app.stop(grace=0)
+        with contextlib.suppress(Exception):
+            await app.transport.close()
+        await store.close()
+    print(f"{done} {new.saga_id}: {new.status} in state {new.state!r} (version {new.version})")
+    sent = [m for m in emitted if m not in pending]
+    held = [m for m in emitted if m in pending]
+    if sent:
+        print(f"sent: {', '.join(sent)}")
+    if held:
+        where = "the app publishes them when it runs" + (
+            "" if live else " (pass --amqp-url to publish them now)"
+        )
+        print(f"in the outbox: {', '.join(held)}; {where}")
+    return EXIT_OK
+
+
+# -- plumbing ----------------------------------------------------------------------------------
+
+
+def _command(
+    run: Callable[[argparse.Namespace], Coroutine[Any, Any, int]],
+) -> Callable[[argparse.Namespace], int]:
+    """A synchronous entry point for ``leveret``'s dispatcher, mapping failures to exit codes."""
+
+    def command(args: argparse.Namespace) -> int:
+        try:
+            configure_logging(level="error")
+            return asyncio.run(run(args))
+        except _Exit as exc:
+            message, code = str(exc), exc.code
+        except ConfigurationError as exc:
+            message, code = str(exc), EXIT_USAGE
+        except BrokerUnreachable as exc:
+            message, code = f"cannot reach the broker at {exc.url}: {exc.reason}", EXIT_UNREACHABLE
+        except StoreUnreachable as exc:
+            message, code = str(exc), EXIT_UNREACHABLE
+        print(f"leveret: {message}", file=sys.stderr)
+        return code
+
+    return command
+
+
+def _load(spec: str) -> App:
+    app = load_app(spec)  # AppLoadError is a ConfigurationError: exit 2
+    if not app.sagas:
+        raise _Exit(EXIT_USAGE, f"{spec} runs no sagas: there is nothing to see or operate")
+    return app
+
+
+def _store(app: App, args: argparse.Namespace) -> Store:
+    """The app's store, or the one ``--db-url`` names (then the app uses it too)."""
+    if args.db_url is not None:
+        app.use_store(store_from_url(args.db_url))
+    assert app.store is not None  # an app with sagas has one
+    return app.store
+
+
+@contextlib.asynccontextmanager
+async def _opened(store: Store) -> AsyncIterator[Store]:
+    """The store with leveret's tables present (created if missing), closed afterwards."""
+    try:
+        await store.setup()
+        yield store
+    finally:
+        await store.close()
+
+
+def _definitions(app: App) -> dict[str, Saga[Any]]:
+    return {name: runner.saga for name, runner in app.sagas.items()}
+
+
+def _known(definitions: dict[str, Saga[Any]]) -> str:
+    return f"its sagas are: {', '.join(sorted(definitions))}"
+
+
+def _state_filter(
+    text: str | None, definitions: dict[str, Saga[Any]], only: str | None
+) -> tuple[SagaStatus | None, str | None]:
+    """``--state``: a status, or the name of a state of the (selected) definitions."""
+    if text is None:
+        return None, None
+    if text in {str(s) for s in SagaStatus}:
+        return SagaStatus(text), None
+    names = {
+        state
+        for name, saga in definitions.items()
+        if only is None or name == only
+        for rule in saga.rules
+        for state in (*rule.in_states, *rule.to)
+        if state != START
+    }
+    if text not in names:
+        whose = f"saga {only!r}" if only else "the app's sagas"
+        raise _Exit(
+            EXIT_USAGE,
+            f"--state {text!r} is neither a status ({', '.join(str(s) for s in SagaStatus)}) "
+            f"nor a state of {whose} ({', '.join(sorted(names))})",
+        )
+    return None, text
+
+
+def _summary(record: SagaRecord) -> dict[str, Any]:
+    return {
+        "saga_id": record.saga_id,
+        "saga": record.saga,
+        "status": str(record.status),
+        "state": record.state,
+        "version": record.version,
+        "reason": record.reason,
+        "correlation_id": record.correlation_id,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "deadline_at": record.deadline_at,
+    }
+
+
+def _persisted(record: SagaRecord) -> dict[str, Any]:
+    """The saga's data and step bookkeeping, as the runner saved them."""
+    try:
+        saved = msgspec.json.decode(record.data)
+    except msgspec.DecodeError:
+        return {"data": None, "completed": [], "attempt": 0}
+    if not isinstance(saved, dict):
+        return {"data": saved, "completed": [], "attempt": 0}
+    return {
+        "data": saved.get("data"),
+        "completed": saved.get("completed", []),
+        "attempt": saved.get("attempt", 0),
+    }
+
+
+def _when(at: float | None) -> str:
+    if at is None:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(at, datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _table(records: Sequence[SagaRecord]) -> str:
+    header = ("SAGA ID", "SAGA", "STATUS", "STATE", "VERSION", "UPDATED", "REASON")
+    rows = [
+        (
+            r.saga_id,
+            r.saga,
+            str(r.status),
+            r.state,
+            str(r.version),
+            _when(r.updated_at),
+            _clip(r.reason or ""),
+        )
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    ]
+    if not rows:
+        lines.append("(no sagas)")
+    return "\n".join(lines)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _REASON_WIDTH else text[: _REASON_WIDTH - 1] + "…"
+
+
+def _timeline(record: SagaRecord, history: Sequence[HistoryRow]) -> str:
+    saved = _persisted(record)
+    lines = [
+        f"saga         {record.saga_id} ({record.saga})",
+        f"status       {record.status}",
+        f"state        {record.state}",
+        f"reason       {record.reason or '-'}",
+        f"version      {record.version}",
+        f"correlation  {record.correlation_id}",
+        f"created      {_when(record.created_at)}",
+        f"updated      {_when(record.updated_at)}",
+        f"deadline     {_when(record.deadline_at)}",
+        f"completed    {', '.join(saved['completed']) or '-'} (attempt {saved['attempt']})",
+        f"data         {_encode_json(saved['data']).decode()}",
+        "",
+        f"timeline ({len(history)} entries)",
+    ]
+    for row in history:
+        offset = row.at - record.created_at
+        lines.append(
+            f"  {_when(row.at)}  +{offset:.3f}s  v{row.version}  in {row.message_type} "
+            f"[{row.message_id}]"
+        )
+        if row.note:
+            lines.append(f"      {row.from_state} (unchanged)  [{row.status}]  note: {row.note}")
+        else:
+            lines.append(f"      {row.from_state} -> {row.to_state}  [{row.status}]")
+        if row.emitted:
+            lines.append(f"      out {', '.join(row.emitted)}")
+    return "\n".join(lines)
+
+
+def _app_and_store(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("app", metavar="MODULE:APP", help="the App, e.g. handlers.app:app")
+    parser.add_argument(
+        "--db-url",
+        metavar="URL",
+        help="the saga store instead of the app's own: sqlite:///file.db or postgresql://...",
+    )
+
+
+def _format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format", choices=("table", "json"), default="table", help="output (default table)"
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
