@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -24,8 +25,9 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
-from contracts.orders import LineItem, PlaceOrder
+from contracts.orders import GetOrder, LineItem, PlaceOrder
 from framework import App, AppConfig
+from framework.errors import QueryFailed
 from framework.store import SagaRecord, SagaStatus, Store, store_from_url
 from framework.urls import redact
 from handlers.app import build_app
@@ -272,10 +274,11 @@ async def wait_ready(store: Store, client: App, deadline: float) -> None:
             await store.setup()
             async with store.transaction() as tx:
                 await tx.fetchone("SELECT 1 FROM orders_view")
-            # Raises until the workers have declared the orders saga's queue.
-            await client.transport.queue_depth(
-                client.naming.handler_queue("orders", PlaceOrder.__wire_name__)
-            )
+            # A worker answers only once it has declared the whole topology (queues, then their
+            # bindings) and consumes; a queue that exists may not be bound yet. Until then this
+            # raises Unroutable or QueryTimeout; an answer, even "no such order", means ready.
+            with contextlib.suppress(QueryFailed):
+                await client.request(GetOrder(order_id="readiness-probe"), timeout=2.0)
             return
         except Exception:  # not ready yet: no tables, no queue (each driver has its own errors)
             if time.monotonic() - started > deadline:
