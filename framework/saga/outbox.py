@@ -197,8 +197,6 @@ class OutboxRelay:
 
     async def _publish_one(self, row: OutboxRow) -> bool:
         props = _decode_props(row.properties)
-        if props.expiration_ms is not None:
-            await self._ensure_delay(props.expiration_ms)
         message = OutgoingMessage(
             body=row.body,
             message_id=row.message_id,
@@ -211,6 +209,8 @@ class OutboxRelay:
             timestamp=props.timestamp,
         )
         try:
+            if props.expiration_ms is not None:
+                await self._ensure_delay(props.expiration_ms)
             if self._breakers is None:
                 await self._transport.publish(
                     message,
