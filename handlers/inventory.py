@@ -2,7 +2,9 @@
 
 Every change and the event announcing it commit in one transaction with the inbox row, so a
 redelivered command changes nothing twice. ``inventory_movements`` is the ledger the shop's
-invariants are checked against.
+invariants are checked against. A release can overtake its reservation (the saga releases a
+reservation whose reply is late): it then records a release of 0 (sku ``''``), and the late
+reservation is rejected instead of holding the stock.
 """
 
 from __future__ import annotations
@@ -61,6 +63,15 @@ def build_inventory(stock: Mapping[str, int], *, max_length: int | None = None) 
             cmd.order_id,
         )
         if held is None:
+            cancelled = await tx.fetchone(
+                "SELECT 1 FROM inventory_movements WHERE order_id = ? AND kind = 'release'",
+                cmd.order_id,
+            )
+            if cancelled is not None:  # released before it arrived: the saga gave up on it
+                await ctx.publish(
+                    InventoryRejected(order_id=cmd.order_id, reason="cancelled: released already")
+                )
+                return
             wanted: dict[str, int] = {}
             for item in cmd.items:
                 wanted[item.sku] = wanted.get(item.sku, 0) + item.qty
@@ -97,10 +108,13 @@ def build_inventory(stock: Mapping[str, int], *, max_length: int | None = None) 
             cmd.order_id,
         )
         if released is None:
-            for sku, qty in await tx.fetchall(
+            reserved = await tx.fetchall(
                 "SELECT sku, qty FROM inventory_movements WHERE order_id = ? AND kind = 'reserve'",
                 cmd.order_id,
-            ):
+            )
+            if not reserved:  # nothing held yet: a mark of 0 so that a late reserve is refused
+                reserved = [("", 0)]
+            for sku, qty in reserved:
                 await tx.execute(
                     "UPDATE inventory_stock SET on_hand = on_hand + ? WHERE sku = ?", qty, sku
                 )

@@ -1,4 +1,8 @@
-"""Payment: charges cards (declined above the card limit) and refunds them."""
+"""Payment: charges cards (declined above the card limit) and refunds them.
+
+A refund can overtake its charge (the saga refunds a charge whose reply is late): it then records
+a refund of 0, and the late charge is declined instead of taking the money.
+"""
 
 from __future__ import annotations
 
@@ -39,6 +43,14 @@ def build_payment(*, card_limit_cents: int = 100_000) -> Service:
             "SELECT amount_cents, payment_id FROM payment_charges WHERE order_id = ?", cmd.order_id
         )
         if row is None:
+            cancelled = await ctx.tx.fetchone(
+                "SELECT 1 FROM payment_refunds WHERE order_id = ?", cmd.order_id
+            )
+            if cancelled is not None:  # refunded before it arrived: the saga gave up on it
+                await ctx.publish(
+                    PaymentDeclined(order_id=cmd.order_id, reason="cancelled: refunded already")
+                )
+                return
             if cmd.amount_cents > card_limit_cents:
                 await ctx.publish(
                     PaymentDeclined(order_id=cmd.order_id, reason="card declined: over limit")
@@ -66,8 +78,9 @@ def build_payment(*, card_limit_cents: int = 100_000) -> Service:
             "SELECT 1 FROM payment_refunds WHERE order_id = ?", cmd.order_id
         )
         amount = 0
-        if charged is not None and refunded is None:
-            amount = charged[0]
+        if refunded is None:
+            # Nothing charged yet still leaves a (zero) refund: a late charge then declines.
+            amount = charged[0] if charged is not None else 0
             await ctx.tx.execute(
                 "INSERT INTO payment_refunds (order_id, amount_cents) VALUES (?, ?)",
                 cmd.order_id,

@@ -270,7 +270,12 @@ class Saga(Generic[S]):
             compensated: reply event(s) confirming the compensation; without one the
                 compensation is sent once and trusted to its handler's retries.
             kind: compensatable, pivot or retriable.
-            timeout: seconds to wait for a reply; past it the step counts as failed.
+            timeout: seconds to wait for a reply; past it the step counts as failed and, since
+                its command may still be on its way rather than lost, is compensated too (with
+                the earlier steps). So a compensation must confirm when there is nothing to undo,
+                and must leave a mark that turns the late command into a failure reply. A step
+                without a compensation (a pivot) is not undone: give it a deadline only where
+                its late arrival cannot happen, or is handled downstream.
             on_success: folds the success reply into the state.
             retry: resend policy of a retriable step.
         """
@@ -545,7 +550,7 @@ class _StepCompiler(Generic[S]):
                     _Rule(
                         saga.timeout_type,
                         frozenset({waiting}),
-                        failing,
+                        self._timeout_targets(i),
                         self._timed_out(i),
                         f"{step.name}.timeout",
                     )
@@ -589,6 +594,13 @@ class _StepCompiler(Generic[S]):
         if step.kind is StepKind.RETRIABLE:
             return frozenset({_resending(step)})
         return self._compensation_targets(i)
+
+    def _timeout_targets(self, i: int) -> frozenset[str]:
+        """A step past its deadline may still take effect: its own compensation comes first."""
+        step = self.steps[i]
+        if step.kind is StepKind.RETRIABLE:
+            return frozenset({_resending(step)})
+        return self._compensation_targets(i + 1 if step.compensate is not None else i)
 
     def _compensation_targets(self, i: int) -> frozenset[str]:
         """Where compensation goes next when the steps before ``i`` must be undone.
@@ -664,7 +676,11 @@ class _StepCompiler(Generic[S]):
             reason = f"{step.name} timed out after {step.timeout}s"
             if step.kind is StepKind.RETRIABLE:
                 return self._retry_or_fail(inst, step, reason)
-            return self._start_compensation(inst, reason)
+            # No reply is not "did not happen": the command may be late, not lost. Undo this
+            # step too; its compensation must be safe when there is nothing to undo, and must
+            # make the late command a no-op (see ``Saga.step``).
+            undo = [*inst.completed, step.name] if step.compensate is not None else inst.completed
+            return self._compensate_from(inst, list(undo), reason, emitted=())
 
         return timed_out
 

@@ -124,8 +124,8 @@ def test_shipping_failure_compensates_in_reverse() -> None:
     assert steps[-1].reason == "ship failed: no delivery to Atlantis"
 
 
-def test_step_timeout_compensates() -> None:
-    """A step whose reply does not come before its deadline counts as failed."""
+def test_step_timeout_compensates_the_step_itself_first() -> None:
+    """A step past its deadline fails, and is undone too: its command may only be late."""
     saga = order_saga(step_timeout=5.0)
     steps = run(saga, InventoryReserved(order_id="o-1"))
     late = saga.apply(
@@ -133,8 +133,34 @@ def test_step_timeout_compensates() -> None:
         timeout(saga, steps[-1], 2),
     )
     assert late is not None
-    assert late.state == "reserve:compensating"
+    assert late.state == "charge:compensating"
+    assert types(late) == [RefundPayment]
+    assert late.completed == ("reserve",)
     assert late.reason == "charge timed out after 5.0s"
+    refunded = saga.apply(
+        Instance("order-o-1", late.state, late.data, late.completed, 1, late.reason),
+        PaymentRefunded(order_id="o-1", amount_cents=0),
+    )
+    assert refunded is not None
+    assert refunded.state == "reserve:compensating"
+    assert types(refunded) == [ReleaseInventory]
+
+
+def test_pivot_timeout_compensates_the_steps_before_it() -> None:
+    """The pivot has no compensation: past its deadline only the earlier steps are undone."""
+    saga = order_saga(step_timeout=5.0)
+    steps = run(
+        saga,
+        InventoryReserved(order_id="o-1"),
+        PaymentCharged(order_id="o-1", amount_cents=500, payment_id="pay-1"),
+    )
+    late = saga.apply(
+        Instance("order-o-1", steps[-1].state, steps[-1].data, steps[-1].completed, 1),
+        timeout(saga, steps[-1], 3),
+    )
+    assert late is not None
+    assert late.state == "charge:compensating"
+    assert late.reason == "ship timed out after 5.0s"
 
 
 def test_compensation_that_keeps_failing_ends_in_compensation_failed() -> None:

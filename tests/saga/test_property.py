@@ -13,6 +13,7 @@ only for shipped orders, exactly one final notification, a read model that agree
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections import Counter
 from typing import Any
@@ -24,7 +25,7 @@ from hypothesis import strategies as st
 import contracts
 from contracts.orders import LineItem, PlaceOrder
 from examples.shop import check_invariants, wait_for_sagas
-from framework import App, AppConfig
+from framework import App, AppConfig, Service
 from framework.middleware import Incoming, Next
 from framework.retry import RetryPolicy
 from framework.store import SagaStatus, store_from_url
@@ -33,7 +34,7 @@ from framework.transport.memory import MemoryTransport
 from handlers.app import DEFAULT_STOCK
 from handlers.inventory import build_inventory
 from handlers.notifications import build_notifications
-from handlers.orders import build_orders, build_read_side
+from handlers.orders import build_orders, build_read_side, order_saga
 from handlers.payment import build_payment
 from handlers.shipping import build_shipping
 
@@ -125,12 +126,28 @@ def orders_of(kinds: list[str]) -> list[PlaceOrder]:
     return made
 
 
-async def run_shop(orders: list[PlaceOrder], chaos: Chaos) -> list[str]:
+def orders_with_deadlines(seconds: float) -> Service:
+    """The orders service with a deadline of ``seconds`` on reserve and charge, none on ship.
+
+    A step past its deadline is compensated, itself included; the pivot (ship) has no
+    compensation, so a late shipment after its deadline would ship a cancelled order (see
+    ``Saga.step``): it gets no deadline here.
+    """
+    saga = order_saga(step_timeout=seconds)
+    saga.steps[-1] = dataclasses.replace(saga.steps[-1], timeout=None)
+    orders = Service("orders")
+    orders.saga(saga)
+    return orders
+
+
+async def run_shop(
+    orders: list[PlaceOrder], chaos: Chaos, *, service: Service | None = None
+) -> list[str]:
     """Place ``orders`` on a fresh in-process shop under ``chaos``; the invariants it breaks."""
     store = store_from_url("sqlite://:memory:")
     app = App(
         [
-            build_orders(),
+            service or build_orders(),
             build_read_side(store),
             build_inventory(DEFAULT_STOCK),
             build_payment(),
@@ -170,4 +187,26 @@ def test_invariants_hold_under_duplicates_reordering_delays_and_crashes(
     """Duplicated, deferred, delayed and failed deliveries never break the shop's invariants."""
     chaos = Chaos(seed, rate=rate)
     problems = asyncio.run(run_shop(orders_of(kinds), chaos))
+    assert problems == [], (problems, dict(chaos.actions))
+
+
+@pytest.mark.timeout(180)
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+@given(
+    kinds=st.lists(st.sampled_from(KINDS), min_size=1, max_size=6),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+    rate=st.floats(min_value=0.2, max_value=0.6),
+)
+def test_invariants_hold_when_step_deadlines_pass_before_late_replies(
+    kinds: list[str], seed: int, rate: float
+) -> None:
+    """Deadlines shorter than the deferrals: late commands are undone or refused, never kept."""
+    chaos = Chaos(seed, rate=rate)
+    orders = orders_of(kinds)
+    problems = asyncio.run(run_shop(orders, chaos, service=orders_with_deadlines(0.03)))
     assert problems == [], (problems, dict(chaos.actions))
