@@ -8,6 +8,7 @@ from framework.bus import Answer, Outbound, PublishMiddleware
 from framework.consumer import RejectMessage
 from framework.context import Context, MessageContext, QueryContext
 from framework.errors import (
+    AccessRefused,
     BreakerOpen,
     BrokerUnreachable,
     ConfigurationError,
@@ -31,6 +32,7 @@ from framework.retry import RetryPolicy
 from framework.upcasting import Upcaster, upcaster
 
 __all__ = [
+    "AccessRefused",
     "Answer",
     "App",
     "AppConfig",

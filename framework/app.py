@@ -114,6 +114,10 @@ class App:
         breakers: circuit breakers gating sends, publishes and queries to downstreams
             (``framework.resilience``); they run innermost among the publish middleware and
             outermost among the consume middleware.
+        query_url: optional separate credentials for the query side, e.g.
+            ``amqp://reader:password@host/vhost``: query consumers, their replies and
+            ``request`` use this connection; commands, events and topology use ``url``.
+        query_transport: a ready transport instead of ``query_url``.
 
     Raises:
         RegistrationError: a command or query has two handlers, or a handler is malformed.
@@ -134,6 +138,8 @@ class App:
         db_url: str | None = None,
         store: Store | None = None,
         breakers: Breakers | None = None,
+        query_url: str | None = None,
+        query_transport: Transport | None = None,
     ) -> None:
         self.config = config or AppConfig()
         self.services = tuple(services)
@@ -154,12 +160,16 @@ class App:
             max_body_size=self.config.max_body_size,
         )
         self.transport = transport if transport is not None else transport_from_url(url)
+        if query_transport is None and query_url is not None:
+            query_transport = transport_from_url(query_url)
+        self.query_transport = query_transport
         self.bus = Bus(
             self.transport,
             self.codec,
             self.naming,
             middleware=publish_middleware,
             query_timeout=self.config.query_timeout,
+            query_transport=query_transport,
         )
         by_service = {s.name: s for s in self.services}
         self.store: Store | None = None
@@ -304,11 +314,16 @@ class App:
         await self.transport.declare(self.topology)
         if self.breakers is not None:
             await self.breakers.start(self)
+        if self.query_transport is not None:
+            await self.query_transport.connect()
         if self.relay is not None:
             self._sweeper = asyncio.create_task(self.relay.run(), name="leveret-outbox-sweeper")
         if consume:
             for pipeline in self.pipelines:
-                consumer = await self.transport.consume(
+                side = self.transport
+                if self.query_transport is not None and pipeline.spec.kind is MessageKind.QUERY:
+                    side = self.query_transport
+                consumer = await side.consume(
                     pipeline.queue, pipeline, prefetch=self._prefetch[pipeline.queue]
                 )
                 self._consumers.append(consumer)
@@ -354,6 +369,8 @@ class App:
         if self.breakers is not None:
             await self.breakers.stop()
         await self.transport.close()
+        if self.query_transport is not None:
+            await self.query_transport.close()
         if self.store is not None:
             await self.store.close()
         _log.info("app_stopped")
@@ -379,9 +396,10 @@ class App:
         Returns the transport's failure, so a worker can tell it from a failed start.
         """
         waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
-        wait_failed = getattr(self.transport, "wait_failed", None)
-        if wait_failed is not None:
-            waits.append(asyncio.ensure_future(wait_failed()))
+        for transport in (self.transport, self.query_transport):
+            wait_failed = getattr(transport, "wait_failed", None)
+            if wait_failed is not None:
+                waits.append(asyncio.ensure_future(wait_failed()))
         try:
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -81,6 +81,8 @@ class Bus:
         naming: exchange names.
         middleware: publish middleware, outermost first.
         query_timeout: default seconds to wait for a reply.
+        query_transport: where queries and their replies go when the query side connects with
+            its own credentials; None means ``transport``.
     """
 
     def __init__(
@@ -91,8 +93,10 @@ class Bus:
         *,
         middleware: Sequence[PublishMiddleware] = (),
         query_timeout: float = 5.0,
+        query_transport: Transport | None = None,
     ) -> None:
         self.transport = transport
+        self.query_transport = query_transport
         self._codec = codec
         self._naming = naming
         self._query_timeout = query_timeout
@@ -107,7 +111,7 @@ class Bus:
 
     async def _publish_raw(self, out: Outbound) -> Delivery | None:
         if out.timeout is not None:
-            return await self.transport.request(
+            return await (self.query_transport or self.transport).request(
                 out.wire, exchange=out.exchange, routing_key=out.routing_key, timeout=out.timeout
             )
         await self.transport.publish(
@@ -229,7 +233,9 @@ class Bus:
         """Publish a query's reply to the caller's reply address."""
         wire = envelope.build(reply, self._codec.encode(reply), correlation_id=correlation_id)
         wire.persistent = False
-        await self.transport.publish(wire, exchange="", routing_key=to, mandatory=False)
+        await (self.query_transport or self.transport).publish(
+            wire, exchange="", routing_key=to, mandatory=False
+        )
 
     async def reply_error(self, to: str, correlation_id: str | None, exc: BaseException) -> None:
         """Tell the caller its query failed, so it fails at once instead of timing out."""
@@ -240,7 +246,9 @@ class Bus:
             headers={envelope.ERROR: str(exc)[:1000], envelope.ERROR_TYPE: type(exc).__name__},
             persistent=False,
         )
-        await self.transport.publish(wire, exchange="", routing_key=to, mandatory=False)
+        await (self.query_transport or self.transport).publish(
+            wire, exchange="", routing_key=to, mandatory=False
+        )
 
 
 def _wrap(mw: PublishMiddleware, call_next: PublishNext) -> PublishNext:

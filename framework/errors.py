@@ -7,6 +7,7 @@ without parsing text.
 from __future__ import annotations
 
 __all__ = [
+    "AccessRefused",
     "BreakerOpen",
     "BrokerUnreachable",
     "ConfigurationError",
@@ -71,6 +72,21 @@ class PublishFailed(LeveretError):
         super().__init__(message)
         self.exchange = exchange
         self.routing_key = routing_key
+
+
+class AccessRefused(PublishFailed, ConfigurationError):
+    """The broker refused a publish: the connection's user may not write to that exchange.
+
+    RabbitMQ answers ``403 ACCESS_REFUSED`` and closes the channel; retrying cannot help until
+    the user's permissions or the app's credentials change, so it is a configuration error.
+
+    Args:
+        user: the RabbitMQ user the transport connected as.
+    """
+
+    def __init__(self, message: str, *, exchange: str, routing_key: str, user: str) -> None:
+        super().__init__(message, exchange=exchange, routing_key=routing_key)
+        self.user = user
 
 
 class Unroutable(PublishFailed):

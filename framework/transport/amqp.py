@@ -33,6 +33,7 @@ from aio_pika.abc import AbstractConnection, AbstractRobustChannel, AbstractRobu
 from aio_pika.connection import make_url
 from aiormq.exceptions import (
     AMQPError,
+    ChannelAccessRefused,
     ChannelClosed,
     ChannelInvalidStateError,
     ChannelNotFoundEntity,
@@ -42,6 +43,7 @@ from aiormq.exceptions import (
 from pamqp.commands import Basic, Queue
 
 from framework.errors import (
+    AccessRefused,
     BrokerUnreachable,
     ConfigurationError,
     LeveretError,
@@ -722,6 +724,8 @@ class AmqpTransport(Transport):
 
     def _publish_error(self, exc: BaseException, exchange: str, routing_key: str) -> LeveretError:
         where = {"exchange": exchange, "routing_key": routing_key}
+        if isinstance(exc, ChannelAccessRefused):
+            return self._access_refused(exc, exchange, routing_key)
         if isinstance(exc, PublishError):
             return Unroutable(f"no queue is bound to {exchange!r} for {routing_key!r}", **where)
         if isinstance(exc, DeliveryError):
@@ -734,6 +738,19 @@ class AmqpTransport(Transport):
         if self._connection is None:
             return TransportClosed("the transport is not connected (or already closed)")
         return PublishTimeout(f"connection lost before the confirm: {exc!r}", **where)
+
+    def _access_refused(self, exc: BaseException, exchange: str, routing_key: str) -> AccessRefused:
+        # Not retried: the channel is gone and the same publish would be refused again.
+        user = urlsplit(self._url).username or "guest"
+        log.error("publish_access_refused", exchange=exchange, routing_key=routing_key, user=user)
+        return AccessRefused(
+            f"RabbitMQ user {user!r} may not publish to exchange {exchange!r} "
+            f"({_broker_text(exc)}): grant it write permission on that exchange "
+            "(rabbitmqctl set_permissions) or publish with the credentials meant for it",
+            exchange=exchange,
+            routing_key=routing_key,
+            user=user,
+        )
 
     async def _check_exchange(self, exchange: str, routing_key: str) -> None:
         try:
