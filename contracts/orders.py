@@ -12,9 +12,11 @@ __all__ = [
     "CancelOrder",
     "GetOrder",
     "LineItem",
+    "ListOrders",
     "OrderCancelled",
     "OrderCompleted",
     "OrderFailed",
+    "OrderList",
     "OrderPlaced",
     "OrderStatus",
     "OrderView",
@@ -92,3 +94,19 @@ class GetOrder(Query[OrderView]):
     __wire_name__ = "orders.get_order"
 
     order_id: str
+
+
+class OrderList(Reply):
+    __wire_name__ = "orders.order_list"
+
+    orders: list[OrderView]
+
+
+class ListOrders(Query[OrderList]):
+    """Orders of the read model, by customer, by status or both, ordered by order id."""
+
+    __wire_name__ = "orders.list_orders"
+
+    customer_id: str | None = None
+    status: OrderStatus | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100

@@ -1,5 +1,7 @@
 """The ``leveret`` command line.
 
+``leveret projections rebuild MODULE:APP NAME`` rebuilds a read model from its event log.
+
 ``leveret run MODULE:APP [--workers N] [--amqp-url URL] [--connect-timeout S]
 [--log-format json|console] [--log-level LEVEL]`` serves an app with a supervisor and N workers.
 
@@ -104,6 +106,20 @@ def _parser() -> argparse.ArgumentParser:
     schema_cli.register(commands)  # contracts export|check, asyncapi
     breakers_cli.register(commands)  # breakers
     saga_cli.register(commands)  # sagas list|show|graph|resume|abort
+
+    projections = commands.add_parser("projections", help="inspect and rebuild read models")
+    actions = projections.add_subparsers(title="actions", metavar="ACTION")
+    rebuild = actions.add_parser(
+        "rebuild",
+        help="empty a projection's read model and replay its event log",
+        description=(
+            "Empty the tables of projection NAME of MODULE:APP and replay its event log in the "
+            "order the events were first applied, in one transaction of the app's store."
+        ),
+    )
+    rebuild.add_argument("app", metavar="MODULE:APP", help="the App, e.g. handlers.app:app")
+    rebuild.add_argument("name", metavar="NAME", help="the projection, e.g. orders_view")
+    rebuild.set_defaults(command=_rebuild_projection)
     return parser
 
 
@@ -142,6 +158,32 @@ def _run(args: argparse.Namespace) -> int:
     except Exception:
         _log.exception("supervisor_failed")
         return EXIT_FAILED
+
+
+def _rebuild_projection(args: argparse.Namespace) -> int:
+    from framework.cqrs import find_projection
+
+    try:
+        configure_logging()
+        app = load_app(args.app)
+        projection = find_projection(app.services, args.name)
+        assert projection is not None
+        store = app.store
+        if store is None:
+            raise ConfigurationError(f"{args.app} has no store to rebuild {args.name!r} in")
+    except ConfigurationError as exc:
+        return _usage_error(str(exc))
+
+    async def rebuild() -> int:
+        try:
+            await store.setup([ddl for s in app.services for ddl in s.schema])
+            return await projection.rebuild(store)
+        finally:
+            await store.close()
+
+    count = asyncio.run(rebuild())
+    print(f"rebuilt projection {args.name!r} from {count} events")
+    return 0
 
 
 def _usage_error(message: str) -> int:

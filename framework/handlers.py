@@ -111,6 +111,7 @@ class Service:
             validate_contract(cls)
         self._handlers: dict[type[Message], HandlerSpec] = {}
         self.sagas: list[Any] = []
+        self.projections: list[Any] = []  # framework.cqrs.Projection, added by its constructor
 
     def __repr__(self) -> str:
         return f"Service({self.name!r}, handlers={len(self._handlers)})"

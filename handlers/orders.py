@@ -4,11 +4,14 @@ The saga reserves inventory, charges the payment and ships. Out of stock: nothin
 order is cancelled. Payment declined: inventory is released. Shipping failed: the payment is
 refunded and inventory released. Each ending notifies the customer once.
 
-The read side is plain event handling in one transaction with its inbox: it keeps the
-``orders_view`` table that ``GetOrder`` answers from.
+The read side is a projection (``framework.cqrs.Projection``): each event is applied in one
+transaction with its inbox row and logged for replay; ``GetOrder`` and ``ListOrders`` answer from
+its ``orders_view`` table.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import msgspec
 
@@ -23,8 +26,10 @@ from contracts.notifications import NotifyCustomer
 from contracts.orders import (
     GetOrder,
     LineItem,
+    ListOrders,
     OrderCancelled,
     OrderCompleted,
+    OrderList,
     OrderPlaced,
     OrderView,
     PlaceOrder,
@@ -37,10 +42,11 @@ from contracts.payment import (
     RefundPayment,
 )
 from contracts.shipping import OrderShipped, ShipOrder, ShippingFailed
-from framework import Context, QueryContext, Service
+from framework import QueryContext, Service
+from framework.cqrs import Projection
 from framework.messages import Message
 from framework.saga import Saga, StepKind
-from framework.store import Store
+from framework.store import Store, StoreTx
 
 __all__ = ["OrderState", "build_orders", "build_read_side", "order_saga"]
 
@@ -188,15 +194,19 @@ def build_orders(*, step_timeout: float | None = 60.0) -> Service:
 
 
 def build_read_side(store: Store) -> Service:
-    """The order read side: a projection of order events answering GetOrder.
+    """The order read side: the ``orders_view`` projection answering GetOrder and ListOrders.
 
     Events of one order travel on different queues and may arrive in any order, so every
-    handler upserts only the columns it knows, and ``placed`` never overwrites a final status.
+    applier upserts only the columns it knows, and ``placed`` never overwrites a final status.
+    ``leveret projections rebuild handlers.app:app orders_view`` replays it from its event log.
     """
-    view = Service("order_view", schema=ORDERS_SCHEMA)
+    view = Service("order_view")
+    projection = Projection(
+        "orders_view", service=view, tables=("orders_view",), schema=ORDERS_SCHEMA
+    )
 
-    async def set_status(ctx: Context, order_id: str, status: str, reason: str | None) -> None:
-        await ctx.tx.execute(
+    async def set_status(tx: StoreTx, order_id: str, status: str, reason: str | None) -> None:
+        await tx.execute(
             "INSERT INTO orders_view (order_id, status, reason) VALUES (?, ?, ?) "
             "ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, "
             "reason = excluded.reason",
@@ -205,9 +215,9 @@ def build_read_side(store: Store) -> Service:
             reason,
         )
 
-    @view.event(transactional=True)
-    async def on_placed(evt: OrderPlaced, ctx: Context) -> None:
-        await ctx.tx.execute(
+    @projection.on
+    async def on_placed(evt: OrderPlaced, tx: StoreTx) -> None:
+        await tx.execute(
             "INSERT INTO orders_view (order_id, customer_id, status, total_cents) "
             "VALUES (?, ?, 'placed', ?) ON CONFLICT (order_id) DO UPDATE SET "
             "customer_id = excluded.customer_id, total_cents = excluded.total_cents",
@@ -216,30 +226,50 @@ def build_read_side(store: Store) -> Service:
             evt.total_cents,
         )
 
-    @view.event(transactional=True)
-    async def on_completed(evt: OrderCompleted, ctx: Context) -> None:
-        await set_status(ctx, evt.order_id, "completed", None)
+    @projection.on
+    async def on_completed(evt: OrderCompleted, tx: StoreTx) -> None:
+        await set_status(tx, evt.order_id, "completed", None)
 
-    @view.event(transactional=True)
-    async def on_cancelled(evt: OrderCancelled, ctx: Context) -> None:
-        await set_status(ctx, evt.order_id, "cancelled", evt.reason)
+    @projection.on
+    async def on_cancelled(evt: OrderCancelled, tx: StoreTx) -> None:
+        await set_status(tx, evt.order_id, "cancelled", evt.reason)
 
     @view.query
     async def get_order(query: GetOrder, ctx: QueryContext) -> OrderView:
         async with store.transaction() as tx:
-            row = await tx.fetchone(
-                "SELECT order_id, customer_id, status, total_cents, reason FROM orders_view "
-                "WHERE order_id = ?",
-                query.order_id,
-            )
+            row = await tx.fetchone(f"{_SELECT_VIEW} WHERE order_id = ?", query.order_id)
         if row is None:
             raise LookupError(f"no order {query.order_id}")
-        return OrderView(
-            order_id=row[0],
-            customer_id=row[1] or "",
-            status=row[2],
-            total_cents=row[3] or 0,
-            reason=row[4],
-        )
+        return _order_view(row)
+
+    @view.query
+    async def list_orders(query: ListOrders, ctx: QueryContext) -> OrderList:
+        clauses: list[str] = []
+        args: list[object] = []
+        if query.customer_id is not None:
+            clauses.append("customer_id = ?")
+            args.append(query.customer_id)
+        if query.status is not None:
+            clauses.append("status = ?")
+            args.append(query.status)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        async with store.transaction() as tx:
+            rows = await tx.fetchall(
+                f"{_SELECT_VIEW}{where} ORDER BY order_id LIMIT ?", *args, query.limit
+            )
+        return OrderList(orders=[_order_view(row) for row in rows])
 
     return view
+
+
+_SELECT_VIEW = "SELECT order_id, customer_id, status, total_cents, reason FROM orders_view"
+
+
+def _order_view(row: tuple[Any, ...]) -> OrderView:
+    return OrderView(
+        order_id=row[0],
+        customer_id=row[1] or "",
+        status=row[2],
+        total_cents=row[3] or 0,
+        reason=row[4],
+    )

@@ -1,0 +1,181 @@
+"""The order read side as a projection: idempotent under duplicate and reordered events, with a
+recorded position and an event log that rebuilds the same read model."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from framework import App, AppConfig, RegistrationError, Service
+from framework.cli import main
+from framework.cqrs import Projection, find_projection
+from framework.messages import Event
+from framework.store import StoreTx, store_from_url
+from handlers.orders import build_read_side
+from tests.cqrs.support import Handled, cancelled, completed, placed, read_model
+
+# Per order: its customer, quantity and ending (None: still placed).
+ORDERS = st.lists(
+    st.tuples(
+        st.sampled_from(["c-1", "c-2"]),
+        st.integers(1, 5),
+        st.sampled_from([None, "completed", "cancelled"]),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+def events_of(orders: list[tuple[str, int, str | None]]) -> list[tuple[str, Event]]:
+    """The events of ``orders`` with their message ids."""
+    events: list[tuple[str, Event]] = []
+    for i, (customer, qty, ending) in enumerate(orders):
+        order_id = f"o-{i}"
+        events.append((f"{order_id}/placed", placed(order_id, customer, qty)))
+        if ending == "completed":
+            events.append((f"{order_id}/end", completed(order_id)))
+        elif ending == "cancelled":
+            events.append((f"{order_id}/end", cancelled(order_id, "out of stock")))
+    return events
+
+
+def expected_rows(orders: list[tuple[str, int, str | None]]) -> list[tuple[Any, ...]]:
+    """The read model the orders must produce, whatever the delivery order."""
+    return [
+        (
+            f"o-{i}",
+            customer,
+            ending or "placed",
+            qty * 100,
+            "out of stock" if ending == "cancelled" else None,
+        )
+        for i, (customer, qty, ending) in enumerate(orders)
+    ]
+
+
+async def project(db: Path, deliveries: list[tuple[str, Event]], distinct: int) -> None:
+    """Deliver ``deliveries`` to the shop's read side on the memory transport, then check it."""
+    store = store_from_url(f"sqlite:///{db}")
+    handled = Handled()
+    app = App(
+        [build_read_side(store)],
+        store=store,
+        config=AppConfig(prefix="shop"),
+        middleware=[handled],
+    )
+    projection = find_projection(app.services, "orders_view")
+    assert projection is not None
+    async with app:
+        for message_id, event in deliveries:
+            await app.publish(event, message_id=message_id)
+        await handled.wait_for(len(deliveries))
+        live = await read_model(store)
+        assert await projection.position(store) == distinct
+        assert await projection.rebuild(store) == distinct
+        assert await read_model(store) == live
+        async with store.transaction() as tx:
+            logged = await tx.fetchall(
+                "SELECT position, message_id FROM leveret_event_log ORDER BY position"
+            )
+        assert [row[0] for row in logged] == list(range(1, distinct + 1))
+        assert len({row[1] for row in logged}) == distinct
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(orders=ORDERS, data=st.data())
+def test_projection_is_idempotent_under_duplicates_and_reordering(
+    orders: list[tuple[str, int, str | None]], data: st.DataObject
+) -> None:
+    """Any order of the events, with any of them delivered twice, gives the same read model,
+    counts each event once in the position, and rebuilds to the same read model."""
+    events = events_of(orders)
+    duplicates = data.draw(st.lists(st.sampled_from(events), max_size=4), label="duplicates")
+    deliveries = data.draw(st.permutations(events + duplicates), label="deliveries")
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "view.db"
+        asyncio.run(project(db, deliveries, len(events)))
+        store = store_from_url(f"sqlite:///{db}")
+
+        async def rows() -> list[tuple[Any, ...]]:
+            try:
+                return await read_model(store)
+            finally:
+                await store.close()
+
+        assert asyncio.run(rows()) == expected_rows(orders)
+
+
+def test_cli_rebuild_restores_the_live_read_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`leveret projections rebuild MODULE:APP orders_view` replaces a damaged read model with
+    the one the live projection built."""
+    db = tmp_path / "shop.db"
+    module = tmp_path / "rebuild_shop_app.py"
+    module.write_text(
+        "from framework import App, AppConfig\n"
+        "from framework.store import store_from_url\n"
+        "from handlers.orders import build_read_side\n"
+        f"store = store_from_url('sqlite:///{db}')\n"
+        "app = App([build_read_side(store)], store=store, config=AppConfig(prefix='shop'))\n"
+    )
+    events = events_of([("c-1", 2, "completed"), ("c-2", 1, "cancelled"), ("c-1", 3, None)])
+
+    async def live() -> list[tuple[Any, ...]]:
+        await project(db, events, len(events))
+        return await damage()
+
+    async def damage() -> list[tuple[Any, ...]]:
+        store = store_from_url(f"sqlite:///{db}")
+        try:
+            before = await read_model(store)
+            async with store.transaction() as tx:
+                await tx.execute("UPDATE orders_view SET status = 'failed'")
+                await tx.execute("DELETE FROM orders_view WHERE order_id = 'o-0'")
+            return before
+        finally:
+            await store.close()
+
+    before = asyncio.run(live())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["projections", "rebuild", "rebuild_shop_app:app", "orders_view"]) == 0
+    assert "rebuilt projection 'orders_view' from 5 events" in capsys.readouterr().out
+
+    async def after() -> list[tuple[Any, ...]]:
+        store = store_from_url(f"sqlite:///{db}")
+        try:
+            return await read_model(store)
+        finally:
+            await store.close()
+
+    assert asyncio.run(after()) == before
+    assert main(["projections", "rebuild", "rebuild_shop_app:app", "nope"]) == 2
+    assert "no projection named 'nope'; this app's projections: orders_view" in (
+        capsys.readouterr().err
+    )
+
+
+def test_projection_applies_events_only() -> None:
+    """A projection applier must take an Event; anything else is rejected with what to do."""
+    projection = Projection("p", service=Service("s"), tables=("t",))
+    with pytest.raises(RegistrationError, match=r"annotate its first parameter with the Event"):
+
+        @projection.on
+        async def apply(evt: int, tx: StoreTx) -> None: ...  # type: ignore[type-var]
+
+
+def test_projection_tables_must_be_identifiers() -> None:
+    """Table names are interpolated into DELETE, so only plain identifiers are accepted."""
+    with pytest.raises(RegistrationError, match=r"'t; drop' is not a plain SQL identifier"):
+        Projection("p", service=Service("s"), tables=("t; drop",))
