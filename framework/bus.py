@@ -8,6 +8,7 @@ middleware must return what ``call_next`` returned (or a reply of its own, as a 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar, overload
@@ -83,6 +84,8 @@ class Bus:
         query_timeout: default seconds to wait for a reply.
         query_transport: where queries and their replies go when the query side connects with
             its own credentials; None means ``transport``.
+        clock: seconds for the reply cache (monotonic by default; inject a fake in tests).
+        cache_size: most cached replies kept; the oldest entry goes first.
     """
 
     def __init__(
@@ -94,9 +97,15 @@ class Bus:
         middleware: Sequence[PublishMiddleware] = (),
         query_timeout: float = 5.0,
         query_transport: Transport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        cache_size: int = 1024,
     ) -> None:
         self.transport = transport
         self.query_transport = query_transport
+        self.clock = clock
+        self._cache_size = cache_size
+        # (query wire name, encoded query) -> (expires at, reply); only replies with a TTL.
+        self._cache: dict[tuple[str, bytes], tuple[float, Reply]] = {}
         self._codec = codec
         self._naming = naming
         self._query_timeout = query_timeout
@@ -174,7 +183,7 @@ class Bus:
     async def request(
         self, query: Query[R], *, timeout: float | None = None, with_meta: bool = False, **meta: Any
     ) -> R | Answer[R]:
-        """Ask a query and wait for its reply.
+        """Ask a query and wait for its reply (or serve it from the cache, see ``cache_ttl``).
 
         With ``with_meta=True`` the reply comes wrapped in an ``Answer`` that says whether a
         circuit breaker's fallback gave it (and how old a cached reply is).
@@ -191,7 +200,15 @@ class Bus:
             raise WrongBus(_wrong_bus(query, "request"))
         reply_type = reply_type_of(cls)
         self._codec.add(reply_type)
-        wire = envelope.build(query, self._codec.encode(query), **meta)
+        body = self._codec.encode(query)
+        key = (cls.__wire_name__, body)
+        cached = self._cache.get(key)
+        if cached is not None:
+            if cached[0] > self.clock():
+                hit: Any = cached[1]  # stored under its query's key: an R
+                return Answer(hit) if with_meta else hit
+            del self._cache[key]
+        wire = envelope.build(query, body, **meta)
         wait = self._query_timeout if timeout is None else timeout
         out = Outbound(query, wire, self._naming.queries, cls.__wire_name__, True, timeout=wait)
         try:
@@ -216,6 +233,9 @@ class Bus:
             content_type=reply.content_type,
             into=reply_type,  # an older reply version is upcast, as for handlers
         )  # the codec decoded (and upcast) into the reply type: an R
+        ttl_ms = reply.headers.get(envelope.CACHE_TTL_MS)
+        if isinstance(ttl_ms, int) and ttl_ms > 0 and isinstance(decoded, Reply):
+            self._remember(key, ttl_ms / 1000, decoded)
         if not with_meta:
             return decoded  # type: ignore[no-any-return]  # an R, see above
         fallback = reply.headers.get(envelope.FALLBACK)
@@ -229,9 +249,31 @@ class Bus:
             cause=reply.headers.get(envelope.FALLBACK_CAUSE),
         )
 
-    async def reply(self, to: str, correlation_id: str | None, reply: Reply) -> None:
-        """Publish a query's reply to the caller's reply address."""
-        wire = envelope.build(reply, self._codec.encode(reply), correlation_id=correlation_id)
+    def _remember(self, key: tuple[str, bytes], ttl: float, reply: Reply) -> None:
+        now = self.clock()
+        if len(self._cache) >= self._cache_size:
+            for stale in [k for k, (expires, _) in self._cache.items() if expires <= now]:
+                del self._cache[stale]
+            while len(self._cache) >= self._cache_size:
+                del self._cache[next(iter(self._cache))]
+        self._cache[key] = (now + ttl, reply)
+
+    async def reply(
+        self,
+        to: str,
+        correlation_id: str | None,
+        reply: Reply,
+        *,
+        cache_ttl: float | None = None,
+    ) -> None:
+        """Publish a query's reply to the caller's reply address.
+
+        ``cache_ttl`` (seconds) tells the caller's Bus how long it may serve the reply cached.
+        """
+        headers = None if cache_ttl is None else {envelope.CACHE_TTL_MS: round(cache_ttl * 1000)}
+        wire = envelope.build(
+            reply, self._codec.encode(reply), correlation_id=correlation_id, headers=headers
+        )
         wire.persistent = False
         await (self.query_transport or self.transport).publish(
             wire, exchange="", routing_key=to, mandatory=False

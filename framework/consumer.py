@@ -152,7 +152,9 @@ class HandlerPipeline:
             await self._failed(delivery, failure, attempt)
             return
         if self._is_query and delivery.reply_to:
-            await self._bus.reply(delivery.reply_to, delivery.correlation_id, result)
+            await self._bus.reply(
+                delivery.reply_to, delivery.correlation_id, result, cache_ttl=self.spec.cache_ttl
+            )
         await delivery.ack()
 
     async def _failed(self, delivery: Delivery, exc: Exception, attempt: int) -> None:

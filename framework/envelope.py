@@ -17,6 +17,7 @@ from framework.transport.base import OutgoingMessage
 
 __all__ = [
     "ATTEMPT",
+    "CACHE_TTL_MS",
     "CAUSATION_ID",
     "CONTENT_TYPE_JSON",
     "DEAD_REASON",
@@ -56,6 +57,8 @@ FALLBACK: Final = "leveret-fallback"
 FALLBACK_AGE: Final = "leveret-fallback-age"
 FALLBACK_BREAKER: Final = "leveret-fallback-breaker"
 FALLBACK_CAUSE: Final = "leveret-fallback-cause"
+# On a query reply: how long (ms) the requesting side may serve it from its cache.
+CACHE_TTL_MS: Final = "leveret-cache-ttl-ms"
 
 CONTENT_TYPE_JSON: Final = "application/json"
 

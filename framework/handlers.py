@@ -42,6 +42,7 @@ class HandlerSpec:
     prefetch: int | None
     transactional: bool = False
     saga: Any = None  # the Saga definition when the handler is a saga runner's entry point
+    cache_ttl: float | None = None  # queries: seconds a requester may serve the reply cached
 
     @property
     def name(self) -> str:
@@ -162,12 +163,20 @@ class Service:
     def query(self, func: F, /) -> F: ...
     @overload
     def query(
-        self, *, timeout: float | None = ..., prefetch: int | None = ...
+        self,
+        *,
+        timeout: float | None = ...,
+        prefetch: int | None = ...,
+        cache_ttl: float | None = ...,
     ) -> Callable[[F], F]: ...
     def query(  # type: ignore[misc]  # options are checked in _decorate
         self, func: F | None = None, /, **options: Any
     ) -> F | Callable[[F], F]:
-        """Register the read-only handler of a Query; it returns the query's reply."""
+        """Register the read-only handler of a Query; it returns the query's reply.
+
+        ``cache_ttl=S`` lets the requesting side serve a reply from its cache for ``S`` seconds
+        to requests with the same fields (the reply carries the TTL; each ``Bus`` caches).
+        """
         if "retry" in options:
             raise RegistrationError(
                 "queries are not retried (the caller is waiting): drop `retry=` from @query"
@@ -229,13 +238,19 @@ class Service:
     def _decorate(
         self, kind: MessageKind, decorator: str, func: F | None, options: dict[str, Any]
     ) -> F | Callable[[F], F]:
-        unknown = set(options) - {"retry", "timeout", "prefetch", "transactional"}
+        unknown = set(options) - {"retry", "timeout", "prefetch", "transactional", "cache_ttl"}
         if unknown:
             raise RegistrationError(
                 f"@{self.name}.{decorator} got unknown options {sorted(unknown)}: "
-                "accepted are retry, timeout, prefetch, transactional"
+                "accepted are retry, timeout, prefetch, transactional, cache_ttl (queries)"
+            )
+        if options.get("cache_ttl") is not None and kind is not MessageKind.QUERY:
+            raise RegistrationError(
+                f"@{self.name}.{decorator}(cache_ttl=...): only query replies can be cached; "
+                "commands and events always reach their handlers"
             )
         _check_option(options.get("timeout"), "timeout", float)
+        _check_option(options.get("cache_ttl"), "cache_ttl", float)
         _check_option(options.get("prefetch"), "prefetch", int)
 
         def register(f: F) -> F:
@@ -314,6 +329,7 @@ class Service:
             timeout=options.get("timeout"),
             prefetch=options.get("prefetch"),
             transactional=bool(options.get("transactional", False)),
+            cache_ttl=options.get("cache_ttl"),
         )
 
 
