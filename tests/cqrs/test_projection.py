@@ -4,11 +4,14 @@ recorded position and an event log that rebuilds the same read model."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -115,6 +118,23 @@ def test_projection_is_idempotent_under_duplicates_and_reordering(
         assert asyncio.run(rows()) == expected_rows(orders)
 
 
+@pytest.fixture
+def clean_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Undo the CLI's ``configure_logging``: structlog defaults and the root logger's handlers."""
+    monkeypatch.delenv("LEVERET_LOG_LEVEL", raising=False)
+    monkeypatch.delenv("LEVERET_LOG_FORMAT", raising=False)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.reset_defaults()
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("clean_logging")
 def test_cli_rebuild_restores_the_live_read_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
