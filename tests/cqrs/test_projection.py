@@ -4,6 +4,8 @@ recorded position and an event log that rebuilds the same read model."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -136,7 +138,7 @@ def clean_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.mark.usefixtures("clean_logging")
 def test_cli_rebuild_restores_the_live_read_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`leveret projections rebuild MODULE:APP orders_view` replaces a damaged read model with
     the one the live projection built."""
@@ -166,11 +168,19 @@ def test_cli_rebuild_restores_the_live_read_model(
         finally:
             await store.close()
 
+    def cli(*argv: str) -> tuple[int, str, str]:
+        # Streams that stay open: the CLI's logging keeps the stream it was configured with.
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(argv))
+        return code, out.getvalue(), err.getvalue()
+
     before = asyncio.run(live())
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert main(["projections", "rebuild", "rebuild_shop_app:app", "orders_view"]) == 0
-    assert "rebuilt projection 'orders_view' from 5 events" in capsys.readouterr().out
+    code, out, _ = cli("projections", "rebuild", "rebuild_shop_app:app", "orders_view")
+    assert code == 0
+    assert "rebuilt projection 'orders_view' from 5 events" in out
 
     async def after() -> list[tuple[Any, ...]]:
         store = store_from_url(f"sqlite:///{db}")
@@ -180,10 +190,9 @@ def test_cli_rebuild_restores_the_live_read_model(
             await store.close()
 
     assert asyncio.run(after()) == before
-    assert main(["projections", "rebuild", "rebuild_shop_app:app", "nope"]) == 2
-    assert "no projection named 'nope'; this app's projections: orders_view" in (
-        capsys.readouterr().err
-    )
+    code, out, err = cli("projections", "rebuild", "rebuild_shop_app:app", "nope")
+    assert code == 2
+    assert "no projection named 'nope'; this app's projections: orders_view" in err
 
 
 def test_projection_applies_events_only() -> None:
