@@ -48,6 +48,7 @@ class Settings:
     memory_messages: int = 200_000
     memory_warmup: int = 20_000
     loop: str = "asyncio"
+    contenders: tuple[str, ...] | None = None  # None: all of each section
 
 
 QUICK = Settings(
@@ -115,6 +116,12 @@ class Bench:
         self.results = Results()
         self.memory_series: list[tuple[int, int]] = []
 
+    def pick(self, contenders: tuple[str, ...]) -> tuple[str, ...]:
+        """The section's contenders, or those of them named with ``--contenders``."""
+        if self.s.contenders is None:
+            return contenders
+        return tuple(c for c in contenders if c in self.s.contenders)
+
     def say(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
         self.log.write(text + "\n")
@@ -165,7 +172,7 @@ class Bench:
         n = self.s.messages
         self.say(f"pipeline: {n} messages, prefetch 100, {self.s.rounds} rounds, in alternation")
         for r in range(self.s.rounds):
-            for contender in PIPELINE:
+            for contender in self.pick(PIPELINE):
                 result = await self.pipeline_once(contender, "throughput", n)
                 self.results.add(
                     "pipeline",
@@ -175,13 +182,26 @@ class Bench:
                     result["rate"],
                     baseline="aio-pika",
                 )
-                self.say(f"  round {r + 1}  {contender:<20} {result['rate']:8.0f} msgs/s")
+                # The worker's own CPU per message: less sensitive to a busy machine than rates.
+                self.results.add(
+                    "pipeline",
+                    contender,
+                    "client CPU",
+                    "us/msg",
+                    result["cpu_us_per_msg"],
+                    baseline="aio-pika",
+                    higher_is_better=False,
+                )
+                self.say(
+                    f"  round {r + 1}  {contender:<20} {result['rate']:8.0f} msgs/s  "
+                    f"{result['cpu_us_per_msg']:6.0f} us CPU/msg"
+                )
 
     async def section_latency(self) -> None:
         n, rate = self.s.latency_messages, self.s.rate
         self.say(f"pipeline latency: {n} messages offered at {rate:g}/s, {self.s.rounds} rounds")
         for r in range(self.s.rounds):
-            for contender in PIPELINE:
+            for contender in self.pick(PIPELINE):
                 res = await self.pipeline_once(contender, "latency", n)
                 for metric in ("p50", "p99"):
                     self.results.add(
@@ -207,7 +227,7 @@ class Bench:
         )
         for r in range(self.s.rounds):
             for mode, n in modes.items():
-                for contender in PUBLISH:
+                for contender in self.pick(PUBLISH):
                     names = Names(uuid.uuid4().hex[:8])
                     await self.broker.declare(names.exchange, {names.input: ORDER_TYPE})
                     params = {
@@ -243,7 +263,7 @@ class Bench:
         n, callers = self.s.query_messages, self.s.callers
         self.say(f"query: {n} round trips, {callers} concurrent callers, {self.s.rounds} rounds")
         for r in range(self.s.rounds):
-            for contender in QUERY:
+            for contender in self.pick(QUERY):
                 names = Names(uuid.uuid4().hex[:8])
                 params = {"tag": names.tag, "messages": n, "callers": callers}
                 worker = await self._spawn("query", contender, params)
@@ -528,6 +548,7 @@ def run(args: argparse.Namespace) -> int:
             "messages": args.messages,
             "memory_messages": args.memory_messages,
             "loop": args.loop,
+            "contenders": tuple(args.contenders.split(",")) if args.contenders else None,
         }.items()
         if v is not None
     }
@@ -603,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
         "--quick",
         action="store_true",
         help="1 round and fewer messages: a smoke run of a minute or two",
+    )
+    parser.add_argument(
+        "--contenders", help="comma-separated contenders to run (default: all of each section)"
     )
     parser.add_argument("--rounds", type=int, help="measurements per contender (default 3)")
     parser.add_argument("--messages", type=int, help="pipeline messages per run (default 20000)")

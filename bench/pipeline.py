@@ -52,8 +52,12 @@ def make_tracker(p: Params) -> Tracker:
     return Tracker(p.messages, on_count)
 
 
-def report(p: Params, tracker: Tracker, elapsed: float) -> None:
-    result: dict[str, Any] = {"rate": p.messages / elapsed, "elapsed": elapsed}
+def report(p: Params, tracker: Tracker, elapsed: float, cpu: float) -> None:
+    result: dict[str, Any] = {
+        "rate": p.messages / elapsed,
+        "elapsed": elapsed,
+        "cpu_us_per_msg": cpu / p.messages * 1e6,
+    }
     result.update(tracker.summary())
     if p.mode == "memory":
         result["rss_end"] = rss_bytes()
@@ -82,15 +86,15 @@ async def run_leveret(p: Params) -> None:
         (pipeline,) = app.pipelines
         emit("ready", queues=[pipeline.queue, app.naming.dlq(pipeline.queue)])
         await wait_go()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         # What App.start() does for each handler, after the fill instead of before it.
         consumer = await app.transport.consume(pipeline.queue, pipeline, prefetch=PREFETCH)
         await tracker.done.wait()
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         await consumer.cancel()
     finally:
         await app.stop(grace=1)
-    report(p, tracker, elapsed)
+    report(p, tracker, elapsed, cpu)
 
 
 # -- hand-written aio-pika ---------------------------------------------------------------------
@@ -134,13 +138,13 @@ async def run_aio_pika(p: Params) -> None:
 
         emit("ready", queues=[])
         await wait_go()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await queue.consume(handle)
         await tracker.done.wait()
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
         await conn.close()
-    report(p, tracker, elapsed)
+    report(p, tracker, elapsed, cpu)
 
 
 # -- bare aiormq: the practical ceiling ----------------------------------------------------------
@@ -187,13 +191,13 @@ async def run_aiormq(p: Params) -> None:
 
         emit("ready", queues=[])
         await wait_go()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await consume_ch.basic_consume(names.input, on_message)
         await tracker.done.wait()
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
         await conn.close()
-    report(p, tracker, elapsed)
+    report(p, tracker, elapsed, cpu)
 
 
 # -- FastStream ------------------------------------------------------------------------------
@@ -278,13 +282,13 @@ async def _run_faststream(p: Params, *, use_msgspec: bool) -> None:
     try:
         emit("ready", queues=[])
         await wait_go()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await broker.start()
         await tracker.done.wait()
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
         await broker.stop()
-    report(p, tracker, elapsed)
+    report(p, tracker, elapsed, cpu)
 
 
 async def run_faststream(p: Params) -> None:
