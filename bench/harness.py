@@ -35,8 +35,9 @@ class WorkerFailed(RuntimeError):
 class WorkerProcess:
     """One contender in its own process; see ``bench.worker`` for the protocol."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, label: str) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, label: str, log: IO[str]) -> None:
         self._proc = proc
+        self._log = log
         self.label = label
         self.pid = proc.pid
 
@@ -69,7 +70,7 @@ class WorkerProcess:
             cwd=str(ROOT),
             limit=1 << 20,
         )
-        return cls(proc, f"{section}/{contender}")
+        return cls(proc, f"{section}/{contender}", log)
 
     async def events(self, timeout: float) -> AsyncIterator[dict[str, Any]]:
         """The worker's events, until it exits; each must come within ``timeout`` seconds."""
@@ -84,6 +85,7 @@ class WorkerProcess:
                 raise WorkerFailed(f"{self.label}: exited with code {code} (see the bench log)")
             text = line.decode(errors="replace")
             if text.startswith("BENCH "):
+                self._log.write(text)
                 yield json.loads(text[6:])
 
     async def expect(self, name: str, timeout: float) -> dict[str, Any]:

@@ -15,6 +15,7 @@ orchestrator can keep the queue fed without flooding the broker).
 from __future__ import annotations
 
 import gc
+import resource
 import time
 import uuid
 from datetime import UTC, datetime
@@ -58,6 +59,8 @@ def report(p: Params, tracker: Tracker, elapsed: float, cpu: float) -> None:
         "elapsed": elapsed,
         "cpu_us_per_msg": cpu / p.messages * 1e6,
     }
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # whole process, set-up included
+    result["user_s"], result["sys_s"] = usage.ru_utime, usage.ru_stime
     result.update(tracker.summary())
     if p.mode == "memory":
         result["rss_end"] = rss_bytes()
