@@ -38,14 +38,14 @@ MB = 1024 * 1024
 class Settings:
     rounds: int = 3
     messages: int = 20_000  # pipeline throughput
-    latency_messages: int = 3_000
+    latency_messages: int = 2_500  # 5 s at 500/s
     rate: float = 500.0
-    publish_sequential: int = 5_000
-    publish_concurrent: int = 20_000
+    publish_sequential: int = 3_000
+    publish_concurrent: int = 10_000
     window: int = 1_000
-    query_messages: int = 5_000
+    query_messages: int = 3_000
     callers: int = 50
-    memory_messages: int = 200_000
+    memory_messages: int = 150_000  # --memory-messages 1000000 for the full million (~15 min)
     memory_warmup: int = 20_000
     loop: str = "asyncio"
     contenders: tuple[str, ...] | None = None  # None: all of each section
@@ -376,7 +376,14 @@ def _fmt(value: float, unit: str) -> str:
 def table_lines(results: Results, *, markdown: bool) -> list[str]:
     header = ("section", "contender", "metric", "median", "min-max", "ratio")
     rows = []
-    for row in results.rows.values():
+    # Grouped by section, then metric, each in the order first measured; contenders in run order.
+    sections = list(dict.fromkeys(r.section for r in results.rows.values()))
+    metrics = list(dict.fromkeys(r.metric for r in results.rows.values()))
+    ordered = sorted(
+        results.rows.values(),
+        key=lambda r: (sections.index(r.section), metrics.index(r.metric)),
+    )
+    for row in ordered:
         ratio = results.ratio(row)
         spread = (
             f"{_fmt(min(row.values), row.unit)}-{_fmt(max(row.values), row.unit)}"
@@ -423,7 +430,7 @@ class Target:
 
 TARGETS = (
     Target(
-        "pipeline: leveret ≥ 1.2x hand-written aio-pika",
+        "pipeline: leveret >= 1.2x hand-written aio-pika",
         "pipeline",
         "leveret",
         "throughput",
@@ -431,10 +438,15 @@ TARGETS = (
         1.2,
     ),
     Target(
-        "pipeline: leveret ≥ 0.95x bare aiormq", "pipeline", "leveret", "throughput", "aiormq", 0.95
+        "pipeline: leveret >= 0.95x bare aiormq",
+        "pipeline",
+        "leveret",
+        "throughput",
+        "aiormq",
+        0.95,
     ),
     Target(
-        "pipeline: leveret ≥ 1.8x FastStream (default)",
+        "pipeline: leveret >= 1.8x FastStream (default)",
         "pipeline",
         "leveret",
         "throughput",
@@ -442,7 +454,7 @@ TARGETS = (
         1.8,
     ),
     Target(
-        "query: leveret ≥ 2x FastStream, 50 callers",
+        "query: leveret >= 2x FastStream, 50 callers",
         "query",
         "leveret",
         "round trips",

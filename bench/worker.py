@@ -24,7 +24,7 @@ SECTIONS = {
     "pipeline": "bench.pipeline",
     "publish": "bench.publish",
     "query": "bench.query",
-    "memory": "bench.memory",
+    "memory": "bench.pipeline",  # the pipeline worker in its memory mode
 }
 
 
