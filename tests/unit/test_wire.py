@@ -66,9 +66,15 @@ def frames_of(payload: bytes) -> list[Any]:
     return out
 
 
+async def flush_turns() -> None:
+    """Let the loop run the turns after which a write is flushed (not a wait for time)."""
+    for _ in range(_wire.FLUSH_TURNS):
+        await asyncio.sleep(0)
+
+
 async def payloads(connection: FakeConnection) -> list[bytes]:
     """The chunks handed to the connection writer so far, after this loop turn's flush."""
-    await asyncio.sleep(0)  # not a wait for time: the flush runs one loop turn later
+    await flush_turns()
     out = []
     while not connection.write_queue.empty():
         out.append(connection.write_queue.get_nowait().payload)
@@ -293,10 +299,10 @@ async def test_a_full_write_queue_keeps_frames_in_order() -> None:
     for tag in (1, 2, 3):
         acks.delivered(tag)
     acks.ack(1)
-    await asyncio.sleep(0)  # one loop turn: this flush finds the queue full
+    await flush_turns()  # this flush finds the queue full
     acks.nack(2, requeue=True)
     acks.ack(3)
-    await asyncio.sleep(0)
+    await flush_turns()
     for _ in range(10):  # the connection writer catches up
         connection.write_queue.get_nowait()
     await writer.drain()
