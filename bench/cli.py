@@ -37,7 +37,7 @@ MB = 1024 * 1024
 @dataclass(frozen=True)
 class Settings:
     rounds: int = 3
-    messages: int = 20_000  # pipeline throughput
+    messages: int = 10_000  # pipeline throughput; the reference figures used 20,000
     latency_messages: int = 2_500  # 5 s at 500/s
     rate: float = 500.0
     publish_sequential: int = 3_000
@@ -641,9 +641,9 @@ def main(argv: list[str] | None = None) -> int:
         "--contenders", help="comma-separated contenders to run (default: all of each section)"
     )
     parser.add_argument("--rounds", type=int, help="measurements per contender (default 3)")
-    parser.add_argument("--messages", type=int, help="pipeline messages per run (default 20000)")
+    parser.add_argument("--messages", type=int, help="pipeline messages per run (default 10000)")
     parser.add_argument(
-        "--memory-messages", type=int, help="messages through the memory worker (default 200000)"
+        "--memory-messages", type=int, help="messages through the memory worker (default 150000)"
     )
     parser.add_argument(
         "--loop",

@@ -82,8 +82,8 @@ def supports_fast_path(channel: aiormq.abc.AbstractChannel) -> bool:
 
 def _short(value: str) -> bytes:
     data = value.encode()
-    if len(data) > 255:
-        raise ValueError(f"{value[:40]!r}...: AMQP short strings hold at most 255 bytes")
+    if len(data) > 255:  # pamqp's error, so callers see what they saw before
+        raise TypeError("string exceeds maximum length of 255 bytes")
     return bytes((len(data),)) + data
 
 
@@ -273,8 +273,7 @@ class FrameWriter:
 
     async def drain(self) -> None:
         """Hand everything written so far to the connection writer (before a close)."""
-        self._scheduled = False
-        while self._putter is not None:
+        while self._putter is not None and not self.connection.is_closed:
             await asyncio.shield(self._putter)
         frame = self._take()
         if frame is not None:
