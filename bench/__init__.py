@@ -1,0 +1,1 @@
+"""Benchmarks: leveret next to hand-written aio-pika, bare aiormq and FastStream."""

@@ -1,220 +1,311 @@
-"""Handler pipeline throughput: leveret next to a hand-written aio-pika loop, in one run.
+"""Pipeline contenders: consume an order, decode it, send a follow-up command with publisher
+confirm (awaited, mandatory), then ack. Prefetch 100 everywhere; durable queues, persistent
+messages, the same 188-byte body and the same wire properties for every contender.
 
-Each contender consumes N pre-published order commands (prefetch 100), decodes each with
-msgspec, publishes a follow-up command with publisher confirms (awaited) and acks. Queues are
-durable and messages persistent for both. Contenders run alternately, ``--rounds`` times, and the
-medians are reported with the ratio to aio-pika of the same run.
+Each contender is a worker process (see ``bench.worker``). The orchestrator declares the
+exchange, the sink and (except for leveret, which declares its own handler queue) the input
+queue, fills it or offers load at a fixed rate, and reads the result.
 
-    python -m bench.pipeline --messages 20000 --rounds 3
+Modes: ``throughput`` (drain N pre-published messages), ``latency`` (messages arrive at a fixed
+rate carrying their publish time; the handler records publish-to-confirmed-follow-up time) and
+``memory`` (leveret only: RSS after a warm-up and after N messages, with progress events so the
+orchestrator can keep the queue fed without flooding the broker).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import os
-import statistics
-import sys
+import gc
+import resource
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
-import aio_pika
 import msgspec
 
-from framework import App, AppConfig, Command, Context, Service
-from framework.transport.base import BindingSpec, QueueSpec, Topology
+from bench.worker import URL, Contender, Params, Tracker, emit, rss_bytes, wait_go
+from bench.workload import (
+    FOLLOW_UP_TYPE,
+    ORDER_TYPE,
+    PREFETCH,
+    SENT_HEADER,
+    BenchFollowUp,
+    BenchOrder,
+    Names,
+)
+from framework import App, AppConfig, Context, Service
 
-URL = os.environ.get("LEVERET_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-PREFETCH = 100
-
-
-class Item(msgspec.Struct, frozen=True, kw_only=True):
-    sku: str
-    qty: int
-    unit_price_cents: int
-
-
-class BenchOrder(Command):
-    __wire_name__ = "bench.place_order"
-
-    order_id: str
-    customer_id: str
-    items: list[Item]
-    address: str
+CONTENT_TYPE = "application/json"
 
 
-class BenchFollowUp(Command):
-    __wire_name__ = "bench.reserve_inventory"
+def make_tracker(p: Params) -> Tracker:
+    if p.mode != "memory":
+        return Tracker(p.messages)
+    state = {"warm": 0}
 
-    order_id: str
-    items: list[Item]
+    def on_count(count: int) -> None:
+        if count == p.warmup:
+            state["warm"] = rss_bytes()
+            emit("warm", rss=state["warm"])
+        if count % p.progress_every == 0:
+            emit("progress", count=count, rss=rss_bytes())
 
-
-def payload(i: int) -> BenchOrder:
-    return BenchOrder(
-        order_id=f"order-{i:08d}",
-        customer_id="customer-000042",
-        items=[
-            Item(sku="apple-green-1kg", qty=2, unit_price_cents=250),
-            Item(sku="pear-conference", qty=1, unit_price_cents=199),
-        ],
-        address="221B Baker Street, London NW1 6XE",
-    )
+    return Tracker(p.messages, on_count)
 
 
-async def fill(channel: aio_pika.abc.AbstractChannel, exchange: str, key: str, n: int) -> None:
-    """Publish n order commands with pipelined confirms (not measured)."""
-    ex = await channel.get_exchange(exchange) if exchange else channel.default_exchange
-    enc = msgspec.json.Encoder()
-    batch = []
-    for i in range(n):
-        body = enc.encode(payload(i))
-        msg = aio_pika.Message(
-            body,
-            message_id=uuid.uuid4().hex,
-            type=BenchOrder.__wire_name__,
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers={"leveret-version": 1},
-        )
-        batch.append(ex.publish(msg, routing_key=key))
-        if len(batch) == 1000:
-            await asyncio.gather(*batch)
-            batch.clear()
-    await asyncio.gather(*batch)
+def report(p: Params, tracker: Tracker, elapsed: float, cpu: float) -> None:
+    result: dict[str, Any] = {
+        "rate": p.messages / elapsed,
+        "elapsed": elapsed,
+        "cpu_us_per_msg": cpu / p.messages * 1e6,
+    }
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # whole process, set-up included
+    result["user_s"], result["sys_s"] = usage.ru_utime, usage.ru_stime
+    result.update(tracker.summary())
+    if p.mode == "memory":
+        result["rss_end"] = rss_bytes()
+        gc.collect()
+        result["rss_end_after_gc"] = rss_bytes()
+    emit("result", **result)
 
 
-async def run_aio_pika(n: int, tag: str) -> float:
-    """The hand-written loop a team would write without a framework."""
+# -- leveret -----------------------------------------------------------------------------------
+
+
+async def run_leveret(p: Params) -> None:
+    """The handler as a leveret user writes it."""
+    names = Names(p.tag)
+    tracker = make_tracker(p)
+    bench = Service("bench")
+
+    @bench.command
+    async def place_order(cmd: BenchOrder, ctx: Context) -> None:
+        await ctx.send(BenchFollowUp(order_id=cmd.order_id, items=cmd.items))
+        tracker.hit(ctx.headers.get(SENT_HEADER))
+
+    app = App([bench], url=URL, config=AppConfig(prefix=names.prefix, prefetch=PREFETCH))
+    await app.start(consume=False)
+    try:
+        (pipeline,) = app.pipelines
+        emit("ready", queues=[pipeline.queue, app.naming.dlq(pipeline.queue)])
+        await wait_go()
+        started, cpu = time.perf_counter(), time.process_time()
+        # What App.start() does for each handler, after the fill instead of before it.
+        consumer = await app.transport.consume(pipeline.queue, pipeline, prefetch=PREFETCH)
+        await tracker.done.wait()
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        await consumer.cancel()
+    finally:
+        await app.stop(grace=1)
+    report(p, tracker, elapsed, cpu)
+
+
+# -- hand-written aio-pika ---------------------------------------------------------------------
+
+
+async def run_aio_pika(p: Params) -> None:
+    """The loop a team writes with aio-pika's object API and no framework."""
+    import aio_pika
+
+    names = Names(p.tag)
+    tracker = make_tracker(p)
     conn = await aio_pika.connect(URL)
     try:
-        setup = await conn.channel()
-        source = await setup.declare_queue(f"bench.{tag}.aiopika.in", durable=True)
-        sink = await setup.declare_queue(f"bench.{tag}.aiopika.out", durable=True)
-        await fill(setup, "", source.name, n)
         publish_ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
         consume_ch = await conn.channel()
         await consume_ch.set_qos(prefetch_count=PREFETCH)
-        queue = await consume_ch.get_queue(source.name)
+        queue = await consume_ch.get_queue(names.input)
+        exchange = await publish_ch.get_exchange(names.exchange)
         decoder = msgspec.json.Decoder(BenchOrder)
         encoder = msgspec.json.Encoder()
-        done = asyncio.Event()
-        count = 0
 
         async def handle(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            nonlocal count
             order = decoder.decode(message.body)
             follow = BenchFollowUp(order_id=order.order_id, items=order.items)
-            await publish_ch.default_exchange.publish(
+            await exchange.publish(
                 aio_pika.Message(
                     encoder.encode(follow),
                     message_id=uuid.uuid4().hex,
                     correlation_id=message.correlation_id or message.message_id,
-                    type=BenchFollowUp.__wire_name__,
-                    content_type="application/json",
+                    type=FOLLOW_UP_TYPE,
+                    content_type=CONTENT_TYPE,
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    headers={"leveret-version": 1},
+                    timestamp=int(time.time()),
+                    headers={"leveret-version": 1, "leveret-causation-id": message.message_id},
                 ),
-                routing_key=sink.name,
+                routing_key=FOLLOW_UP_TYPE,
                 mandatory=True,
             )
             await message.ack()
-            count += 1
-            if count == n:
-                done.set()
+            tracker.hit(message.headers.get(SENT_HEADER))
 
-        started = time.perf_counter()
+        emit("ready", queues=[])
+        await wait_go()
+        started, cpu = time.perf_counter(), time.process_time()
         await queue.consume(handle)
-        await done.wait()
-        elapsed = time.perf_counter() - started
-        await source.delete(if_unused=False, if_empty=False)
-        await sink.delete(if_unused=False, if_empty=False)
-        return n / elapsed
+        await tracker.done.wait()
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
         await conn.close()
+    report(p, tracker, elapsed, cpu)
 
 
-async def run_leveret(n: int, tag: str) -> float:
-    """The same handler written with leveret."""
-    bench = Service("bench")
-    done = asyncio.Event()
-    count = 0
+# -- bare aiormq: the practical ceiling ----------------------------------------------------------
 
-    @bench.command
-    async def place_order(cmd: BenchOrder, ctx: Context) -> None:
-        nonlocal count
-        await ctx.send(BenchFollowUp(order_id=cmd.order_id, items=cmd.items))
-        count += 1
-        if count == n:
-            done.set()
 
-    prefix = f"bench.{tag}.leveret"
-    app = App([bench], url=URL, config=AppConfig(prefix=prefix, prefetch=PREFETCH))
-    sink = f"{prefix}.sink"
-    await app.start(consume=False)
+async def run_aiormq(p: Params) -> None:
+    """The same handler one layer down: aiormq's basic_publish (confirm, mandatory), basic_ack."""
+    import aiormq
+    from pamqp.commands import Basic
+
+    names = Names(p.tag)
+    tracker = make_tracker(p)
+    conn = await aiormq.connect(URL)
     try:
-        await app.transport.declare(
-            Topology(
-                queues=(QueueSpec(sink),),
-                bindings=(BindingSpec(sink, app.naming.commands, BenchFollowUp.__wire_name__),),
+        publish_ch = await conn.channel(publisher_confirms=True)  # returns raise PublishError
+        consume_ch = await conn.channel(publisher_confirms=False)
+        await consume_ch.basic_qos(prefetch_count=PREFETCH)
+        decoder = msgspec.json.Decoder(BenchOrder)
+        encoder = msgspec.json.Encoder()
+
+        async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+            props = message.header.properties
+            order = decoder.decode(message.body)
+            follow = BenchFollowUp(order_id=order.order_id, items=order.items)
+            confirm = await publish_ch.basic_publish(
+                encoder.encode(follow),
+                exchange=names.exchange,
+                routing_key=FOLLOW_UP_TYPE,
+                mandatory=True,
+                properties=Basic.Properties(
+                    content_type=CONTENT_TYPE,
+                    delivery_mode=2,
+                    message_id=uuid.uuid4().hex,
+                    correlation_id=props.correlation_id or props.message_id,
+                    timestamp=datetime.now(UTC),
+                    message_type=FOLLOW_UP_TYPE,
+                    headers={"leveret-version": 1, "leveret-causation-id": props.message_id},
+                ),
             )
-        )
-        conn = await aio_pika.connect(URL)
-        try:
-            await fill(await conn.channel(), app.naming.commands, BenchOrder.__wire_name__, n)
-        finally:
-            await conn.close()
-        pipeline = app.pipelines[0]
-        started = time.perf_counter()
-        consumer = await app.transport.consume(pipeline.queue, pipeline, prefetch=PREFETCH)
-        app._consumers.append(consumer)
-        await done.wait()
-        elapsed = time.perf_counter() - started
-        for queue in (sink, pipeline.queue, app.naming.dlq(pipeline.queue)):
-            await app.transport.delete_queue(queue)
-        return n / elapsed
+            if not isinstance(confirm, Basic.Ack):
+                raise RuntimeError(f"publish not confirmed: {confirm!r}")
+            await message.channel.basic_ack(message.delivery.delivery_tag)
+            tracker.hit((props.headers or {}).get(SENT_HEADER))
+
+        emit("ready", queues=[])
+        await wait_go()
+        started, cpu = time.perf_counter(), time.process_time()
+        await consume_ch.basic_consume(names.input, on_message)
+        await tracker.done.wait()
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
-        await app.stop(grace=1)
+        await conn.close()
+    report(p, tracker, elapsed, cpu)
 
 
-CONTENDERS: dict[str, Callable[[int, str], Awaitable[float]]] = {
-    "aio-pika (hand-written)": run_aio_pika,
+# -- FastStream ------------------------------------------------------------------------------
+
+
+async def _run_faststream(p: Params, *, use_msgspec: bool) -> None:
+    """FastStream's idiomatic subscriber; its default pydantic models, or msgspec Structs."""
+    from faststream.rabbit import (
+        Channel,
+        ExchangeType,
+        RabbitBroker,
+        RabbitExchange,
+        RabbitMessage,
+        RabbitQueue,
+    )
+
+    names = Names(p.tag)
+    tracker = make_tracker(p)
+    exchange = RabbitExchange(names.exchange, type=ExchangeType.DIRECT, durable=True)
+    queue = RabbitQueue(names.input, durable=True, routing_key=ORDER_TYPE)
+    # logger=None: no per-message log lines, as for every other contender. Returns raise, as
+    # with every other contender (a mandatory publish nobody received is a failure). One channel
+    # for the broker, as FastStream publishes on the channel its exchange object was declared on.
+    channel = Channel(prefetch_count=PREFETCH, on_return_raises=True)
+    if use_msgspec:
+        from fast_depends.msgspec import MsgSpecSerializer
+
+        broker = RabbitBroker(
+            URL, logger=None, default_channel=channel, serializer=MsgSpecSerializer()
+        )
+
+        @broker.subscriber(queue, exchange)
+        async def handle_struct(body: BenchOrder, message: RabbitMessage) -> None:
+            await broker.publish(
+                BenchFollowUp(order_id=body.order_id, items=body.items),
+                exchange=exchange,
+                routing_key=FOLLOW_UP_TYPE,
+                mandatory=True,
+                persist=True,
+                message_id=uuid.uuid4().hex,
+                correlation_id=message.correlation_id,
+                message_type=FOLLOW_UP_TYPE,
+                headers={"leveret-version": 1, "leveret-causation-id": message.message_id},
+            )
+            tracker.hit(message.headers.get(SENT_HEADER))
+    else:
+        from pydantic import BaseModel
+
+        class ItemModel(BaseModel):
+            sku: str
+            qty: int
+            unit_price_cents: int
+
+        class OrderModel(BaseModel):
+            order_id: str
+            customer_id: str
+            items: list[ItemModel]
+            address: str
+
+        class FollowUpModel(BaseModel):
+            order_id: str
+            items: list[ItemModel]
+
+        broker = RabbitBroker(URL, logger=None, default_channel=channel)
+
+        @broker.subscriber(queue, exchange)
+        async def handle_model(body: OrderModel, message: RabbitMessage) -> None:
+            await broker.publish(
+                FollowUpModel(order_id=body.order_id, items=body.items),
+                exchange=exchange,
+                routing_key=FOLLOW_UP_TYPE,
+                mandatory=True,
+                persist=True,
+                message_id=uuid.uuid4().hex,
+                correlation_id=message.correlation_id,
+                message_type=FOLLOW_UP_TYPE,
+                headers={"leveret-version": 1, "leveret-causation-id": message.message_id},
+            )
+            tracker.hit(message.headers.get(SENT_HEADER))
+
+    await broker.connect()
+    try:
+        emit("ready", queues=[])
+        await wait_go()
+        started, cpu = time.perf_counter(), time.process_time()
+        await broker.start()
+        await tracker.done.wait()
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    finally:
+        await broker.stop()
+    report(p, tracker, elapsed, cpu)
+
+
+async def run_faststream(p: Params) -> None:
+    await _run_faststream(p, use_msgspec=False)
+
+
+async def run_faststream_msgspec(p: Params) -> None:
+    await _run_faststream(p, use_msgspec=True)
+
+
+CONTENDERS: dict[str, Contender] = {
     "leveret": run_leveret,
+    "aio-pika": run_aio_pika,
+    "aiormq": run_aiormq,
+    "faststream": run_faststream,
+    "faststream-msgspec": run_faststream_msgspec,
 }
-
-
-async def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", default="bench/results/pipeline.json")
-    args = parser.parse_args(argv)
-    results: dict[str, list[float]] = {name: [] for name in CONTENDERS}
-    for r in range(args.rounds):
-        for name, run in CONTENDERS.items():
-            rate = await run(args.messages, uuid.uuid4().hex[:6])
-            results[name].append(rate)
-            print(f"round {r + 1}: {name:<26} {rate:8.0f} msgs/s", file=sys.stderr)
-    base = statistics.median(results["aio-pika (hand-written)"])
-    print(f"\npipeline, {args.messages} messages, prefetch {PREFETCH}, median of {args.rounds}")
-    print(f"{'contender':<26} {'msgs/s':>8} {'vs aio-pika':>12}")
-    summary = {}
-    for name, rates in results.items():
-        med = statistics.median(rates)
-        summary[name] = {"median": med, "runs": rates, "ratio": med / base}
-        print(f"{name:<26} {med:8.0f} {med / base:11.2f}x")
-    report = {"messages": args.messages, "prefetch": PREFETCH, "results": summary}
-    write_json(args.json, report)
-    return 0
-
-
-def write_json(path: str, report: object) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump(report, fh, indent=2)
-
-
-if __name__ == "__main__":
-    raise SystemExit(asyncio.run(main()))

@@ -170,7 +170,7 @@ class Codec:
         size = len(body)
         if size > self.max_body_size:
             raise DecodeFailure(f"body_too_large: {size} bytes > limit {self.max_body_size}")
-        if content_type is not None:
+        if content_type is not None and content_type not in _ACCEPTED_CONTENT_TYPES:
             media = content_type.split(";", 1)[0].strip().lower()
             if media not in _ACCEPTED_CONTENT_TYPES:
                 raise DecodeFailure(f"unsupported_content_type: {content_type!r}")

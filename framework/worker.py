@@ -11,6 +11,9 @@ The exit code tells the supervisor what to do next:
 * ``EXIT_BROKER_UNREACHABLE`` (3): no broker within the connect deadline at start-up.
 * ``EXIT_TRANSPORT_FAILED`` (4): the connection failed for good while serving; the supervisor
   restarts the worker, which connects afresh.
+
+The worker runs on uvloop when it is installed (``pip install 'leveret[uvloop]'``), unless
+``LEVERET_LOOP=asyncio``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType, ModuleType
 from typing import Any
 
@@ -60,6 +63,7 @@ EXIT_TRANSPORT_FAILED = 4
 #: The supervisor hands a ``--amqp-url`` to its workers here rather than on their command line,
 #: where any local user could read the password in ``ps``.
 WORKER_URL_ENV = "LEVERET_WORKER_URL"
+LOOP_ENV = "LEVERET_LOOP"  # "asyncio" keeps the standard loop even with uvloop installed
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _PR_SET_PDEATHSIG = 1
@@ -304,6 +308,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed and not turned off; None means asyncio's.
+
+    Raises:
+        ConfigurationError: ``LEVERET_LOOP`` is set to something else than asyncio or uvloop,
+            or to uvloop while it is not installed.
+    """
+    wanted = os.environ.get(LOOP_ENV, "").strip().lower()
+    if wanted not in ("", "asyncio", "uvloop"):
+        raise ConfigurationError(f"{LOOP_ENV}={wanted!r}: use asyncio or uvloop")
+    if wanted == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if wanted == "uvloop":
+            raise ConfigurationError(
+                f"{LOOP_ENV}=uvloop but uvloop is not installed: pip install 'leveret[uvloop]'"
+            ) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one worker until it is told to stop; return its exit code (see the module docstring)."""
     latch = _SignalLatch()
@@ -326,7 +354,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log.error("app_load_failed", app=args.app, error=str(exc))
         return EXIT_CONFIGURATION
     try:
-        code = asyncio.run(_run(app, latch, index=args.index))
+        new_loop = loop_factory()
+    except ConfigurationError as exc:
+        _log.error("event_loop_unavailable", error=str(exc))
+        return EXIT_CONFIGURATION
+    try:
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            code = runner.run(_run(app, latch, index=args.index))
     except Exception:
         _log.exception("worker_failed")
         code = EXIT_FAILED

@@ -36,8 +36,10 @@ from framework.worker import (
     EXIT_CONFIGURATION,
     EXIT_OK,
     EXIT_TRANSPORT_FAILED,
+    LOOP_ENV,
     AppLoadError,
     load_app,
+    loop_factory,
     serve,
 )
 from tests.apps.slow_app import Work, build_app, work_queue
@@ -499,6 +501,30 @@ async def test_serve_lets_an_in_flight_handler_finish_then_returns_0() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+def test_workers_run_on_uvloop_when_installed_unless_turned_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With uvloop installed a worker's loop is uvloop's; LEVERET_LOOP=asyncio keeps asyncio's."""
+    pytest.importorskip("uvloop")
+    monkeypatch.delenv(LOOP_ENV, raising=False)
+    factory = loop_factory()
+    assert factory is not None
+    loop = factory()
+    try:
+        assert type(loop).__module__.startswith("uvloop")
+    finally:
+        loop.close()
+    monkeypatch.setenv(LOOP_ENV, "asyncio")
+    assert loop_factory() is None
+
+
+def test_unknown_event_loop_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LEVERET_LOOP names asyncio or uvloop; anything else is refused with what to set."""
+    monkeypatch.setenv(LOOP_ENV, "trio")
+    with pytest.raises(ConfigurationError, match="use asyncio or uvloop"):
+        loop_factory()
+
+
 def test_memory_app_with_several_workers_is_refused() -> None:
     """``--workers 2`` on a memory:// app exits 2 naming both ways out, before any worker starts."""
     done = run_leveret("tests.apps.slow_app:app", "--workers", "2", "--log-format", "json")

@@ -27,6 +27,7 @@ from urllib.parse import quote, urlsplit
 
 import aiormq
 import aiormq.abc
+import msgspec
 import structlog
 from aio_pika import RobustConnection
 from aio_pika.abc import AbstractConnection, AbstractRobustChannel, AbstractRobustQueue
@@ -53,6 +54,7 @@ from framework.errors import (
     TransportClosed,
     Unroutable,
 )
+from framework.transport import _wire
 from framework.transport.base import (
     Consumer,
     Delivery,
@@ -145,14 +147,36 @@ def _properties(message: OutgoingMessage, reply_to: str | None) -> Basic.Propert
     )
 
 
+def _wire_properties(message: OutgoingMessage, reply_to: str | None) -> bytes:
+    """The same properties as ``_properties``, encoded for the fast publish path."""
+    headers = message.headers
+    expiration = message.expiration_ms
+    return _wire.encode_properties(
+        content_type=message.content_type,
+        headers={k: _to_wire(v) for k, v in headers.items()} if headers else None,
+        delivery_mode=2 if message.persistent else 1,
+        correlation_id=message.correlation_id,
+        reply_to=reply_to,
+        expiration=None if expiration is None else str(expiration),
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        message_type=message.type,
+    )
+
+
 def _broker_text(exc: BaseException) -> str:
     return str(exc.args[0]) if exc.args else repr(exc)
 
 
 class _AmqpDelivery(Delivery):
-    __slots__ = ("_channel", "_consumer", "_settled", "_tag")
+    __slots__ = ("_acks", "_channel", "_consumer", "_settled", "_tag")
 
-    def __init__(self, message: aiormq.abc.DeliveredMessage, consumer: _AmqpConsumer | None):
+    def __init__(
+        self,
+        message: aiormq.abc.DeliveredMessage,
+        consumer: _AmqpConsumer | None,
+        acks: _wire.AckBatcher | None = None,
+    ):
         properties = message.header.properties
         delivery = cast(Basic.Deliver, message.delivery)
         headers = properties.headers
@@ -173,6 +197,7 @@ class _AmqpDelivery(Delivery):
         self._channel = message.channel
         self._tag = delivery.delivery_tag or 0
         self._consumer = consumer
+        self._acks = acks
         self._settled = consumer is None  # replies arrive without acks
 
     async def ack(self) -> None:
@@ -180,7 +205,12 @@ class _AmqpDelivery(Delivery):
             return
         self._settled = True
         try:
-            await self._channel.basic_ack(self._tag, wait=False)
+            if self._channel.is_closed:
+                raise ChannelInvalidStateError("channel closed")
+            if self._acks is not None:
+                self._acks.ack(self._tag)  # written at the end of this loop turn
+            else:
+                await self._channel.basic_ack(self._tag, wait=False)
         except _LOST as exc:
             # The channel died in a reconnect; the broker redelivers the message.
             log.warning("ack_dropped_channel_closed", message_id=self.message_id, error=repr(exc))
@@ -192,7 +222,12 @@ class _AmqpDelivery(Delivery):
             return
         self._settled = True
         try:
-            await self._channel.basic_nack(self._tag, requeue=requeue, wait=False)
+            if self._channel.is_closed:
+                raise ChannelInvalidStateError("channel closed")
+            if self._acks is not None:
+                self._acks.nack(self._tag, requeue=requeue)
+            else:
+                await self._channel.basic_nack(self._tag, requeue=requeue, wait=False)
         except _LOST as exc:
             log.warning("nack_dropped_channel_closed", message_id=self.message_id, error=repr(exc))
         if self._consumer is not None:
@@ -221,11 +256,19 @@ class _AmqpConsumer(Consumer):
         self._transport = transport
         self._callback = callback
         self._lock = asyncio.Lock()
+        self._acks: _wire.AckBatcher | None = None
 
     async def on_message(self, message: aiormq.abc.DeliveredMessage) -> None:
+        # aiormq starts one task per delivery, in delivery order; this runs before any await,
+        # so the batcher sees the deliveries of its channel in order.
+        acks = self._acks
+        if acks is None or acks.channel is not message.channel:
+            acks = self._acks = self._transport._ack_batcher(message.channel)
+        if acks is not None:
+            acks.delivered(cast(Basic.Deliver, message.delivery).delivery_tag or 0)
         self.in_flight += 1
         try:
-            await self._callback(_AmqpDelivery(message, self))
+            await self._callback(_AmqpDelivery(message, self, acks))
         except Exception:
             # Left unsettled; it returns to the queue when the channel closes.
             log.exception("consumer_callback_failed", queue=self.queue)
@@ -281,6 +324,8 @@ class _AmqpConsumer(Consumer):
         self.channel.close_callbacks.discard(self._transport._on_consumer_trouble)
         with contextlib.suppress(TimeoutError, *_LOST):
             async with asyncio.timeout(self._transport.config.connect_timeout):
+                if self._acks is not None:
+                    await self._acks.writer.drain()  # acks asked for go out before the close
                 await self.channel.close()
 
 
@@ -318,6 +363,9 @@ class AmqpTransport(Transport):
         self._flow_listeners: list[FlowListener] = []
         self._flow_raw: object | None = None  # the aiormq connection whose flow frames we hear
         self._blocked = False
+        self._fast = False  # aiormq channels support the batched publish and ack path
+        self._writer: _wire.FrameWriter | None = None
+        self._deadlines: _wire.ConfirmDeadlines | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._connection else "new"
@@ -351,6 +399,8 @@ class AmqpTransport(Transport):
                 for channel in (self._publish_channel, self._rpc_channel):
                     channel.reopen_callbacks.add(self._on_reopen)
                 self._publish_raw = await self._publish_channel.get_underlay_channel()
+                self._fast = _wire.supports_fast_path(self._publish_raw)
+                self._deadlines = _wire.ConfirmDeadlines(cfg.publish_timeout)
         except (TimeoutError, *_LOST, OSError) as exc:
             await self._abandon(connection)
             reason = f"no connection within {cfg.connect_timeout:g}s"
@@ -399,6 +449,13 @@ class AmqpTransport(Transport):
         if self._failed is not None and not self._failed.done():
             self._failed.set_exception(TransportClosed("the transport was closed"))
             self._failed.exception()  # retrieved: nobody has to wait for it
+        if self._writer is not None:  # acks asked for before close() still go out
+            with contextlib.suppress(TimeoutError, *_LOST):
+                async with asyncio.timeout(self.config.connect_timeout):
+                    await self._writer.drain()
+            self._writer = None
+        if self._deadlines is not None:
+            self._deadlines.close()
         tasks = [*self._tasks, *([self._watchdog] if self._watchdog else [])]
         for task in tasks:
             task.cancel()
@@ -426,10 +483,77 @@ class AmqpTransport(Transport):
             raise TransportClosed("the transport is not connected")
         return await asyncio.shield(self._failed)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _frame_writer(self, channel: aiormq.abc.AbstractChannel) -> _wire.FrameWriter:
+        """The frame writer of the aiormq connection under ``channel`` (new after a reconnect)."""
+        writer = self._writer
+        if writer is None or writer.connection is not channel.connection:
+            writer = self._writer = _wire.FrameWriter(channel.connection, self._spawn)
+        return writer
+
+    def _ack_batcher(self, channel: aiormq.abc.AbstractChannel) -> _wire.AckBatcher | None:
+        if not self._fast:
+            return None
+        return _wire.AckBatcher(self._frame_writer(channel), channel)
+
+    async def _publish_confirmed(
+        self,
+        channel: aiormq.abc.AbstractChannel,
+        message: OutgoingMessage,
+        *,
+        exchange: str,
+        routing_key: str,
+        mandatory: bool,
+        reply_to: str | None,
+    ) -> None:
+        """Publish on ``channel`` and wait for its confirm, at most ``publish_timeout``.
+
+        Raises:
+            TimeoutError: no confirm by the deadline.
+        """
+        if not self._fast or self._deadlines is None:
+            await channel.basic_publish(
+                message.body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=_properties(message, reply_to),
+                mandatory=mandatory,
+            )
+            return
+        message_id = message.message_id
+        if not message_id:
+            # aiormq sets one too: a basic.return is matched to its publish by message id.
+            message_id = uuid.uuid4().hex
+            message = msgspec.structs.replace(message, message_id=message_id)
+        confirmation = _wire.publish(
+            self._frame_writer(channel),
+            channel,
+            exchange=exchange,
+            routing_key=routing_key,
+            mandatory=mandatory,
+            properties=_wire_properties(message, reply_to),
+            message_id=message_id,
+            body=message.body,
+        )
+        deadlines = self._deadlines
+        deadline = deadlines.add(confirmation)  # one shared timer instead of one per publish
+        try:
+            await confirmation
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if (
+                confirmation.cancelled()
+                and deadlines.expired(deadline)
+                and task is not None
+                and not task.cancelling()
+            ):
+                raise TimeoutError from None
+            raise
 
     def _require(self) -> RobustConnection:
         if self._connection is None:
@@ -683,18 +807,28 @@ class AmqpTransport(Transport):
             await self._check_exchange(exchange, routing_key)
         if mandatory and not exchange and routing_key.startswith(_REPLY_PREFIX):
             mandatory = False  # RabbitMQ returns every mandatory reply, delivered or not
-        properties = _properties(message, message.reply_to)
         try:
-            async with asyncio.timeout(self.config.publish_timeout):
-                channel = self._publish_raw
-                if channel is None or channel.is_closed:
-                    channel = await self._reopened_publish_channel()
-                await channel.basic_publish(
-                    message.body,
+            channel = self._publish_raw
+            if self._fast and channel is not None and not channel.is_closed:
+                await self._publish_confirmed(
+                    channel,
+                    message,
                     exchange=exchange,
                     routing_key=routing_key,
-                    properties=properties,
                     mandatory=mandatory,
+                    reply_to=message.reply_to,
+                )
+                return
+            async with asyncio.timeout(self.config.publish_timeout):
+                if channel is None or channel.is_closed:
+                    channel = await self._reopened_publish_channel()
+                await self._publish_confirmed(
+                    channel,
+                    message,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    mandatory=mandatory,
+                    reply_to=message.reply_to,
                 )
         except (TimeoutError, *_LOST) as exc:
             raise self._publish_error(exc, exchange, routing_key) from None
@@ -809,12 +943,13 @@ class AmqpTransport(Transport):
             async with asyncio.timeout(timeout):
                 channel = await self._reply_channel()
                 try:
-                    await channel.basic_publish(
-                        message.body,
+                    await self._publish_confirmed(
+                        channel,
+                        message,
                         exchange=exchange,
                         routing_key=routing_key,
-                        properties=_properties(message, REPLY_TO),
                         mandatory=True,
+                        reply_to=REPLY_TO,
                     )
                 except _LOST as exc:
                     raise self._publish_error(exc, exchange, routing_key) from None

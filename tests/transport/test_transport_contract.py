@@ -291,6 +291,37 @@ async def test_settling_twice_is_harmless(transport: Transport, prefix: str) -> 
     await third.ack()
 
 
+async def test_settling_in_any_order_settles_each_message_once(
+    make_transport: MakeTransport, prefix: str
+) -> None:
+    """Deliveries acked and nacked out of order are each settled once: none lost, none twice."""
+    consumer_side, observer = await make_transport(), await make_transport()
+    queue = f"{prefix}.q"
+    await declare_queues(observer, QueueSpec(queue))
+    count, prefetch = 60, 20
+    for i in range(count):
+        await observer.publish(message(str(i).encode()), exchange="", routing_key=queue)
+    inbox = Inbox()
+    await consumer_side.consume(queue, inbox, prefetch=prefetch)
+    acked: list[bytes] = []
+    nacked: set[bytes] = set()
+    while len(acked) < count:
+        batch = await inbox.take(min(prefetch, count - len(acked)))
+        # Newest first, and every third message nacked back once: acks overtake older
+        # deliveries and nacks sit between acks.
+        for delivery in reversed(batch):
+            if int(delivery.body) % 3 == 0 and delivery.body not in nacked:
+                nacked.add(delivery.body)
+                await delivery.nack(requeue=True)
+            else:
+                acked.append(delivery.body)
+                await delivery.ack()
+    assert sorted(acked, key=int) == [str(i).encode() for i in range(count)]
+    # A message acked twice (a channel error) or never would be back in the queue now.
+    await consumer_side.close()
+    assert await observer.queue_depth(queue) == 0
+
+
 # -- consumers -------------------------------------------------------------------------------
 
 

@@ -1,0 +1,657 @@
+"""``python -m bench``: every benchmark section, one after another, on the local broker.
+
+Contenders of a section run in alternation (A B C A B C ...), each measurement in a fresh
+worker process, and the table reports medians with min-max over the rounds and, for rates, the
+ratio of medians to the section's baseline of the same run. The same figures go to a JSON file
+(and, with ``--markdown``, to a Markdown table for docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+from bench.harness import ROOT, Broker, WorkerFailed, WorkerProcess
+from bench.worker import URL
+from bench.workload import FOLLOW_UP_TYPE, ORDER_TYPE, Names
+
+SECTIONS = ("pipeline", "latency", "publish", "query", "saga", "breaker", "memory")
+PIPELINE = ("leveret", "aio-pika", "aiormq", "faststream", "faststream-msgspec")
+PUBLISH = ("leveret", "aio-pika", "aiormq")
+QUERY = ("leveret", "faststream")
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    rounds: int = 3
+    messages: int = 10_000  # pipeline throughput; the issue's reference figures used 20,000
+    latency_messages: int = 2_500  # 5 s at 500/s
+    rate: float = 500.0
+    publish_sequential: int = 3_000
+    publish_concurrent: int = 10_000
+    window: int = 1_000
+    query_messages: int = 3_000
+    callers: int = 50
+    memory_messages: int = 150_000  # --memory-messages 1000000 for the full million (~15 min)
+    memory_warmup: int = 20_000
+    loop: str = "asyncio"
+    contenders: tuple[str, ...] | None = None  # None: all of each section
+
+
+QUICK = Settings(
+    rounds=1,
+    messages=5_000,
+    latency_messages=1_000,
+    publish_sequential=2_000,
+    publish_concurrent=5_000,
+    query_messages=2_000,
+    memory_messages=40_000,
+    memory_warmup=10_000,
+)
+
+
+@dataclass
+class Row:
+    """One line of the table: a contender's values of one metric over the rounds."""
+
+    section: str
+    label: str
+    metric: str
+    unit: str
+    values: list[float] = field(default_factory=list)
+    baseline: str | None = None  # label of the row this one is compared with
+    higher_is_better: bool = True
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values) if self.values else float("nan")
+
+
+class Results:
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str, str], Row] = {}
+        self.notes: list[str] = []
+
+    def add(
+        self, section: str, label: str, metric: str, unit: str, value: float, **kw: Any
+    ) -> None:
+        key = (section, label, metric)
+        if key not in self.rows:
+            self.rows[key] = Row(section, label, metric, unit, **kw)
+        self.rows[key].values.append(value)
+
+    def get(self, section: str, label: str, metric: str) -> Row | None:
+        return self.rows.get((section, label, metric))
+
+    def ratio(self, row: Row) -> float | None:
+        if row.baseline is None:
+            return None
+        base = self.get(row.section, row.baseline, row.metric)
+        if base is None or not base.values or not row.values:
+            return None
+        return row.median / base.median
+
+
+class Bench:
+    """Runs the sections; holds the orchestrator's broker connection and the log."""
+
+    def __init__(self, settings: Settings, broker: Broker, log: IO[str], verbose: bool) -> None:
+        self.s = settings
+        self.broker = broker
+        self.log = log
+        self.verbose = verbose
+        self.results = Results()
+        self.memory_series: list[tuple[int, int]] = []
+
+    def pick(self, contenders: tuple[str, ...]) -> tuple[str, ...]:
+        """The section's contenders, or those of them named with ``--contenders``."""
+        if self.s.contenders is None:
+            return contenders
+        return tuple(c for c in contenders if c in self.s.contenders)
+
+    def say(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+        self.log.write(text + "\n")
+        self.log.flush()
+
+    async def _spawn(self, section: str, contender: str, params: dict[str, Any]) -> WorkerProcess:
+        self.log.write(f"--- {section}/{contender} {params}\n")
+        self.log.flush()
+        return await WorkerProcess.spawn(section, contender, params, loop=self.s.loop, log=self.log)
+
+    async def _cleanup(self, names: Names, queues: list[str]) -> None:
+        exchanges = [
+            f"{names.prefix}.{x}" for x in ("commands", "events", "queries", "dlx", "retry")
+        ]
+        await self.broker.delete(queues=[names.input, names.sink, *queues], exchanges=exchanges)
+
+    # -- pipeline ------------------------------------------------------------------------------
+
+    async def pipeline_once(self, contender: str, mode: str, n: int) -> dict[str, Any]:
+        names = Names(uuid.uuid4().hex[:8])
+        queues = {names.sink: FOLLOW_UP_TYPE}
+        if contender != "leveret":  # leveret declares its own handler queue
+            queues[names.input] = ORDER_TYPE
+        await self.broker.declare(names.exchange, queues)
+        worker = await self._spawn(
+            "pipeline", contender, {"tag": names.tag, "messages": n, "mode": mode}
+        )
+        owned: list[str] = []
+        try:
+            ready = await worker.expect("ready", 60)
+            owned = ready["queues"]
+            if mode == "throughput":
+                await self.broker.fill(names.exchange, n)
+                await worker.go()
+            else:
+                await worker.go()
+                offered = await self.broker.offer(names.exchange, n, self.s.rate)
+            result = await worker.expect("result", max(120.0, n / 100))
+            if mode == "latency":
+                result["offered"] = offered
+            await worker.finish()
+            return result
+        finally:
+            worker.kill()
+            await self._cleanup(names, owned)
+
+    async def section_pipeline(self) -> None:
+        n = self.s.messages
+        self.say(f"pipeline: {n} messages, prefetch 100, {self.s.rounds} rounds, in alternation")
+        for r in range(self.s.rounds):
+            for contender in self.pick(PIPELINE):
+                result = await self.pipeline_once(contender, "throughput", n)
+                self.results.add(
+                    "pipeline",
+                    contender,
+                    "throughput",
+                    "msgs/s",
+                    result["rate"],
+                    baseline="aio-pika",
+                )
+                # The worker's own CPU per message: less sensitive to a busy machine than rates.
+                self.results.add(
+                    "pipeline",
+                    contender,
+                    "client CPU",
+                    "us/msg",
+                    result["cpu_us_per_msg"],
+                    baseline="aio-pika",
+                    higher_is_better=False,
+                )
+                self.say(
+                    f"  round {r + 1}  {contender:<20} {result['rate']:8.0f} msgs/s  "
+                    f"{result['cpu_us_per_msg']:6.0f} us CPU/msg"
+                )
+
+    async def section_latency(self) -> None:
+        n, rate = self.s.latency_messages, self.s.rate
+        self.say(f"pipeline latency: {n} messages offered at {rate:g}/s, {self.s.rounds} rounds")
+        for r in range(self.s.rounds):
+            for contender in self.pick(PIPELINE):
+                res = await self.pipeline_once(contender, "latency", n)
+                for metric in ("p50", "p99"):
+                    self.results.add(
+                        "latency",
+                        contender,
+                        f"latency {metric}",
+                        "ms",
+                        res[f"{metric}_ms"],
+                        higher_is_better=False,
+                    )
+                self.say(
+                    f"  round {r + 1}  {contender:<20} p50 {res['p50_ms']:7.2f} ms  "
+                    f"p99 {res['p99_ms']:7.2f} ms  (offered {res['offered']:.0f}/s)"
+                )
+
+    # -- publish -------------------------------------------------------------------------------
+
+    async def section_publish(self) -> None:
+        modes = {"sequential": self.s.publish_sequential, "concurrent": self.s.publish_concurrent}
+        self.say(
+            f"publish with confirms: sequential {modes['sequential']}, concurrent "
+            f"{modes['concurrent']} ({self.s.window} in flight), {self.s.rounds} rounds"
+        )
+        for r in range(self.s.rounds):
+            for mode, n in modes.items():
+                for contender in self.pick(PUBLISH):
+                    names = Names(uuid.uuid4().hex[:8])
+                    await self.broker.declare(names.exchange, {names.input: ORDER_TYPE})
+                    params = {
+                        "tag": names.tag,
+                        "messages": n,
+                        "mode": mode,
+                        "window": self.s.window,
+                    }
+                    worker = await self._spawn("publish", contender, params)
+                    try:
+                        await worker.expect("ready", 60)
+                        await worker.go()
+                        res = await worker.expect("result", max(120.0, n / 100))
+                        await worker.finish()
+                    finally:
+                        worker.kill()
+                        await self._cleanup(names, [])
+                    self.results.add(
+                        f"publish {mode}",
+                        contender,
+                        "throughput",
+                        "msgs/s",
+                        res["rate"],
+                        baseline="aio-pika",
+                    )
+                    self.say(
+                        f"  round {r + 1}  {mode:<10} {contender:<10} {res['rate']:8.0f} msgs/s"
+                    )
+
+    # -- query ---------------------------------------------------------------------------------
+
+    async def section_query(self) -> None:
+        n, callers = self.s.query_messages, self.s.callers
+        self.say(f"query: {n} round trips, {callers} concurrent callers, {self.s.rounds} rounds")
+        for r in range(self.s.rounds):
+            for contender in self.pick(QUERY):
+                names = Names(uuid.uuid4().hex[:8])
+                params = {"tag": names.tag, "messages": n, "callers": callers}
+                worker = await self._spawn("query", contender, params)
+                owned: list[str] = []
+                try:
+                    owned = (await worker.expect("ready", 60))["queues"]
+                    await worker.go()
+                    res = await worker.expect("result", max(120.0, n / 50))
+                    await worker.finish()
+                finally:
+                    worker.kill()
+                    await self._cleanup(
+                        names, [*owned, *self._leveret_queues(names, "bench.get_order_status")]
+                    )
+                self.results.add(
+                    "query", contender, "round trips", "/s", res["rate"], baseline="faststream"
+                )
+                self.say(f"  round {r + 1}  {contender:<20} {res['rate']:8.0f} round trips/s")
+
+    @staticmethod
+    def _leveret_queues(names: Names, wire_name: str) -> list[str]:
+        queue = f"{names.prefix}.bench.{wire_name}"
+        return [queue, f"{queue}.dlq"]
+
+    # -- later ---------------------------------------------------------------------------------
+
+    async def section_saga(self) -> None:
+        # TODO(issue 7, saga): orders/s through the order saga (SQLite and PostgreSQL stores),
+        # leveret's saga runner vs a hand-written aio-pika state machine; lands with the saga.
+        self.results.notes.append("saga: not measured yet (the saga runner is being built)")
+        self.say("saga: skipped — TODO, lands with the saga runner")
+
+    async def section_breaker(self) -> None:
+        # TODO(issue 7, breaker): publish throughput with a closed breaker in the publish
+        # middleware vs none, and time to fail fast when open; lands with the breaker middleware.
+        self.results.notes.append(
+            "breaker: not measured yet (the breaker middleware is being built)"
+        )
+        self.say("breaker: skipped — TODO, lands with the breaker middleware")
+
+    # -- memory --------------------------------------------------------------------------------
+
+    async def section_memory(self) -> None:
+        n, warmup = self.s.memory_messages, self.s.memory_warmup
+        self.say(f"memory: leveret pipeline worker, RSS after {warmup} messages and after {n}")
+        names = Names(uuid.uuid4().hex[:8])
+        # The sink keeps only the newest follow-ups, so a long run does not fill the broker.
+        await self.broker.declare(
+            names.exchange,
+            {names.sink: FOLLOW_UP_TYPE},
+            arguments={names.sink: {"x-max-length": 10_000}},
+        )
+        every = max(1_000, min(10_000, n // 100))
+        params = {
+            "tag": names.tag,
+            "messages": n,
+            "mode": "memory",
+            "warmup": warmup,
+            "progress_every": every,
+        }
+        worker = await self._spawn("memory", "leveret", params)
+        owned: list[str] = []
+        backlog = 10_000
+        try:
+            owned = (await worker.expect("ready", 60))["queues"]
+            published = min(n, backlog)
+            await self.broker.fill(names.exchange, published)
+            await worker.go()
+            warm_rss = 0
+            series: list[tuple[int, int]] = []
+            async for event in worker.events(120):
+                if event["event"] == "warm":
+                    warm_rss = event["rss"]
+                elif event["event"] == "progress":
+                    series.append((event["count"], event["rss"]))
+                    while published < n and published - event["count"] < backlog:
+                        chunk = min(every, n - published)
+                        await self.broker.fill(names.exchange, chunk, start=published)
+                        published += chunk
+                elif event["event"] == "result":
+                    res = event
+                    break
+            await worker.finish()
+        finally:
+            worker.kill()
+            await self._cleanup(names, owned)
+        growth = (res["rss_end"] - warm_rss) / MB
+        self.results.add("memory", "leveret", f"RSS after {warmup:,} msgs", "MB", warm_rss / MB)
+        self.results.add("memory", "leveret", f"RSS after {n:,} msgs", "MB", res["rss_end"] / MB)
+        self.results.add("memory", "leveret", "RSS growth", "MB", growth, higher_is_better=False)
+        self.results.add("memory", "leveret", "throughput", "msgs/s", res["rate"])
+        self.say(
+            f"  RSS {warm_rss / MB:.1f} MB after {warmup}, {res['rss_end'] / MB:.1f} MB after "
+            f"{n} (growth {growth:+.1f} MB; {res['rate']:.0f} msgs/s)"
+        )
+        self.memory_series = series
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "ms":
+        return f"{value:.1f}"
+    if unit == "MB":
+        return f"{value:.1f}"
+    return f"{value:,.0f}"
+
+
+def table_lines(results: Results, *, markdown: bool) -> list[str]:
+    header = ("section", "contender", "metric", "median", "min-max", "ratio")
+    rows = []
+    # Grouped by section, then metric, each in the order first measured; contenders in run order.
+    sections = list(dict.fromkeys(r.section for r in results.rows.values()))
+    metrics = list(dict.fromkeys(r.metric for r in results.rows.values()))
+    ordered = sorted(
+        results.rows.values(),
+        key=lambda r: (sections.index(r.section), metrics.index(r.metric)),
+    )
+    for row in ordered:
+        ratio = results.ratio(row)
+        spread = (
+            f"{_fmt(min(row.values), row.unit)}-{_fmt(max(row.values), row.unit)}"
+            if len(row.values) > 1
+            else ""
+        )
+        rows.append(
+            (
+                row.section,
+                row.label,
+                f"{row.metric} ({row.unit})",
+                _fmt(row.median, row.unit),
+                spread,
+                "" if ratio is None else f"{ratio:.2f}x {row.baseline}",
+            )
+        )
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return lines
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.rjust(w) if i >= 3 else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return [line(header), line(tuple("-" * w for w in widths)), *(line(r) for r in rows)]
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str
+    section: str
+    label: str
+    metric: str
+    baseline: str | None
+    bound: float
+    at_least: bool = True
+
+
+TARGETS = (
+    Target(
+        "pipeline: leveret >= 1.2x hand-written aio-pika",
+        "pipeline",
+        "leveret",
+        "throughput",
+        "aio-pika",
+        1.2,
+    ),
+    Target(
+        "pipeline: leveret >= 0.95x bare aiormq",
+        "pipeline",
+        "leveret",
+        "throughput",
+        "aiormq",
+        0.95,
+    ),
+    Target(
+        "pipeline: leveret >= 1.8x FastStream (default)",
+        "pipeline",
+        "leveret",
+        "throughput",
+        "faststream",
+        1.8,
+    ),
+    Target(
+        "query: leveret >= 2x FastStream, 50 callers",
+        "query",
+        "leveret",
+        "round trips",
+        "faststream",
+        2.0,
+    ),
+    Target(
+        "memory: RSS growth < 50 MB", "memory", "leveret", "RSS growth", None, 50.0, at_least=False
+    ),
+)
+
+
+def check_targets(results: Results) -> list[dict[str, Any]]:
+    out = []
+    for t in TARGETS:
+        row = results.get(t.section, t.label, t.metric)
+        if row is None:
+            continue
+        if t.baseline is None:
+            value = row.median
+        else:
+            base = results.get(t.section, t.baseline, t.metric)
+            if base is None:
+                continue
+            value = row.median / base.median
+        met = value >= t.bound if t.at_least else value < t.bound
+        out.append({"target": t.text, "value": round(value, 3), "met": met})
+    return out
+
+
+def machine(broker_version: str, loop: str) -> dict[str, Any]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) // 1024} MiB"
+    except OSError:
+        pass
+    versions = {}
+    for dist in (
+        "leveret",
+        "aio-pika",
+        "aiormq",
+        "pamqp",
+        "faststream",
+        "msgspec",
+        "pydantic",
+        "uvloop",
+    ):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": mem,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "rabbitmq": broker_version,
+        "event_loop": loop,
+        "versions": versions,
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+async def measure(
+    settings: Settings, only: tuple[str, ...], log: IO[str], verbose: bool
+) -> tuple[Bench, dict[str, Any]]:
+    """Run the chosen sections in order; a failed section is noted and the rest still run."""
+    async with Broker(URL) as broker:
+        bench = Bench(settings, broker, log, verbose)
+        info = machine(broker.server_version, settings.loop)
+        bench.say(
+            f"bench on {info['cpu']} x{info['cores']}, RabbitMQ {info['rabbitmq']}, "
+            f"Python {info['python']}, {settings.loop} loop"
+        )
+        for name in SECTIONS:
+            if name in only:
+                section: Callable[[], Awaitable[None]] = getattr(bench, f"section_{name}")
+                try:
+                    await section()
+                except WorkerFailed as exc:
+                    bench.results.notes.append(f"{name}: failed: {exc}")
+                    bench.say(f"{name}: FAILED: {exc}")
+    return bench, info
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = QUICK if args.quick else Settings()
+    overrides = {
+        k: v
+        for k, v in {
+            "rounds": args.rounds,
+            "messages": args.messages,
+            "memory_messages": args.memory_messages,
+            "loop": args.loop,
+            "contenders": tuple(args.contenders.split(",")) if args.contenders else None,
+        }.items()
+        if v is not None
+    }
+    settings = replace(settings, **overrides)
+    only = SECTIONS if args.only is None else tuple(s.strip() for s in args.only.split(","))
+    unknown = set(only) - set(SECTIONS)
+    if unknown:
+        print(
+            f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            print("--loop uvloop needs uvloop: pip install 'leveret[uvloop]'", file=sys.stderr)
+            return 2
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    log_path = out.with_suffix(".log")
+    print(f"worker output goes to {log_path}", file=sys.stderr)
+    with open(log_path, "w") as log:
+        bench, info = asyncio.run(measure(settings, only, log, args.verbose))
+    results = bench.results
+    elapsed = time.time() - started
+    targets = check_targets(results)
+    print()
+    for line in table_lines(results, markdown=False):
+        print(line)
+    print()
+    for t in targets:
+        print(f"{'met    ' if t['met'] else 'NOT met'}  {t['target']}  ({t['value']:g})")
+    for note in results.notes:
+        print(f"note: {note}")
+    print(f"\n{elapsed / 60:.1f} min; JSON: {out}")
+    report = {
+        "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        "machine": info,
+        "settings": asdict(settings),
+        "elapsed_s": round(elapsed, 1),
+        "results": [
+            {
+                **asdict(row),
+                "median": row.median,
+                "min": min(row.values),
+                "max": max(row.values),
+                "ratio": results.ratio(row),
+            }
+            for row in results.rows.values()
+        ],
+        "targets": targets,
+        "notes": results.notes,
+        "memory_series": bench.memory_series,
+    }
+    out.write_text(json.dumps(report, indent=2))
+    if args.markdown:
+        md = table_lines(results, markdown=True)
+        md += [""]
+        md += [
+            f"- {'met' if t['met'] else '**not met**'}: {t['target']} ({t['value']:g})"
+            for t in targets
+        ]
+        Path(args.markdown).write_text("\n".join(md) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help=f"comma-separated sections of: {', '.join(SECTIONS)}")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 round and fewer messages: a smoke run of a minute or two",
+    )
+    parser.add_argument(
+        "--contenders", help="comma-separated contenders to run (default: all of each section)"
+    )
+    parser.add_argument("--rounds", type=int, help="measurements per contender (default 3)")
+    parser.add_argument("--messages", type=int, help="pipeline messages per run (default 10000)")
+    parser.add_argument(
+        "--memory-messages", type=int, help="messages through the memory worker (default 150000)"
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        help="event loop of every contender (default asyncio)",
+    )
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
+    parser.add_argument("--markdown", help="also write the table as Markdown to this file")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    return run(args)
