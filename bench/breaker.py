@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
+import os
 import statistics
 import sys
 import time
@@ -24,8 +26,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import aio_pika
+import msgspec
 
-from bench.pipeline import PREFETCH, URL, BenchFollowUp, BenchOrder, fill, payload, write_json
+from bench.worker import URL
+from bench.workload import PREFETCH, BenchFollowUp, BenchOrder, order
 from framework import App, AppConfig, Context, Service
 from framework.bus import Outbound
 from framework.resilience import Breakers, CircuitBreaker, Downstream
@@ -39,6 +43,33 @@ from framework.transport.base import (
     Topology,
     Transport,
 )
+
+
+async def fill(channel: aio_pika.abc.AbstractChannel, exchange: str, key: str, n: int) -> None:
+    """Publish n order commands with pipelined confirms (not measured)."""
+    ex = await channel.get_exchange(exchange) if exchange else channel.default_exchange
+    encoder = msgspec.json.Encoder()
+    batch = []
+    for i in range(n):
+        msg = aio_pika.Message(
+            encoder.encode(order(i)),
+            message_id=uuid.uuid4().hex,
+            type=BenchOrder.__wire_name__,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers={"leveret-version": 1},
+        )
+        batch.append(ex.publish(msg, routing_key=key))
+        if len(batch) == 1000:
+            await asyncio.gather(*batch)
+            batch.clear()
+    await asyncio.gather(*batch)
+
+
+def write_json(path: str, report: object) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(report, fh, indent=2)
 
 
 def per_call_us(run: Callable[[int], float], n: int, repeats: int = 15) -> float:
@@ -135,7 +166,7 @@ def _send_loop(with_breaker: bool) -> Callable[[int], Coroutine[Any, Any, float]
         breakers = Breakers([Downstream("bench")], status=False) if with_breaker else None
         app = App([], transport=NullTransport(), breakers=breakers)
         await app.start(consume=False)
-        command = BenchFollowUp(order_id="o-1", items=payload(1).items)
+        command = BenchFollowUp(order_id="o-1", items=order(1).items)
         started = time.perf_counter()
         for _ in range(n):
             await app.send(command)
