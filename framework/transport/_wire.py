@@ -7,13 +7,13 @@ path that is most of the client's work. This module keeps aiormq's bookkeeping (
 confirmation futures that the channel rejects when it closes, the message-id map through which a
 ``basic.return`` fails its publish) and changes only how the frames get to the socket:
 
-* frames are encoded directly (the same bytes pamqp produces; the header table still goes
-  through pamqp), and
-* every frame written during one turn of the event loop goes to the connection writer as one
-  chunk: one hand-off and one ``send()`` for all the publishes and acks of that turn;
-* acks of a channel are settled at the end of the turn, as one ``basic.ack`` with ``multiple``
-  for the oldest run of acked deliveries and single acks for the rest, so a slow message never
-  holds back the acks of the ones after it.
+* frames are encoded directly (the same bytes pamqp produces; header values of unusual types
+  still go through pamqp's encoder);
+* the frames written in a loop turn and the next one go to the connection writer as one chunk
+  (``FLUSH_TURNS``): one hand-off and one ``send()`` for all their publishes and acks;
+* acks of a channel are settled at that flush, as one ``basic.ack`` with ``multiple`` for the
+  oldest run of acked deliveries and single acks for the rest, so a slow message never holds
+  back the acks of the ones after it.
 
 Nothing is acked earlier than before: an ack is only ever written for a delivery whose ack was
 asked for, and a ``multiple`` ack only covers deliveries that were all acked.
@@ -196,7 +196,7 @@ def _forget(index: dict[str, int], message_id: str, tag: int, _: object) -> None
 
 
 class FrameWriter:
-    """Hands the frames of one event-loop turn to aiormq's connection writer as one chunk.
+    """Hands the frames written in a loop turn (and the next) to aiormq's writer as one chunk.
 
     One per aiormq connection. Frames of a channel that closed before the turn ended are dropped
     (the broker would refuse them; their confirmations were already failed by the channel).
@@ -367,7 +367,7 @@ class ConfirmDeadlines:
 
 
 class AckBatcher:
-    """Settles the deliveries of one consumer channel at the end of each event-loop turn.
+    """Settles the deliveries of one consumer channel at each flush of its frame writer.
 
     Call ``delivered`` for every delivery in arrival order, then ``ack`` or ``nack`` once each.
     A run of acked deliveries with no unsettled one before it goes out as one ``multiple`` ack;

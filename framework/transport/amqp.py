@@ -208,7 +208,7 @@ class _AmqpDelivery(Delivery):
             if self._channel.is_closed:
                 raise ChannelInvalidStateError("channel closed")
             if self._acks is not None:
-                self._acks.ack(self._tag)  # written at the end of this loop turn
+                self._acks.ack(self._tag)  # written with the next flush
             else:
                 await self._channel.basic_ack(self._tag, wait=False)
         except _LOST as exc:
