@@ -25,6 +25,7 @@ from importlib import metadata
 
 import structlog
 
+from framework.argtypes import positive_float, positive_int
 from framework.errors import ConfigurationError
 from framework.logging import LEVELS, LOG_FORMAT_ENV, LOG_LEVEL_ENV, configure_logging
 from framework.resilience import cli as breakers_cli
@@ -78,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("app", metavar="MODULE:APP", help="the App to serve, e.g. handlers.app:app")
     run.add_argument(
-        "--workers", type=_positive_int, default=1, metavar="N", help="worker processes (default 1)"
+        "--workers", type=positive_int, default=1, metavar="N", help="worker processes (default 1)"
     )
     run.add_argument(
         "--amqp-url",
@@ -87,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--connect-timeout",
-        type=_positive_float,
+        type=positive_float,
         metavar="SECONDS",
         help="how long a worker may take to reach the broker before the command exits 3",
     )
@@ -193,26 +194,6 @@ def _usage_error(message: str) -> int:
 
 def _is_amqp(url: str) -> bool:
     return url.split("://", 1)[0].lower() in ("amqp", "amqps")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
 
 
 def _version() -> str:

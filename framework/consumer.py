@@ -30,7 +30,7 @@ from framework.messages import MessageKind
 from framework.middleware import Incoming, Middleware, compose
 from framework.retry import DeadLetter, Delay, Redeliver, RetryPolicy
 from framework.routing import Naming
-from framework.transport.base import Delivery
+from framework.transport.base import Delivery, OutgoingMessage
 
 __all__ = ["HandlerPipeline", "RejectMessage"]
 
@@ -186,30 +186,13 @@ class HandlerPipeline:
             return
         headers = dict(delivery.headers)
         headers[envelope.ATTEMPT] = attempt + 1
-        try:
-            if isinstance(step, Redeliver):
-                await self._bus.transport.publish(
-                    delivery.to_outgoing(headers=headers),
-                    exchange=self._naming.retry,
-                    routing_key=self.queue,
-                )
-            else:
-                assert isinstance(step, Delay)
-                await self._bus.transport.publish(
-                    delivery.to_outgoing(headers=headers, expiration_ms=step.ms),
-                    exchange=self._naming.delay(step.ms),
-                    routing_key=self.queue,
-                )
-        except Exception as publish_exc:
-            _log.error(
-                "retry_publish_failed",
-                queue=self.queue,
-                message_id=delivery.message_id,
-                exc_info=publish_exc,
-            )
-            await delivery.nack(requeue=True)
-            return
-        await delivery.ack()
+        if isinstance(step, Redeliver):
+            copy, exchange = delivery.to_outgoing(headers=headers), self._naming.retry
+        else:
+            assert isinstance(step, Delay)
+            copy = delivery.to_outgoing(headers=headers, expiration_ms=step.ms)
+            exchange = self._naming.delay(step.ms)
+        await self._move(delivery, copy, exchange, "retry_publish_failed")
 
     async def _reject_input(self, delivery: Delivery, reason: str) -> None:
         await self._dead_letter(delivery, reason, None, _attempt(delivery.headers))
@@ -235,15 +218,23 @@ class HandlerPipeline:
             correlation_id=delivery.correlation_id,
             reason=headers[envelope.DEAD_REASON],
         )
+        await self._move(
+            delivery,
+            delivery.to_outgoing(headers=headers),
+            self._naming.dlx,
+            "dead_letter_publish_failed",
+        )
+
+    async def _move(
+        self, delivery: Delivery, copy: OutgoingMessage, exchange: str, failure_event: str
+    ) -> None:
+        """Publish ``copy`` routed back to this queue's name, then ack the original; if the
+        publish fails, nack the original back to its queue instead: nothing is lost."""
         try:
-            await self._bus.transport.publish(
-                delivery.to_outgoing(headers=headers),
-                exchange=self._naming.dlx,
-                routing_key=self.queue,
-            )
+            await self._bus.transport.publish(copy, exchange=exchange, routing_key=self.queue)
         except Exception as publish_exc:
             _log.error(
-                "dead_letter_publish_failed",
+                failure_event,
                 queue=self.queue,
                 message_id=delivery.message_id,
                 exc_info=publish_exc,

@@ -32,6 +32,7 @@ from typing import Any
 import msgspec
 
 from framework.app import App
+from framework.argtypes import positive_float, positive_int
 from framework.errors import BrokerUnreachable, ConfigurationError
 from framework.logging import configure_logging
 from framework.saga.definition import START, Saga
@@ -89,7 +90,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     listing.add_argument("--saga", metavar="NAME", help="only instances of this saga definition")
     listing.add_argument(
-        "--limit", type=_positive_int, default=50, metavar="N", help="at most N (default 50)"
+        "--limit", type=positive_int, default=50, metavar="N", help="at most N (default 50)"
     )
     _format(listing)
     listing.set_defaults(command=_command(_list))
@@ -123,7 +124,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         )
         action.add_argument(
             "--connect-timeout",
-            type=_positive_float,
+            type=positive_float,
             metavar="SECONDS",
             help="how long to wait for the broker before exiting 3",
         )
@@ -449,23 +450,3 @@ def _format(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format", choices=("table", "json"), default="table", help="output (default table)"
     )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
