@@ -39,6 +39,7 @@ from framework.transport.base import (
     Delivery,
     DeliveryCallback,
     OutgoingMessage,
+    QueueInfo,
     QueueSpec,
     Topology,
     Transport,
@@ -159,6 +160,9 @@ class NullTransport(Transport):
 
     async def queue_depth(self, name: str) -> int:
         return 0
+
+    async def queue_info(self, name: str) -> QueueInfo:
+        return QueueInfo(messages=0, consumers=0)
 
 
 def _send_loop(with_breaker: bool) -> Callable[[int], Coroutine[Any, Any, float]]:

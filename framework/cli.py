@@ -7,7 +7,8 @@
 
 ``leveret contracts export|check`` and ``leveret asyncapi`` live in ``framework.schema.cli``;
 ``leveret breakers`` lives in ``framework.resilience.cli``;
-``leveret sagas list|show|graph|resume|abort`` lives in ``framework.saga.cli``.
+``leveret sagas list|show|graph|resume|abort`` lives in ``framework.saga.cli``;
+``leveret dlq list|show|replay|purge`` lives in ``framework.dlq.cli``.
 
 Exit codes of ``leveret run``: 0 drained cleanly after SIGTERM/SIGINT; 1 a worker had to be
 killed or failed while draining; 2 a usage or configuration error (bad MODULE:APP, a memory://
@@ -26,6 +27,7 @@ from importlib import metadata
 import structlog
 
 from framework.argtypes import positive_float, positive_int
+from framework.dlq import cli as dlq_cli
 from framework.errors import ConfigurationError
 from framework.logging import LEVELS, LOG_FORMAT_ENV, LOG_LEVEL_ENV, configure_logging
 from framework.resilience import cli as breakers_cli
@@ -107,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     schema_cli.register(commands)  # contracts export|check, asyncapi
     breakers_cli.register(commands)  # breakers
     saga_cli.register(commands)  # sagas list|show|graph|resume|abort
+    dlq_cli.register(commands)  # dlq list|show|replay|purge
 
     projections = commands.add_parser("projections", help="inspect and rebuild read models")
     actions = projections.add_subparsers(title="actions", metavar="ACTION")

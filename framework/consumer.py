@@ -186,6 +186,7 @@ class HandlerPipeline:
             return
         headers = dict(delivery.headers)
         headers[envelope.ATTEMPT] = attempt + 1
+        headers.setdefault(envelope.FIRST_FAILED_AT, envelope.utc_stamp())
         if isinstance(step, Redeliver):
             copy, exchange = delivery.to_outgoing(headers=headers), self._naming.retry
         else:
@@ -208,6 +209,8 @@ class HandlerPipeline:
         headers[envelope.DEAD_REASON] = reason[:_MAX_HEADER_TEXT]
         headers[envelope.ORIGINAL_QUEUE] = self.queue
         headers[envelope.ATTEMPT] = attempts
+        headers[envelope.LAST_FAILED_AT] = now = envelope.utc_stamp()
+        headers.setdefault(envelope.FIRST_FAILED_AT, now)
         if exc is not None:
             headers[envelope.EXCEPTION_TYPE] = type(exc).__qualname__
             headers[envelope.EXCEPTION_MESSAGE] = str(exc)[:_MAX_HEADER_TEXT]

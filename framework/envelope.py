@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from framework.messages import Message, MessageKind
@@ -30,12 +31,17 @@ __all__ = [
     "FALLBACK_AGE",
     "FALLBACK_BREAKER",
     "FALLBACK_CAUSE",
+    "FIRST_FAILED_AT",
+    "LAST_FAILED_AT",
     "ORIGINAL_QUEUE",
+    "REPLAYED",
+    "REPLAYED_AT",
     "SAGA_ID",
     "TRACEPARENT",
     "VERSION",
     "build",
     "new_message_id",
+    "utc_stamp",
 ]
 
 VERSION: Final = "leveret-version"
@@ -49,6 +55,13 @@ DEAD_REASON: Final = "leveret-dead-reason"
 EXCEPTION_TYPE: Final = "leveret-exception-type"
 EXCEPTION_MESSAGE: Final = "leveret-exception-message"
 ORIGINAL_QUEUE: Final = "leveret-original-queue"
+# When a handler first failed on the message (set on its first retry or dead-lettering, then
+# kept) and when it was dead-lettered; ISO 8601 UTC, see ``utc_stamp``.
+FIRST_FAILED_AT: Final = "leveret-first-failed-at"
+LAST_FAILED_AT: Final = "leveret-last-failed-at"
+# Set by ``leveret dlq replay``: how many times the message was replayed, and when last.
+REPLAYED: Final = "leveret-replayed"
+REPLAYED_AT: Final = "leveret-replayed-at"
 # Set on an error reply to a query.
 ERROR: Final = "leveret-error"
 ERROR_TYPE: Final = "leveret-error-type"
@@ -93,6 +106,12 @@ def new_message_id() -> str:
         _pos = pos + 16
         chunk = _pool[pos : pos + 16]
     return "%032x" % (int.from_bytes(chunk) & _UUID4_CLEAR | _UUID4_SET)
+
+
+def utc_stamp(seconds: float | None = None) -> str:
+    """``seconds`` since the epoch (now by default) as ISO 8601 UTC to the millisecond."""
+    moment = datetime.fromtimestamp(time.time() if seconds is None else seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def build(

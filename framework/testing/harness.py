@@ -32,6 +32,7 @@ from framework.transport.base import (
     Delivery,
     DeliveryCallback,
     OutgoingMessage,
+    QueueInfo,
     Topology,
     Transport,
 )
@@ -281,3 +282,6 @@ class _CapturingTransport(Transport):
 
     async def queue_depth(self, name: str) -> int:
         return await self.inner.queue_depth(name)
+
+    async def queue_info(self, name: str) -> QueueInfo:
+        return await self.inner.queue_info(name)

@@ -61,6 +61,7 @@ from framework.transport.base import (
     DeliveryCallback,
     FlowListener,
     OutgoingMessage,
+    QueueInfo,
     Topology,
     Transport,
 )
@@ -792,6 +793,18 @@ class AmqpTransport(Transport):
         self._require()
         async with self._deadline(f"counting queue {name!r}"):
             return (await self._probe_queue(name)).message_count or 0
+
+    async def queue_info(self, name: str) -> QueueInfo:
+        """Ready messages and consumers of ``name``, from a passive declare.
+
+        Raises:
+            ConfigurationError: the queue does not exist.
+            BrokerUnreachable: no answer within ``declare_timeout`` (e.g. while reconnecting).
+        """
+        self._require()
+        async with self._deadline(f"inspecting queue {name!r}"):
+            ok = await self._probe_queue(name)
+        return QueueInfo(messages=ok.message_count or 0, consumers=ok.consumer_count or 0)
 
     # -- publishing --------------------------------------------------------------------------
 

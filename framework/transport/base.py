@@ -38,6 +38,7 @@ __all__ = [
     "ExchangeType",
     "FlowListener",
     "OutgoingMessage",
+    "QueueInfo",
     "QueueSpec",
     "Topology",
     "Transport",
@@ -126,6 +127,14 @@ T = TypeVar("T")
 
 def _unique(items: tuple[T, ...]) -> tuple[T, ...]:
     return tuple(dict.fromkeys(items))
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    """What the broker says about a queue: ready messages and consumers attached to it."""
+
+    messages: int
+    consumers: int
 
 
 class OutgoingMessage(msgspec.Struct, kw_only=True, gc=False):
@@ -292,6 +301,14 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def queue_depth(self, name: str) -> int:
         """Ready (not unacked) messages in a queue; for tests and tooling."""
+
+    @abc.abstractmethod
+    async def queue_info(self, name: str) -> QueueInfo:
+        """Ready messages and consumers of a queue, as the broker counts them (health, tools).
+
+        Raises:
+            ConfigurationError: the queue does not exist.
+        """
 
     # Added for circuit breakers (resilience): a blocked connection is a failure signal.
     def add_flow_listener(self, listener: FlowListener) -> None:  # noqa: B027  # optional hook

@@ -477,6 +477,13 @@ class MemoryTransport(base.Transport):
             raise ConfigurationError(f"queue {name!r} does not exist")
         return len(queue.ready)
 
+    async def queue_info(self, name: str) -> base.QueueInfo:
+        self._check_open()
+        queue = self.broker.queues.get(name)
+        if queue is None:
+            raise ConfigurationError(f"queue {name!r} does not exist")
+        return base.QueueInfo(messages=len(queue.ready), consumers=len(queue.consumers))
+
     def unsettled(self) -> int:
         """Deliveries handed to this connection's consumers and not yet acked or nacked,
         including those whose callback has not started (the test harness waits on it)."""

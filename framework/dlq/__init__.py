@@ -1,0 +1,32 @@
+"""Dead-letter queues: read, count, replay and purge them without losing or reordering messages.
+
+``leveret dlq list|show|replay|purge`` (``framework.dlq.cli``) is the command line over these.
+"""
+
+from framework.dlq.scan import (
+    MAX_SCAN,
+    DeadLetterInfo,
+    ReplayResult,
+    Selection,
+    count_reasons,
+    describe,
+    original_queue,
+    peek,
+    purge,
+    replay,
+    replay_copy,
+)
+
+__all__ = [
+    "MAX_SCAN",
+    "DeadLetterInfo",
+    "ReplayResult",
+    "Selection",
+    "count_reasons",
+    "describe",
+    "original_queue",
+    "peek",
+    "purge",
+    "replay",
+    "replay_copy",
+]
