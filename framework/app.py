@@ -250,6 +250,11 @@ class App:
             )
         return spec
 
+    @property
+    def started(self) -> bool:
+        """Connected and declared by ``start()``, and not stopped since (health checks)."""
+        return self._started
+
     def use_url(self, url: str) -> None:
         """Point the app at another broker before it starts (``leveret run --amqp-url``).
 

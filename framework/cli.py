@@ -8,7 +8,8 @@
 ``leveret contracts export|check`` and ``leveret asyncapi`` live in ``framework.schema.cli``;
 ``leveret breakers`` lives in ``framework.resilience.cli``;
 ``leveret sagas list|show|graph|resume|abort`` lives in ``framework.saga.cli``;
-``leveret dlq list|show|replay|purge`` lives in ``framework.dlq.cli``.
+``leveret dlq list|show|replay|purge`` lives in ``framework.dlq.cli``;
+``leveret status`` lives in ``framework.health.cli``.
 
 Exit codes of ``leveret run``: 0 drained cleanly after SIGTERM/SIGINT; 1 a worker had to be
 killed or failed while draining; 2 a usage or configuration error (bad MODULE:APP, a memory://
@@ -26,9 +27,10 @@ from importlib import metadata
 
 import structlog
 
-from framework.argtypes import positive_float, positive_int
+from framework.argtypes import port_number, positive_float, positive_int
 from framework.dlq import cli as dlq_cli
 from framework.errors import ConfigurationError
+from framework.health import cli as status_cli
 from framework.logging import LEVELS, LOG_FORMAT_ENV, LOG_LEVEL_ENV, configure_logging
 from framework.resilience import cli as breakers_cli
 from framework.saga import cli as saga_cli
@@ -105,11 +107,24 @@ def _parser() -> argparse.ArgumentParser:
         choices=tuple(LEVELS),
         help=f"lowest level logged (default info; {LOG_LEVEL_ENV})",
     )
+    run.add_argument(
+        "--health-port",
+        type=port_number,
+        metavar="PORT",
+        help="serve GET /live and /ready on this port, over every worker (see README)",
+    )
+    run.add_argument(
+        "--health-host",
+        default="0.0.0.0",  # probes come from outside the container
+        metavar="HOST",
+        help="address of the health port (default 0.0.0.0)",
+    )
     run.set_defaults(command=_run)
     schema_cli.register(commands)  # contracts export|check, asyncapi
     breakers_cli.register(commands)  # breakers
     saga_cli.register(commands)  # sagas list|show|graph|resume|abort
     dlq_cli.register(commands)  # dlq list|show|replay|purge
+    status_cli.register(commands)  # status
 
     projections = commands.add_parser("projections", help="inspect and rebuild read models")
     actions = projections.add_subparsers(title="actions", metavar="ACTION")
@@ -156,6 +171,8 @@ def _run(args: argparse.Namespace) -> int:
         broker_url=app.url if _is_amqp(app.url) else "",
         connect_timeout=connect_timeout_of(app),
         stop_timeout=app.config.shutdown_grace + STOP_MARGIN,
+        health_port=args.health_port,
+        health_host=args.health_host,
     )
     try:
         return asyncio.run(Supervisor(args.app, config=config).run())

@@ -16,20 +16,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
+from framework.health.http import HEALTH_SOCKET_ENV
 from framework.urls import redact
 from framework.worker import (
     EXIT_BROKER_UNREACHABLE,
     EXIT_CONFIGURATION,
     EXIT_FAILED,
     EXIT_OK,
+    HEALTH_CHECK_TIMEOUT,
     WORKER_URL_ENV,
 )
 
@@ -75,6 +79,9 @@ class SupervisorConfig:
             the app's ``shutdown_grace`` plus a margin for closing connections.
         backoff: restart delays.
         python: the interpreter that runs the workers.
+        health_port: serve ``/live`` and ``/ready`` on this port, aggregated over the workers
+            (``framework.health.http``); None serves nothing.
+        health_host: the address to serve them on.
     """
 
     workers: int = 1
@@ -84,6 +91,8 @@ class SupervisorConfig:
     stop_timeout: float = 20.0
     backoff: RestartBackoff = field(default_factory=RestartBackoff)
     python: str = sys.executable
+    health_port: int | None = None
+    health_host: str = "0.0.0.0"  # probes come from outside the container
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -117,6 +126,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._fatal: int | None = None
         self._killed = False
+        self._health_dir: str | None = None
 
     @property
     def pids(self) -> list[int]:
@@ -143,6 +153,18 @@ class Supervisor:
             pid=os.getpid(),
             url=redact(self.config.broker_url) or None,
         )
+        health = None
+        try:
+            health = await self._serve_health()
+        except OSError as exc:
+            for sig in _STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+            print(
+                f"leveret: cannot serve health on port {self.config.health_port}: {exc}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return EXIT_CONFIGURATION
         try:
             async with asyncio.TaskGroup() as group:
                 watchers = [group.create_task(self._keep_running(slot)) for slot in self._slots]
@@ -152,12 +174,46 @@ class Supervisor:
             for sig in _STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
             await self._kill_all()
+            if health is not None:
+                health.close()
+            if self._health_dir is not None:
+                shutil.rmtree(self._health_dir, ignore_errors=True)
         code = self._exit_code()
         _log.info("supervisor_stopped", exit_code=code)
-        message = self._fatal_message()
-        if message is not None:
-            print(f"leveret: {message}", file=sys.stderr, flush=True)
+        fatal = self._fatal_message()
+        if fatal is not None:
+            print(f"leveret: {fatal}", file=sys.stderr, flush=True)
         return code
+
+    async def _serve_health(self) -> asyncio.Server | None:
+        """The aggregated health endpoints; each worker serves its own on a Unix socket."""
+        if self.config.health_port is None:
+            return None
+        from framework.health.http import serve_tcp
+        from framework.health.supervised import WorkerView, supervisor_endpoints
+
+        self._health_dir = tempfile.mkdtemp(prefix="leveret-health-")
+
+        def workers() -> list[WorkerView]:
+            return [
+                WorkerView(
+                    index=slot.index,
+                    pid=slot.process.pid
+                    if slot.process is not None and slot.process.returncode is None
+                    else None,
+                    socket=self._health_socket(slot),
+                )
+                for slot in self._slots
+            ]
+
+        endpoints = supervisor_endpoints(workers, timeout=HEALTH_CHECK_TIMEOUT + 2.0)
+        server = await serve_tcp(self.config.health_host, self.config.health_port, endpoints)
+        _log.info("health_serving", host=self.config.health_host, port=self.config.health_port)
+        return server
+
+    def _health_socket(self, slot: _Slot) -> str:
+        assert self._health_dir is not None
+        return os.path.join(self._health_dir, f"worker-{slot.index}.sock")
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
@@ -220,7 +276,7 @@ class Supervisor:
         if self.config.connect_timeout is not None:
             command += ["--connect-timeout", repr(self.config.connect_timeout)]
         process = await asyncio.create_subprocess_exec(
-            *command, env=self._worker_env(), stdin=asyncio.subprocess.DEVNULL
+            *command, env=self._worker_env(slot), stdin=asyncio.subprocess.DEVNULL
         )
         slot.process = process
         slot.started_at = time.monotonic()
@@ -229,12 +285,15 @@ class Supervisor:
             _send(process, signal.SIGTERM)
         return process
 
-    def _worker_env(self) -> Mapping[str, str]:
+    def _worker_env(self, slot: _Slot) -> Mapping[str, str]:
         env = dict(os.environ)
         if self.config.url is not None:
             env[WORKER_URL_ENV] = self.config.url
         else:
             env.pop(WORKER_URL_ENV, None)
+        env.pop(HEALTH_SOCKET_ENV, None)
+        if self._health_dir is not None:
+            env[HEALTH_SOCKET_ENV] = self._health_socket(slot)
         return env
 
     def _fail(self, code: int) -> None:

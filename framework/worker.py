@@ -66,6 +66,7 @@ WORKER_URL_ENV = "LEVERET_WORKER_URL"
 LOOP_ENV = "LEVERET_LOOP"  # "asyncio" keeps the standard loop even with uvloop installed
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+HEALTH_CHECK_TIMEOUT = 3.0  # deadline of each broker or store call of a readiness check
 _PR_SET_PDEATHSIG = 1
 _log = structlog.get_logger("leveret.worker")
 
@@ -287,11 +288,28 @@ async def _run(app: App, latch: _SignalLatch, *, index: int) -> int:
     if latch.received is not None:
         on_signal(latch.received)
     _log.info("worker_started", pid=os.getpid(), url=redact(app.url))
+    health = await _serve_health(app)
     try:
         return await serve(app, stop)
     finally:
         for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
+        if health is not None:
+            health.close()
+
+
+async def _serve_health(app: App) -> asyncio.Server | None:
+    """``/live`` and ``/ready`` on the Unix socket the supervisor named, if it named one."""
+    from framework.health.http import HEALTH_SOCKET_ENV, serve_unix, worker_endpoints
+
+    path = os.environ.get(HEALTH_SOCKET_ENV)
+    if not path:
+        return None
+    try:
+        return await serve_unix(path, worker_endpoints(app, timeout=HEALTH_CHECK_TIMEOUT))
+    except OSError as exc:
+        _log.error("health_socket_failed", path=path, error=str(exc))
+        return None
 
 
 def _parser() -> argparse.ArgumentParser:
