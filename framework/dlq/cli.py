@@ -52,6 +52,12 @@ def register(commands: Any) -> None:
     )
     actions = dlq.add_subparsers(title="actions", metavar="ACTION")
 
+    def usage(_: argparse.Namespace) -> int:
+        dlq.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    dlq.set_defaults(command=usage)
+
     listing = actions.add_parser(
         "list",
         help="count dead letters per queue and per reason",
