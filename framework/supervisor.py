@@ -206,7 +206,7 @@ class Supervisor:
                 for slot in self._slots
             ]
 
-        endpoints = supervisor_endpoints(workers, timeout=HEALTH_CHECK_TIMEOUT + 2.0)
+        endpoints = supervisor_endpoints(workers, timeout=2 * HEALTH_CHECK_TIMEOUT + 1.0)
         server = await serve_tcp(self.config.health_host, self.config.health_port, endpoints)
         _log.info("health_serving", host=self.config.health_host, port=self.config.health_port)
         return server

@@ -26,7 +26,7 @@ import msgspec
 
 from framework import envelope
 from framework.errors import ConfigurationError, PublishFailed
-from framework.transport.base import Delivery, Transport
+from framework.transport.base import Delivery, OutgoingMessage, Transport
 
 __all__ = [
     "MAX_SCAN",
@@ -262,7 +262,7 @@ async def count_reasons(transport: Transport, dlq: str, *, idle: float = 5.0) ->
     return reasons
 
 
-def replay_copy(delivery: Delivery) -> Any:
+def replay_copy(delivery: Delivery) -> OutgoingMessage:
     """The message to republish: same id, properties and body; attempts counted afresh, the
     last death's headers dropped, ``leveret-replayed`` incremented and stamped."""
     headers = {k: v for k, v in delivery.headers.items() if k not in _DEATH_HEADERS}

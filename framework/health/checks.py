@@ -114,12 +114,17 @@ async def readiness(app: App, *, timeout: float = 3.0) -> Readiness:
             return app.query_transport
         return app.transport
 
-    # Concurrently: while the broker is away every call waits for its deadline.
-    results = await asyncio.gather(
-        *(
-            _queue(side(p), p.queue, p.spec.name, app.naming.dlq(p.queue), timeout)
-            for p in app.pipelines
-        )
+    # Concurrently, the store too: while the broker is away every call waits for its deadline,
+    # and the whole check must answer well within a probe's.
+    store = _store(app, timeout) if app.store is not None else None
+    results, store_check = await asyncio.gather(
+        asyncio.gather(
+            *(
+                _queue(side(p), p.queue, p.spec.name, app.naming.dlq(p.queue), timeout)
+                for p in app.pipelines
+            )
+        ),
+        store if store is not None else _no_store(),
     )
     for status, check, answered in results:
         queues.append(status)
@@ -127,9 +132,13 @@ async def readiness(app: App, *, timeout: float = 3.0) -> Readiness:
         if not answered and not unanswered:
             unanswered = check.detail
     checks.insert(0, Check(name="broker", ok=not unanswered, detail=unanswered or "answered"))
-    if app.store is not None:
-        checks.append(await _store(app, timeout))
+    if store_check is not None:
+        checks.append(store_check)
     return Readiness(ready=all(c.ok for c in checks), checks=checks, queues=queues)
+
+
+async def _no_store() -> None:
+    return None
 
 
 async def _store(app: App, timeout: float) -> Check:

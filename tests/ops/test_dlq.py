@@ -310,3 +310,54 @@ def test_replay_copy_keeps_the_id_and_counts_attempts_afresh() -> None:
         await transport.close()
 
     asyncio.run(run())
+
+
+async def test_broker_dead_letters_show_the_brokers_reason(transport: Any, prefix: str) -> None:
+    """A message the broker dead-lettered itself reads as ``broker: <x-death reason>``, and a
+    body that is not JSON is shown as bytes; on both transports."""
+    from framework.transport.base import (
+        BindingSpec,
+        ExchangeSpec,
+        ExchangeType,
+        QueueSpec,
+        Topology,
+    )
+
+    queue, dlx = f"{prefix}.q", f"{prefix}.dlx"
+    await transport.declare(
+        Topology(
+            exchanges=(ExchangeSpec(dlx, ExchangeType.DIRECT),),
+            queues=(
+                QueueSpec(queue, dead_letter_exchange=dlx, dead_letter_routing_key=queue),
+                QueueSpec(f"{queue}.dlq"),
+            ),
+            bindings=(BindingSpec(f"{queue}.dlq", dlx, queue),),
+        )
+    )
+    try:
+        await transport.publish(
+            OutgoingMessage(body=b"\x80not json", message_id="m-raw", content_type=None),
+            exchange="",
+            routing_key=queue,
+        )
+        rejected: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def reject(delivery: Any) -> None:
+            await delivery.nack(requeue=False)
+            rejected.put_nowait(delivery.message_id)
+
+        consumer = await transport.consume(queue, reject, prefetch=1)
+        async with asyncio.timeout(10):
+            assert await rejected.get() == "m-raw"
+        await consumer.cancel()
+        await eventually(lambda: _equals(transport.queue_depth(f"{queue}.dlq"), 1), what="DLQ")
+        [info] = await peek(transport, f"{queue}.dlq")
+        assert info.reason == "broker: rejected"
+        assert not info.body_is_json
+        assert info.body == repr(b"\x80not json")
+        result = await replay(transport, f"{queue}.dlq", Selection(ids=frozenset({"m-raw"})))
+        assert result.replayed == ("m-raw",)
+        assert await transport.queue_depth(queue) == 1
+    finally:
+        await transport.delete_queue(queue)
+        await transport.delete_queue(f"{queue}.dlq")
