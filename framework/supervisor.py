@@ -7,6 +7,8 @@
 * A worker that exits while the supervisor is not stopping is restarted after a backoff
   (``RestartBackoff``), except when it could not reach the broker or load the app: then every
   worker is stopped and the supervisor exits with that worker's code (3 or 2).
+* With ``health_port``, ``/live`` and ``/ready`` are served on that port, aggregated over the
+  workers, each asked on a Unix socket of its own (``framework.health.http``).
 * No orphans: workers are killed if the supervisor fails, and on Linux each worker asks the kernel
   for SIGTERM should the supervisor die without cleaning up (SIGKILL, OOM).
 """

@@ -12,6 +12,9 @@ The exit code tells the supervisor what to do next:
 * ``EXIT_TRANSPORT_FAILED`` (4): the connection failed for good while serving; the supervisor
   restarts the worker, which connects afresh.
 
+With ``LEVERET_HEALTH_SOCKET`` set (the supervisor does it for ``--health-port``), the worker
+serves ``GET /live`` and ``GET /ready`` on that Unix socket (``framework.health.http``).
+
 The worker runs on uvloop when it is installed (``pip install 'leveret[uvloop]'``), unless
 ``LEVERET_LOOP=asyncio``.
 """
