@@ -32,6 +32,7 @@ __all__ = [
     "SagaRecord",
     "SagaStatus",
     "Store",
+    "StoreStats",
     "StoreTx",
     "StoreUnreachable",
     "store_from_url",
@@ -122,6 +123,20 @@ class HistoryRow(msgspec.Struct, kw_only=True):
     note: str | None = None
 
 
+class StoreStats(msgspec.Struct, kw_only=True, frozen=True):
+    """What the metrics sampler reads from a store (``leveret run --metrics-port``).
+
+    Args:
+        outbox_pending: outbox rows not yet published.
+        oldest_pending_at: ``created_at`` of the oldest of them, None when there is none.
+        inbox_rows: message ids recorded in the inbox (every consumer's).
+    """
+
+    outbox_pending: int
+    oldest_pending_at: float | None
+    inbox_rows: int
+
+
 class SagaExists(LeveretError):
     """A saga with this id was inserted by someone else (two starts raced)."""
 
@@ -206,6 +221,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
         """Unsent outbox rows, oldest first."""
+
+    @abc.abstractmethod
+    async def stats(self) -> StoreStats:
+        """Outbox depth, the oldest unsent row's age and the inbox size, read outside any
+        transaction (a sampler calls it every few seconds, not per message)."""
 
     @abc.abstractmethod
     async def mark_sent(self, message_ids: Sequence[str]) -> None:

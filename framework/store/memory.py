@@ -21,6 +21,7 @@ from framework.store.base import (
     SagaRecord,
     SagaStatus,
     Store,
+    StoreStats,
     StoreTx,
 )
 
@@ -96,6 +97,14 @@ class MemoryStore(Store):
     async def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
         rows = sorted(self._outbox.values(), key=lambda r: r.position)
         return rows[:limit]
+
+    async def stats(self) -> StoreStats:
+        pending = self._outbox.values()
+        return StoreStats(
+            outbox_pending=len(pending),
+            oldest_pending_at=min((r.created_at for r in pending), default=None),
+            inbox_rows=len(self._inbox),
+        )
 
     async def mark_sent(self, message_ids: Sequence[str]) -> None:
         for message_id in message_ids:

@@ -33,6 +33,7 @@ from framework.store.base import (
     SagaRecord,
     SagaStatus,
     Store,
+    StoreStats,
     StoreTx,
     StoreUnreachable,
 )
@@ -105,6 +106,11 @@ _OUTBOX_ADD = (
 _PENDING = (
     f"SELECT position, {_sql.OUTBOX_COLUMNS} FROM leveret_outbox"
     " WHERE sent_at IS NULL ORDER BY position LIMIT $1"
+)
+_STATS = (
+    "SELECT (SELECT count(*) FROM leveret_outbox WHERE sent_at IS NULL),"
+    " (SELECT min(created_at) FROM leveret_outbox WHERE sent_at IS NULL),"
+    " (SELECT count(*) FROM leveret_inbox)"
 )
 _MARK_SENT = (
     "UPDATE leveret_outbox SET sent_at = $1 WHERE message_id = ANY($2::text[]) AND sent_at IS NULL"
@@ -284,6 +290,12 @@ class PostgresStore(Store):
         async with self._connection() as conn:
             rows = await conn.fetch(_PENDING, limit)
         return [_sql.outbox_from_row(row) for row in rows]
+
+    async def stats(self) -> StoreStats:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_STATS)
+        assert row is not None  # a SELECT without FROM returns one row
+        return StoreStats(outbox_pending=row[0], oldest_pending_at=row[1], inbox_rows=row[2])
 
     async def mark_sent(self, message_ids: Sequence[str]) -> None:
         if not message_ids:

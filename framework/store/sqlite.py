@@ -32,6 +32,7 @@ from framework.store.base import (
     SagaRecord,
     SagaStatus,
     Store,
+    StoreStats,
     StoreTx,
 )
 
@@ -90,6 +91,11 @@ _OUTBOX_ADD = (
 _PENDING = (
     f"SELECT position, {_sql.OUTBOX_COLUMNS} FROM leveret_outbox"
     " WHERE sent_at IS NULL ORDER BY position LIMIT ?"
+)
+_STATS = (
+    "SELECT (SELECT count(*) FROM leveret_outbox WHERE sent_at IS NULL),"
+    " (SELECT min(created_at) FROM leveret_outbox WHERE sent_at IS NULL),"
+    " (SELECT count(*) FROM leveret_inbox)"
 )
 _MARK_SENT = "UPDATE leveret_outbox SET sent_at = ? WHERE message_id = ? AND sent_at IS NULL"
 _DELETE_SENT = "DELETE FROM leveret_outbox WHERE message_id = ?"
@@ -229,6 +235,12 @@ class SqliteStore(Store):
         async with self._locked("pending_outbox") as conn:
             rows = await conn.execute_fetchall(_PENDING, (limit,))
         return [_sql.outbox_from_row(row) for row in rows]
+
+    async def stats(self) -> StoreStats:
+        async with self._locked("stats") as conn:
+            rows = list(await conn.execute_fetchall(_STATS))
+        pending, oldest, inbox = rows[0]
+        return StoreStats(outbox_pending=pending, oldest_pending_at=oldest, inbox_rows=inbox)
 
     async def mark_sent(self, message_ids: Sequence[str]) -> None:
         if not message_ids:

@@ -450,6 +450,24 @@ async def test_mark_sent_removes_rows_from_pending(store: Store) -> None:
     assert await store.pending_outbox() == []
 
 
+async def test_stats_count_pending_rows_their_oldest_and_the_inbox(store: Store) -> None:
+    """stats() counts unsent outbox rows, dates the oldest of them and counts inbox rows."""
+    empty = await store.stats()
+    assert (empty.outbox_pending, empty.oldest_pending_at, empty.inbox_rows) == (0, None, 0)
+    async with store.transaction() as tx:
+        assert await tx.inbox_add("orders", "m-1")
+        assert await tx.inbox_add("payment", "m-1")
+        await tx.add_outbox(
+            [outgoing("a", created_at=10.5), outgoing("b", created_at=12.0), outgoing("c")]
+        )
+    stats = await store.stats()
+    assert (stats.outbox_pending, stats.inbox_rows) == (3, 2)
+    assert stats.oldest_pending_at == 10.5  # "c" was created at 100.0
+    await store.mark_sent(["a"])
+    stats = await store.stats()
+    assert (stats.outbox_pending, stats.oldest_pending_at) == (2, 12.0)
+
+
 @pytest.mark.parametrize("store_kind", SQL_KINDS, indirect=True)
 async def test_committed_rows_survive_a_reopened_store(make_store: MakeStore) -> None:
     """Outbox rows, sagas and history outlive the store object that wrote them."""
