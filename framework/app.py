@@ -21,6 +21,7 @@ from framework.errors import ConfigurationError
 from framework.handlers import HandlerSpec, Service, check_unique_handlers
 from framework.messages import Command, Event, Message, MessageKind, Query, Reply, reply_type_of
 from framework.middleware import Middleware
+from framework.observe import Observer, combine
 from framework.resilience.registry import Breakers
 from framework.retry import RetryPolicy
 from framework.routing import Naming
@@ -118,6 +119,9 @@ class App:
             ``amqp://reader:password@host/vhost``: query consumers, their replies and
             ``request`` use this connection; commands, events and topology use ``url``.
         query_transport: a ready transport instead of ``query_url``.
+        observers: instrumentation told about every delivery, publish, outbox row and saga
+            transition (``framework.observe``): ``framework.metrics.PrometheusMetrics``,
+            ``framework.tracing.Tracing``, or your own. More can be added with ``observe``.
 
     Raises:
         RegistrationError: a command or query has two handlers, or a handler is malformed.
@@ -140,6 +144,7 @@ class App:
         breakers: Breakers | None = None,
         query_url: str | None = None,
         query_transport: Transport | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.config = config or AppConfig()
         self.services = tuple(services)
@@ -174,6 +179,7 @@ class App:
         by_service = {s.name: s for s in self.services}
         self.store: Store | None = None
         self.relay: OutboxRelay | None = None
+        self._writer: OutboxWriter | None = None
         self.sagas: dict[str, SagaRunner] = {}
         if store is not None or any(h.saga is not None or h.transactional for h in self.handlers):
             self.store = store or store_from_url(db_url or DEFAULT_DB_URL)
@@ -181,7 +187,7 @@ class App:
             if breakers is not None:
                 # Outbox rows go through the same breakers; refused destinations are parked.
                 self.relay.use_breakers(breakers)
-            writer = OutboxWriter(self.codec, self.naming)
+            writer = self._writer = OutboxWriter(self.codec, self.naming)
             self.handlers = [self._bind_store(h, writer) for h in self.handlers]
         self._sweeper: asyncio.Task[None] | None = None
         self.pipelines: list[HandlerPipeline] = []
@@ -221,6 +227,10 @@ class App:
         }
         self._consumers: list[Consumer] = []
         self._started = False
+        self._observers: list[Observer] = []
+        self.observer: Observer | None = None
+        if observers:
+            self.observe(*observers)
 
     def __repr__(self) -> str:
         return f"App(url={redact(self.url)!r}, services={[s.name for s in self.services]})"
@@ -254,6 +264,27 @@ class App:
     def started(self) -> bool:
         """Connected and declared by ``start()``, and not stopped since (health checks)."""
         return self._started
+
+    def observe(self, *observers: Observer) -> None:
+        """Add instrumentation before the app starts (``leveret run --metrics-port`` adds
+        ``PrometheusMetrics`` this way); see ``framework.observe``.
+
+        Raises:
+            ConfigurationError: the app is running.
+        """
+        if self._started:
+            raise ConfigurationError("observe() must be called before the app starts")
+        self._observers.extend(observers)
+        observer = self.observer = combine(self._observers)
+        self.bus.observer = observer
+        for pipeline in self.pipelines:
+            pipeline.observer = observer
+        if self.relay is not None:
+            self.relay.observer = observer
+        if self._writer is not None:
+            self._writer.observer = observer
+        for runner in self.sagas.values():
+            runner.observer = observer
 
     def use_url(self, url: str) -> None:
         """Point the app at another broker before it starts (``leveret run --amqp-url``).
@@ -332,6 +363,8 @@ class App:
                     pipeline.queue, pipeline, prefetch=self._prefetch[pipeline.queue]
                 )
                 self._consumers.append(consumer)
+        if self.observer is not None:
+            await self.observer.app_started(self)
         _log.info(
             "app_started",
             url=redact(self.url),
@@ -349,6 +382,8 @@ class App:
         if not self._started:
             return
         self._started = False
+        if self.observer is not None:
+            await self.observer.app_stopping(self)
         wait = self.config.shutdown_grace if grace is None else grace
         for consumer in self._consumers:
             try:

@@ -17,6 +17,7 @@ from framework import envelope
 from framework.codec import Codec
 from framework.errors import ConfigurationError, QueryFailed, QueryTimeout, WrongBus
 from framework.messages import Command, Event, Message, MessageKind, Query, Reply, reply_type_of
+from framework.observe import Observer
 from framework.routing import Naming
 from framework.transport.base import Delivery, OutgoingMessage, Transport
 
@@ -117,6 +118,8 @@ class Bus:
         self._publish: PublishNext = self._publish_raw
         for mw in reversed(middleware):
             self._publish = _wrap(mw, self._publish)
+        # Told about every send, publish and request (``framework.observe``); None is free.
+        self.observer: Observer | None = None
 
     async def _publish_raw(self, out: Outbound) -> Delivery | None:
         if out.timeout is not None:
@@ -160,10 +163,23 @@ class Bus:
         wire = envelope.build(message, self._codec.encode(message), **meta)
         # A command nobody handles is an error; an event nobody subscribes to is not.
         mandatory = kind is MessageKind.COMMAND
-        await self._publish(
-            Outbound(message, wire, self._exchanges[kind], cls.__wire_name__, mandatory)
-        )
+        out = Outbound(message, wire, self._exchanges[kind], cls.__wire_name__, mandatory)
+        if self.observer is None:
+            await self._publish(out)
+        else:
+            await self._observed(out, self.observer)
         return wire.message_id
+
+    async def _observed(self, out: Outbound, observer: Observer) -> Any:
+        """Publish (or ask) through the middleware, telling ``observer`` before and after."""
+        state = observer.publish_started(out.routing_key, out.wire.headers)
+        try:
+            result = await self._publish(out)
+        except BaseException as exc:
+            observer.publish_finished(state, out.routing_key, exc)
+            raise
+        observer.publish_finished(state, out.routing_key, None)
+        return result
 
     @overload
     async def request(
@@ -212,7 +228,9 @@ class Bus:
         wait = self._query_timeout if timeout is None else timeout
         out = Outbound(query, wire, self._naming.queries, cls.__wire_name__, True, timeout=wait)
         try:
-            reply: Delivery | None = await self._publish(out)
+            reply: Delivery | None = await (
+                self._publish(out) if self.observer is None else self._observed(out, self.observer)
+            )
         except TimeoutError:
             raise QueryTimeout(cls.__wire_name__, wait) from None
         if reply is None:

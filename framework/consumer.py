@@ -15,6 +15,7 @@ Order of operations for every delivery:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ from framework.errors import DecodeFailure, HandlerTimeout, LeveretError
 from framework.handlers import HandlerSpec
 from framework.messages import MessageKind
 from framework.middleware import Incoming, Middleware, compose
+from framework.observe import Handling, Observer, Outcome
 from framework.retry import DeadLetter, Delay, Redeliver, RetryPolicy
 from framework.routing import Naming
 from framework.transport.base import Delivery, OutgoingMessage
@@ -60,6 +62,8 @@ class HandlerPipeline:
         queue: the queue it consumes.
         retry: the effective retry policy.
         timeout: the handler deadline in seconds.
+        observer: told about every delivery and what became of it (``framework.observe``);
+            None costs nothing per message.
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class HandlerPipeline:
         retry: RetryPolicy,
         timeout: float,
         middleware: Sequence[Middleware] = (),
+        observer: Observer | None = None,
     ) -> None:
         self.spec = spec
         self.queue = queue
@@ -83,6 +88,7 @@ class HandlerPipeline:
         self._timeout = timeout
         self._is_query = spec.kind is MessageKind.QUERY
         self._chain = compose(middleware, self._invoke)
+        self.observer = observer
         self.in_flight: set[asyncio.Task[Any]] = set()
 
     async def __call__(self, delivery: Delivery) -> None:
@@ -90,19 +96,34 @@ class HandlerPipeline:
         assert task is not None
         self.in_flight.add(task)
         try:
-            await self._handle(delivery)
+            if self.observer is None:
+                await self._handle(delivery, None)
+            else:
+                await self._observed(delivery, self.observer)
         finally:
             self.in_flight.discard(task)
+
+    async def _observed(self, delivery: Delivery, observer: Observer) -> None:
+        report = Handling(self.spec, delivery)
+        observer.handling_started(report)
+        try:
+            await self._handle(delivery, report)
+        finally:
+            observer.handling_finished(report)
 
     async def _invoke(self, msg: Incoming) -> Any:
         if self.spec.takes_context:
             return await self.spec.func(msg.message, msg.context)
         return await self.spec.func(msg.message)
 
-    async def _handle(self, delivery: Delivery) -> None:
+    async def _handle(self, delivery: Delivery, report: Handling | None) -> None:
+        """Decode, run, then ack, retry or dead-letter; ``report`` (when observed) records
+        what happened."""
         message_id = delivery.message_id
         if not message_id:
-            await self._reject_input(delivery, "missing_message_id: set the AMQP message_id")
+            await self._reject_input(
+                delivery, "missing_message_id: set the AMQP message_id", report
+            )
             return
         try:
             message = self._codec.decode(
@@ -113,13 +134,14 @@ class HandlerPipeline:
                 into=self.spec.message_type,
             )
         except DecodeFailure as exc:
-            await self._reject_input(delivery, exc.reason)
+            await self._reject_input(delivery, exc.reason, report)
             return
         if type(message) is not self.spec.message_type:
             await self._reject_input(
                 delivery,
                 f"wrong_queue: {delivery.type!r} arrived on {self.queue!r}, which handles "
                 f"{self.spec.message_type.__wire_name__!r}",
+                report,
             )
             return
         attempt = _attempt(delivery.headers)
@@ -134,6 +156,7 @@ class HandlerPipeline:
         ctx: MessageContext = (
             QueryContext(**fields) if self._is_query else Context(self._bus, **fields)
         )
+        started = 0.0 if report is None else time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout) as deadline:
                 result = await self._chain(Incoming(message, ctx, delivery, self.spec))
@@ -141,7 +164,9 @@ class HandlerPipeline:
             await delivery.nack(requeue=True)
             raise
         except RejectMessage as exc:
-            await self._dead_letter(delivery, exc.reason, exc, attempt + 1)
+            if report is not None:
+                report.duration, report.error = time.perf_counter() - started, exc
+            await self._dead_letter(delivery, exc.reason, exc, attempt + 1, report)
             return
         except Exception as exc:
             failure: Exception = exc
@@ -149,15 +174,23 @@ class HandlerPipeline:
                 failure = HandlerTimeout(
                     f"{self.spec.name} ran past its {self._timeout:g}s deadline"
                 )
-            await self._failed(delivery, failure, attempt)
+            if report is not None:
+                report.duration, report.error = time.perf_counter() - started, failure
+            await self._failed(delivery, failure, attempt, report)
             return
+        if report is not None:
+            report.duration = time.perf_counter() - started
         if self._is_query and delivery.reply_to:
             await self._bus.reply(
                 delivery.reply_to, delivery.correlation_id, result, cache_ttl=self.spec.cache_ttl
             )
         await delivery.ack()
+        if report is not None:
+            report.outcome = Outcome.ACKED
 
-    async def _failed(self, delivery: Delivery, exc: Exception, attempt: int) -> None:
+    async def _failed(
+        self, delivery: Delivery, exc: Exception, attempt: int, report: Handling | None
+    ) -> None:
         if self._is_query:
             _log.warning(
                 "query_handler_failed",
@@ -168,6 +201,8 @@ class HandlerPipeline:
             if delivery.reply_to:
                 await self._bus.reply_error(delivery.reply_to, delivery.correlation_id, exc)
             await delivery.ack()
+            if report is not None:
+                report.outcome = Outcome.ACKED
             return
         step = self._retry.after_failure(attempt)
         _log.warning(
@@ -181,7 +216,7 @@ class HandlerPipeline:
         )
         if isinstance(step, DeadLetter):
             await self._dead_letter(
-                delivery, f"handler_failed: {type(exc).__name__}", exc, attempt + 1
+                delivery, f"handler_failed: {type(exc).__name__}", exc, attempt + 1, report
             )
             return
         headers = dict(delivery.headers)
@@ -193,17 +228,24 @@ class HandlerPipeline:
             assert isinstance(step, Delay)
             copy = delivery.to_outgoing(headers=headers, expiration_ms=step.ms)
             exchange = self._naming.delay(step.ms)
-        await self._move(delivery, copy, exchange, "retry_publish_failed")
+        moved = await self._move(delivery, copy, exchange, "retry_publish_failed", report)
+        if moved and report is not None:
+            report.outcome = Outcome.RETRIED
 
-    async def _reject_input(self, delivery: Delivery, reason: str) -> None:
-        await self._dead_letter(delivery, reason, None, _attempt(delivery.headers))
+    async def _reject_input(self, delivery: Delivery, reason: str, report: Handling | None) -> None:
+        await self._dead_letter(delivery, reason, None, _attempt(delivery.headers), report)
         if self._is_query and delivery.reply_to:
             await self._bus.reply_error(
                 delivery.reply_to, delivery.correlation_id, DecodeFailure(reason)
             )
 
     async def _dead_letter(
-        self, delivery: Delivery, reason: str, exc: BaseException | None, attempts: int
+        self,
+        delivery: Delivery,
+        reason: str,
+        exc: BaseException | None,
+        attempts: int,
+        report: Handling | None,
     ) -> None:
         headers = dict(delivery.headers)
         headers[envelope.DEAD_REASON] = reason[:_MAX_HEADER_TEXT]
@@ -221,21 +263,35 @@ class HandlerPipeline:
             correlation_id=delivery.correlation_id,
             reason=headers[envelope.DEAD_REASON],
         )
-        await self._move(
+        moved = await self._move(
             delivery,
             delivery.to_outgoing(headers=headers),
             self._naming.dlx,
             "dead_letter_publish_failed",
+            report,
         )
+        if moved and report is not None:
+            report.outcome, report.reason = Outcome.DEAD_LETTERED, headers[envelope.DEAD_REASON]
 
     async def _move(
-        self, delivery: Delivery, copy: OutgoingMessage, exchange: str, failure_event: str
-    ) -> None:
+        self,
+        delivery: Delivery,
+        copy: OutgoingMessage,
+        exchange: str,
+        failure_event: str,
+        report: Handling | None,
+    ) -> bool:
         """Publish ``copy`` routed back to this queue's name, then ack the original; if the
-        publish fails, nack the original back to its queue instead: nothing is lost."""
+        publish fails, nack the original back to its queue instead: nothing is lost.
+
+        Returns whether the copy was published (and the original acked)."""
+        observer = None if report is None else self.observer
+        state = None if observer is None else observer.publish_started(exchange, copy.headers)
         try:
             await self._bus.transport.publish(copy, exchange=exchange, routing_key=self.queue)
         except Exception as publish_exc:
+            if observer is not None:
+                observer.publish_finished(state, exchange, publish_exc)
             _log.error(
                 failure_event,
                 queue=self.queue,
@@ -243,8 +299,11 @@ class HandlerPipeline:
                 exc_info=publish_exc,
             )
             await delivery.nack(requeue=True)
-            return
+            return False
+        if observer is not None:
+            observer.publish_finished(state, exchange, None)
         await delivery.ack()
+        return True
 
 
 def _attempt(headers: Any) -> int:

@@ -21,6 +21,7 @@ from framework import envelope
 from framework.codec import Codec
 from framework.errors import BreakerOpen
 from framework.messages import Message, MessageKind
+from framework.observe import Observer
 from framework.routing import Naming
 from framework.store.base import OutboxRow, Store
 from framework.transport.base import (
@@ -62,6 +63,8 @@ class OutboxWriter:
         self._codec = codec
         self._naming = naming
         self._clock = clock
+        # Adds the trace context of the moment a row is written (``framework.observe``).
+        self.observer: Observer | None = None
         self._exchanges = {
             MessageKind.COMMAND: naming.commands,
             MessageKind.EVENT: naming.events,
@@ -89,6 +92,8 @@ class OutboxWriter:
             causation_id=causation_id,
             saga_id=saga_id,
         )
+        if self.observer is not None:
+            self.observer.message_stored(wire.headers)
         if delay_ms is not None:
             assert queue is not None
             exchange, routing_key, mandatory = self._naming.delay(delay_ms), queue, True
@@ -151,6 +156,8 @@ class OutboxRelay:
         self._delay_lock = asyncio.Lock()
         self._breakers: Breakers | None = None
         self._parked: dict[str, asyncio.Task[None]] = {}
+        # Told about every row published (``framework.observe``); rows keep their headers.
+        self.observer: Observer | None = None
 
     @property
     def store(self) -> Store:
@@ -208,6 +215,8 @@ class OutboxRelay:
             expiration_ms=props.expiration_ms,
             timestamp=props.timestamp,
         )
+        observer = self.observer
+        state = None if observer is None else observer.publish_started(row.destination, None)
         try:
             if props.expiration_ms is not None:
                 await self._ensure_delay(props.expiration_ms)
@@ -227,9 +236,13 @@ class OutboxRelay:
                     mandatory=row.mandatory,
                 )
         except BreakerOpen as exc:
+            if observer is not None:
+                observer.publish_finished(state, row.destination, exc)
             self._park(exc)
             return False
         except Exception as exc:
+            if observer is not None:
+                observer.publish_finished(state, row.destination, exc)
             _log.warning(
                 "outbox_publish_failed",
                 message_id=row.message_id,
@@ -238,6 +251,8 @@ class OutboxRelay:
                 error=f"{type(exc).__name__}: {exc}",
             )
             return False
+        if observer is not None:
+            observer.publish_finished(state, row.destination, None)
         return True
 
     async def _ensure_delay(self, ms: int) -> None:

@@ -30,6 +30,7 @@ from framework.consumer import RejectMessage
 from framework.context import Context
 from framework.errors import LeveretError
 from framework.messages import Message
+from framework.observe import Observer, SagaStep
 from framework.saga.definition import Instance, Saga, SagaDefinitionError, SagaTimeout, Transition
 from framework.saga.outbox import OutboxRelay, OutboxWriter
 from framework.store.base import (
@@ -106,6 +107,8 @@ class SagaRunner:
         self._unknown = unknown
         self._retries = conflict_retries
         self._clock = clock
+        # Told about every committed transition (``framework.observe``); None is free.
+        self.observer: Observer | None = None
         persisted = msgspec.defstruct(
             f"{saga.name}_persisted",
             [("data", saga.state), ("completed", list[str], []), ("attempt", int, 0)],
@@ -186,6 +189,8 @@ class SagaRunner:
         _log.info(
             "saga_operator_action", saga_id=saga_id, action=action, status=str(transition.status)
         )
+        if self.observer is not None:
+            self._report(self.observer, saga_id, f"operator.{action}", record, transition)
         await self._relay.publish(rows)
         return new
 
@@ -254,6 +259,8 @@ class SagaRunner:
                 )
             )
             await tx.add_outbox(rows)
+        if self.observer is not None:
+            self._report(self.observer, saga_id, type(message).__wire_name__, record, transition)
         if transition.finished:
             _log.info(
                 "saga_finished",
@@ -263,6 +270,28 @@ class SagaRunner:
                 reason=transition.reason,
             )
         return rows
+
+    def _report(
+        self,
+        observer: Observer,
+        saga_id: str,
+        message_type: str,
+        old: SagaRecord | None,
+        transition: Transition[Any],
+    ) -> None:
+        observer.saga_transitioned(
+            SagaStep(
+                saga=self.saga.name,
+                saga_id=saga_id,
+                message_type=message_type,
+                from_state=old.state if old else "start",
+                to_state=transition.state,
+                status=str(transition.status),
+                started=old is None,
+                finished=transition.finished,
+                seconds_in_state=None if old is None else max(0.0, self._clock() - old.updated_at),
+            )
+        )
 
     def _record(
         self,
