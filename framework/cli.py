@@ -3,7 +3,8 @@
 ``leveret projections rebuild MODULE:APP NAME`` rebuilds a read model from its event log.
 
 ``leveret run MODULE:APP [--workers N] [--amqp-url URL] [--connect-timeout S]
-[--log-format json|console] [--log-level LEVEL]`` serves an app with a supervisor and N workers.
+[--log-format json|console] [--log-level LEVEL] [--metrics-port PORT]`` serves an app with a
+supervisor and N workers.
 
 ``leveret contracts export|check`` and ``leveret asyncapi`` live in ``framework.schema.cli``;
 ``leveret breakers`` lives in ``framework.resilience.cli``;
@@ -119,6 +120,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST",
         help="address of the health port (default 0.0.0.0)",
     )
+    run.add_argument(
+        "--metrics-port",
+        type=port_number,
+        metavar="PORT",
+        help="serve Prometheus metrics of every worker, summed, on http://0.0.0.0:PORT/metrics "
+        "(needs pip install 'leveret[prometheus]')",
+    )
     run.set_defaults(command=_run)
     schema_cli.register(commands)  # contracts export|check, asyncapi
     breakers_cli.register(commands)  # breakers
@@ -165,6 +173,15 @@ def _run(args: argparse.Namespace) -> int:
             f"{args.workers} worker processes: use --workers 1, or "
             "--amqp-url amqp://user:password@host:5672/vhost to serve it from RabbitMQ"
         )
+    metrics = None
+    if args.metrics_port is not None:
+        try:
+            from framework.metrics import MetricsServer
+
+            metrics = MetricsServer(args.metrics_port)
+        except ConfigurationError as exc:
+            return _usage_error(str(exc))
+        _log.info("metrics_serving", port=metrics.port)
     config = SupervisorConfig(
         workers=args.workers,
         url=args.amqp_url,
@@ -173,12 +190,16 @@ def _run(args: argparse.Namespace) -> int:
         stop_timeout=app.config.shutdown_grace + STOP_MARGIN,
         health_port=args.health_port,
         health_host=args.health_host,
+        metrics=metrics,
     )
     try:
         return asyncio.run(Supervisor(args.app, config=config).run())
     except Exception:
         _log.exception("supervisor_failed")
         return EXIT_FAILED
+    finally:
+        if metrics is not None:
+            metrics.close()
 
 
 def _rebuild_projection(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -39,9 +40,15 @@ from framework.worker import (
     WORKER_URL_ENV,
 )
 
+if TYPE_CHECKING:
+    from framework.metrics import MetricsServer
+
 __all__ = ["RestartBackoff", "Supervisor", "SupervisorConfig"]
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# prometheus-client's multiprocess directory (framework.metrics.MULTIPROCESS_ENV; not imported
+# here, so that the supervisor runs without the `prometheus` extra).
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # A worker killed by the stop signal itself (before it installed its handlers) had nothing in
 # flight: that is a clean stop too.
 _CLEAN_STOP = frozenset({EXIT_OK, -signal.SIGTERM, -signal.SIGINT})
@@ -84,6 +91,7 @@ class SupervisorConfig:
         health_port: serve ``/live`` and ``/ready`` on this port, aggregated over the workers
             (``framework.health.http``); None serves nothing.
         health_host: the address to serve them on.
+        metrics: the ``--metrics-port`` endpoint: workers then count into its directory.
     """
 
     workers: int = 1
@@ -95,6 +103,7 @@ class SupervisorConfig:
     python: str = sys.executable
     health_port: int | None = None
     health_host: str = "0.0.0.0"  # probes come from outside the container
+    metrics: MetricsServer | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -233,6 +242,8 @@ class Supervisor:
                     "worker_restarted", index=slot.index, pid=process.pid, restarts=slot.restarts
                 )
             code = await process.wait()
+            if self.config.metrics is not None:
+                self.config.metrics.worker_exited(process.pid)
             ran_for = time.monotonic() - slot.started_at
             if self._stop.is_set():
                 slot.final_code = code
@@ -277,6 +288,8 @@ class Supervisor:
         ]
         if self.config.connect_timeout is not None:
             command += ["--connect-timeout", repr(self.config.connect_timeout)]
+        if self.config.metrics is not None:
+            command.append("--metrics")
         process = await asyncio.create_subprocess_exec(
             *command, env=self._worker_env(slot), stdin=asyncio.subprocess.DEVNULL
         )
@@ -296,6 +309,8 @@ class Supervisor:
         env.pop(HEALTH_SOCKET_ENV, None)
         if self._health_dir is not None:
             env[HEALTH_SOCKET_ENV] = self._health_socket(slot)
+        if self.config.metrics is not None:
+            env[MULTIPROCESS_ENV] = self.config.metrics.directory
         return env
 
     def _fail(self, code: int) -> None:

@@ -326,6 +326,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--index", type=int, default=0, help="worker number, for the logs")
     parser.add_argument("--connect-timeout", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="count into prometheus-client's multiprocess files (leveret run --metrics-port)",
+    )
     return parser
 
 
@@ -371,6 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             url=args.url or os.environ.get(WORKER_URL_ENV) or None,
             connect_timeout=args.connect_timeout,
         )
+        if args.metrics:
+            from framework.metrics import PrometheusMetrics
+
+            app.observe(PrometheusMetrics())
     except ConfigurationError as exc:
         _log.error("app_load_failed", app=args.app, error=str(exc))
         return EXIT_CONFIGURATION
