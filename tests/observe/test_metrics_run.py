@@ -24,7 +24,7 @@ from framework import App
 from framework.store import SagaStatus
 from framework.transport.base import OutgoingMessage
 from tests.apps.metrics_app import FLAKY_HANDLER, Work, build_app
-from tests.test_worker import Leveret, eventually
+from tests.test_worker import Leveret, eventually, run_leveret
 from tests.test_worker import served as served  # the fixture
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -178,3 +178,15 @@ async def _send_the_run(client: App) -> None:
             PlaceOrder(order_id="m-2", customer_id="c", items=[dear], address="Main St, Bern")
         ),
     )
+
+
+def test_a_metrics_port_in_use_exits_2_before_any_worker_starts() -> None:
+    """A port already taken is a usage error naming it, and no worker is spawned."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_leveret("tests.apps.metrics_app:app", "--metrics-port", str(port))
+    assert result.returncode == 2
+    assert f"cannot serve metrics on 0.0.0.0:{port}" in result.stderr
+    assert "worker_spawned" not in result.stderr + result.stdout
