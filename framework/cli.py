@@ -14,7 +14,8 @@ supervisor and N workers.
 
 Exit codes of ``leveret run``: 0 drained cleanly after SIGTERM/SIGINT; 1 a worker had to be
 killed or failed while draining; 2 a usage or configuration error (bad MODULE:APP, a memory://
-app with several workers); 3 the broker could not be reached within the connect deadline.
+app with several workers, a --metrics-port that cannot be bound); 3 the broker could not be
+reached within the connect deadline.
 """
 
 from __future__ import annotations
