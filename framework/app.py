@@ -69,6 +69,12 @@ class AppConfig:
     quorum_delivery_limit: int | None = None
 
     def __post_init__(self) -> None:
+        size = self.max_body_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigurationError(
+                f"max_body_size={size!r}: use a positive number of bytes "
+                f"(default {DEFAULT_MAX_BODY_SIZE})"
+            )
         limit = self.quorum_delivery_limit
         if limit is not None and (isinstance(limit, bool) or limit < 1):
             raise ConfigurationError(

@@ -164,8 +164,9 @@ class Codec:
         Raises:
             DecodeFailure: with a reason such as ``body_too_large``, ``unsupported_content_type``,
                 ``missing_type``, ``unknown_type``, ``unsupported_version``, ``invalid_utf8``,
-                ``malformed_json``, ``validation_error: $.path expected int, got str`` or
-                ``upcast_failed``.
+                ``malformed_json``, ``too_deeply_nested``, ``invalid_message`` (a contract's
+                ``__post_init__`` raised),
+                ``validation_error: $.path expected int, got str`` or ``upcast_failed``.
         """
         size = len(body)
         if size > self.max_body_size:
@@ -204,6 +205,17 @@ class Codec:
             if "UTF-8" in text:
                 raise DecodeFailure(f"invalid_utf8: {text}") from None
             raise DecodeFailure(f"malformed_json: {text}") from None
+        except RecursionError:
+            # msgspec guards its recursion with the interpreter's limit (about 1000 levels,
+            # less the stack in use), so the depth is bounded; it raises this, not DecodeError.
+            raise DecodeFailure(
+                "too_deeply_nested: the JSON nests deeper than the decoder's recursion limit"
+            ) from None
+        except Exception as exc:
+            # A contract's __post_init__ may raise anything; msgspec wraps only ValueError and
+            # TypeError. Whatever it is, the message is bad input, not a reason to leave it
+            # unsettled on its channel.
+            raise DecodeFailure(f"invalid_message: {type(exc).__name__}: {exc}") from None
         return self._upcast(message, path) if path else message
 
     def _upcast(self, message: Message, path: tuple[Upcaster[Any, Any], ...]) -> Message:

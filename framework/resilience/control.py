@@ -228,7 +228,8 @@ class BreakerControl:
     async def _on_message(self, delivery: Delivery) -> None:
         try:
             message = _decoder.decode(delivery.body)
-        except msgspec.DecodeError as exc:
+        # msgspec refuses JSON nested past the recursion limit with RecursionError.
+        except (msgspec.DecodeError, RecursionError) as exc:
             _log.warning("breaker_control_message_invalid", error=str(exc))
             await delivery.ack()
             return
