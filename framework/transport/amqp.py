@@ -54,7 +54,7 @@ from framework.errors import (
     TransportClosed,
     Unroutable,
 )
-from framework.transport import _wire
+from framework.transport import _lenient, _wire
 from framework.transport.base import (
     Consumer,
     Delivery,
@@ -70,6 +70,7 @@ from framework.urls import redact
 __all__ = ["AmqpConfig", "AmqpTransport"]
 
 log = structlog.get_logger(__name__)
+_lenient.install()  # a message_id that is not UTF-8 must not drop the connection
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 _REPLY_PREFIX = REPLY_TO + "."
@@ -268,6 +269,18 @@ class _AmqpConsumer(Consumer):
         if acks is not None:
             acks.delivered(cast(Basic.Deliver, message.delivery).delivery_tag or 0)
         self.in_flight += 1
+        delivery = cast(Basic.Deliver, message.delivery)
+        bad = _lenient.undecodable(message.header.properties, delivery.routing_key)
+        if bad is not None:
+            # Nothing downstream could publish it again: the broker dead-letters it unchanged.
+            log.warning(
+                "message_rejected_not_utf8",
+                queue=self.queue,
+                field=bad,
+                message_id=repr(message.header.properties.message_id),
+            )
+            await _AmqpDelivery(message, self, acks).nack(requeue=False)
+            return
         try:
             await self._callback(_AmqpDelivery(message, self, acks))
         except Exception:

@@ -8,6 +8,7 @@ protocol to open a channel, publish one message and close.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
 from pamqp import commands, frame, header
@@ -47,8 +48,13 @@ async def publish_raw(
     routing_key: str,
     body: bytes,
     properties: commands.Basic.Properties,
+    patch_header: Callable[[bytes], bytes] | None = None,
 ) -> None:
-    """Publish one message exactly as given (no property is added) and close cleanly."""
+    """Publish one message exactly as given (no property is added) and close cleanly.
+
+    ``patch_header`` rewrites the encoded content-header frame before it is sent, for
+    properties no encoder produces (a ``message_id`` that is not UTF-8, say).
+    """
     parts = urlsplit(url)
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 5672)
@@ -79,7 +85,8 @@ async def publish_raw(
             writer.write(
                 frame.marshal(commands.Basic.Publish(exchange=exchange, routing_key=routing_key), 1)
             )
-            writer.write(frame.marshal(header.ContentHeader(0, len(body), properties), 1))
+            content_header = frame.marshal(header.ContentHeader(0, len(body), properties), 1)
+            writer.write(patch_header(content_header) if patch_header else content_header)
             writer.write(frame.marshal(ContentBody(body), 1))
             # The broker handles frames in order: once the close is answered, the publish is in.
             writer.write(frame.marshal(commands.Connection.Close(200, "bye", 0, 0), 0))

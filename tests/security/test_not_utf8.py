@@ -1,0 +1,121 @@
+"""Properties that are not UTF-8 reach the DLQ unchanged instead of killing the connection.
+
+RabbitMQ passes any bytes in a short string or header name; pamqp used to raise on them, aiormq
+dropped the connection, and the redelivered message dropped it again, forever. Published below
+every Python client (``publish_raw`` with a patched header frame), each such message must be
+rejected to its DLQ once, byte for byte, while the worker keeps its connection and consumes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+import pytest
+from pamqp import commands, frame
+from pamqp.commands import Basic
+from structlog.testing import capture_logs
+
+from contracts.orders import PlaceOrder
+from framework import App, AppConfig, Context, Service
+from framework import envelope as env
+from framework.transport import _lenient
+from tests.support.raw_amqp import publish_raw
+
+pytestmark = pytest.mark.rabbitmq
+
+WIRE = "orders.place_order"
+BODY = b'{"order_id":"o","customer_id":"c","address":"a","items":[]}'
+MARK = "\x01\x02"  # two bytes in the encoded frame that the patch turns into 0xff 0xfe
+
+
+def breaking(frame_bytes: bytes) -> bytes:
+    assert frame_bytes.count(MARK.encode()) == 1
+    return frame_bytes.replace(MARK.encode(), b"\xff\xfe")
+
+
+CASES: dict[str, tuple[Basic.Properties, str]] = {
+    "message_id": (
+        Basic.Properties(message_id=f"id-{MARK}", message_type=WIRE, headers={env.VERSION: 1}),
+        "message_id",
+    ),
+    "type": (
+        Basic.Properties(message_id="t-1", message_type=f"orders.{MARK}", headers={}),
+        "message_type",
+    ),
+    "header_name": (
+        Basic.Properties(message_id="h-1", message_type=WIRE, headers={f"x-{MARK}": 1}),
+        "headers",
+    ),
+}
+
+
+async def test_properties_that_are_not_utf8_are_dead_lettered_unchanged(
+    amqp_url: str, prefix: str
+) -> None:
+    """Each lands in the DLQ once with the broker's ``rejected`` x-death; the connection
+    survives and the next good message is handled."""
+    orders = Service("orders")
+    handled: asyncio.Queue[PlaceOrder] = asyncio.Queue()
+
+    @orders.command
+    async def place_order(cmd: PlaceOrder, ctx: Context) -> None:
+        handled.put_nowait(cmd)
+
+    app = App([orders], url=amqp_url, config=AppConfig(prefix=prefix))
+    queue = app.naming.handler_queue("orders", WIRE)
+    with capture_logs() as logs:
+        await app.start()
+        try:
+            for properties, _ in CASES.values():
+                await publish_raw(
+                    amqp_url,
+                    exchange=app.naming.commands,
+                    routing_key=WIRE,
+                    body=BODY,
+                    properties=properties,
+                    patch_header=breaking,
+                )
+            await app.send(PlaceOrder(order_id="o-good", customer_id="c", address="a", items=[]))
+            async with asyncio.timeout(15):
+                assert (await handled.get()).order_id == "o-good"
+        finally:
+            await app.stop(grace=5)
+    events = [e["event"] for e in logs]
+    assert "broker_connection_lost" not in events
+    rejected = [e["field"] for e in logs if e["event"] == "message_rejected_not_utf8"]
+    assert sorted(rejected) == sorted(field for _, field in CASES.values())
+
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        dlq = await channel.get_queue(app.naming.dlq(queue))
+        dead = []
+        while (message := await dlq.get(fail=False, timeout=10)) is not None:
+            await message.ack()
+            dead.append(message)
+    finally:
+        await connection.close()
+    assert len(dead) == len(CASES)
+    for message in dead:
+        assert message.body == BODY
+        raw = message.headers.get(_lenient.UNDECODABLE_HEADERS)
+        if isinstance(raw, bytes):  # the header name case: the broker's x-death is in there
+            assert b"x-death" in raw
+            assert b"rejected" in raw
+            continue
+        death = message.headers["x-death"]
+        assert isinstance(death, list)
+        assert death[0]["reason"] == "rejected"  # type: ignore[index]  # a field table
+    ids = sorted(m.message_id.encode("utf-8", "surrogateescape") for m in dead if m.message_id)
+    assert ids == sorted([b"h-1", b"id-\xff\xfe", b"t-1"])
+
+
+def test_a_routing_key_that_is_not_utf8_is_named() -> None:
+    """A basic.deliver whose routing key is not UTF-8 decodes, and the key is reported."""
+    _lenient.install()
+    deliver = commands.Basic.Deliver("tag", 1, False, "ex", f"rk-{MARK}")
+    _, _, decoded = frame.unmarshal(breaking(frame.marshal(deliver, 1)))
+    assert isinstance(decoded, commands.Basic.Deliver)
+    assert _lenient.undecodable(Basic.Properties(), decoded.routing_key) == "routing_key"
+    assert _lenient.undecodable(Basic.Properties(message_id="fine"), "rk") is None
