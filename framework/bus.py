@@ -16,6 +16,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, overload
 from framework import envelope
 from framework.codec import Codec
 from framework.errors import ConfigurationError, QueryFailed, QueryTimeout, WrongBus
+from framework.logging import redact_text
 from framework.messages import Command, Event, Message, MessageKind, Query, Reply, reply_type_of
 from framework.observe import Observer
 from framework.routing import Naming
@@ -303,7 +304,10 @@ class Bus:
             body=b"",
             message_id=envelope.new_message_id(),
             correlation_id=correlation_id,
-            headers={envelope.ERROR: str(exc)[:1000], envelope.ERROR_TYPE: type(exc).__name__},
+            headers={
+                envelope.ERROR: redact_text(str(exc))[:1000],  # the caller may log or show it
+                envelope.ERROR_TYPE: type(exc).__name__,
+            },
             persistent=False,
         )
         await (self.query_transport or self.transport).publish(

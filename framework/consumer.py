@@ -27,6 +27,7 @@ from framework.codec import Codec
 from framework.context import Context, MessageContext, QueryContext
 from framework.errors import DecodeFailure, HandlerTimeout, LeveretError
 from framework.handlers import HandlerSpec
+from framework.logging import redact_text
 from framework.messages import MessageKind
 from framework.middleware import Incoming, Middleware, compose
 from framework.observe import Handling, Observer, Outcome
@@ -255,7 +256,8 @@ class HandlerPipeline:
         headers.setdefault(envelope.FIRST_FAILED_AT, now)
         if exc is not None:
             headers[envelope.EXCEPTION_TYPE] = type(exc).__qualname__
-            headers[envelope.EXCEPTION_MESSAGE] = str(exc)[:_MAX_HEADER_TEXT]
+            # Headers outlive logs and anyone who may read the DLQ sees them: no passwords.
+            headers[envelope.EXCEPTION_MESSAGE] = redact_text(str(exc))[:_MAX_HEADER_TEXT]
         _log.warning(
             "message_dead_lettered",
             queue=self.queue,
