@@ -22,6 +22,7 @@ from framework.errors import (
     QueryFailed,
     QueryTimeout,
     RegistrationError,
+    TLSVerificationFailed,
     Unroutable,
     WrongBus,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "Reply",
     "RetryPolicy",
     "Service",
+    "TLSVerificationFailed",
     "Unroutable",
     "Upcaster",
     "WrongBus",

@@ -21,6 +21,7 @@ __all__ = [
     "QueryFailed",
     "QueryTimeout",
     "RegistrationError",
+    "TLSVerificationFailed",
     "TransportClosed",
     "Unroutable",
     "WrongBus",
@@ -54,6 +55,25 @@ class BrokerUnreachable(LeveretError):
         super().__init__(f"cannot reach the broker at {url}: {reason}")
         self.url = url
         self.reason = reason
+
+
+class TLSVerificationFailed(BrokerUnreachable):
+    """The broker's TLS certificate was not trusted (unknown CA, wrong host name, expired).
+
+    Args:
+        url: the broker URL, password redacted.
+        host: the host the certificate was checked against.
+        detail: what the TLS library said was wrong.
+    """
+
+    def __init__(self, url: str, host: str, detail: str) -> None:
+        super().__init__(
+            url,
+            f"TLS certificate verification failed for host {host!r}: {detail}; trust the CA "
+            "that signed the broker's certificate with ?cafile=/path/to/ca.pem in the URL",
+        )
+        self.host = host
+        self.detail = detail
 
 
 class TransportClosed(LeveretError):

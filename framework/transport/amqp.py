@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import aiormq
 import aiormq.abc
@@ -51,6 +53,7 @@ from framework.errors import (
     PublishFailed,
     PublishNacked,
     PublishTimeout,
+    TLSVerificationFailed,
     TransportClosed,
     Unroutable,
 )
@@ -77,6 +80,8 @@ _REPLY_PREFIX = REPLY_TO + "."
 # Errors of a channel or connection that went away under us; the broker requeues what we held.
 _LOST = (AMQPError, ChannelInvalidStateError, ConnectionError, RuntimeError)
 _PLAIN = (str, int, bool, float, type(None))
+# TLS files aiormq reads from an amqps:// URL's query (with capath, cadata and no_verify_ssl).
+_TLS_FILES = ("cafile", "certfile", "keyfile")
 # aiormq 7 handles connection.blocked / unblocked in these private methods, with no callback.
 _FLOW_HANDLERS = (
     ("_Connection__handle_connection_blocked", True),
@@ -164,6 +169,18 @@ def _wire_properties(message: OutgoingMessage, reply_to: str | None) -> bytes:
         timestamp=message.timestamp,
         message_type=message.type,
     )
+
+
+def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind ``exc`` (aiormq wraps it), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _broker_text(exc: BaseException) -> str:
@@ -398,6 +415,7 @@ class AmqpTransport(Transport):
             raise TransportClosed("a closed transport cannot reconnect; create a new one")
         if self._connection is not None:
             return
+        self._check_tls_files()
         cfg = self.config
         url = make_url(
             self._url, heartbeat=cfg.heartbeat, reconnect_interval=cfg.reconnect_interval
@@ -417,6 +435,11 @@ class AmqpTransport(Transport):
                 self._deadlines = _wire.ConfirmDeadlines(cfg.publish_timeout)
         except (TimeoutError, *_LOST, OSError) as exc:
             await self._abandon(connection)
+            untrusted = _certificate_error(exc)
+            if untrusted is not None:
+                host = urlsplit(self._url).hostname or ""
+                detail = untrusted.verify_message or str(untrusted)
+                raise TLSVerificationFailed(self._safe_url, host, self._scrub(detail)) from None
             reason = f"no connection within {cfg.connect_timeout:g}s"
             if not isinstance(exc, TimeoutError):
                 reason = f"{type(exc).__name__}: {exc}"
@@ -429,6 +452,22 @@ class AmqpTransport(Transport):
         connection.close_callbacks.add(self._on_connection_lost)
         connection.reconnect_callbacks.add(self._on_reconnected)
         self._watch_flow()
+
+    def _check_tls_files(self) -> None:
+        """Name a missing ``cafile``/``certfile``/``keyfile`` instead of a bare ENOENT later.
+
+        Raises:
+            ConfigurationError: a TLS file named in the URL's query cannot be read.
+        """
+        with contextlib.suppress(ValueError):
+            query = parse_qs(urlsplit(self._url).query)
+            for name in _TLS_FILES:
+                for path in query.get(name, ()):
+                    if not os.access(path, os.R_OK):
+                        raise ConfigurationError(
+                            f"{name}={path!r} in the broker URL {self._safe_url} is not a "
+                            "readable file: give the path of a PEM file"
+                        )
 
     @staticmethod
     async def _open_channel(

@@ -3,31 +3,37 @@
 Per RABBITMQ.md, tests that would disturb the shared broker start a second node instead. The
 node gets a unique name and free ports, runs detached as the ``rabbitmq`` user, and is stopped
 (and its directory removed) afterwards. Booting takes a few seconds: use it once per module.
+
+``extra_config`` adds lines to the node's ``rabbitmq.conf`` (``{dir}`` in them stands for the
+node's directory) and ``files`` are written into that directory first, readable by the broker:
+a TLS listener, for one, is ``files`` with the certificates and ``extra_config`` naming them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from tests.support.broker import RabbitmqctlError, rabbitmqctl
 
-__all__ = ["SecondNode", "second_node"]
+__all__ = ["SecondNode", "free_port", "second_node"]
 
 
 class SecondNode:
     """A running extra node: its AMQP URL and its ``rabbitmqctl -n`` name."""
 
-    def __init__(self, name: str, port: int) -> None:
+    def __init__(self, name: str, port: int, directory: Path | None = None) -> None:
         self.name = name
         self.port = port
+        self.dir = directory
         self.url = f"amqp://guest:guest@127.0.0.1:{port}/"
 
     def ctl(self, *args: str) -> str:
@@ -35,7 +41,8 @@ class SecondNode:
         return rabbitmqctl(*args, node=self.name)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -43,8 +50,18 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def second_node(boot_timeout: float = 60.0) -> Iterator[SecondNode]:
+def second_node(
+    boot_timeout: float = 60.0,
+    *,
+    extra_config: str = "",
+    files: Mapping[str, bytes] | None = None,
+) -> Iterator[SecondNode]:
     """Start a node, yield it, stop it.
+
+    Args:
+        boot_timeout: seconds the node may take to boot.
+        extra_config: more ``rabbitmq.conf`` lines; ``{dir}`` is replaced by the node directory.
+        files: file name -> content, written into the node directory before it boots.
 
     Raises:
         RabbitmqctlError: rabbitmq-server or rabbitmqctl is missing, or the node did not boot.
@@ -53,9 +70,13 @@ def second_node(boot_timeout: float = 60.0) -> Iterator[SecondNode]:
     if server is None or shutil.which("rabbitmqctl") is None:
         raise RabbitmqctlError("rabbitmq-server is not installed")
     base = Path(tempfile.mkdtemp(prefix="leveret-node-"))
-    port, dist = _free_port(), _free_port()
-    name = f"leveret-breakers-{os.getpid()}@localhost"
-    (base / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{port}\n")
+    port, dist = free_port(), free_port()
+    # Unique per call: two nodes of one test process must not share an Erlang node name.
+    name = f"leveret-breakers-{os.getpid()}-{secrets.token_hex(3)}@localhost"
+    for file_name, content in (files or {}).items():
+        (base / file_name).write_bytes(content)
+    extra = extra_config.replace("{dir}", str(base))
+    (base / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{port}\n{extra}\n")
     (base / "enabled_plugins").write_text("[].\n")
     subprocess.run(["chown", "-R", "rabbitmq", str(base)], check=False, capture_output=True)
     env = {
@@ -69,7 +90,7 @@ def second_node(boot_timeout: float = 60.0) -> Iterator[SecondNode]:
         "RABBITMQ_PID_FILE": str(base / "pid"),
         "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
     }
-    node = SecondNode(name, port)
+    node = SecondNode(name, port, base)
     try:
         subprocess.run([server, "-detached"], env=env, check=True, capture_output=True)
         deadline = time.monotonic() + boot_timeout
