@@ -25,6 +25,7 @@ import structlog
 from structlog.typing import EventDict, ExcInfo, Processor, WrappedLogger
 
 from framework.errors import ConfigurationError
+from framework.urls import redact_query_passwords
 
 __all__ = [
     "LEVELS",
@@ -46,20 +47,25 @@ LEVELS: Mapping[str, int] = {
 }
 _FORMATS = {"json": True, "console": False}
 
-# ``scheme://user:password@`` anywhere in a text. The password part stops at the first ``@`` or
-# whitespace, not at ``/``: an unescaped ``/`` in a password must not let the rest leak.
-_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*):[^\s@]*@")
+# ``scheme://user:password@`` anywhere in a text. The password part runs to the last ``@``
+# before whitespace, not to the first ``/`` or ``@``: an unescaped ``/`` or ``@`` in a password
+# must not let the rest leak (at worst a host after a later ``@`` is masked too).
+_CREDENTIALS = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*):\S*@(?=[^\s@]*(?:\s|$))"
+)
 
 
 def redact_text(text: str) -> str:
-    """Replace the password of every ``scheme://user:password@`` in ``text`` with ``***``.
+    """Replace the password of every ``scheme://user:password@`` in ``text``, and every
+    ``password=`` in a URL's query, with ``***``.
 
     >>> redact_text("connecting to amqp://app:s3cret@rabbit:5672/shop failed")
     'connecting to amqp://app:***@rabbit:5672/shop failed'
     """
     if "://" not in text:  # the common case costs one substring search
         return text
-    return _CREDENTIALS.sub(r"\g<head>:***@", text)
+    text = _CREDENTIALS.sub(r"\g<head>:***@", text)
+    return redact_query_passwords(text)
 
 
 def _redact_value(value: Any) -> Any:

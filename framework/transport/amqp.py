@@ -410,6 +410,10 @@ class AmqpTransport(Transport):
         Raises:
             BrokerUnreachable: no connection within ``connect_timeout`` (bad host, port,
                 credentials or vhost); the URL in it has its password redacted.
+            TLSVerificationFailed: (a BrokerUnreachable) the broker's certificate is not
+                trusted.
+            ConfigurationError: the URL cannot be parsed, or names a TLS file that cannot be
+                read.
         """
         if self._closed:
             raise TransportClosed("a closed transport cannot reconnect; create a new one")
@@ -417,9 +421,14 @@ class AmqpTransport(Transport):
             return
         self._check_tls_files()
         cfg = self.config
-        url = make_url(
-            self._url, heartbeat=cfg.heartbeat, reconnect_interval=cfg.reconnect_interval
-        )
+        try:
+            url = make_url(
+                self._url, heartbeat=cfg.heartbeat, reconnect_interval=cfg.reconnect_interval
+            )
+        except ValueError as exc:  # yarl's message quotes no part of the URL
+            raise ConfigurationError(
+                f"the broker URL {self._safe_url} is not valid: {exc}"
+            ) from None
         # connect_robust() without the helper, so a failed attempt can still be closed.
         connection = RobustConnection(url)
         try:
