@@ -54,7 +54,8 @@ async def test_properties_that_are_not_utf8_are_dead_lettered_unchanged(
     amqp_url: str, prefix: str
 ) -> None:
     """Each lands in the DLQ once with the broker's ``rejected`` x-death; the connection
-    survives and the next good message is handled."""
+    survives and the next good messages (one with a header value that is not UTF-8) are
+    handled."""
     orders = Service("orders")
     handled: asyncio.Queue[PlaceOrder] = asyncio.Queue()
 
@@ -76,9 +77,21 @@ async def test_properties_that_are_not_utf8_are_dead_lettered_unchanged(
                     properties=properties,
                     patch_header=breaking,
                 )
+            # A header *value* that is not UTF-8 is kept as bytes: the message is fine.
+            await publish_raw(
+                amqp_url,
+                exchange=app.naming.commands,
+                routing_key=WIRE,
+                body=BODY.replace(b'"o"', b'"o-bytes-header"'),
+                properties=Basic.Properties(
+                    message_id="v-1", message_type=WIRE, headers={"x-note": MARK}
+                ),
+                patch_header=breaking,
+            )
             await app.send(PlaceOrder(order_id="o-good", customer_id="c", address="a", items=[]))
             async with asyncio.timeout(15):
-                assert (await handled.get()).order_id == "o-good"
+                got = {(await handled.get()).order_id for _ in range(2)}
+            assert got == {"o-bytes-header", "o-good"}
         finally:
             await app.stop(grace=5)
     events = [e["event"] for e in logs]
