@@ -152,7 +152,15 @@ def _int(value: Any) -> int | None:
 def _str(value: Any) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else None
+    return _shown(value) if isinstance(value, str) else None
+
+
+def _shown(value: str | None) -> str | None:
+    """A property as text that prints and encodes: bytes that were not UTF-8 (kept by the
+    transport as lone surrogates) are shown as ``\\xff`` escapes."""
+    if value is None or value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def describe(delivery: Delivery, *, queue: str, position: int) -> DeadLetterInfo:
@@ -166,11 +174,11 @@ def describe(delivery: Delivery, *, queue: str, position: int) -> DeadLetterInfo
     return DeadLetterInfo(
         queue=queue,
         position=position,
-        message_id=delivery.message_id,
-        correlation_id=delivery.correlation_id,
+        message_id=_shown(delivery.message_id),
+        correlation_id=_shown(delivery.correlation_id),
         causation_id=_str(headers.get(envelope.CAUSATION_ID)),
         saga_id=_str(headers.get(envelope.SAGA_ID)),
-        type=delivery.type,
+        type=_shown(delivery.type),
         version=_int(headers.get(envelope.VERSION)),
         reason=reason_of(headers),
         exception_type=_str(headers.get(envelope.EXCEPTION_TYPE)),
@@ -180,7 +188,7 @@ def describe(delivery: Delivery, *, queue: str, position: int) -> DeadLetterInfo
         last_failed_at=_str(headers.get(envelope.LAST_FAILED_AT)),
         original_queue=_str(headers.get(envelope.ORIGINAL_QUEUE)),
         replayed=_int(headers.get(envelope.REPLAYED)) or 0,
-        content_type=delivery.content_type,
+        content_type=_shown(delivery.content_type),
         body=body,
         body_is_json=is_json,
     )

@@ -6,13 +6,15 @@ them as UTF-8 and raises on anything else; aiormq then closes the whole connecti
 requeues the message, the robust connection reconnects, and the same message kills it again: one
 publish from any client with write access stops every consumer of a worker for good.
 
-``install()`` (called once when the RabbitMQ transport is imported) makes pamqp's decoder keep
-such bytes instead: short strings decode with ``surrogateescape`` (the bytes survive as lone
-surrogates), and a header table that cannot be decoded becomes ``{UNDECODABLE_HEADERS: raw}``.
-``undecodable(message)`` then names the first field of a delivery that was not UTF-8, and the
-consumer rejects the delivery without requeue, so the queue's dead-letter exchange moves it,
-byte for byte, to its DLQ. It patches pamqp's decoder table, a process-wide change: any other
-pamqp user in the process sees the same strings instead of a dropped connection.
+``install()`` (called once when the RabbitMQ transport is imported) makes pamqp keep such bytes
+instead: short strings decode with ``surrogateescape`` (the bytes survive as lone surrogates, and
+encode back to the same bytes), and a header table that cannot be decoded becomes
+``{UNDECODABLE_HEADERS: raw}``. ``undecodable(...)`` names the first field of a delivery that was
+not UTF-8; on a queue with a dead-letter exchange (every handler queue) the consumer rejects
+such a delivery without requeue, so the broker moves it, byte for byte, to the DLQ. Elsewhere
+(a DLQ being inspected, say) it is delivered as it is: rejecting it there would drop it.
+It patches pamqp's decoder and encoder tables, a process-wide change: any other pamqp user in
+the process sees the same strings instead of a dropped connection.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pamqp import decode
+from pamqp import decode, encode
 
 __all__ = ["UNDECODABLE_HEADERS", "install", "undecodable"]
 
@@ -41,6 +43,15 @@ def _short_str(value: bytes) -> tuple[int, str]:
     return length + 1, value[1 : length + 1].decode("utf-8", "surrogateescape")
 
 
+def _encode_short_str(value: str) -> bytes:
+    if not isinstance(value, str):
+        raise TypeError(f"str required, received {type(value)}")
+    data = value.encode("utf-8", "surrogateescape")  # the bytes _short_str kept, unchanged
+    if len(data) > 255:
+        raise TypeError("string exceeds maximum length of 255 bytes")
+    return bytes((len(data),)) + data
+
+
 def _table(value: bytes) -> tuple[int, Any]:
     try:
         return _original_table(value)
@@ -53,6 +64,7 @@ def install() -> None:
     """Make pamqp keep short strings and header tables that are not UTF-8 (idempotent)."""
     decode.METHODS["shortstr"] = _short_str
     decode.METHODS["table"] = _table
+    encode.METHODS["shortstr"] = _encode_short_str
 
 
 def _not_utf8(value: str | None) -> bool:

@@ -81,7 +81,8 @@ def supports_fast_path(channel: aiormq.abc.AbstractChannel) -> bool:
 
 
 def _short(value: str) -> bytes:
-    data = value.encode()
+    # Bytes that were not UTF-8 (kept by transport._lenient) go back exactly as they came.
+    data = value.encode("utf-8", "surrogateescape")
     if len(data) > 255:  # pamqp's error, so callers see what they saw before
         raise TypeError("string exceeds maximum length of 255 bytes")
     return bytes((len(data),)) + data

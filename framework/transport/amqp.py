@@ -276,6 +276,9 @@ class _AmqpConsumer(Consumer):
         self._callback = callback
         self._lock = asyncio.Lock()
         self._acks: _wire.AckBatcher | None = None
+        # Only where the broker dead-letters a rejected delivery may one be rejected unread.
+        spec = transport._declared.get(f"queue:{queue}")
+        self._rejects_undecodable = getattr(spec, "dead_letter_exchange", None) is not None
 
     async def on_message(self, message: aiormq.abc.DeliveredMessage) -> None:
         # aiormq starts one task per delivery, in delivery order; this runs before any await,
@@ -286,9 +289,10 @@ class _AmqpConsumer(Consumer):
         if acks is not None:
             acks.delivered(cast(Basic.Deliver, message.delivery).delivery_tag or 0)
         self.in_flight += 1
-        delivery = cast(Basic.Deliver, message.delivery)
-        bad = _lenient.undecodable(message.header.properties, delivery.routing_key)
-        if bad is not None:
+        bad = self._rejects_undecodable and _lenient.undecodable(
+            message.header.properties, cast(Basic.Deliver, message.delivery).routing_key
+        )
+        if bad:
             # Nothing downstream could publish it again: the broker dead-letters it unchanged.
             log.warning(
                 "message_rejected_not_utf8",

@@ -11,15 +11,19 @@ from __future__ import annotations
 import asyncio
 
 import aio_pika
+import msgspec
 import pytest
 from pamqp import commands, frame
 from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 from structlog.testing import capture_logs
 
 from contracts.orders import PlaceOrder
 from framework import App, AppConfig, Context, Service
 from framework import envelope as env
-from framework.transport import _lenient
+from framework.dlq.scan import peek
+from framework.transport import _lenient, _wire
+from framework.transport.amqp import AmqpTransport
 from tests.support.raw_amqp import publish_raw
 
 pytestmark = pytest.mark.rabbitmq
@@ -99,6 +103,19 @@ async def test_properties_that_are_not_utf8_are_dead_lettered_unchanged(
     rejected = [e["field"] for e in logs if e["event"] == "message_rejected_not_utf8"]
     assert sorted(rejected) == sorted(field for _, field in CASES.values())
 
+    # Inspecting the DLQ (leveret dlq's scan) sees them and leaves them: a queue without a
+    # dead-letter exchange must not reject them, that would drop them.
+    inspector = AmqpTransport(amqp_url)
+    await inspector.connect()
+    try:
+        seen = await peek(inspector, app.naming.dlq(queue), idle=10)
+    finally:
+        await inspector.close()
+    # The header-name case's whole header table (x-death included) is one opaque value.
+    assert sorted(info.reason for info in seen) == ["broker: rejected"] * 2 + ["unknown"]
+    assert "id-\\xff\\xfe" in {info.message_id for info in seen}  # printable, and as JSON
+    assert msgspec.json.encode(seen)
+
     connection = await aio_pika.connect(amqp_url)
     try:
         channel = await connection.channel()
@@ -132,3 +149,27 @@ def test_a_routing_key_that_is_not_utf8_is_named() -> None:
     assert isinstance(decoded, commands.Basic.Deliver)
     assert _lenient.undecodable(Basic.Properties(), decoded.routing_key) == "routing_key"
     assert _lenient.undecodable(Basic.Properties(message_id="fine"), "rk") is None
+
+
+def test_kept_bytes_are_published_back_unchanged() -> None:
+    """A short string holding kept bytes encodes to the very bytes it came from, on leveret's
+    fast path and through pamqp (a DLQ replay republishes them exactly)."""
+    _lenient.install()
+    kept = "id-\udcff\udcfe"
+    fast = _wire.encode_properties(
+        content_type=None,
+        headers=None,
+        delivery_mode=2,
+        correlation_id=None,
+        reply_to=None,
+        expiration=None,
+        message_id=kept,
+        timestamp=None,
+        message_type=None,
+    )
+    assert b"\x05id-\xff\xfe" in fast
+    slow = frame.marshal(ContentHeader(0, 1, Basic.Properties(message_id=kept)), 1)
+    assert b"\x05id-\xff\xfe" in slow
+    _, _, decoded = frame.unmarshal(slow)
+    assert isinstance(decoded, ContentHeader)
+    assert decoded.properties.message_id == kept
