@@ -1,4 +1,8 @@
-"""The inventory service: reserving and releasing stock."""
+"""The inventory service: reserving and releasing stock.
+
+The service is event-sourced: the events below are the ones its aggregates store, and it
+publishes each of them as it stores it.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ __all__ = [
     "InventoryReserved",
     "ReleaseInventory",
     "ReserveInventory",
+    "StockReceived",
+    "StockReleased",
+    "StockReserved",
 ]
 
 
@@ -18,6 +25,8 @@ class InventoryReserved(Event):
     __wire_name__ = "inventory.inventory_reserved"
 
     order_id: str
+    # What is held, so that the release gives back exactly that (optional: added later).
+    items: list[LineItem] = []
 
 
 class InventoryRejected(Event):
@@ -31,6 +40,35 @@ class InventoryReleased(Event):
     __wire_name__ = "inventory.inventory_released"
 
     order_id: str
+
+
+class StockReceived(Event):
+    """Stock of a SKU arrived (the shop's starting stock is received on first use)."""
+
+    __wire_name__ = "inventory.stock_received"
+
+    sku: str
+    qty: int
+
+
+class StockReserved(Event):
+    """Stock of a SKU is held for an order."""
+
+    __wire_name__ = "inventory.stock_reserved"
+
+    sku: str
+    order_id: str
+    qty: int
+
+
+class StockReleased(Event):
+    """Stock an order held is back on hand."""
+
+    __wire_name__ = "inventory.stock_released"
+
+    sku: str
+    order_id: str
+    qty: int
 
 
 class ReserveInventory(Command):

@@ -25,12 +25,17 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
+from contracts.inventory import StockReceived, StockReleased, StockReserved
 from contracts.orders import GetOrder, LineItem, PlaceOrder
 from framework import App, AppConfig
 from framework.errors import QueryFailed
-from framework.store import SagaRecord, SagaStatus, Store, store_from_url
+from framework.eventsourcing import EventDecoder, event_store
+from framework.store import SagaRecord, SagaStatus, Store, StoreTx, store_from_url
 from framework.urls import redact
 from handlers.app import build_app
+from handlers.inventory import Stock
+
+_stock_decoder = EventDecoder([StockReceived, StockReserved, StockReleased])
 
 CAUSES = {
     "out of stock": "stock-out",
@@ -159,11 +164,8 @@ async def _invariants(
         charges = dict(await tx.fetchall("SELECT order_id, amount_cents FROM payment_charges"))
         refunds = dict(await tx.fetchall("SELECT order_id, amount_cents FROM payment_refunds"))
         shipped = {r[0] for r in await tx.fetchall("SELECT order_id FROM shipping_shipments")}
-        moves: Counter[tuple[str, str]] = Counter()
-        for order_id, _sku, qty, kind in await tx.fetchall(
-            "SELECT order_id, sku, qty, kind FROM inventory_movements"
-        ):
-            moves[(order_id, kind)] += qty
+        moves, stock_problems = await _stock_movements(tx)
+        problems.extend(stock_problems)
         finals = Counter(
             r[0]
             for r in await tx.fetchall(
@@ -199,6 +201,40 @@ async def _invariants(
         if views.get(oid) != expected_view:
             problems.append(f"{oid}: read model says {views.get(oid)!r}, saga {record.status}")
     return problems
+
+
+async def _stock_movements(tx: StoreTx) -> tuple[Counter[tuple[str, str]], list[str]]:
+    """Quantity reserved and released per order, read from the inventory's event store.
+
+    Reads every event in global order and replays each SKU's stream: its versions must run
+    1, 2, 3... and its stock never go below zero.
+    """
+    moves: Counter[tuple[str, str]] = Counter()
+    problems: list[str] = []
+    on_hand: Counter[str] = Counter()
+    versions: Counter[str] = Counter()
+    store = event_store(tx)
+    position = 0
+    while batch := await store.read_all(tx, from_position=position, limit=1000):
+        for stored in batch:
+            position = stored.position
+            if not stored.stream.startswith(f"{Stock.category}-"):
+                continue
+            versions[stored.stream] += 1
+            if stored.version != versions[stored.stream]:
+                problems.append(f"{stored.stream}: version {stored.version} out of sequence")
+            event = _stock_decoder.decode(stored)
+            if isinstance(event, StockReceived):
+                on_hand[event.sku] += event.qty
+            elif isinstance(event, StockReserved):
+                on_hand[event.sku] -= event.qty
+                moves[(event.order_id, "reserve")] += event.qty
+            elif isinstance(event, StockReleased):
+                on_hand[event.sku] += event.qty
+                moves[(event.order_id, "release")] += event.qty
+            if on_hand[stored.stream.removeprefix(f"{Stock.category}-")] < 0:
+                problems.append(f"{stored.stream}: stock below zero at version {stored.version}")
+    return moves, problems
 
 
 async def place(app: App, orders: list[PlaceOrder], concurrency: int = 50) -> None:

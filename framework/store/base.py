@@ -17,7 +17,7 @@ import abc
 import enum
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -156,6 +156,10 @@ class StoreUnreachable(LeveretError):
 
 class StoreTx(abc.ABC):
     """One database transaction. Commits when its ``async with`` block exits normally."""
+
+    #: The SQL the transaction speaks (``"sqlite"``, ``"postgresql"``), or ``"memory"`` for none;
+    #: ports built on the store (the event store) pick their statements by it.
+    dialect: ClassVar[str] = ""
 
     @abc.abstractmethod
     async def inbox_add(self, consumer: str, message_id: str) -> bool:

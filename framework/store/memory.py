@@ -1,15 +1,18 @@
 """In-memory store: the reference implementation of the port, for tests and the harness.
 
 Transactions run one at a time (like SQLite's single writer); their changes are buffered and
-applied on commit, dropped on rollback.
+applied on commit, dropped on rollback. Ports built on the store (the event store) keep their
+tables in ``MemoryStore.extensions`` and their buffered changes in ``tx.scratch``, and apply them
+from ``tx.on_commit`` callbacks, so they commit and roll back with the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import msgspec
 
@@ -29,12 +32,21 @@ __all__ = ["MemoryStore"]
 
 
 class _MemoryTx(StoreTx):
+    dialect = "memory"
+
     def __init__(self, store: MemoryStore) -> None:
         self._store = store
         self.inbox: set[tuple[str, str]] = set()
         self.sagas: dict[str, SagaRecord] = {}
         self.history: list[HistoryRow] = []
         self.outbox: list[OutboxRow] = []
+        self.scratch: dict[str, Any] = {}
+        self.on_commit: list[Callable[[], None]] = []
+
+    @property
+    def store(self) -> MemoryStore:
+        """The store this transaction commits into."""
+        return self._store
 
     async def inbox_add(self, consumer: str, message_id: str) -> bool:
         key = (consumer, message_id)
@@ -76,6 +88,7 @@ class MemoryStore(Store):
         self._history: dict[str, list[HistoryRow]] = {}
         self._outbox: dict[str, OutboxRow] = {}
         self._positions = itertools.count(1)
+        self.extensions: dict[str, Any] = {}
 
     async def setup(self, ddl: Sequence[str] = ()) -> None:
         return None
@@ -93,6 +106,8 @@ class MemoryStore(Store):
                 self._outbox[out.message_id] = msgspec.structs.replace(
                     out, position=next(self._positions)
                 )
+            for apply in tx.on_commit:
+                apply()
 
     async def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
         rows = sorted(self._outbox.values(), key=lambda r: r.position)

@@ -185,6 +185,8 @@ class PostgresConfig:
 
 
 class _PostgresTx(StoreTx):
+    dialect = "postgresql"
+
     def __init__(self, conn: _Conn, clock: Callable[[], float]) -> None:
         self._conn = conn
         self._clock = clock

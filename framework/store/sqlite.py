@@ -117,6 +117,8 @@ class SqliteConfig:
 
 
 class _SqliteTx(StoreTx):
+    dialect = "sqlite"
+
     def __init__(self, conn: aiosqlite.Connection, clock: Callable[[], float]) -> None:
         self._conn = conn
         self._clock = clock
