@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
+import msgspec
+
 from framework.eventsourcing.store import (
     EventStore,
     Snapshot,
@@ -130,7 +132,11 @@ class MemoryEventStore(EventStore):
 
     async def save_snapshot(self, tx: StoreTx, snapshot: Snapshot) -> None:
         _, pending = self._tables(tx)
-        pending.snapshots[snapshot.stream] = snapshot
+        current = await self.load_snapshot(tx, snapshot.stream)
+        if current is None or current.version < snapshot.version:
+            if not snapshot.recorded_at:
+                snapshot = msgspec.structs.replace(snapshot, recorded_at=self._clock())
+            pending.snapshots[snapshot.stream] = snapshot
 
     async def load_snapshot(self, tx: StoreTx, stream: str) -> Snapshot | None:
         committed, pending = self._tables(tx)
