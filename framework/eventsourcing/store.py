@@ -237,17 +237,29 @@ def event_store(tx: StoreTx) -> EventStore:
     Raises:
         ConfigurationError: the transaction belongs to another kind of store.
     """
+    found = _BY_DIALECT.get(tx.dialect)
+    if found is not None:
+        return found
+    # Imported on first use: the implementations import this module.
     if tx.dialect == "memory":
         from framework.eventsourcing.memory import MEMORY_EVENT_STORE
 
-        return MEMORY_EVENT_STORE
-    if tx.dialect in ("sqlite", "postgresql"):
+        found = MEMORY_EVENT_STORE
+    elif tx.dialect in ("sqlite", "postgresql"):
         from framework.eventsourcing.sql import SQL_EVENT_STORES
 
-        return SQL_EVENT_STORES[tx.dialect]
-    raise ConfigurationError(
-        f"{type(tx).__name__} has no event store: use a memory://, sqlite:// or postgresql:// store"
-    )
+        found = SQL_EVENT_STORES[tx.dialect]
+    else:
+        raise ConfigurationError(
+            f"{type(tx).__name__} has no event store: use a memory://, sqlite:// or "
+            "postgresql:// store"
+        )
+    _BY_DIALECT[tx.dialect] = found
+    return found
+
+
+# The event stores hold no state of their own (it is all in the stores): one per dialect.
+_BY_DIALECT: dict[str, EventStore] = {}
 
 
 async def read_all(store: Store, *, from_position: int = 0, limit: int = 1000) -> list[StoredEvent]:

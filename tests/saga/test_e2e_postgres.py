@@ -2,18 +2,22 @@
 
 Two in-process apps (competing consumers on every queue, each with its own connection pool)
 serve two hundred orders with the failure mix; the store lives in a PostgreSQL schema of the
-test's own. Every saga must end and the shop's invariants must hold.
+test's own. Every saga must end and the shop's invariants must hold, and the event-sourced
+inventory's stock, loaded from its snapshots, must equal a replay of its whole streams.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from contracts.inventory import StockReceived, StockReleased, StockReserved
 from examples.shop import check_invariants, make_orders, place, wait_for_sagas
 from framework import AppConfig
-from framework.store import SagaStatus
+from framework.eventsourcing import EventDecoder, event_store
+from framework.store import SagaStatus, Store
 from framework.transport.amqp import AmqpConfig, AmqpTransport
 from handlers.app import build_app
+from handlers.inventory import Stock
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres, pytest.mark.slow]
 
@@ -40,6 +44,7 @@ async def test_two_hundred_orders_on_rabbitmq_and_postgresql(
         await place(apps[0], orders)
         records = await wait_for_sagas(store, "pg", len(orders), deadline=120)
         problems = await check_invariants(store, orders, records)
+        snapshots = await stock_from_snapshots_matches_a_full_replay(store)
     finally:
         for app in apps:
             await app.stop(grace=0)
@@ -49,3 +54,22 @@ async def test_two_hundred_orders_on_rabbitmq_and_postgresql(
     reasons = " ".join(r.reason or "" for r in records)
     for cause in ("out of stock", "card declined", "no delivery to Atlantis"):
         assert cause in reasons
+    assert snapshots > 0  # the busiest SKUs passed Stock.snapshot_every events
+
+
+async def stock_from_snapshots_matches_a_full_replay(store: Store) -> int:
+    """Each SKU's stock loaded from its latest snapshot equals a replay of its whole stream;
+    returns how many SKUs had a snapshot."""
+    decoder = EventDecoder([StockReceived, StockReserved, StockReleased])
+    found = 0
+    async with store.transaction() as tx:
+        events = event_store(tx)
+        for sku in ("apple", "pear", "plum"):
+            loaded = await Stock.load(tx, sku, lock=False)
+            replayed = Stock(sku)
+            for stored in await events.read_stream(tx, loaded.stream):
+                replayed.apply(decoder.decode(stored))
+                replayed.version = stored.version
+            assert (loaded.on_hand, loaded.version) == (replayed.on_hand, replayed.version), sku
+            found += await events.load_snapshot(tx, loaded.stream) is not None
+    return found
