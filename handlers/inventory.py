@@ -4,7 +4,7 @@ Two aggregates, each a stream in the event store:
 
 - ``Stock`` (``inventory.stock-<sku>``): ``StockReceived``, ``StockReserved``, ``StockReleased``;
   its state is what is on hand, never below zero. A SKU's starting stock (``build_inventory``'s
-  ``stock``) is received the first time the SKU is used. A snapshot every 50 events keeps loading
+  ``stock``) is received the first time the SKU is used. A snapshot every 20 events keeps loading
   a busy SKU short.
 - ``Reservation`` (``inventory.reservation-<order id>``): ``InventoryReserved`` (with the items
   held), ``InventoryRejected``, ``InventoryReleased``; the saga waits for exactly these.
@@ -49,7 +49,7 @@ class Stock(Aggregate):
     """The stock of one SKU (its id)."""
 
     category = "inventory.stock"
-    snapshot_every = 50
+    snapshot_every = 20
     snapshot_type = StockSnapshot
 
     def __init__(self, id: str) -> None:
