@@ -100,9 +100,10 @@ class Context(MessageContext):
         self.tx = None
         return queued
 
-    def _queue(self, message: Message) -> str:
+    def _queue(self, message: Message, message_id: str | None = None) -> str:
         assert self._outbox is not None
-        message_id = f"{self.message_id}/{self.handler}/{len(self._outbox)}"
+        if message_id is None:
+            message_id = f"{self.message_id}/{self.handler}/{len(self._outbox)}"
         self._outbox.append((message, message_id))
         return message_id
 
@@ -121,9 +122,14 @@ class Context(MessageContext):
             return self._queue(command)
         return await self._bus.send(command, **self._meta())
 
-    async def publish(self, event: Event) -> str:
-        """Publish an event, correlated with the message being handled; returns its id."""
+    async def publish(self, event: Event, *, message_id: str | None = None) -> str:
+        """Publish an event, correlated with the message being handled; returns its id.
+
+        ``message_id`` gives the event an id of the caller's (it must be deterministic, so that
+        a redelivered message publishes the same ids; the event store uses the stored event's);
+        by default the id derives from the message being handled.
+        """
         if self._outbox is not None:
             self._bus.check_bus(event, "publish")
-            return self._queue(event)
-        return await self._bus.publish(event, **self._meta())
+            return self._queue(event, message_id)
+        return await self._bus.publish(event, message_id=message_id, **self._meta())

@@ -22,8 +22,8 @@ state and does nothing else, so replaying the stream gives the state back::
 
 In a ``transactional=True`` handler, ``await Stock.load(ctx, "apple")`` reads the stream (from
 its latest snapshot on), and ``await save(ctx, stock, ...)`` appends what was recorded with a
-version check, queues the same events in the handler's outbox and writes a snapshot when one is
-due, all in the handler's transaction: the events are stored and published, or neither.
+version check, then queues the same events in the handler's outbox and writes a snapshot when one
+is due, all in the handler's transaction: the events are stored and published, or neither.
 """
 
 from __future__ import annotations
@@ -242,45 +242,46 @@ class Aggregate:
 
 
 async def save(ctx: Context, *aggregates: Aggregate) -> list[StoredEvent]:
-    """Append what each aggregate recorded, and publish it, in the handler's transaction.
+    """Append what each aggregate recorded, then publish it, in the handler's transaction.
 
     Each aggregate's events go to its stream with the version it was loaded at as the expected
-    one; each event is queued in the handler's outbox as it is (published after the commit) and
-    stored under that message's id. Snapshots that fall due are written too. One call for all the
-    aggregates a handler changed: their streams are locked in one order.
+    one. Once every append has succeeded, each event is queued in the handler's outbox as it is
+    (published after the commit) under the stored event's id,
+    ``<message id>/<handler>/<stream>@<version>``; snapshots that fall due are written too. One
+    call for all the aggregates a handler changed: their streams are locked in one order.
 
     Raises:
-        StreamConflict: another writer appended to one of the streams since it was loaded. Let
-            it leave the handler: the whole transaction (outbox included) rolls back and the
+        StreamConflict: another writer appended to one of the streams since it was loaded;
+            nothing was queued. Let it leave the handler: the transaction rolls back and the
             handler runs again in a fresh one (five times, then its retry policy).
         ConfigurationError: ``ctx`` is not the context of a ``transactional=True`` handler.
     """
     tx = _tx_of(ctx, "save")
-    appends: list[StreamAppend] = []
-    for aggregate in aggregates:
-        if not aggregate._recorded:
-            continue
-        new: list[NewEvent] = []
-        for event in aggregate._recorded:
-            event_id = await ctx.publish(event)
-            new.append(
+    changed = [aggregate for aggregate in aggregates if aggregate._recorded]
+    appends = [
+        StreamAppend(
+            stream=aggregate.stream,
+            expected_version=aggregate.version,
+            events=[
                 NewEvent(
-                    event_id=event_id,
+                    event_id=f"{ctx.message_id}/{ctx.handler}/{aggregate.stream}@{version}",
                     wire_name=event.__wire_name__,
                     wire_version=event.__wire_version__,
                     body=_encode(event),
                     correlation_id=ctx.correlation_id,
                     causation_id=ctx.message_id,
                 )
-            )
-        appends.append(
-            StreamAppend(stream=aggregate.stream, expected_version=aggregate.version, events=new)
+                for version, event in enumerate(aggregate._recorded, start=aggregate.version + 1)
+            ],
         )
+        for aggregate in changed
+    ]
     store = event_store(tx)
     stored = await store.append_many(tx, appends)
-    for aggregate in aggregates:
-        if not aggregate._recorded:
-            continue
+    ids = iter(stored)
+    for aggregate in changed:
+        for event in aggregate._recorded:
+            await ctx.publish(event, message_id=next(ids).event_id)
         before = aggregate.version
         aggregate.version += len(aggregate._recorded)
         aggregate._recorded.clear()
@@ -304,7 +305,7 @@ def _tx_of(source: Context | StoreTx, what: str) -> StoreTx:
         if what == "save":
             raise ConfigurationError("save() takes the handler's Context, whose outbox it fills")
         return source
-    tx = source.tx
+    tx = getattr(source, "tx", None)  # a query handler's context has none at all
     if not isinstance(tx, StoreTx):
         raise ConfigurationError(
             f"{what}() needs the transaction of a transactional handler: declare it with "
