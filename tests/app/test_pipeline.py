@@ -73,6 +73,36 @@ async def test_handler_sends_and_publishes_with_correlation(backend: Backend) ->
     assert got["place"].attempt == 0
 
 
+async def test_publish_with_a_message_id_of_the_handlers_own(backend: Backend) -> None:
+    """ctx.publish(event, message_id=...) publishes under that id, still correlated."""
+    orders, audit = Service("orders"), Service("audit")
+    seen: asyncio.Queue[Context] = asyncio.Queue()
+
+    @orders.command
+    async def place_order(cmd: PlaceOrder, ctx: Context) -> None:
+        placed = OrderPlaced(
+            order_id=cmd.order_id,
+            customer_id=cmd.customer_id,
+            items=cmd.items,
+            total_cents=100,
+            address=cmd.address,
+        )
+        assert await ctx.publish(placed, message_id=f"{cmd.order_id}/placed") == "o-7/placed"
+
+    @audit.event
+    async def placed(evt: OrderPlaced, ctx: Context) -> None:
+        await seen.put(ctx)
+
+    app = await backend.app([orders, audit])
+    first_id = await app.send(place("o-7"), correlation_id="corr-7")
+    ctx = await next_item(seen)
+    assert (ctx.message_id, ctx.correlation_id, ctx.causation_id) == (
+        "o-7/placed",
+        "corr-7",
+        first_id,
+    )
+
+
 async def test_retries_then_dead_letter(backend: Backend) -> None:
     """A failing handler runs 1 + immediate + delayed times, then its message is in the DLQ."""
     orders = Service("orders")
