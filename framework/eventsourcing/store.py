@@ -3,10 +3,10 @@
 An event store keeps, for every stream (one aggregate), its events numbered 1, 2, 3... and gives
 every event a global ``position`` as well. It works inside a ``StoreTx`` of the app's store, so an
 append commits or rolls back together with the handler's inbox row, its outbox rows and its own
-tables. Three implementations pass one contract suite (``tests/eventsourcing``):
-``MemoryEventStore`` on ``memory://`` and ``SqlEventStore`` on SQLite and PostgreSQL (the same
-tables, which a service creates with ``Service(schema=EVENT_STORE_SCHEMA)``); ``event_store(tx)``
-picks the one for a transaction.
+tables. Three implementations pass one contract suite
+(``tests/store/test_event_store_contract.py``): ``MemoryEventStore`` on ``memory://`` and
+``SqlEventStore`` on SQLite and PostgreSQL (the same tables, which a service creates with
+``Service(schema=EVENT_STORE_SCHEMA)``); ``event_store(tx)`` picks the one for a transaction.
 
 Events are kept as they travel on the wire: the JSON body, the wire name and the wire version.
 Reading an old version into the current class goes through the app's upcasters
