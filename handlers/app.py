@@ -1,8 +1,15 @@
-"""The reference shop wired into one App: ``leveret run handlers.app:app``.
+"""The reference shop wired into Apps: ``leveret run handlers.app:app`` serves all of it.
+
+``app`` runs every service in one App. The command side and the read side can also run as
+separate workers, each scaling and failing on its own: ``leveret run handlers.app:command_side``
+(the saga and the services it commands) and ``leveret run handlers.app:read_side`` (the
+``orders_view`` projection answering ``GetOrder`` and ``ListOrders``). While the read side is
+down, its events wait in its durable queues; it catches up when it comes back.
 
 ``LEVERET_SHOP_URL`` (default ``memory://``), ``LEVERET_SHOP_DB_URL`` (default
 ``sqlite:///leveret-shop.sqlite3``) and ``LEVERET_SHOP_PREFIX`` (default ``shop``) pick the broker,
-the database and the name prefix.
+the database and the name prefix; ``LEVERET_SHOP_VIEW_DB_URL`` (default: the same database)
+gives ``read_side`` a database of its own.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import os
 from collections.abc import Mapping
 
 import contracts
-from framework import App, AppConfig
+from framework import App, AppConfig, Service
 from framework.store import Store, store_from_url
 from handlers.inventory import build_inventory
 from handlers.notifications import build_notifications
@@ -19,7 +26,16 @@ from handlers.orders import build_orders, build_read_side
 from handlers.payment import build_payment
 from handlers.shipping import build_shipping
 
-__all__ = ["DEFAULT_STOCK", "app", "build_app"]
+__all__ = [
+    "DEFAULT_STOCK",
+    "app",
+    "build_app",
+    "build_command_side",
+    "build_read_side_app",
+    "command_services",
+    "command_side",
+    "read_side",
+]
 
 DEFAULT_STOCK: Mapping[str, int] = {
     "apple": 1_000_000_000,
@@ -27,6 +43,19 @@ DEFAULT_STOCK: Mapping[str, int] = {
     "plum": 1_000_000_000,
     "discontinued": 0,
 }
+
+
+def command_services(
+    *, stock: Mapping[str, int] = DEFAULT_STOCK, step_timeout: float | None = 60.0
+) -> list[Service]:
+    """The services of the command side: the order saga and the services it commands."""
+    return [
+        build_orders(step_timeout=step_timeout),
+        build_inventory(stock),
+        build_payment(),
+        build_shipping(),
+        build_notifications(),
+    ]
 
 
 def build_app(
@@ -39,16 +68,10 @@ def build_app(
     stock: Mapping[str, int] = DEFAULT_STOCK,
     step_timeout: float | None = 60.0,
 ) -> App:
-    """A fresh shop app: five services and the order saga on one store."""
+    """A fresh shop app: five services, the order saga and the read side on one store."""
     store = store or store_from_url(db_url)
-    services = [
-        build_orders(step_timeout=step_timeout),
-        build_read_side(store),
-        build_inventory(stock),
-        build_payment(),
-        build_shipping(),
-        build_notifications(),
-    ]
+    services = command_services(stock=stock, step_timeout=step_timeout)
+    services.insert(1, build_read_side(store))
     return App(
         services,
         url=url,
@@ -58,8 +81,55 @@ def build_app(
     )
 
 
-app = build_app(
-    os.environ.get("LEVERET_SHOP_URL", "memory://"),
-    db_url=os.environ.get("LEVERET_SHOP_DB_URL", "sqlite:///leveret-shop.sqlite3"),
-    prefix=os.environ.get("LEVERET_SHOP_PREFIX", "shop"),
+def build_command_side(
+    url: str = "memory://",
+    *,
+    db_url: str = "sqlite:///leveret-shop.sqlite3",
+    store: Store | None = None,
+    prefix: str = "shop",
+    config: AppConfig | None = None,
+    stock: Mapping[str, int] = DEFAULT_STOCK,
+    step_timeout: float | None = 60.0,
+) -> App:
+    """The shop without its read side: what ``build_app`` runs, minus ``order_view``."""
+    return App(
+        command_services(stock=stock, step_timeout=step_timeout),
+        url=url,
+        config=config or AppConfig(prefix=prefix),
+        store=store or store_from_url(db_url),
+        contracts=contracts.ALL,
+    )
+
+
+def build_read_side_app(
+    url: str = "memory://",
+    *,
+    db_url: str = "sqlite:///leveret-shop.sqlite3",
+    store: Store | None = None,
+    prefix: str = "shop",
+    config: AppConfig | None = None,
+) -> App:
+    """The shop's read side alone: the ``orders_view`` projection and its queries.
+
+    Its queues are declared when it first starts; from then on they keep the events it has not
+    applied yet, also while it is stopped.
+    """
+    store = store or store_from_url(db_url)
+    return App(
+        [build_read_side(store)],
+        url=url,
+        config=config or AppConfig(prefix=prefix),
+        store=store,
+        contracts=contracts.ALL,
+    )
+
+
+_URL = os.environ.get("LEVERET_SHOP_URL", "memory://")
+_DB_URL = os.environ.get("LEVERET_SHOP_DB_URL", "sqlite:///leveret-shop.sqlite3")
+_PREFIX = os.environ.get("LEVERET_SHOP_PREFIX", "shop")
+
+app = build_app(_URL, db_url=_DB_URL, prefix=_PREFIX)
+command_side = build_command_side(_URL, db_url=_DB_URL, prefix=_PREFIX)
+read_side = build_read_side_app(
+    _URL, db_url=os.environ.get("LEVERET_SHOP_VIEW_DB_URL", _DB_URL), prefix=_PREFIX
 )
