@@ -17,7 +17,7 @@ from framework.bus import Answer, Bus, PublishMiddleware
 from framework.codec import DEFAULT_MAX_BODY_SIZE, Codec
 from framework.consumer import HandlerPipeline
 from framework.context import Context
-from framework.errors import ConfigurationError
+from framework.errors import AccessRefused, ConfigurationError
 from framework.handlers import HandlerSpec, Service, check_unique_handlers
 from framework.messages import Command, Event, Message, MessageKind, Query, Reply, reply_type_of
 from framework.middleware import Middleware
@@ -189,7 +189,9 @@ class App:
         self.sagas: dict[str, SagaRunner] = {}
         if store is not None or any(h.saga is not None or h.transactional for h in self.handlers):
             self.store = store or store_from_url(db_url or DEFAULT_DB_URL)
-            self.relay = OutboxRelay(self.store, self.transport, self.naming)
+            self.relay = OutboxRelay(
+                self.store, self.transport, self.naming, on_refused=self._refused
+            )
             if breakers is not None:
                 # Outbox rows go through the same breakers; refused destinations are parked.
                 self.relay.use_breakers(breakers)
@@ -214,6 +216,7 @@ class App:
                     naming=self.naming,
                     retry=retry,
                     timeout=spec.timeout or service.timeout or self.config.handler_timeout,
+                    on_refused=self._refused,
                     middleware=middleware,
                 )
             )
@@ -233,6 +236,9 @@ class App:
         }
         self._consumers: list[Consumer] = []
         self._started = False
+        self.failure: ConfigurationError | None = None
+        self._failed = asyncio.Event()
+        self._halting: asyncio.Future[None] | None = None
         self._observers: list[Observer] = []
         self.observer: Observer | None = None
         if observers:
@@ -353,6 +359,10 @@ class App:
             await self.store.setup([ddl for s in self.services for ddl in s.schema])
         await self.transport.connect()
         self._started = True
+        self.failure, self._halting = None, None
+        self._failed.clear()
+        if self.relay is not None:
+            self.relay.refused = None  # a fresh start tries the pending rows again
         await self.transport.declare(self.topology)
         if self.breakers is not None:
             await self.breakers.start(self)
@@ -391,12 +401,9 @@ class App:
         if self.observer is not None:
             await self.observer.app_stopping(self)
         wait = self.config.shutdown_grace if grace is None else grace
-        for consumer in self._consumers:
-            try:
-                await consumer.cancel()
-            except Exception as exc:
-                _log.warning("consumer_cancel_failed", queue=consumer.queue, error=str(exc))
-        self._consumers.clear()
+        if self._halting is not None:
+            await asyncio.gather(self._halting, return_exceptions=True)
+        await self._cancel_consumers()
         in_flight = {t for p in self.pipelines for t in p.in_flight}
         if in_flight:
             _log.info("draining", in_flight=len(in_flight), grace=wait)
@@ -421,12 +428,44 @@ class App:
             await self.store.close()
         _log.info("app_stopped")
 
+    async def _cancel_consumers(self) -> None:
+        consumers, self._consumers = self._consumers, []
+        for consumer in consumers:
+            try:
+                await consumer.cancel()
+            except Exception as exc:
+                _log.warning("consumer_cancel_failed", queue=consumer.queue, error=str(exc))
+
+    async def _refused(self, error: AccessRefused) -> None:
+        """A publish was refused for lack of permission: fail, and stop consuming at once.
+
+        Retrying cannot help until the broker's permissions or the app's credentials change, so
+        the app stops taking messages (what it holds goes back to the queues as it is settled)
+        and reports the error once: logged as ``app_failed``, kept in ``failure``, returned by
+        ``wait_stopped_or_failed`` and raised by ``run`` (a worker then exits with its
+        configuration-error code and is not restarted). Returns once the consumers are
+        cancelled, so a delivery nacked afterwards is not handed straight back.
+        """
+        if self._halting is None:
+            self.failure = error
+            _log.error(
+                "app_failed",
+                error=str(error),
+                error_type=type(error).__name__,
+                exchange=error.exchange,
+                user=error.user,
+            )
+            self._failed.set()
+            self._halting = asyncio.ensure_future(self._cancel_consumers())
+        await asyncio.shield(self._halting)
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Start, run until ``stop`` is set or the transport fails for good, then stop.
 
         Raises:
             BrokerUnreachable: at start-up, or when consumers could not be restored after a
                 reconnect (the worker then exits non-zero and its supervisor restarts it).
+            AccessRefused: a publish was refused for lack of permission (see ``failure``).
         """
         await self.start()
         try:
@@ -437,11 +476,16 @@ class App:
             raise failure
 
     async def wait_stopped_or_failed(self, stop: asyncio.Event) -> BaseException | None:
-        """Wait (while running) until ``stop`` is set — None — or the transport fails for good.
+        """Wait (while running) until ``stop`` is set — None — or the app or its transport fails
+        for good.
 
-        Returns the transport's failure, so a worker can tell it from a failed start.
+        Returns the failure (``failure`` for a refused publish, else the transport's), so a
+        worker can tell it from a failed start.
         """
-        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+        waits: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(self._failed.wait()),
+        ]
         for transport in (self.transport, self.query_transport):
             wait_failed = getattr(transport, "wait_failed", None)
             if wait_failed is not None:
@@ -451,8 +495,10 @@ class App:
         finally:
             for waiting in waits:
                 waiting.cancel()
+        if self.failure is not None:
+            return self.failure
         for finished in done:
-            if finished is waits[0]:
+            if finished is waits[0] or finished is waits[1]:
                 continue
             if finished.cancelled():
                 return asyncio.CancelledError("the transport's failure watch was cancelled")

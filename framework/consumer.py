@@ -10,13 +10,17 @@ Order of operations for every delivery:
    queue, or to the DLQ with the exception in headers; only then is the original acked. If that
    publish fails, the original is nacked back to its queue: nothing is lost.
 4. Cancelled (shutdown): nack with requeue, never ack.
+5. A publish refused for lack of permission (``AccessRefused``: by the handler, for a retry or
+   dead letter, or for a query's reply) is a configuration error that no retry can fix: the app
+   is told (``on_refused``, which stops its consumers), then the message is nacked back to its
+   queue. It is neither retried nor dead-lettered, and waits there for the fixed deployment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -25,7 +29,7 @@ from framework import envelope
 from framework.bus import Bus
 from framework.codec import Codec
 from framework.context import Context, MessageContext, QueryContext
-from framework.errors import DecodeFailure, HandlerTimeout, LeveretError
+from framework.errors import AccessRefused, DecodeFailure, HandlerTimeout, LeveretError
 from framework.handlers import HandlerSpec
 from framework.logging import redact_text
 from framework.messages import MessageKind
@@ -63,6 +67,9 @@ class HandlerPipeline:
         queue: the queue it consumes.
         retry: the effective retry policy.
         timeout: the handler deadline in seconds.
+        on_refused: called (and awaited) with the first ``AccessRefused`` of a delivery before
+            the delivery is nacked; it must stop the consuming, or the broker hands the message
+            straight back.
         observer: told about every delivery and what became of it (``framework.observe``);
             None costs nothing per message.
     """
@@ -77,6 +84,7 @@ class HandlerPipeline:
         naming: Naming,
         retry: RetryPolicy,
         timeout: float,
+        on_refused: Callable[[AccessRefused], Awaitable[None]],
         middleware: Sequence[Middleware] = (),
         observer: Observer | None = None,
     ) -> None:
@@ -87,6 +95,7 @@ class HandlerPipeline:
         self._naming = naming
         self._retry = retry
         self._timeout = timeout
+        self._on_refused = on_refused
         self._is_query = spec.kind is MessageKind.QUERY
         self._chain = compose(middleware, self._invoke)
         self.observer = observer
@@ -164,6 +173,11 @@ class HandlerPipeline:
         except asyncio.CancelledError:
             await delivery.nack(requeue=True)
             raise
+        except AccessRefused as exc:
+            if report is not None:
+                report.duration, report.error = time.perf_counter() - started, exc
+            await self._refused(delivery, exc)
+            return
         except RejectMessage as exc:
             if report is not None:
                 report.duration, report.error = time.perf_counter() - started, exc
@@ -182,12 +196,36 @@ class HandlerPipeline:
         if report is not None:
             report.duration = time.perf_counter() - started
         if self._is_query and delivery.reply_to:
-            await self._bus.reply(
-                delivery.reply_to, delivery.correlation_id, result, cache_ttl=self.spec.cache_ttl
-            )
+            try:
+                await self._bus.reply(
+                    delivery.reply_to,
+                    delivery.correlation_id,
+                    result,
+                    cache_ttl=self.spec.cache_ttl,
+                )
+            except AccessRefused as exc:
+                await self._refused(delivery, exc)
+                return
         await delivery.ack()
         if report is not None:
             report.outcome = Outcome.ACKED
+
+    async def _refused(
+        self, delivery: Delivery, exc: AccessRefused, *, settled: bool = False
+    ) -> None:
+        """A publish was refused for lack of permission: tell the app, then requeue."""
+        await self._on_refused(exc)
+        if not settled:
+            await delivery.nack(requeue=True)
+
+    async def _reply_error(self, delivery: Delivery, exc: Exception, *, settled: bool) -> bool:
+        """Send ``exc`` to a query's caller; False when the reply was refused (see _refused)."""
+        try:
+            await self._bus.reply_error(delivery.reply_to or "", delivery.correlation_id, exc)
+        except AccessRefused as refused:
+            await self._refused(delivery, refused, settled=settled)
+            return False
+        return True
 
     async def _failed(
         self, delivery: Delivery, exc: Exception, attempt: int, report: Handling | None
@@ -199,8 +237,8 @@ class HandlerPipeline:
                 message_id=delivery.message_id,
                 exc_info=exc,
             )
-            if delivery.reply_to:
-                await self._bus.reply_error(delivery.reply_to, delivery.correlation_id, exc)
+            if delivery.reply_to and not await self._reply_error(delivery, exc, settled=False):
+                return
             await delivery.ack()
             if report is not None:
                 report.outcome = Outcome.ACKED
@@ -236,9 +274,7 @@ class HandlerPipeline:
     async def _reject_input(self, delivery: Delivery, reason: str, report: Handling | None) -> None:
         await self._dead_letter(delivery, reason, None, _attempt(delivery.headers), report)
         if self._is_query and delivery.reply_to:
-            await self._bus.reply_error(
-                delivery.reply_to, delivery.correlation_id, DecodeFailure(reason)
-            )
+            await self._reply_error(delivery, DecodeFailure(reason), settled=True)
 
     async def _dead_letter(
         self,
@@ -284,13 +320,19 @@ class HandlerPipeline:
         report: Handling | None,
     ) -> bool:
         """Publish ``copy`` routed back to this queue's name, then ack the original; if the
-        publish fails, nack the original back to its queue instead: nothing is lost.
+        publish fails, nack the original back to its queue instead: nothing is lost (a refused
+        publish also stops the app, see ``_refused``).
 
         Returns whether the copy was published (and the original acked)."""
         observer = None if report is None else self.observer
         state = None if observer is None else observer.publish_started(exchange, copy.headers)
         try:
             await self._bus.transport.publish(copy, exchange=exchange, routing_key=self.queue)
+        except AccessRefused as refused:
+            if observer is not None:
+                observer.publish_finished(state, exchange, refused)
+            await self._refused(delivery, refused)
+            return False
         except Exception as publish_exc:
             if observer is not None:
                 observer.publish_finished(state, exchange, publish_exc)

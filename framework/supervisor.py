@@ -373,7 +373,10 @@ class Supervisor:
             where = f" at {redact(self.config.broker_url)}" if self.config.broker_url else ""
             return f"cannot reach the broker{where}{within}"
         if self._fatal == EXIT_CONFIGURATION:
-            return "a worker could not load or start the app; see its log above"
+            return (
+                "a worker could not load or start the app, or stopped on a configuration error "
+                "(such as a publish the broker refused for lack of permission); see its log above"
+            )
         if self._killed:
             return f"workers still running {self.config.stop_timeout:g}s after SIGTERM were killed"
         return None

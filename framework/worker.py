@@ -7,7 +7,8 @@ The exit code tells the supervisor what to do next:
 
 * ``EXIT_OK`` (0): stopped by a signal after draining.
 * ``EXIT_FAILED`` (1): an unexpected error; the supervisor restarts the worker.
-* ``EXIT_CONFIGURATION`` (2): the app cannot be loaded or set up; restarting will not help.
+* ``EXIT_CONFIGURATION`` (2): the app cannot be loaded or set up, or failed on a configuration
+  error while serving (a publish refused for lack of permission); restarting will not help.
 * ``EXIT_BROKER_UNREACHABLE`` (3): no broker within the connect deadline at start-up.
 * ``EXIT_TRANSPORT_FAILED`` (4): the connection failed for good while serving; the supervisor
   restarts the worker, which connects afresh.
@@ -235,6 +236,8 @@ async def serve(app: App, stop: asyncio.Event) -> int:
 
     failure = await app.wait_stopped_or_failed(stop)
     await app.stop()
+    if isinstance(failure, ConfigurationError):  # logged by the app as app_failed
+        return EXIT_CONFIGURATION
     if failure is not None:
         _log.error("transport_failed", error=str(failure), error_type=type(failure).__name__)
         return EXIT_TRANSPORT_FAILED

@@ -16,7 +16,7 @@ from typing import Any
 
 from framework import envelope
 from framework.bus import Outbound, PublishNext
-from framework.errors import PublishFailed, QueryFailed
+from framework.errors import AccessRefused, PublishFailed, QueryFailed
 from framework.resilience.breaker import CircuitBreaker, Clock, Outcome
 from framework.resilience.downstream import CachedReply, Downstream, Fallback, WhenOpen
 from framework.resilience.fallback import ReplyCache, answer_from
@@ -125,7 +125,7 @@ class Gate:
                 answer = self._fallback(out, cause=type(exc).__name__, on_failure=True)
                 if answer is not None:
                     return answer
-            elif isinstance(exc, PublishFailed) and self._may_wait():
+            elif _retriable(exc) and self._may_wait():
                 return await self._send_waiting(out, call_next, exc)
         raise exc
 
@@ -164,7 +164,7 @@ class Gate:
                 result = await call_next(out)
             except Exception as exc:
                 outcome = breaker.on_error(permit, clock() - started, exc)
-                if outcome is not _FAILURE or not isinstance(exc, PublishFailed):
+                if outcome is not _FAILURE or not _retriable(exc):
                     raise
                 if clock() >= deadline:
                     raise
@@ -256,3 +256,9 @@ def _text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
+
+
+def _retriable(exc: Exception) -> bool:
+    """Whether a waiting send may publish again after ``exc``: not when the broker refused it
+    for lack of permission, which only a change of the deployment fixes."""
+    return isinstance(exc, PublishFailed) and not isinstance(exc, AccessRefused)

@@ -5,13 +5,18 @@
 from a sweeper for rows a crashed process left behind. A row published twice (a crash between
 the publish and ``mark_sent``) carries the same message id both times, so the consumer's inbox
 drops the second copy.
+
+A row the broker refuses for lack of permission (``AccessRefused``) stops the relay: retrying
+cannot help until the deployment changes, and every retry would cost a channel. The row, and
+every row after it, stays pending; the relay logs ``outbox_relay_stopped`` once and calls
+``on_refused`` (the app fails with that error). A relay started afresh publishes them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -19,7 +24,7 @@ import structlog
 
 from framework import envelope
 from framework.codec import Codec
-from framework.errors import BreakerOpen
+from framework.errors import AccessRefused, BreakerOpen
 from framework.messages import Message, MessageKind
 from framework.observe import Observer
 from framework.routing import Naming
@@ -131,9 +136,13 @@ class OutboxRelay:
     tried, and a waiter releases them oldest first — one at a time, each a probe — once the
     breaker lets calls through again. Nothing is dropped.
 
+    A publish refused for lack of permission stops the relay for good (see the module's
+    docstring): ``refused`` holds that error from then on.
+
     Args:
         sweep_interval: seconds between sweeps for rows left unsent (crash, broker trouble).
         sweep_grace: rows younger than this are left to the process that wrote them.
+        on_refused: awaited once with the ``AccessRefused`` that stopped the relay.
     """
 
     def __init__(
@@ -145,6 +154,7 @@ class OutboxRelay:
         sweep_interval: float = 1.0,
         sweep_grace: float = 5.0,
         clock: Callable[[], float] = time.time,
+        on_refused: Callable[[AccessRefused], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._transport = transport
@@ -158,6 +168,8 @@ class OutboxRelay:
         self._parked: dict[str, asyncio.Task[None]] = {}
         # Told about every row published (``framework.observe``); rows keep their headers.
         self.observer: Observer | None = None
+        self._on_refused = on_refused
+        self.refused: AccessRefused | None = None
 
     @property
     def store(self) -> Store:
@@ -190,10 +202,13 @@ class OutboxRelay:
     async def publish(self, rows: Sequence[OutboxRow]) -> bool:
         """Publish ``rows`` (concurrently, each with its confirm) and mark the sent ones.
 
-        Returns whether all were sent; unsent rows stay pending for the sweeper.
+        Returns whether all were sent; unsent rows stay pending for the sweeper. A stopped
+        relay (``refused``) publishes nothing.
         """
         if not rows:
             return True
+        if self.refused is not None:
+            return False
         if self._parked:
             rows = [r for r in rows if self._breaker_of(r) not in self._parked]
         results = await asyncio.gather(*(self._publish_one(r) for r in rows))
@@ -203,6 +218,8 @@ class OutboxRelay:
         return len(sent) == len(rows)
 
     async def _publish_one(self, row: OutboxRow) -> bool:
+        if self.refused is not None:  # rows of a batch started before the refusal came back
+            return False
         props = _decode_props(row.properties)
         message = OutgoingMessage(
             body=row.body,
@@ -240,6 +257,11 @@ class OutboxRelay:
                 observer.publish_finished(state, row.destination, exc)
             self._park(exc)
             return False
+        except AccessRefused as exc:
+            if observer is not None:
+                observer.publish_finished(state, row.destination, exc)
+            await self._stop(exc, row)
+            return False
         except Exception as exc:
             if observer is not None:
                 observer.publish_finished(state, row.destination, exc)
@@ -254,6 +276,22 @@ class OutboxRelay:
         if observer is not None:
             observer.publish_finished(state, row.destination, None)
         return True
+
+    async def _stop(self, refusal: AccessRefused, row: OutboxRow) -> None:
+        """Stop publishing for good: the deployment must change before any retry can work."""
+        if self.refused is not None:
+            return
+        self.refused = refusal
+        _log.error(
+            "outbox_relay_stopped",
+            message_id=row.message_id,
+            exchange=refusal.exchange,
+            routing_key=refusal.routing_key,
+            user=refusal.user,
+            error=str(refusal),
+        )
+        if self._on_refused is not None:
+            await self._on_refused(refusal)
 
     async def _ensure_delay(self, ms: int) -> None:
         """Declare the delay tier for ``ms`` the first time it is used."""
@@ -300,6 +338,8 @@ class OutboxRelay:
                 else:
                     _log.info("outbox_released", breaker=name, rows=len(pending))
                     return
+                if self.refused is not None:
+                    return  # stopped: the rows stay pending
                 # A refusal or failure: stay parked and wait for the breaker again.
         finally:
             self._parked.pop(name, None)
@@ -313,6 +353,8 @@ class OutboxRelay:
 
     async def sweep(self) -> int:
         """Publish rows older than the grace period; returns how many were sent."""
+        if self.refused is not None:
+            return 0
         cutoff = self._clock() - self._grace
         rows = [r for r in await self._store.pending_outbox() if r.created_at <= cutoff]
         if not rows:
@@ -321,8 +363,8 @@ class OutboxRelay:
         return len(rows)
 
     async def run(self) -> None:
-        """Sweep forever (until cancelled)."""
-        while True:
+        """Sweep until cancelled, or until a refused publish stops the relay."""
+        while self.refused is None:
             try:
                 sent = await self.sweep()
                 if sent:

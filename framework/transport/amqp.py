@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import ssl
 import uuid
 from collections.abc import AsyncIterator
@@ -181,6 +182,10 @@ def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | Non
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+# RabbitMQ's text of a refused publish: "ACCESS_REFUSED - access to exchange 'x' in vhost ...".
+_REFUSED_EXCHANGE = re.compile(r"access to exchange '([^']*)'")
 
 
 def _broker_text(exc: BaseException) -> str:
@@ -937,7 +942,16 @@ class AmqpTransport(Transport):
     def _publish_error(self, exc: BaseException, exchange: str, routing_key: str) -> LeveretError:
         where = {"exchange": exchange, "routing_key": routing_key}
         if isinstance(exc, ChannelAccessRefused):
-            return self._access_refused(exc, exchange, routing_key)
+            refused = _REFUSED_EXCHANGE.search(_broker_text(exc))
+            if refused is None or refused.group(1) == exchange:
+                return self._access_refused(exc, exchange, routing_key)
+            # Another publish on the shared channel was refused and the broker closed it
+            # before confirming this one: its outcome is unknown, as with a lost connection.
+            return PublishTimeout(
+                f"the publish channel closed before the confirm ({_broker_text(exc)}); "
+                "retry with the same message id",
+                **where,
+            )
         if isinstance(exc, PublishError):
             return Unroutable(f"no queue is bound to {exchange!r} for {routing_key!r}", **where)
         if isinstance(exc, DeliveryError):
