@@ -11,6 +11,7 @@ import pytest
 from contracts.inventory import InventoryReserved, ReserveInventory
 from contracts.orders import GetOrder, LineItem, OrderPlaced, OrderView
 from framework import (
+    AccessRefused,
     App,
     AppConfig,
     BrokerUnreachable,
@@ -258,6 +259,28 @@ async def test_a_waiting_send_retries_nacks_with_the_same_message() -> None:
     assert attempts == ["m-1", "m-1", "m-1"]
     m = breakers["inventory"].metrics()
     assert (m.buffered, m.failed) == (3, 2)
+
+
+async def test_a_waiting_send_does_not_retry_a_refused_publish() -> None:
+    """WhenOpen.WAIT never republishes a publish the broker refused for lack of permission."""
+    downstream = Downstream(
+        "inventory",
+        config=quick(window_size=1, minimum_calls=1),
+        when_open=WhenOpen.WAIT,
+        retry_interval=0.001,
+    )
+    breakers = Breakers([downstream], clock=FakeClock())
+    attempts: list[str] = []
+
+    async def call_next(out: Outbound) -> None:
+        attempts.append(out.wire.message_id)
+        raise AccessRefused(
+            "refused", exchange=out.exchange, routing_key=out.routing_key, user="reader"
+        )
+
+    with pytest.raises(AccessRefused):
+        await breakers.publish_middleware(outbound(), call_next)
+    assert attempts == ["m-1"]
 
 
 async def test_sends_inside_a_handler_raise_at_once(make_app: MakeApp) -> None:
