@@ -19,6 +19,7 @@ __all__ = [
     "OrderList",
     "OrderPlaced",
     "OrderStatus",
+    "OrderStep",
     "OrderView",
     "PlaceOrder",
 ]
@@ -26,6 +27,20 @@ __all__ = [
 Quantity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
 Cents = Annotated[int, msgspec.Meta(ge=0)]
 OrderStatus = Literal["placed", "reserved", "paid", "shipped", "completed", "cancelled", "failed"]
+# The order saga's steps as the read model sees them: the last event of the order it projected.
+# Forward steps first, then the failures, then the compensations (``handlers.orders`` ranks them
+# in this order and never moves an order back).
+OrderStep = Literal[
+    "placed",
+    "inventory_reserved",
+    "payment_charged",
+    "shipped",
+    "inventory_rejected",
+    "payment_declined",
+    "shipping_failed",
+    "payment_refunded",
+    "inventory_released",
+]
 
 
 class LineItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -81,6 +96,12 @@ class OrderFailed(Event):
 
 
 class OrderView(Reply):
+    """An order in the read model: its final status once it has one, and the saga's step.
+
+    ``step``, ``charged_cents`` and ``refunded_cents`` came later, with defaults, so older
+    readers and writers of this reply keep working.
+    """
+
     __wire_name__ = "orders.order_view"
 
     order_id: str
@@ -88,6 +109,9 @@ class OrderView(Reply):
     status: OrderStatus
     total_cents: Cents
     reason: str | None = None
+    step: OrderStep = "placed"
+    charged_cents: Cents = 0
+    refunded_cents: Cents = 0
 
 
 class GetOrder(Query[OrderView]):
@@ -103,10 +127,11 @@ class OrderList(Reply):
 
 
 class ListOrders(Query[OrderList]):
-    """Orders of the read model, by customer, by status or both, ordered by order id."""
+    """Orders of the read model, by customer, status and saga step, ordered by order id."""
 
     __wire_name__ = "orders.list_orders"
 
     customer_id: str | None = None
     status: OrderStatus | None = None
+    step: OrderStep | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100

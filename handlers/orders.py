@@ -4,9 +4,10 @@ The saga reserves inventory, charges the payment and ships. Out of stock: nothin
 order is cancelled. Payment declined: inventory is released. Shipping failed: the payment is
 refunded and inventory released. Each ending notifies the customer once.
 
-The read side is a projection (``framework.cqrs.Projection``): each event is applied in one
+The read side is a projection (``framework.cqrs.Projection``) of the order events and of the
+inventory, payment and shipping events the saga goes through: each event is applied in one
 transaction with its inbox row and logged for replay; ``GetOrder`` and ``ListOrders`` answer from
-its ``orders_view`` table.
+its ``orders_view`` and ``order_steps`` tables, with the saga's current step.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from contracts.orders import (
     OrderCompleted,
     OrderList,
     OrderPlaced,
+    OrderStep,
     OrderView,
     PlaceOrder,
 )
@@ -48,7 +50,7 @@ from framework.messages import Message
 from framework.saga import Saga, StepKind
 from framework.store import Store, StoreTx
 
-__all__ = ["OrderState", "build_orders", "build_read_side", "order_saga"]
+__all__ = ["ORDER_STEPS", "OrderState", "build_orders", "build_read_side", "order_saga"]
 
 
 class OrderState(msgspec.Struct, frozen=True, kw_only=True):
@@ -170,7 +172,32 @@ ORDERS_SCHEMA = (
         total_cents BIGINT,
         reason TEXT
     )""",
+    # A table of its own rather than new columns of orders_view: CREATE TABLE IF NOT EXISTS
+    # adds it to a database made before it existed, which ALTER TABLE could not do portably.
+    """CREATE TABLE IF NOT EXISTS order_steps (
+        order_id TEXT PRIMARY KEY,
+        step TEXT NOT NULL,
+        step_rank INTEGER NOT NULL,
+        charged_cents BIGINT NOT NULL DEFAULT 0,
+        refunded_cents BIGINT NOT NULL DEFAULT 0
+    )""",
 )
+
+# The saga's steps in the order an order moves through them; see ``OrderStep``. Every path an
+# order takes visits its steps in increasing rank (placed, reserved, charged, shipped; or a
+# failure, then the compensations in the order the saga sends them: refund before release).
+ORDER_STEPS: tuple[OrderStep, ...] = (
+    "placed",
+    "inventory_reserved",
+    "payment_charged",
+    "shipped",
+    "inventory_rejected",
+    "payment_declined",
+    "shipping_failed",
+    "payment_refunded",
+    "inventory_released",
+)
+_STEP_RANK = {step: rank for rank, step in enumerate(ORDER_STEPS)}
 
 
 def build_orders(*, step_timeout: float | None = 60.0) -> Service:
@@ -196,13 +223,23 @@ def build_orders(*, step_timeout: float | None = 60.0) -> Service:
 def build_read_side(store: Store) -> Service:
     """The order read side: the ``orders_view`` projection answering GetOrder and ListOrders.
 
-    Events of one order travel on different queues and may arrive in any order, so every
-    applier upserts only the columns it knows, and ``placed`` never overwrites a final status.
+    It projects the order events into ``orders_view`` (customer, total, final status and
+    reason) and the events of the saga's steps — inventory, payment, shipping — into
+    ``order_steps`` (the step an order has reached, what was charged and refunded).
+
+    Events of one order travel on different queues and may arrive in any order, and a resent
+    command answers again under a new message id, so every applier is commutative and
+    idempotent by value: it upserts only the columns it knows, ``placed`` never overwrites a
+    final status, a step only ever moves to a higher rank (``ORDER_STEPS``) and amounts only
+    grow. Any delivery order of the same events thus gives the same read model.
     ``leveret projections rebuild handlers.app:app orders_view`` replays it from its event log.
     """
     view = Service("order_view")
     projection = Projection(
-        "orders_view", service=view, tables=("orders_view",), schema=ORDERS_SCHEMA
+        "orders_view",
+        service=view,
+        tables=("orders_view", "order_steps"),
+        schema=ORDERS_SCHEMA,
     )
 
     async def set_status(tx: StoreTx, order_id: str, status: str, reason: str | None) -> None:
@@ -215,6 +252,33 @@ def build_read_side(store: Store) -> Service:
             reason,
         )
 
+    async def advance(tx: StoreTx, order_id: str, step: OrderStep) -> None:
+        await tx.execute(
+            "INSERT INTO order_steps (order_id, step, step_rank) VALUES (?, ?, ?) "
+            "ON CONFLICT (order_id) DO UPDATE SET step = excluded.step, "
+            "step_rank = excluded.step_rank WHERE order_steps.step_rank < excluded.step_rank",
+            order_id,
+            step,
+            _STEP_RANK[step],
+        )
+
+    async def record_charge(tx: StoreTx, order_id: str, cents: int) -> None:
+        await tx.execute(
+            "UPDATE order_steps SET charged_cents = ? WHERE order_id = ? AND charged_cents < ?",
+            cents,
+            order_id,
+            cents,
+        )
+
+    async def record_refund(tx: StoreTx, order_id: str, cents: int) -> None:
+        # A resent refund answers with 0 (refunded already): the largest amount is the refund.
+        await tx.execute(
+            "UPDATE order_steps SET refunded_cents = ? WHERE order_id = ? AND refunded_cents < ?",
+            cents,
+            order_id,
+            cents,
+        )
+
     @projection.on
     async def on_placed(evt: OrderPlaced, tx: StoreTx) -> None:
         await tx.execute(
@@ -225,19 +289,56 @@ def build_read_side(store: Store) -> Service:
             evt.customer_id,
             evt.total_cents,
         )
+        await advance(tx, evt.order_id, "placed")
 
     @projection.on
     async def on_completed(evt: OrderCompleted, tx: StoreTx) -> None:
         await set_status(tx, evt.order_id, "completed", None)
+        # The saga completes only after its last step: shipped, even if that event is late.
+        await advance(tx, evt.order_id, "shipped")
 
     @projection.on
     async def on_cancelled(evt: OrderCancelled, tx: StoreTx) -> None:
         await set_status(tx, evt.order_id, "cancelled", evt.reason)
 
+    @projection.on
+    async def on_reserved(evt: InventoryReserved, tx: StoreTx) -> None:
+        await advance(tx, evt.order_id, "inventory_reserved")
+
+    @projection.on
+    async def on_rejected(evt: InventoryRejected, tx: StoreTx) -> None:
+        await advance(tx, evt.order_id, "inventory_rejected")
+
+    @projection.on
+    async def on_released(evt: InventoryReleased, tx: StoreTx) -> None:
+        await advance(tx, evt.order_id, "inventory_released")
+
+    @projection.on
+    async def on_charged(evt: PaymentCharged, tx: StoreTx) -> None:
+        await advance(tx, evt.order_id, "payment_charged")
+        await record_charge(tx, evt.order_id, evt.amount_cents)
+
+    @projection.on
+    async def on_declined(evt: PaymentDeclined, tx: StoreTx) -> None:
+        await advance(tx, evt.order_id, "payment_declined")
+
+    @projection.on
+    async def on_refunded(evt: PaymentRefunded, tx: StoreTx) -> None:
+        await advance(tx, evt.order_id, "payment_refunded")
+        await record_refund(tx, evt.order_id, evt.amount_cents)
+
+    @projection.on
+    async def on_shipped(evt: OrderShipped, tx: StoreTx) -> None:
+        await advance(tx, evt.order_id, "shipped")
+
+    @projection.on
+    async def on_shipping_failed(evt: ShippingFailed, tx: StoreTx) -> None:
+        await advance(tx, evt.order_id, "shipping_failed")
+
     @view.query
     async def get_order(query: GetOrder, ctx: QueryContext) -> OrderView:
         async with store.transaction() as tx:
-            row = await tx.fetchone(f"{_SELECT_VIEW} WHERE order_id = ?", query.order_id)
+            row = await tx.fetchone(f"{_SELECT_VIEW} WHERE v.order_id = ?", query.order_id)
         if row is None:
             raise LookupError(f"no order {query.order_id}")
         return _order_view(row)
@@ -247,22 +348,30 @@ def build_read_side(store: Store) -> Service:
         clauses: list[str] = []
         args: list[object] = []
         if query.customer_id is not None:
-            clauses.append("customer_id = ?")
+            clauses.append("v.customer_id = ?")
             args.append(query.customer_id)
         if query.status is not None:
-            clauses.append("status = ?")
+            clauses.append("v.status = ?")
             args.append(query.status)
+        if query.step is not None:
+            clauses.append("COALESCE(s.step, 'placed') = ?")
+            args.append(query.step)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         async with store.transaction() as tx:
             rows = await tx.fetchall(
-                f"{_SELECT_VIEW}{where} ORDER BY order_id LIMIT ?", *args, query.limit
+                f"{_SELECT_VIEW}{where} ORDER BY v.order_id LIMIT ?", *args, query.limit
             )
         return OrderList(orders=[_order_view(row) for row in rows])
 
     return view
 
 
-_SELECT_VIEW = "SELECT order_id, customer_id, status, total_cents, reason FROM orders_view"
+# An order is listed once one of its own events arrived (orders_view); its steps may lag or lead.
+_SELECT_VIEW = (
+    "SELECT v.order_id, v.customer_id, v.status, v.total_cents, v.reason, s.step, "
+    "s.charged_cents, s.refunded_cents FROM orders_view v "
+    "LEFT JOIN order_steps s ON s.order_id = v.order_id"
+)
 
 
 def _order_view(row: tuple[Any, ...]) -> OrderView:
@@ -272,4 +381,7 @@ def _order_view(row: tuple[Any, ...]) -> OrderView:
         status=row[2],
         total_cents=row[3] or 0,
         reason=row[4],
+        step=row[5] or "placed",
+        charged_cents=row[6] or 0,
+        refunded_cents=row[7] or 0,
     )

@@ -1,12 +1,16 @@
-"""Helpers of the CQRS tests: order events, a middleware that counts handled messages, and the
-read model as plain rows."""
+"""Helpers of the CQRS tests: order events, the events of each saga outcome, a middleware that
+counts handled messages, and the read model as plain rows."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+from contracts.inventory import InventoryRejected, InventoryReleased, InventoryReserved
 from contracts.orders import LineItem, OrderCancelled, OrderCompleted, OrderPlaced
+from contracts.payment import PaymentCharged, PaymentDeclined, PaymentRefunded
+from contracts.shipping import OrderShipped, ShippingFailed
+from framework.messages import Event
 from framework.middleware import Incoming, Next
 from framework.store import Store
 
@@ -49,13 +53,85 @@ def cancelled(order_id: str, reason: str) -> OrderCancelled:
     return OrderCancelled(order_id=order_id, reason=reason)
 
 
+# How far an order got: an in-flight point, or how its saga ended (the reason it was cancelled).
+OUTCOMES = (
+    "placed",
+    "reserved",
+    "charged",
+    "completed",
+    "out of stock",
+    "card declined",
+    "no delivery",
+)
+
+
+def saga_events(order_id: str, customer_id: str, qty: int, outcome: str) -> list[Event]:
+    """The events the shop publishes for an order up to ``outcome``, in the order it does.
+
+    A shipping failure includes a resent refund, answered with 0 as the payment service does.
+    """
+    total = qty * 100
+    reserved = InventoryReserved(order_id=order_id)
+    charged = PaymentCharged(order_id=order_id, amount_cents=total, payment_id=f"pay-{order_id}")
+    released = InventoryReleased(order_id=order_id)
+    paths: dict[str, list[Event]] = {
+        "placed": [],
+        "reserved": [reserved],
+        "charged": [reserved, charged],
+        "completed": [
+            reserved,
+            charged,
+            OrderShipped(order_id=order_id, tracking_number=f"TRK-{order_id}"),
+            completed(order_id),
+        ],
+        "out of stock": [InventoryRejected(order_id=order_id, reason="out of stock: apple")],
+        "card declined": [
+            reserved,
+            PaymentDeclined(order_id=order_id, reason="card declined: over limit"),
+            released,
+        ],
+        "no delivery": [
+            reserved,
+            charged,
+            ShippingFailed(order_id=order_id, reason="no delivery to Atlantis"),
+            PaymentRefunded(order_id=order_id, amount_cents=total),
+            PaymentRefunded(order_id=order_id, amount_cents=0),
+            released,
+        ],
+    }
+    events = [placed(order_id, customer_id, qty), *paths[outcome]]
+    if outcome in ("out of stock", "card declined", "no delivery"):
+        events.append(cancelled(order_id, outcome))
+    return events
+
+
+def expected_row(order_id: str, customer_id: str, qty: int, outcome: str) -> tuple[Any, ...]:
+    """The ``read_model`` row of an order whose ``saga_events`` up to ``outcome`` were applied."""
+    total = qty * 100
+    status, step, charged, refunded, reason = {
+        "placed": ("placed", "placed", 0, 0, None),
+        "reserved": ("placed", "inventory_reserved", 0, 0, None),
+        "charged": ("placed", "payment_charged", total, 0, None),
+        "completed": ("completed", "shipped", total, 0, None),
+        "out of stock": ("cancelled", "inventory_rejected", 0, 0, outcome),
+        "card declined": ("cancelled", "inventory_released", 0, 0, outcome),
+        "no delivery": ("cancelled", "inventory_released", total, total, outcome),
+    }[outcome]
+    return (order_id, customer_id, status, total, reason, step, charged, refunded)
+
+
 async def read_model(store: Store) -> list[tuple[Any, ...]]:
-    """Every row of ``orders_view``, ordered by order id."""
+    """Every order of ``orders_view`` with its ``order_steps`` row, ordered by order id.
+
+    Columns: order id, customer, status, total, reason, step, charged, refunded (the last three
+    None for an order with no step recorded).
+    """
     async with store.transaction() as tx:
         return [
             tuple(row)
             for row in await tx.fetchall(
-                "SELECT order_id, customer_id, status, total_cents, reason FROM orders_view "
-                "ORDER BY order_id"
+                "SELECT v.order_id, v.customer_id, v.status, v.total_cents, v.reason, s.step, "
+                "s.charged_cents, s.refunded_cents FROM orders_view v "
+                "LEFT JOIN order_steps s ON s.order_id = v.order_id ORDER BY v.order_id"
             )
         ]

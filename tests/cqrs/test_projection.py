@@ -8,6 +8,7 @@ import contextlib
 import io
 import logging
 import tempfile
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,50 +18,37 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from contracts.orders import OrderStep
 from framework import App, AppConfig, RegistrationError, Service
 from framework.cli import main
 from framework.cqrs import Projection, find_projection
 from framework.messages import Event
 from framework.store import StoreTx, store_from_url
-from handlers.orders import build_read_side
-from tests.cqrs.support import Handled, cancelled, completed, placed, read_model
+from handlers.orders import ORDER_STEPS, build_read_side
+from tests.cqrs.support import OUTCOMES, Handled, expected_row, read_model, saga_events
 
-# Per order: its customer, quantity and ending (None: still placed).
+# Per order: its customer, quantity and how far its saga got (see ``OUTCOMES``).
 ORDERS = st.lists(
-    st.tuples(
-        st.sampled_from(["c-1", "c-2"]),
-        st.integers(1, 5),
-        st.sampled_from([None, "completed", "cancelled"]),
-    ),
+    st.tuples(st.sampled_from(["c-1", "c-2"]), st.integers(1, 5), st.sampled_from(OUTCOMES)),
     min_size=1,
-    max_size=4,
+    max_size=3,
 )
 
 
-def events_of(orders: list[tuple[str, int, str | None]]) -> list[tuple[str, Event]]:
-    """The events of ``orders`` with their message ids."""
-    events: list[tuple[str, Event]] = []
-    for i, (customer, qty, ending) in enumerate(orders):
-        order_id = f"o-{i}"
-        events.append((f"{order_id}/placed", placed(order_id, customer, qty)))
-        if ending == "completed":
-            events.append((f"{order_id}/end", completed(order_id)))
-        elif ending == "cancelled":
-            events.append((f"{order_id}/end", cancelled(order_id, "out of stock")))
-    return events
+def events_of(orders: list[tuple[str, int, str]]) -> list[tuple[str, Event]]:
+    """The events of ``orders``' sagas with their message ids."""
+    return [
+        (f"o-{i}/{n}", event)
+        for i, (customer, qty, outcome) in enumerate(orders)
+        for n, event in enumerate(saga_events(f"o-{i}", customer, qty, outcome))
+    ]
 
 
-def expected_rows(orders: list[tuple[str, int, str | None]]) -> list[tuple[Any, ...]]:
+def expected_rows(orders: list[tuple[str, int, str]]) -> list[tuple[Any, ...]]:
     """The read model the orders must produce, whatever the delivery order."""
     return [
-        (
-            f"o-{i}",
-            customer,
-            ending or "placed",
-            qty * 100,
-            "out of stock" if ending == "cancelled" else None,
-        )
-        for i, (customer, qty, ending) in enumerate(orders)
+        expected_row(f"o-{i}", customer, qty, outcome)
+        for i, (customer, qty, outcome) in enumerate(orders)
     ]
 
 
@@ -99,10 +87,11 @@ async def project(db: Path, deliveries: list[tuple[str, Event]], distinct: int) 
 )
 @given(orders=ORDERS, data=st.data())
 def test_projection_is_idempotent_under_duplicates_and_reordering(
-    orders: list[tuple[str, int, str | None]], data: st.DataObject
+    orders: list[tuple[str, int, str]], data: st.DataObject
 ) -> None:
-    """Any order of the events, with any of them delivered twice, gives the same read model,
-    counts each event once in the position, and rebuilds to the same read model."""
+    """Any order of the events of the sagas, with any of them delivered twice, gives the read
+    model of the in-order run (status, reason, step that never goes back, amounts), counts each
+    event once in the position, and rebuilds to the same read model."""
     events = events_of(orders)
     duplicates = data.draw(st.lists(st.sampled_from(events), max_size=4), label="duplicates")
     deliveries = data.draw(st.permutations(events + duplicates), label="deliveries")
@@ -118,6 +107,29 @@ def test_projection_is_idempotent_under_duplicates_and_reordering(
                 await store.close()
 
         assert asyncio.run(rows()) == expected_rows(orders)
+
+
+def test_in_order_sagas_give_each_outcomes_row(tmp_path: Path) -> None:
+    """Each outcome's events applied in the order the shop publishes them give the row the
+    property test expects: the in-order run is the reference for every other delivery order."""
+    orders = [("c-1", n % 5 + 1, outcome) for n, outcome in enumerate(OUTCOMES)]
+    events = events_of(orders)
+    db = tmp_path / "view.db"
+    asyncio.run(project(db, events, len(events)))
+
+    async def rows() -> list[tuple[Any, ...]]:
+        store = store_from_url(f"sqlite:///{db}")
+        try:
+            return await read_model(store)
+        finally:
+            await store.close()
+
+    assert asyncio.run(rows()) == expected_rows(orders)
+
+
+def test_order_steps_rank_every_step_once() -> None:
+    """The projection ranks exactly the steps the OrderStep contract lists, in its order."""
+    assert typing.get_args(OrderStep) == ORDER_STEPS
 
 
 @pytest.fixture
@@ -151,7 +163,7 @@ def test_cli_rebuild_restores_the_live_read_model(
         f"store = store_from_url('sqlite:///{db}')\n"
         "app = App([build_read_side(store)], store=store, config=AppConfig(prefix='shop'))\n"
     )
-    events = events_of([("c-1", 2, "completed"), ("c-2", 1, "cancelled"), ("c-1", 3, None)])
+    events = events_of([("c-1", 2, "completed"), ("c-2", 1, "no delivery"), ("c-1", 3, "placed")])
 
     async def live() -> list[tuple[Any, ...]]:
         await project(db, events, len(events))
@@ -163,6 +175,7 @@ def test_cli_rebuild_restores_the_live_read_model(
             before = await read_model(store)
             async with store.transaction() as tx:
                 await tx.execute("UPDATE orders_view SET status = 'failed'")
+                await tx.execute("UPDATE order_steps SET step = 'placed', step_rank = 0")
                 await tx.execute("DELETE FROM orders_view WHERE order_id = 'o-0'")
             return before
         finally:
@@ -180,7 +193,7 @@ def test_cli_rebuild_restores_the_live_read_model(
     monkeypatch.syspath_prepend(str(tmp_path))
     code, out, _ = cli("projections", "rebuild", "rebuild_shop_app:app", "orders_view")
     assert code == 0
-    assert "rebuilt projection 'orders_view' from 5 events" in out
+    assert f"rebuilt projection 'orders_view' from {len(events)} events" in out
 
     async def after() -> list[tuple[Any, ...]]:
         store = store_from_url(f"sqlite:///{db}")

@@ -34,10 +34,11 @@ async def test_projection_log_and_rebuild(store: Store) -> None:
     assert await projection.position(store) == 4
     live = await read_model(store)
     assert live == [
-        ("o-1", "c-1", "cancelled", 200, "out of stock"),
-        ("o-2", "c-2", "completed", 100, None),
+        ("o-1", "c-1", "cancelled", 200, "out of stock", "placed", 0, 0),
+        ("o-2", "c-2", "completed", 100, None, "shipped", 0, 0),
     ]
     async with store.transaction() as tx:
         await tx.execute("DELETE FROM orders_view")
+        await tx.execute("DELETE FROM order_steps")
     assert await projection.rebuild(store) == 4
     assert await read_model(store) == live
