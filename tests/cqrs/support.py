@@ -105,19 +105,31 @@ def saga_events(order_id: str, customer_id: str, qty: int, outcome: str) -> list
     return events
 
 
+# What the read model shows of an order after each outcome, but for its total and reason:
+# status, step, then charged and refunded as fractions of the total.
+OUTCOME_ROWS: dict[str, tuple[str, str, int, int]] = {
+    "placed": ("placed", "placed", 0, 0),
+    "reserved": ("placed", "inventory_reserved", 0, 0),
+    "charged": ("placed", "payment_charged", 1, 0),
+    "completed": ("completed", "shipped", 1, 0),
+    "out of stock": ("cancelled", "inventory_rejected", 0, 0),
+    "card declined": ("cancelled", "inventory_released", 0, 0),
+    "no delivery": ("cancelled", "inventory_released", 1, 1),
+}
+
+
+def outcome_row(
+    order_id: str, customer_id: str, total: int, outcome: str, reason: str | None
+) -> tuple[Any, ...]:
+    """The ``read_model`` row of an order of ``total`` whose saga got to ``outcome``."""
+    status, step, charged, refunded = OUTCOME_ROWS[outcome]
+    return (order_id, customer_id, status, total, reason, step, charged * total, refunded * total)
+
+
 def expected_row(order_id: str, customer_id: str, qty: int, outcome: str) -> tuple[Any, ...]:
     """The ``read_model`` row of an order whose ``saga_events`` up to ``outcome`` were applied."""
-    total = qty * 100
-    status, step, charged, refunded, reason = {
-        "placed": ("placed", "placed", 0, 0, None),
-        "reserved": ("placed", "inventory_reserved", 0, 0, None),
-        "charged": ("placed", "payment_charged", total, 0, None),
-        "completed": ("completed", "shipped", total, 0, None),
-        "out of stock": ("cancelled", "inventory_rejected", 0, 0, outcome),
-        "card declined": ("cancelled", "inventory_released", 0, 0, outcome),
-        "no delivery": ("cancelled", "inventory_released", total, total, outcome),
-    }[outcome]
-    return (order_id, customer_id, status, total, reason, step, charged, refunded)
+    reason = outcome if OUTCOME_ROWS[outcome][0] == "cancelled" else None
+    return outcome_row(order_id, customer_id, qty * 100, outcome, reason)
 
 
 async def read_model(store: Store) -> list[tuple[Any, ...]]:
