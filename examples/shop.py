@@ -34,8 +34,12 @@ from framework.store import SagaRecord, SagaStatus, Store, StoreTx, store_from_u
 from framework.urls import redact
 from handlers.app import build_app
 from handlers.inventory import Stock
+from handlers.orders import ORDER_STEPS
 
 _stock_decoder = EventDecoder([StockReceived, StockReserved, StockReleased])
+
+# Where an ended saga can have stopped: shipped, a failure, or a compensation.
+_FINAL_STEPS = frozenset(ORDER_STEPS[ORDER_STEPS.index("shipped") :])
 
 CAUSES = {
     "out of stock": "stock-out",
@@ -173,7 +177,13 @@ async def _invariants(
                 "WHERE template IN ('order_shipped', 'order_cancelled')"
             )
         )
-        views = dict(await tx.fetchall("SELECT order_id, status FROM orders_view"))
+        views = {
+            row[0]: tuple(row[1:])
+            for row in await tx.fetchall(
+                "SELECT v.order_id, v.status, s.step, s.charged_cents, s.refunded_cents "
+                "FROM orders_view v LEFT JOIN order_steps s ON s.order_id = v.order_id"
+            )
+        }
     for order in orders:
         oid = order.order_id
         record = by_order.get(oid)
@@ -197,9 +207,22 @@ async def _invariants(
             )
         if finals[oid] != 1:
             problems.append(f"{oid}: {finals[oid]} final notifications, expected 1")
-        expected_view = "completed" if record.status is SagaStatus.COMPLETED else "cancelled"
-        if views.get(oid) != expected_view:
-            problems.append(f"{oid}: read model says {views.get(oid)!r}, saga {record.status}")
+        # The read model: the final status, the step the saga stopped at (shipped, or a failure
+        # or compensation step) and what the payment service charged and refunded.
+        is_completed = record.status is SagaStatus.COMPLETED
+        view = views.get(oid)
+        expected_status = "completed" if is_completed else "cancelled"
+        if view is None or view[0] != expected_status:
+            problems.append(f"{oid}: read model says {view!r}, saga {record.status}")
+            continue
+        _, step, charged, refunded = view
+        if is_completed != (step == "shipped") or step not in _FINAL_STEPS:
+            problems.append(f"{oid}: read model step {step!r}, saga {record.status}")
+        if (charged, refunded) != (charges.get(oid, 0), refunds.get(oid, 0)):
+            problems.append(
+                f"{oid}: read model charged {charged} refunded {refunded}, payment "
+                f"{charges.get(oid, 0)} and {refunds.get(oid, 0)}"
+            )
     return problems
 
 
