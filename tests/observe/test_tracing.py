@@ -45,9 +45,14 @@ def provider(exporter: InMemorySpanExporter) -> TracerProvider:
     return provider
 
 
-def one(spans: list[ReadableSpan], name: str) -> ReadableSpan:
-    found = [s for s in spans if s.name == name]
-    assert len(found) == 1, (name, [s.name for s in spans])
+def one(spans: list[ReadableSpan], name: str, *, handler: str | None = None) -> ReadableSpan:
+    """The one span called ``name`` (of ``handler``, if given: an event has a span per handler)."""
+    found = [
+        s
+        for s in spans
+        if s.name == name and (handler is None or attrs(s).get("leveret.handler") == handler)
+    ]
+    assert len(found) == 1, (name, handler, [s.name for s in spans])
     return found[0]
 
 
@@ -126,8 +131,16 @@ async def test_one_order_is_one_trace_across_two_services(
     reserve = one(spans, "process inventory.reserve_inventory")
     assert parent_of(reserve) == span_id(placed)
     assert attrs(reserve)["leveret.handler"] == "inventory.reserve"
-    reserved = one(spans, "process inventory.inventory_reserved")
+    # The saga and the read side's projection each handle the reply, in the same trace.
+    reserved = one(spans, "process inventory.inventory_reserved", handler="orders.saga:order")
     assert parent_of(reserved) == span_id(reserve)
+    projected = [
+        s for s in spans if s.name == "process inventory.inventory_reserved" and s is not reserved
+    ]
+    assert [attrs(s)["leveret.handler"] for s in projected] == [
+        "order_view.build_read_side.<locals>.on_reserved[projection]"
+    ]
+    assert parent_of(projected[0]) == span_id(reserve)
     charge = one(spans, "process payment.charge_payment")
     assert parent_of(charge) == span_id(reserved)
 
