@@ -31,6 +31,7 @@ SECTIONS = ("pipeline", "latency", "publish", "query", "saga", "breaker", "memor
 PIPELINE = ("leveret", "aio-pika", "aiormq", "faststream", "faststream-msgspec")
 PUBLISH = ("leveret", "aio-pika", "aiormq")
 QUERY = ("leveret", "faststream")
+SAGA = ("sqlite", "postgres")
 MB = 1024 * 1024
 
 
@@ -47,6 +48,9 @@ class Settings:
     callers: int = 50
     memory_messages: int = 150_000  # --memory-messages 1000000 for the full million (~15 min)
     memory_warmup: int = 20_000
+    saga_orders: int = 500
+    saga_latency_orders: int = 200
+    saga_rate: float = 20.0
     loop: str = "asyncio"
     contenders: tuple[str, ...] | None = None  # None: all of each section
 
@@ -290,13 +294,80 @@ class Bench:
 
     # -- later ---------------------------------------------------------------------------------
 
+    async def saga_once(self, store: str, mode: str, n: int) -> dict[str, Any]:
+        names = Names(uuid.uuid4().hex[:8])
+        params = {"tag": names.tag, "messages": n, "mode": mode, "rate": self.s.saga_rate}
+        worker = await self._spawn("saga", store, params)
+        queues: list[str] = []
+        exchanges: list[str] = []
+        try:
+            ready = await worker.expect("ready", 120)
+            queues, exchanges = ready["queues"], ready["exchanges"]
+            await worker.go()
+            result = await worker.expect("result", max(180.0, n))
+            await worker.finish()
+            return result
+        finally:
+            worker.kill()
+            await self.broker.delete(queues=queues, exchanges=exchanges)
+
     async def section_saga(self) -> None:
-        # TODO(issue 7, saga): orders/s through the order saga (memory, SQLite and PostgreSQL
-        # stores) as worker processes of this harness, in alternation with a hand-written
-        # aio-pika state machine doing the same steps. Until then the shop's own command
-        # (`python -m examples.shop`, see the README) reports saga figures.
-        self.results.notes.append("saga: not in this command yet (see python -m examples.shop)")
-        self.say("saga: skipped - TODO (issue 7, saga)")
+        n, rate = self.s.saga_orders, self.s.saga_rate
+        stores = self.pick(SAGA)
+        self.say(
+            f"saga: the shop's order saga on RabbitMQ; {n} orders queued up front (throughput), "
+            f"{self.s.saga_latency_orders} offered at {rate:g}/s (latency); stores "
+            f"{', '.join(stores)}; {self.s.rounds} rounds in alternation"
+        )
+        pipeline = self.results.get("pipeline", "leveret", "throughput")
+        for r in range(self.s.rounds):
+            for store in stores:
+                res = await self.saga_once(store, "throughput", n)
+                lat = await self.saga_once(store, "latency", self.s.saga_latency_orders)
+                add = self.results.add
+                add("saga", store, "sagas/s", "/s", res["rate"])
+                add("saga", store, "messages handled per saga", "msgs", res["handled_per_saga"])
+                add(
+                    "saga",
+                    store,
+                    "messages/s handled",
+                    "msgs/s",
+                    res["rate"] * res["handled_per_saga"],
+                )
+                add(
+                    "saga",
+                    store,
+                    "client CPU",
+                    "us/saga",
+                    res["cpu_us_per_saga"],
+                    higher_is_better=False,
+                )
+                add(
+                    "saga",
+                    store,
+                    f"latency p50 at {rate:g}/s",
+                    "ms",
+                    lat["p50_ms"],
+                    higher_is_better=False,
+                )
+                add(
+                    "saga",
+                    store,
+                    f"latency p99 at {rate:g}/s",
+                    "ms",
+                    lat["p99_ms"],
+                    higher_is_better=False,
+                )
+                self.say(
+                    f"  round {r + 1}  {store:<9} {res['rate']:7.1f} sagas/s  "
+                    f"{res['handled_per_saga']:.2f} msgs handled/saga "
+                    f"({res['published_per_saga']:.2f} published, "
+                    f"{res['timeouts_per_saga']:.2f} of them timeouts)  "
+                    f"p50 {lat['p50_ms']:.0f} ms p99 {lat['p99_ms']:.0f} ms at {rate:g}/s  "
+                    f"{res['outcomes']}"
+                )
+        if pipeline is None:
+            self.results.notes.append("saga: no pipeline figure in this run, so no tax")
 
     async def section_breaker(self) -> None:
         # TODO(issue 7, breaker): the pipeline with and without a closed breaker on its publish

@@ -25,6 +25,7 @@ SECTIONS = {
     "publish": "bench.publish",
     "query": "bench.query",
     "memory": "bench.pipeline",  # the pipeline worker in its memory mode
+    "saga": "bench.saga",
 }
 
 
@@ -39,6 +40,7 @@ class Params:
     window: int = 1000  # publish concurrent
     warmup: int = 0  # memory
     progress_every: int = 0  # memory
+    rate: float = 0.0  # saga latency: orders placed per second
 
 
 Contender = Callable[[Params], Awaitable[None]]

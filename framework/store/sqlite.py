@@ -1,25 +1,38 @@
-"""SQLite store on aiosqlite: the embedded default.
+"""SQLite store: the embedded default.
 
-One connection does everything. Transactions take an ``asyncio.Lock`` and start with
-``BEGIN IMMEDIATE`` (SQLite has a single writer, so waiting in the event loop is cheaper than
-``SQLITE_BUSY`` retries); the read-only methods take the same lock, so they never see a
-transaction half done. Other processes on the same file wait up to ``busy_timeout``.
+One connection does everything, behind an ``asyncio.Lock``. Work that can block — opening the
+file, ``BEGIN IMMEDIATE`` (which waits up to ``busy_timeout`` for another process's write lock),
+``COMMIT`` (a WAL checkpoint may fsync) and reads outside a transaction — runs on the
+connection's own thread. Statements inside a write transaction run directly on the event loop:
+in WAL mode, once ``BEGIN IMMEDIATE`` holds the write lock they never wait for a lock, and they
+take microseconds, far less than a hop to a thread and back.
+
+**Group commit.** Transactions that queue up for the lock while one runs share its database
+transaction: each runs in a savepoint of its own (an exception rolls back only its savepoint)
+and, when it has released the savepoint, waits for the shared ``COMMIT``; ``async with
+store.transaction()`` returns only once that commit is done, so nothing is acked or published
+before its effects are durable. One commit (and one thread hop) then covers every transaction
+that was waiting. Should the commit fail — or SQLite abandon the whole transaction after an error
+— every transaction of the group raises. The read-only methods commit an open group first, so
+they never see work that is not committed.
+
 The file runs in WAL mode with ``synchronous=NORMAL``: a commit survives a crash of the process,
-and a power loss may lose the last transactions but never corrupts the file.
+and a power loss may lose the last transactions but never corrupts the file. (Where WAL cannot
+be enabled, statements of a transaction run on the connection's thread too.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
-
-import aiosqlite
 
 from framework.errors import ConfigurationError, LeveretError
 from framework.store import _sql
@@ -116,51 +129,160 @@ class SqliteConfig:
     outbox_retention: float = 3600.0
 
 
+_T = TypeVar("_T")
+
+
+class _Connection:
+    """A ``sqlite3`` connection and the one thread that does its blocking work.
+
+    ``execute``, ``execute_fetchall`` and ``executemany`` run on that thread; the ``tx_``
+    variants are for statements inside a write transaction and run directly on the event loop
+    when ``inline`` (WAL mode, or an in-memory database), where they never wait for a lock.
+    """
+
+    def __init__(self, raw: sqlite3.Connection, executor: ThreadPoolExecutor, inline: bool):
+        self.raw = raw
+        self.inline = inline
+        self._executor = executor
+
+    @classmethod
+    async def open(cls, path: str, busy_timeout: float) -> _Connection:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leveret-sqlite")
+        loop = asyncio.get_running_loop()
+        # isolation_level=None: no implicit BEGIN; the store issues BEGIN IMMEDIATE itself.
+        # check_same_thread=False: the store's lock, not the thread, keeps one user at a time.
+        connect = functools.partial(
+            sqlite3.connect,
+            path,
+            isolation_level=None,
+            timeout=busy_timeout,
+            check_same_thread=False,
+        )
+        try:
+            raw = await loop.run_in_executor(executor, connect)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(raw, executor, inline=False)
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return await self._run(self.raw.execute, sql, params)
+
+    async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return await self._run(_fetchall, self.raw, sql, params)
+
+    async def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
+        await self._run(self.raw.executemany, sql, params)
+
+    async def tx_execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        if self.inline:
+            return self.raw.execute(sql, params)
+        return await self.execute(sql, params)
+
+    async def tx_fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        if self.inline:
+            return self.raw.execute(sql, params).fetchall()
+        return await self.execute_fetchall(sql, params)
+
+    async def tx_fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self.inline:
+            return self.raw.execute(sql, params).fetchone()
+        return await self._run(_fetchone, self.raw, sql, params)
+
+    async def tx_executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
+        if self.inline:
+            self.raw.executemany(sql, params)
+        else:
+            await self.executemany(sql, params)
+
+    async def close(self) -> None:
+        try:
+            await self._run(self.raw.close)
+        finally:
+            self._executor.shutdown(wait=False)
+
+
+def _fetchall(raw: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    return raw.execute(sql, params).fetchall()
+
+
+def _fetchone(raw: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Any:
+    return raw.execute(sql, params).fetchone()
+
+
+class _Group:
+    """Transactions sharing one SQLite transaction; ``done`` resolves when it has committed."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+            self.done.exception()  # retrieved: a group nobody waits for logs nothing
+
+
+def _settle(group: _Group, commit: asyncio.Future[Any]) -> None:
+    if commit.cancelled():
+        group.fail(LeveretError("the commit was cancelled; its outcome is unknown"))
+    elif commit.exception() is not None:
+        group.fail(commit.exception())  # type: ignore[arg-type]
+    elif not group.done.done():
+        group.done.set_result(None)
+
+
 class _SqliteTx(StoreTx):
     dialect = "sqlite"
 
-    def __init__(self, conn: aiosqlite.Connection, clock: Callable[[], float]) -> None:
+    def __init__(self, conn: _Connection, clock: Callable[[], float]) -> None:
         self._conn = conn
         self._clock = clock
 
     async def inbox_add(self, consumer: str, message_id: str) -> bool:
-        cursor = await self._conn.execute(_INBOX_ADD, (consumer, message_id, self._clock()))
+        cursor = await self._conn.tx_execute(_INBOX_ADD, (consumer, message_id, self._clock()))
         return cursor.rowcount == 1
 
     async def load(self, saga_id: str) -> SagaRecord | None:
         # The transaction holds SQLite's write lock already (BEGIN IMMEDIATE): no one else can
         # change the row before we commit.
-        rows = list(await self._conn.execute_fetchall(_LOAD, (saga_id,)))
-        return _sql.saga_from_row(rows[0]) if rows else None
+        row = await self._conn.tx_fetchone(_LOAD, (saga_id,))
+        return _sql.saga_from_row(row) if row is not None else None
 
     async def insert(self, record: SagaRecord) -> None:
-        cursor = await self._conn.execute(_INSERT, _sql.saga_params(record))
+        cursor = await self._conn.tx_execute(_INSERT, _sql.saga_params(record))
         if cursor.rowcount != 1:
             raise SagaExists(record.saga_id)
 
     async def update(self, record: SagaRecord, *, expected_version: int) -> None:
         values = _sql.saga_params(record)
-        cursor = await self._conn.execute(_UPDATE, (*values[1:], record.saga_id, expected_version))
+        cursor = await self._conn.tx_execute(
+            _UPDATE, (*values[1:], record.saga_id, expected_version)
+        )
         if cursor.rowcount != 1:
             raise ConcurrencyConflict(record.saga_id)
 
     async def add_history(self, row: HistoryRow) -> None:
-        await self._conn.execute(_HISTORY_ADD, _sql.history_params(row))
+        await self._conn.tx_execute(_HISTORY_ADD, _sql.history_params(row))
 
     async def add_outbox(self, rows: Sequence[OutboxRow]) -> None:
         if rows:
-            await self._conn.executemany(_OUTBOX_ADD, [_sql.outbox_params(row) for row in rows])
+            await self._conn.tx_executemany(_OUTBOX_ADD, [_sql.outbox_params(row) for row in rows])
 
     async def execute(self, sql: str, *args: Any) -> None:
-        await self._conn.execute(sql, args)
+        await self._conn.tx_execute(sql, args)
 
     async def fetchone(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
-        async with self._conn.execute(sql, args) as cursor:
-            row = await cursor.fetchone()
+        row = await self._conn.tx_fetchone(sql, args)
         return tuple(row) if row is not None else None
 
     async def fetchall(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in await self._conn.execute_fetchall(sql, args)]
+        return [tuple(row) for row in await self._conn.tx_fetchall(sql, args)]
 
 
 class SqliteStore(Store):
@@ -189,7 +311,10 @@ class SqliteStore(Store):
         self._clock = clock
         self._pruner = _sql.OutboxPruner(self.config.outbox_retention, clock)
         self._lock = asyncio.Lock()
-        self._conn: aiosqlite.Connection | None = None
+        self._conn: _Connection | None = None
+        # The open commit group, if any, and the tasks that commit groups.
+        self._group: _Group | None = None
+        self._committers: set[asyncio.Task[None]] = set()
         # The task inside a transaction: a store call from it would wait for itself forever.
         self._owner: asyncio.Task[Any] | None = None
 
@@ -221,17 +346,72 @@ class SqliteStore(Store):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[StoreTx]:
-        async with self._locked("transaction") as conn:
-            await conn.execute("BEGIN IMMEDIATE")
+        async with self._participate("transaction") as conn:
+            yield _SqliteTx(conn, self._clock)
+
+    @asynccontextmanager
+    async def _participate(self, operation: str) -> AsyncIterator[_Connection]:
+        """A savepoint in the open commit group (or a new one); returns after the commit."""
+        async with self._locked(operation, flush=False) as conn:
+            group = self._group
+            if group is None:
+                group = await self._begin(conn)
+            await conn.tx_execute("SAVEPOINT leveret_tx")
             self._owner = asyncio.current_task()
             try:
-                yield _SqliteTx(conn, self._clock)
-                self._owner = None
-                await conn.execute("COMMIT")
-            except BaseException:
-                self._owner = None
-                await _rollback(conn)
+                yield conn
+                await conn.tx_execute("RELEASE leveret_tx")
+            except BaseException as exc:
+                await self._undo(conn, group, exc)
                 raise
+            finally:
+                self._owner = None
+        # Shielded: a cancelled caller must not cancel the commit the others wait for.
+        await asyncio.shield(group.done)
+
+    async def _begin(self, conn: _Connection) -> _Group:
+        if conn.raw.in_transaction:  # left by a COMMIT that failed while its task was cancelled
+            await _rollback(conn)
+        await conn.execute("BEGIN IMMEDIATE")
+        group = self._group = _Group()
+        # Queued for the lock behind every transaction waiting now: they all join this group.
+        committer = asyncio.create_task(self._commit_in_turn(group), name="leveret-sqlite-commit")
+        self._committers.add(committer)
+        committer.add_done_callback(self._committers.discard)
+        return group
+
+    async def _commit_in_turn(self, group: _Group) -> None:
+        async with self._lock:
+            if self._group is group and self._conn is not None:
+                await self._commit(self._conn, group)
+
+    async def _commit(self, conn: _Connection, group: _Group) -> None:
+        """Commit the group (the caller holds the lock); its members learn the outcome.
+
+        The members learn it from the COMMIT itself, even when the task committing is
+        cancelled while the COMMIT runs on the connection's thread.
+        """
+        self._group = None
+        commit = asyncio.ensure_future(conn.execute("COMMIT"))
+        commit.add_done_callback(functools.partial(_settle, group))
+        try:
+            await asyncio.shield(commit)
+        except Exception:
+            await _rollback(conn)
+
+    async def _undo(self, conn: _Connection, group: _Group, exc: BaseException) -> None:
+        """Roll back one member's savepoint; if SQLite ended the whole transaction, fail all."""
+        with suppress(sqlite3.Error):
+            await conn.tx_execute("ROLLBACK TO leveret_tx")
+            await conn.tx_execute("RELEASE leveret_tx")
+        if not conn.raw.in_transaction and self._group is group:
+            self._group = None
+            group.fail(
+                LeveretError(
+                    "SQLite rolled back the whole transaction after an error in one of its "
+                    f"group ({type(exc).__name__}: {exc}); nothing of it was committed"
+                )
+            )
 
     async def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
         async with self._locked("pending_outbox") as conn:
@@ -249,14 +429,14 @@ class SqliteStore(Store):
             return
         now = self._pruner.now()
         ids = [(message_id,) for message_id in message_ids]
-        async with self._locked("mark_sent") as conn:
+        async with self._participate("mark_sent") as conn:
             if self._pruner.retention <= 0:
-                await conn.executemany(_DELETE_SENT, ids)
+                await conn.tx_executemany(_DELETE_SENT, ids)
                 return
-            await conn.executemany(_MARK_SENT, [(now, message_id) for (message_id,) in ids])
+            await conn.tx_executemany(_MARK_SENT, [(now, message_id) for (message_id,) in ids])
             cutoff = self._pruner.cutoff(now)
             if cutoff is not None:
-                await conn.execute(_PRUNE, (cutoff,))
+                await conn.tx_execute(_PRUNE, (cutoff,))
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         async with self._locked("get_saga") as conn:
@@ -294,8 +474,12 @@ class SqliteStore(Store):
                 await conn.close()
 
     @asynccontextmanager
-    async def _locked(self, operation: str) -> AsyncIterator[aiosqlite.Connection]:
-        """The connection, for this task alone (opened on first use)."""
+    async def _locked(self, operation: str, *, flush: bool = True) -> AsyncIterator[_Connection]:
+        """The connection, for this task alone (opened on first use).
+
+        With ``flush``, an open commit group is committed first: what the caller reads or
+        writes outside a transaction never depends on work that might still roll back.
+        """
         if self._owner is not None and self._owner is asyncio.current_task():
             raise LeveretError(
                 f"SqliteStore.{operation}() was called inside a transaction of the same task, "
@@ -305,26 +489,28 @@ class SqliteStore(Store):
         async with self._lock:
             if self._conn is None:
                 self._conn = await self._connect()
+            if flush and self._group is not None:
+                await self._commit(self._conn, self._group)
             yield self._conn
 
-    async def _connect(self) -> aiosqlite.Connection:
-        # isolation_level=None: no implicit BEGIN; the store issues BEGIN IMMEDIATE itself.
+    async def _connect(self) -> _Connection:
         try:
-            conn = await aiosqlite.connect(
-                self.path, isolation_level=None, timeout=self.config.busy_timeout
-            )
+            conn = await _Connection.open(self.path, self.config.busy_timeout)
         except sqlite3.Error as exc:
             raise ConfigurationError(f"cannot open the SQLite store {self.url!r}: {exc}") from exc
         try:
-            if self.path != ":memory:":
-                await self._enable_wal(conn)
+            if self.path == ":memory:":
+                conn.inline = True  # one connection, nobody else to wait for
+            else:
+                conn.inline = await self._enable_wal(conn) == "wal"
             await conn.execute("PRAGMA synchronous=NORMAL")
         except BaseException:
             await conn.close()
             raise
         return conn
 
-    async def _enable_wal(self, conn: aiosqlite.Connection) -> None:
+    async def _enable_wal(self, conn: _Connection) -> str:
+        """Switch the file to WAL mode; returns the journal mode it is in now."""
         # Switching a new file to WAL needs an exclusive lock and SQLite answers SQLITE_BUSY at
         # once, without its busy handler, while another connection holds any lock: retry, up to
         # busy_timeout. Once the file is in WAL mode (it stays so), the pragma does not lock.
@@ -333,8 +519,8 @@ class SqliteStore(Store):
         pause = 0.005
         while True:
             try:
-                await conn.execute("PRAGMA journal_mode=WAL")
-                return
+                rows = await conn.execute_fetchall("PRAGMA journal_mode=WAL")
+                return str(rows[0][0]).lower() if rows else ""
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or loop.time() >= deadline:
                     raise
@@ -342,7 +528,7 @@ class SqliteStore(Store):
             pause = min(pause * 2, 0.1)
 
 
-async def _rollback(conn: aiosqlite.Connection) -> None:
+async def _rollback(conn: _Connection) -> None:
     # SQLite rolls back by itself after some errors (SQLITE_FULL, an interrupt); then there is
     # no transaction left to end.
     with suppress(sqlite3.OperationalError):
