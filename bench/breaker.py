@@ -137,6 +137,18 @@ def interleaved_us(
     return {name: min(t) / n * 1e6 for name, t in times.items()}
 
 
+async def interleaved_us_async(
+    loops: dict[str, Callable[[int], Coroutine[Any, Any, float]]], n: int, repeats: int = 15
+) -> dict[str, float]:
+    """``interleaved_us`` on the running loop (inside a ``python -m bench`` worker)."""
+    gc.collect()
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    for _ in range(repeats):
+        for name, loop in loops.items():
+            times[name].append(await loop(n))
+    return {name: min(t) / n * 1e6 for name, t in times.items()}
+
+
 class NullTransport(Transport):
     """Accepts every publish at once: isolates the client side of ``app.send``."""
 
@@ -244,6 +256,55 @@ async def pipeline_rounds(messages: int, rounds: int) -> dict[str, list[float]]:
             results[name].append(rate)
             print(f"round {r + 1}: {name:<16} {rate:8.0f} msgs/s", file=sys.stderr)
     return results
+
+
+# -- as worker processes of ``python -m bench`` (section "breaker") ------------------------------
+
+
+async def run_micro(p: Any) -> None:
+    """The breaker check per publish: through the breakers minus through an empty middleware."""
+    from bench.worker import emit, wait_go
+
+    emit("ready", queues=[])
+    await wait_go()
+    layer = await interleaved_us_async(
+        {
+            "empty": _middleware_loop(_passthrough),
+            "breaker": _middleware_loop(Breakers([Downstream("bench")]).publish_middleware),
+        },
+        p.messages,
+        p.window,  # repeats
+    )
+    send = await interleaved_us_async(
+        {"without": _send_loop(False), "with": _send_loop(True)}, p.messages // 10, p.window
+    )
+    emit(
+        "result",
+        state_machine_us=per_call_us(bench_state_machine, p.messages, p.window),
+        breaker_check_us=layer["breaker"] - layer["empty"],
+        app_send_overhead_us=send["with"] - send["without"],
+    )
+
+
+async def _run_pipeline_worker(p: Any, with_breaker: bool) -> None:
+    from bench.worker import emit, wait_go
+
+    emit("ready", queues=[])
+    await wait_go()
+    cpu = time.process_time()
+    rate = await run_pipeline(p.messages, p.tag, with_breaker=with_breaker)
+    emit("result", rate=rate, cpu_s=time.process_time() - cpu)
+
+
+async def run_without(p: Any) -> None:
+    await _run_pipeline_worker(p, with_breaker=False)
+
+
+async def run_with(p: Any) -> None:
+    await _run_pipeline_worker(p, with_breaker=True)
+
+
+CONTENDERS = {"micro": run_micro, "without breaker": run_without, "with breaker": run_with}
 
 
 def main(argv: list[str] | None = None) -> int:

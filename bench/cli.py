@@ -51,6 +51,8 @@ class Settings:
     saga_orders: int = 500
     saga_latency_orders: int = 200
     saga_rate: float = 20.0
+    breaker_iterations: int = 100_000
+    breaker_repeats: int = 15
     loop: str = "asyncio"
     contenders: tuple[str, ...] | None = None  # None: all of each section
 
@@ -325,7 +327,7 @@ class Bench:
                 res = await self.saga_once(store, "throughput", n)
                 lat = await self.saga_once(store, "latency", self.s.saga_latency_orders)
                 add = self.results.add
-                add("saga", store, "sagas/s", "/s", res["rate"])
+                add("saga", store, "throughput", "sagas/s", res["rate"])
                 add("saga", store, "messages handled per saga", "msgs", res["handled_per_saga"])
                 add(
                     "saga",
@@ -360,6 +362,7 @@ class Bench:
                 )
                 self.say(
                     f"  round {r + 1}  {store:<9} {res['rate']:7.1f} sagas/s  "
+                    f"{res['cpu_us_per_saga'] / res['handled_per_saga']:5.0f} us CPU/msg  "
                     f"{res['handled_per_saga']:.2f} msgs handled/saga "
                     f"({res['published_per_saga']:.2f} published, "
                     f"{res['timeouts_per_saga']:.2f} of them timeouts)  "
@@ -367,14 +370,101 @@ class Bench:
                     f"{res['outcomes']}"
                 )
         if pipeline is None:
-            self.results.notes.append("saga: no pipeline figure in this run, so no tax")
+            self.results.notes.append(
+                "saga: no persistence tax without the pipeline section in the same run"
+            )
+            return
+        for store in stores:
+            rate = self.results.get("saga", store, "throughput")
+            per = self.results.get("saga", store, "messages handled per saga")
+            if rate is None or per is None:
+                continue
+            tax = 1 - rate.median * per.median / pipeline.median
+            self.results.add(
+                "saga", store, "persistence tax", "%", tax * 100, higher_is_better=False
+            )
+            self.say(
+                f"  persistence tax {store}: 1 - {rate.median:.1f} sagas/s x {per.median:.2f} "
+                f"msgs/saga / {pipeline.median:.0f} pipeline msgs/s = {tax:.0%}"
+            )
+
+    async def breaker_once(self, contender: str, params: dict[str, Any]) -> dict[str, Any]:
+        worker = await self._spawn("breaker", contender, params)
+        try:
+            await worker.expect("ready", 60)
+            await worker.go()
+            result = await worker.expect("result", max(180.0, params["messages"] / 50))
+            await worker.finish()
+            return result
+        finally:
+            worker.kill()
+            if contender != "micro":
+                prefix = f"bench.{params['tag']}.breaker{int(contender == 'with breaker')}"
+                queue = f"{prefix}.bench.{ORDER_TYPE}"
+                await self.broker.delete(
+                    queues=[f"{prefix}.sink", queue, f"{queue}.dlq"],
+                    exchanges=[
+                        f"{prefix}.{x}" for x in ("commands", "events", "queries", "dlx", "retry")
+                    ],
+                )
 
     async def section_breaker(self) -> None:
-        # TODO(issue 7, breaker): the pipeline with and without a closed breaker on its publish
-        # as worker processes of this harness (bench/breaker.py's run_pipeline), plus the time
-        # an open breaker takes to fail a publish. Until then: `python -m bench.breaker`.
-        self.results.notes.append("breaker: not in this command yet (see python -m bench.breaker)")
-        self.say("breaker: skipped - TODO (issue 7, breaker)")
+        n, iterations = self.s.messages, self.s.breaker_iterations
+        self.say(
+            f"breaker: the check per publish (best of {self.s.breaker_repeats} x {iterations}), "
+            f"and the pipeline ({n} messages) without and with a breaker on its publish, "
+            f"{self.s.rounds} rounds in alternation"
+        )
+        micro = await self.breaker_once(
+            "micro",
+            {"tag": "micro", "messages": iterations, "window": self.s.breaker_repeats},
+        )
+        self.results.add(
+            "breaker",
+            "closed breaker",
+            "check per publish",
+            "us",
+            micro["breaker_check_us"],
+            higher_is_better=False,
+        )
+        self.results.add(
+            "breaker",
+            "closed breaker",
+            "app.send overhead",
+            "us",
+            micro["app_send_overhead_us"],
+            higher_is_better=False,
+        )
+        self.say(
+            f"  breaker check {micro['breaker_check_us']:.3f} us per publish "
+            f"(state machine alone {micro['state_machine_us']:.3f} us; app.send "
+            f"{micro['app_send_overhead_us']:+.3f} us)"
+        )
+        contenders = ["without breaker", "with breaker"]
+        for r in range(self.s.rounds):
+            # Who goes first alternates: a run right after another inherits the broker's backlog.
+            for contender in contenders if r % 2 == 0 else contenders[::-1]:
+                res = await self.breaker_once(
+                    contender, {"tag": uuid.uuid4().hex[:8], "messages": n}
+                )
+                self.results.add(
+                    "breaker",
+                    contender,
+                    "pipeline throughput",
+                    "msgs/s",
+                    res["rate"],
+                    baseline="without breaker",
+                )
+                self.results.add(
+                    "breaker",
+                    contender,
+                    "client CPU",
+                    "us/msg",
+                    res["cpu_s"] / n * 1e6,
+                    baseline="without breaker",
+                    higher_is_better=False,
+                )
+                self.say(f"  round {r + 1}  {contender:<16} {res['rate']:8.0f} msgs/s")
 
     # -- memory --------------------------------------------------------------------------------
 
@@ -438,6 +528,10 @@ class Bench:
 
 
 def _fmt(value: float, unit: str) -> str:
+    if unit in ("us", "msgs"):
+        return f"{value:.2f}"
+    if unit in ("%", "sagas/s"):
+        return f"{value:.1f}"
     if unit == "ms":
         return f"{value:.1f}"
     if unit == "MB":
@@ -532,6 +626,41 @@ TARGETS = (
         "round trips",
         "faststream",
         2.0,
+    ),
+    Target(
+        "saga: persistence tax <= 30% with SQLite",
+        "saga",
+        "sqlite",
+        "persistence tax",
+        None,
+        30.0,
+        at_least=False,
+    ),
+    Target(
+        "saga: persistence tax <= 30% with PostgreSQL",
+        "saga",
+        "postgres",
+        "persistence tax",
+        None,
+        30.0,
+        at_least=False,
+    ),
+    Target(
+        "breaker: check < 2 us per publish",
+        "breaker",
+        "closed breaker",
+        "check per publish",
+        None,
+        2.0,
+        at_least=False,
+    ),
+    Target(
+        "breaker: pipeline with a breaker >= 0.97x without",
+        "breaker",
+        "with breaker",
+        "pipeline throughput",
+        "without breaker",
+        0.97,
     ),
     Target(
         "memory: RSS growth < 50 MB", "memory", "leveret", "RSS growth", None, 50.0, at_least=False

@@ -26,6 +26,7 @@ SECTIONS = {
     "query": "bench.query",
     "memory": "bench.pipeline",  # the pipeline worker in its memory mode
     "saga": "bench.saga",
+    "breaker": "bench.breaker",
 }
 
 
@@ -102,6 +103,11 @@ class Tracker:
 
 def main(argv: list[str]) -> int:
     section, contender, raw = argv
+    from framework.logging import configure_logging
+
+    # As a `leveret run` worker does: the orchestrator sets LEVERET_LOG_LEVEL (warning), and
+    # leveret's info lines (a saga finished, ...) are neither formatted nor written.
+    configure_logging(level="warning")
     params = Params(**json.loads(raw))
     module = importlib.import_module(SECTIONS[section])
     run: Contender = module.CONTENDERS[contender]

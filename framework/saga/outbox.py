@@ -170,6 +170,7 @@ class OutboxRelay:
         self.observer: Observer | None = None
         self._on_refused = on_refused
         self.refused: AccessRefused | None = None
+        self._marker = _SentMarker(self)
 
     @property
     def store(self) -> Store:
@@ -214,7 +215,7 @@ class OutboxRelay:
         results = await asyncio.gather(*(self._publish_one(r) for r in rows))
         sent = [r.message_id for r, ok in zip(rows, results, strict=True) if ok]
         if sent:
-            await self._store.mark_sent(sent)
+            await self._marker.mark(sent)
         return len(sent) == len(rows)
 
     async def _publish_one(self, row: OutboxRow) -> bool:
@@ -374,3 +375,57 @@ class OutboxRelay:
             except Exception as exc:
                 _log.warning("outbox_sweep_failed", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(self._interval)
+
+
+class _SentMarker:
+    """Marks published rows as sent, many publishes' rows in one ``mark_sent`` call.
+
+    Rows handed in while a ``mark_sent`` runs wait for the next one, which takes all of them:
+    under load one statement (and, in PostgreSQL, one commit) marks the rows of many handlers
+    instead of one each. ``mark`` returns when its rows are marked, and raises what
+    ``mark_sent`` raised, as the relay's own call did.
+    """
+
+    def __init__(self, relay: OutboxRelay) -> None:
+        self._relay = relay
+        self._ids: list[str] = []
+        self._next: asyncio.Future[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def mark(self, message_ids: list[str]) -> None:
+        self._ids.extend(message_ids)
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        batch = self._next
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name="leveret-outbox-mark-sent")
+        # Shielded: one caller's cancellation must not cancel the others' batch.
+        await asyncio.shield(batch)
+
+    async def _flush(self) -> None:
+        try:
+            while self._ids:
+                ids, self._ids = self._ids, []
+                batch, self._next = self._next, None
+                assert batch is not None
+                try:
+                    await self._relay.store.mark_sent(ids)
+                except Exception as exc:
+                    if not batch.done():
+                        batch.set_exception(exc)
+                        batch.exception()  # retrieved: its callers may be gone
+                except BaseException:
+                    batch.cancel()
+                    raise
+                else:
+                    if not batch.done():
+                        batch.set_result(None)
+        except BaseException:
+            # Cancelled (shutdown): the rows still waiting stay pending; the sweeper sends them
+            # again, under the same message ids.
+            if self._next is not None:
+                self._next.cancel()
+            self._ids, self._next = [], None
+            raise
+        finally:
+            self._flusher = None

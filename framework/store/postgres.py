@@ -375,6 +375,7 @@ class PostgresStore(Store):
                 timeout=self.config.connect_timeout,
                 command_timeout=self.config.command_timeout,
                 server_settings=settings,
+                reset=_reset_if_dirty,
             )
         except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
@@ -382,6 +383,19 @@ class PostgresStore(Store):
                 reason = reason.replace(secret, "***")
             # Not chained: asyncpg's own exception could quote the DSN.
             raise StoreUnreachable(self.url, reason) from None
+
+
+async def _reset_if_dirty(conn: asyncpg.Connection[Any]) -> None:
+    """Reset a connection going back to the pool only if it is still inside a transaction.
+
+    asyncpg's default reset costs a round trip per release (``RESET ALL``, ``UNLISTEN *``,
+    ...), that is per transaction. The store's connections only ever run its transactions,
+    which always end (commit or rollback) before the release; one that did not, after a
+    cancellation, is reset in full. Service SQL that changes a setting uses ``SET LOCAL``,
+    which ends with its transaction.
+    """
+    if conn.is_in_transaction():
+        await conn.reset()
 
 
 def _row_count(status: str) -> int:
