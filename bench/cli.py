@@ -802,6 +802,8 @@ def run(args: argparse.Namespace) -> int:
         bench, info = asyncio.run(measure(settings, only, log, args.verbose))
     results = bench.results
     elapsed = time.time() - started
+    # The machine may be shared: the load around the run says how much the rates can be trusted.
+    info["load_average_at_end"] = os.getloadavg()
     targets = check_targets(results)
     print()
     for line in table_lines(results, markdown=False):
@@ -811,7 +813,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'met    ' if t['met'] else 'NOT met'}  {t['target']}  ({t['value']:g})")
     for note in results.notes:
         print(f"note: {note}")
-    print(f"\n{elapsed / 60:.1f} min; JSON: {out}")
+    start_load = ", ".join(f"{x:.1f}" for x in info["load_average_at_start"])
+    end_load = ", ".join(f"{x:.1f}" for x in info["load_average_at_end"])
+    print(f"\nload average (1, 5, 15 min) at the start {start_load}, at the end {end_load}")
+    print(f"{elapsed / 60:.1f} min; JSON: {out}")
     report = {
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
         "machine": info,
