@@ -21,6 +21,7 @@ from framework.transport.base import (
     Delivery,
     DeliveryCallback,
     OutgoingMessage,
+    QueueInfo,
     Topology,
     Transport,
 )
@@ -64,6 +65,9 @@ class InstantTransport(Transport):
 
     async def queue_depth(self, name: str) -> int:
         return 0
+
+    async def queue_info(self, name: str) -> QueueInfo:
+        raise NotImplementedError
 
 
 def row(message_id: str) -> OutboxRow:
