@@ -159,12 +159,12 @@ class App:
         self.handlers = check_unique_handlers(self.services)
         sent = [cls for service in self.services for cls in service.sends]
         # Circuit breakers: the last publish middleware (closest to the broker, so they time
-        # and judge the publish itself) and the first consume middleware.
+        # and judge the publish itself) and the first consume middleware of the handlers that
+        # need one (see Breakers.consume_middleware_for).
         self.breakers = breakers
         if breakers is not None:
             breakers.bind(self)
             publish_middleware = [*publish_middleware, breakers.publish_middleware]
-            middleware = [breakers.consume_middleware, *middleware]
         self.codec = Codec(
             _contracts(self.handlers, [*sent, *contracts]),
             upcasters=upcasters,
@@ -217,7 +217,7 @@ class App:
                     retry=retry,
                     timeout=spec.timeout or service.timeout or self.config.handler_timeout,
                     on_refused=self._refused,
-                    middleware=middleware,
+                    middleware=self._consume_middleware(spec, middleware),
                 )
             )
             topology = topology + self.naming.handler_topology(
@@ -246,6 +246,14 @@ class App:
 
     def __repr__(self) -> str:
         return f"App(url={redact(self.url)!r}, services={[s.name for s in self.services]})"
+
+    def _consume_middleware(
+        self, spec: HandlerSpec, middleware: Sequence[Middleware]
+    ) -> Sequence[Middleware]:
+        """The consume middleware of handler ``spec``: the breakers' guard first, if it needs
+        one."""
+        guard = None if self.breakers is None else self.breakers.consume_middleware_for(spec)
+        return middleware if guard is None else [guard, *middleware]
 
     def _bind_store(self, spec: HandlerSpec, writer: OutboxWriter) -> HandlerSpec:
         """Point saga entry points at their runner and wrap transactional handlers."""

@@ -4,6 +4,8 @@ Publish middleware is an onion like the consume side: ``async def __call__(out, 
 where ``out`` is an ``Outbound``. Circuit breakers plug in here. Queries go through the same
 onion (``out.timeout`` is set for them): there ``call_next`` returns the reply delivery, so a
 middleware must return what ``call_next`` returned (or a reply of its own, as a fallback does).
+As on the consume side, a middleware with ``bind_next(call_next)`` is bound once to the rest of
+the onion instead of being wrapped per publish.
 """
 
 from __future__ import annotations
@@ -316,6 +318,13 @@ class Bus:
 
 
 def _wrap(mw: PublishMiddleware, call_next: PublishNext) -> PublishNext:
+    # A middleware may bind itself to the rest of the onion (``bind_next(call_next)``, as the
+    # circuit breakers' does): then no wrapper coroutine runs per publish.
+    bind_next = getattr(mw, "bind_next", None)
+    if bind_next is not None:
+        linked: PublishNext = bind_next(call_next)
+        return linked
+
     async def call(out: Outbound) -> Any:
         return await mw(out, call_next)  # a query's reply comes back through the onion
 

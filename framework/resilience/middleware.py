@@ -9,15 +9,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from framework.bus import Outbound, PublishNext
 from framework.errors import BreakerOpen, ConfigurationError
 from framework.messages import MessageKind
 from framework.middleware import Incoming, Next
-from framework.resilience.gate import Gate, fail_fast
+from framework.resilience.gate import Gate, _fail_fast
 
 if TYPE_CHECKING:
     from framework.resilience.registry import Breakers
@@ -71,7 +72,18 @@ class BreakerMiddleware:
         gate = self._routes[routing_key] = self.route(routing_key, is_event=is_event)
         return gate
 
-    async def __call__(self, out: Outbound, call_next: PublishNext) -> Any:
+    def __call__(self, out: Outbound, call_next: PublishNext) -> Coroutine[Any, Any, Any]:
+        # A plain function returning the coroutine: no second coroutine frame per publish.
+        return self.guard(call_next, out)
+
+    def bind_next(self, call_next: PublishNext) -> PublishNext:
+        """This middleware bound to the rest of the onion (``Bus`` composes with it): calling
+        the result starts ``guard`` directly, without a wrapper coroutine per publish."""
+        return partial(self.guard, call_next)
+
+    async def guard(self, call_next: PublishNext, out: Outbound) -> Any:
+        """Send ``out`` on through its destination's breaker (``call_next`` first, so that
+        ``bind_next`` can bind it once)."""
         gate = self._routes.get(out.routing_key, _UNRESOLVED)
         if gate is _UNRESOLVED:
             if self._events_exchange is not None:
@@ -158,6 +170,11 @@ def deferral_of(func: Callable[..., Any]) -> Deferral | None:
 class HandlerGuard:
     """Consume middleware installed with the breakers (outermost).
 
+    The app installs it only on the handlers where it does something (see
+    ``Breakers.consume_middleware_for``): a handler marked ``defer_when_open``, or every
+    handler when some downstream makes refused sends wait (``WhenOpen.WAIT``), which handlers
+    must not do.
+
     Args:
         breakers: the app's breakers, which publish deferred messages.
     """
@@ -167,10 +184,24 @@ class HandlerGuard:
     def __init__(self, breakers: Breakers) -> None:
         self._breakers = breakers
 
-    async def __call__(self, msg: Incoming, call_next: Next) -> Any:
+    def __call__(self, msg: Incoming, call_next: Next) -> Coroutine[Any, Any, Any]:
+        return self.guard(call_next, msg)
+
+    def bind_next(self, call_next: Next) -> Next:
+        """This middleware bound to the rest of the onion (``compose`` uses it): no wrapper
+        coroutine per delivery."""
+        return partial(self.guard, call_next)
+
+    async def guard(self, call_next: Next, msg: Incoming) -> Any:
+        """Run the rest of the onion with refused sends failing fast; defer on a refusal."""
         try:
-            with fail_fast():
+            # ``fail_fast()`` written out: a generator context manager per delivery costs more
+            # than the breaker check itself.
+            token = _fail_fast.set(True)
+            try:
                 return await call_next(msg)
+            finally:
+                _fail_fast.reset(token)
         except BreakerOpen as exc:
             deferral = deferral_of(msg.handler.func)
             if deferral is None or msg.handler.kind is MessageKind.QUERY:

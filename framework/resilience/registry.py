@@ -1,10 +1,10 @@
 """``Breakers``: the circuit breakers of one app, wired to its bus, its transport and its logs.
 
 Give an app its breakers with ``App(services, breakers=Breakers([...]))``. The app then routes
-every send, publish and query through them (publish middleware, innermost), runs its handlers
-under ``HandlerGuard`` (consume middleware, outermost), and at start-up the breakers listen for
-the broker blocking the connection and, if asked, join the control exchange their sibling
-workers share.
+every send, publish and query through them (publish middleware, innermost), runs the handlers
+that need it under ``HandlerGuard`` (consume middleware, outermost), and at start-up the
+breakers listen for the broker blocking the connection and, if asked, join the control exchange
+their sibling workers share.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from framework.errors import BreakerOpen, ConfigurationError
+from framework.messages import MessageKind
 from framework.middleware import Incoming
 from framework.resilience.breaker import CircuitBreaker, Clock
 from framework.resilience.control import BreakerControl
@@ -42,6 +43,7 @@ from framework.transport.base import OutgoingMessage, Transport
 
 if TYPE_CHECKING:
     from framework.app import App
+    from framework.handlers import HandlerSpec
 
 __all__ = ["DEFERRALS", "Breakers"]
 
@@ -128,6 +130,19 @@ class Breakers:
     def downstream(self, name: str) -> Downstream:
         """The declaration of downstream ``name``."""
         return self._gates[name].downstream
+
+    def consume_middleware_for(self, spec: HandlerSpec) -> HandlerGuard | None:
+        """The consume middleware handler ``spec`` needs, or None when it would do nothing.
+
+        ``HandlerGuard`` does two things: it defers the message of a ``defer_when_open``
+        command or event handler, and it makes refused sends inside a handler raise instead of
+        waiting — which only changes anything when a downstream waits (``WhenOpen.WAIT``).
+        Elsewhere it would be one more layer per delivery for nothing.
+        """
+        deferred = spec.kind is not MessageKind.QUERY and deferral_of(spec.func) is not None
+        if deferred or any(gate.wait_sends for gate in self._gates.values()):
+            return self.consume_middleware
+        return None
 
     def breaker_for(self, routing_key: str, *, is_event: bool = False) -> CircuitBreaker | None:
         """The breaker gating ``routing_key``, or None (for tools and an outbox relay)."""

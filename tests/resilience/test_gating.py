@@ -36,6 +36,7 @@ from framework.resilience import (
     State,
     TransitionReason,
     WhenOpen,
+    defer_when_open,
     fail_fast,
 )
 from framework.transport.base import BindingSpec, OutgoingMessage, QueueSpec, Topology
@@ -583,3 +584,66 @@ def test_transition_listeners_hear_no_refusals() -> None:
     for _ in range(3):
         assert breaker.try_acquire() is None
     assert [type(e).__name__ for e in heard] == ["BreakerOpened"]
+
+
+def test_the_handler_guard_goes_only_where_it_does_something() -> None:
+    """HandlerGuard (deferral, fail-fast sends) wraps a handler only where it changes what
+    happens: a ``defer_when_open`` command or event handler, or any handler once some
+    downstream waits; elsewhere a delivery runs without that layer."""
+    orders = Service("orders")
+
+    @orders.event
+    async def on_placed(evt: OrderPlaced) -> None: ...
+
+    @orders.command
+    @defer_when_open
+    async def reserve_stock(cmd: ReserveInventory) -> None: ...
+
+    @orders.query
+    @defer_when_open  # queries answer or fail: never deferred
+    async def get_order(q: GetOrder) -> OrderView:
+        return view(q.order_id)
+
+    def guarded(when_open: WhenOpen) -> dict[str, bool]:
+        breakers = Breakers([Downstream("inventory", when_open=when_open)], status=False)
+        app = App([orders], transport=MemoryTransport(MemoryBroker()), breakers=breakers)
+        return {
+            spec.message_type.__name__: breakers.consume_middleware_for(spec) is not None
+            for spec in app.handlers
+        }
+
+    assert guarded(WhenOpen.RAISE) == {
+        "OrderPlaced": False,
+        "ReserveInventory": True,
+        "GetOrder": False,
+    }
+    assert guarded(WhenOpen.WAIT) == {
+        "OrderPlaced": True,
+        "ReserveInventory": True,
+        "GetOrder": True,
+    }
+
+
+async def test_a_middleware_may_bind_itself_to_the_onion(make_app: MakeApp) -> None:
+    """A publish middleware with ``bind_next`` is bound once and still runs in its place:
+    after the middleware outside it, around the breakers inside it."""
+    seen: list[str] = []
+
+    class Tagging:
+        def bind_next(self, call_next: Callable[[Outbound], Awaitable[Any]]) -> Any:
+            async def tagged(out: Outbound) -> Any:
+                seen.append(f"tagged {out.routing_key}")
+                return await call_next(out)
+
+            return tagged
+
+    async def outer(out: Outbound, call_next: Callable[[Outbound], Awaitable[Any]]) -> Any:
+        seen.append("outer")
+        return await call_next(out)
+
+    breakers = Breakers([Downstream("inventory", config=quick())], status=False)
+    app = await make_app(breakers=breakers, publish_middleware=[outer, Tagging()])
+    await capped_queue(app, RESERVE, 10)
+    await app.send(reserve())
+    assert seen == ["outer", f"tagged {RESERVE}"]
+    assert breakers["inventory"].metrics().buffered == 1
