@@ -4,7 +4,8 @@
 2. ``middleware``: ``await middleware(out, call_next)`` around a no-op ``call_next``, minus the
    bare ``await call_next(out)``: the cost of the check as a publish pays it.
 3. ``app.send``: a full ``app.send`` (encode, envelope, onion) on a transport whose ``publish``
-   returns at once, with and without a breaker guarding the destination.
+   returns at once, with and without a breaker guarding the destination; and a whole delivery
+   through the pipeline's handler (decode, handler, send, ack) on that transport.
 4. ``pipeline`` (RabbitMQ): ``bench.pipeline``'s consume -> publish-with-confirm -> ack
    handler, with and without a breaker on its publish, alternating rounds in the same run.
 
@@ -193,6 +194,58 @@ def _send_loop(with_breaker: bool) -> Callable[[int], Coroutine[Any, Any, float]
     return run
 
 
+class NullDelivery(Delivery):
+    """A delivery whose settling does nothing: ``_handle_loop`` hands the same one over and
+    over."""
+
+    __slots__ = ()
+
+    async def ack(self) -> None: ...
+
+    async def nack(self, *, requeue: bool = False) -> None: ...
+
+    def to_outgoing(self, **changes: Any) -> OutgoingMessage:
+        raise NotImplementedError
+
+
+def _handle_loop(with_breaker: bool) -> Callable[[int], Coroutine[Any, Any, float]]:
+    """The pipeline's handler (decode, handler, ``ctx.send``, ack) on a null transport: what
+    leveret's own code costs per delivery, and what the breakers add to it, without a broker."""
+
+    async def run(n: int) -> float:
+        bench = Service("bench")
+
+        @bench.command
+        async def place_order(cmd: BenchOrder, ctx: Context) -> None:
+            await ctx.send(BenchFollowUp(order_id=cmd.order_id, items=cmd.items))
+
+        breakers = Breakers([Downstream("bench")], status=False) if with_breaker else None
+        app = App([bench], transport=NullTransport(), breakers=breakers)
+        await app.start(consume=False)
+        delivery = NullDelivery(
+            body=msgspec.json.encode(order(1)),
+            message_id="m-1",
+            type=BenchOrder.__wire_name__,
+            correlation_id=None,
+            content_type="application/json",
+            headers={"leveret-version": 1},
+            reply_to=None,
+            redelivered=False,
+            exchange="",
+            routing_key="",
+            timestamp=None,
+        )
+        pipeline = app.pipelines[0]
+        started = time.perf_counter()
+        for _ in range(n):
+            await pipeline(delivery)
+        elapsed = time.perf_counter() - started
+        await app.stop()
+        return elapsed
+
+    return run
+
+
 async def run_pipeline(n: int, tag: str, *, with_breaker: bool) -> tuple[float, float]:
     """``bench.pipeline``'s leveret contender, optionally with a breaker on its publish.
 
@@ -337,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     send = interleaved_us(
         {"without": _send_loop(False), "with": _send_loop(True)}, n // 10, repeats
     )
+    handle = interleaved_us(
+        {"without": _handle_loop(False), "with": _handle_loop(True)}, n // 10, repeats
+    )
     micro = {
         "state_machine_us": machine,
         "await_bare_us": layer["bare"],
@@ -347,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         "app_send_without_us": send["without"],
         "app_send_with_us": send["with"],
         "app_send_overhead_us": send["with"] - send["without"],
+        "handle_without_us": handle["without"],
+        "handle_with_us": handle["with"],
+        "handle_overhead_us": handle["with"] - handle["without"],
     }
     report["micro"] = micro
     print(f"closed breaker, best of {repeats} runs, microseconds per call")
@@ -360,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  app.send on a null transport, without breakers        {send['without']:6.3f}")
     print(f"                                with a breaker          {send['with']:6.3f}")
+    print(f"  one delivery through the handler, without breakers    {handle['without']:6.3f}")
+    print(f"                                with a breaker          {handle['with']:6.3f}")
 
     if not args.no_pipeline:
         results = asyncio.run(pipeline_rounds(args.messages, args.rounds))
