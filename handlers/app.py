@@ -15,11 +15,13 @@ gives ``read_side`` a database of its own.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import contracts
 from framework import App, AppConfig, Service
+from framework.middleware import Middleware
 from framework.store import Store, store_from_url
+from framework.transport.base import Transport
 from handlers.inventory import build_inventory
 from handlers.notifications import build_notifications
 from handlers.orders import build_orders, build_read_side
@@ -67,14 +69,22 @@ def build_app(
     config: AppConfig | None = None,
     stock: Mapping[str, int] = DEFAULT_STOCK,
     step_timeout: float | None = 60.0,
+    transport: Transport | None = None,
+    middleware: Sequence[Middleware] = (),
 ) -> App:
-    """A fresh shop app: five services, the order saga and the read side on one store."""
+    """A fresh shop app: five services, the order saga and the read side on one store.
+
+    ``transport`` and ``middleware`` go to ``App`` as they are (the fault-injection suite wraps
+    the shop's handlers and tunes its connection this way).
+    """
     store = store or store_from_url(db_url)
     services = command_services(stock=stock, step_timeout=step_timeout)
     services.insert(1, build_read_side(store))
     return App(
         services,
         url=url,
+        transport=transport,
+        middleware=middleware,
         config=config or AppConfig(prefix=prefix),
         store=store,
         contracts=contracts.ALL,

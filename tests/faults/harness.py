@@ -1,0 +1,579 @@
+"""The harness: the shop as worker processes, a workload, a fault log, and the checker.
+
+One scenario is: start ``leveret run tests.faults.app:app`` on a RabbitMQ node of the suite's own
+(faults never touch the shared broker), place orders through the shop (``examples.shop``'s
+generator, each send retried with the same message id until confirmed), run the scenario's
+injector while the sagas are in flight, let the system settle, then check:
+
+* every order's saga is terminal within the bound and the shop's invariants hold for it
+  (``examples.shop.check_invariants``) — the "% correct" column;
+* no confirmed publish is lost: each message the client sent and got a confirm for, and each
+  outbox row marked sent, is in the inbox of every consumer it was routed to, or in that
+  consumer's DLQ with a reason; an outbox row still unsent after settling counts as lost too;
+* no effect is applied twice: stock moved exactly by the ledger, at most one notification per
+  order and template (charges, refunds and shipments are one row per order by their keys, and the
+  invariants check their sums);
+* duplicate deliveries (the same message id handled again by one handler) are counted from the
+  workers' delivery logs — allowed, and reported separately;
+* time to recover: after each fault ends, how long until another saga finished (the largest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+
+from contracts.orders import PlaceOrder
+from examples.shop import check_invariants, make_orders, wait_ready
+from framework import App, AppConfig
+from framework.messages import MessageKind
+from framework.store import SagaRecord, Store, store_from_url
+from framework.transport.amqp import AmqpConfig, AmqpTransport
+from handlers.app import DEFAULT_STOCK, build_app
+from tests.support.second_node import SecondNode
+from tests.test_worker import Leveret
+
+__all__ = ["Fault", "Harness", "Profile", "Row", "Run", "Shop", "until"]
+
+# Each worker consumes every handler queue of the shop; the client is an App without services.
+WORKERS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """How big a run is: orders per scenario, and the bound every saga must end within."""
+
+    name: str
+    orders: int
+    settle: float
+    soak_minutes: float = 0.0
+
+
+SHORT = Profile("short", orders=120, settle=120.0)
+LONG = Profile("long", orders=1500, settle=600.0, soak_minutes=30.0)
+PROFILES = {p.name: p for p in (SHORT, LONG)}
+
+
+async def until(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
+    """Poll ``check`` (sync or async) until truthy; ``TimeoutError`` naming ``what`` after."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(0.1)  # poll interval, not a wait for the condition itself
+
+
+@dataclass(slots=True)
+class Fault:
+    """One injected fault: what, and when it started and ended (monotonic seconds)."""
+
+    kind: str
+    started: float
+    ended: float
+
+
+@dataclass
+class Row:
+    """One scenario's line in the report table."""
+
+    scenario: str
+    sagas: int
+    faults: int
+    correct: int
+    lost: int
+    duplicate_effects: int
+    duplicate_deliveries: int
+    recover_s: float | None
+    problems: list[str] = field(default_factory=list)
+    notes: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.correct == self.sagas
+            and self.lost == 0
+            and self.duplicate_effects == 0
+            and not self.problems
+        )
+
+    @property
+    def correct_pct(self) -> float:
+        return 100.0 * self.correct / self.sagas if self.sagas else 0.0
+
+
+HEADER = (
+    "| scenario | sagas | faults | correct terminal | lost | duplicate effects | "
+    "duplicate deliveries | time to recover |\n"
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+)
+
+
+def table(rows: list[Row]) -> str:
+    """The report table in Markdown."""
+    lines = [HEADER]
+    for r in rows:
+        recover = "-" if r.recover_s is None else f"{r.recover_s:.1f} s"
+        lines.append(
+            f"| {r.scenario} | {r.sagas} | {r.faults} | {r.correct_pct:.1f}% | {r.lost} | "
+            f"{r.duplicate_effects} | {r.duplicate_deliveries} | {recover} |"
+        )
+    return "\n".join(lines)
+
+
+class Shop:
+    """The system under test: ``leveret run tests.faults.app:app`` and its store and client.
+
+    Args:
+        directory: where logs, delivery logs and the SQLite file go.
+        node: the suite's own broker node (the client always connects to it directly).
+        worker_url: the broker URL the workers use (the node's, or a fault proxy's).
+        db_url: the workers' store (SQLite file by default; a proxied PostgreSQL for outages).
+        check_db_url: the same database reached directly, for the harness.
+        env: more ``LEVERET_FAULTS_*`` settings for the workers.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        node: SecondNode,
+        *,
+        worker_url: str | None = None,
+        db_url: str | None = None,
+        check_db_url: str | None = None,
+        env: Mapping[str, str] | None = None,
+        workers: int = WORKERS,
+    ) -> None:
+        self.directory = directory
+        self.node = node
+        self.prefix = "f" + secrets.token_hex(4)
+        self.workers = workers
+        db_url = db_url or f"sqlite:///{directory / 'shop.db'}"
+        self.env = {
+            "LEVERET_SHOP_URL": worker_url or node.url,
+            "LEVERET_SHOP_DB_URL": db_url,
+            "LEVERET_SHOP_PREFIX": self.prefix,
+            "LEVERET_FAULTS_DIR": str(directory / "faults"),
+            "LEVERET_LOG_FORMAT": "json",
+            "LEVERET_LOG_LEVEL": "info",
+            "LEVERET_LOOP": "asyncio",
+            **(env or {}),
+        }
+        self.store: Store = store_from_url(check_db_url or db_url)
+        self.client = App([], url=node.url, config=AppConfig(prefix=self.prefix))
+        self.client.use_transport(
+            AmqpTransport(
+                node.url,
+                config=AmqpConfig(
+                    connect_timeout=5.0,
+                    publish_timeout=5.0,
+                    declare_timeout=5.0,
+                    heartbeat=2,
+                    reconnect_interval=0.5,
+                ),
+            )
+        )
+        self.leveret: Leveret | None = None
+        self._runs = 0
+        # The shop's routing, from a shop app that is built but never started.
+        self.model = build_app(db_url="memory://", prefix=self.prefix)
+
+    def start(self, *args: str) -> Leveret:
+        """Start the supervisor and its workers (``args`` go to ``leveret run``)."""
+        self._runs += 1
+        directory = self.directory / f"leveret{self._runs}"
+        directory.mkdir(parents=True, exist_ok=True)
+        self.leveret = Leveret(
+            directory,
+            ["tests.faults.app:app", "--workers", str(self.workers), *args],
+            self.env,
+        )
+        return self.leveret
+
+    async def ready(self, timeout: float = 90.0) -> None:
+        """Wait until the workers have created the schema and answer queries."""
+        await wait_ready(self.store, self.client, timeout)
+
+    def worker_pids(self) -> dict[int, int]:
+        """``{index: pid}`` of the latest process of each worker slot."""
+        assert self.leveret is not None
+        pids: dict[int, int] = {}
+        for event in self.leveret.events("worker_spawned"):
+            pids[event["index"]] = event["pid"]
+        return pids
+
+    async def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM the supervisor and wait for it; its exit code (None if it had to be killed)."""
+        code = None
+        if self.leveret is not None and self.leveret.process.poll() is None:
+            self.leveret.send(signal.SIGTERM)
+            try:
+                code = await until(
+                    lambda: self.leveret is not None and self.leveret.process.poll() is not None,
+                    timeout=timeout,
+                    what="leveret run to drain and exit",
+                )
+                code = self.leveret.process.returncode
+            except TimeoutError:
+                code = None
+        return code
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.stop(grace=0)
+        if self.leveret is not None:
+            self.leveret.kill_everything()
+        await self.store.close()
+
+    # -- observations -------------------------------------------------------------------------
+
+    def queues(self) -> dict[str, tuple[int, int, int]]:
+        """``{queue: (ready, unacked, consumers)}`` of this shop's queues on the node."""
+        out = self.node.ctl(
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+        )
+        found: dict[str, tuple[int, int, int]] = {}
+        for line in out.splitlines():
+            name, ready, unacked, consumers = line.rsplit("\t", 3)
+            if name.startswith(self.prefix + "."):
+                found[name] = (int(ready), int(unacked), int(consumers))
+        return found
+
+    def handler_queues(self) -> list[str]:
+        return [p.queue for p in self.model.pipelines]
+
+    def consumers_missing(self, expected: int) -> list[str]:
+        """Handler queues with fewer than ``expected`` consumers right now."""
+        queues = self.queues()
+        return [
+            f"{q}: {queues.get(q, (0, 0, 0))[2]} consumers"
+            for q in self.handler_queues()
+            if queues.get(q, (0, 0, 0))[2] < expected
+        ]
+
+    async def dead_letters(self) -> list[tuple[str, str, str]]:
+        """``(queue, message id, reason)`` of every message in this shop's DLQs (left there)."""
+        found: list[tuple[str, str, str]] = []
+        connection = await asyncio.wait_for(aio_pika.connect(self.node.url), 10)
+        try:
+            channel = await connection.channel()
+            for name in (q for q in self.queues() if q.endswith(".dlq")):
+                queue = await channel.get_queue(name, ensure=False)
+                while True:
+                    message = await queue.get(no_ack=False, fail=False, timeout=5)
+                    if message is None:
+                        break
+                    reason = str(message.headers.get("leveret-dead-reason", ""))
+                    found.append((name.removesuffix(".dlq"), message.message_id or "", reason))
+            await channel.close()  # unacked: the messages go back to their DLQs
+        finally:
+            await connection.close()
+        return found
+
+    def deliveries(self) -> Counter[tuple[str, str]]:
+        """How often each (handler, message id) was delivered, from the workers' logs."""
+        seen: Counter[tuple[str, str]] = Counter()
+        for path in (self.directory / "faults").glob("deliveries-*.log"):
+            for line in path.read_text().splitlines():
+                handler, message_id, *_ = line.split("\t")
+                seen[(handler, message_id)] += 1
+        return seen
+
+    def crashes(self) -> list[tuple[str, float]]:
+        """``(crash point, wall time)`` of every crash point that fired."""
+        path = self.directory / "faults" / "crashes.log"
+        if not path.exists():
+            return []
+        found = []
+        for line in path.read_text().splitlines():
+            point, _pid, at = line.split("\t")
+            found.append((point, float(at)))
+        return found
+
+    def routing(self) -> tuple[dict[tuple[str, str], list[str]], dict[str, str]]:
+        """Where messages go: ``{(exchange, routing key): [inbox consumer, ...]}`` and
+        ``{inbox consumer: queue}``, read from the shop's own registry."""
+        naming = self.model.naming
+        routes: dict[tuple[str, str], list[str]] = {}
+        queue_of: dict[str, str] = {}
+        for p in self.model.pipelines:
+            spec = p.spec
+            if spec.saga is not None:
+                consumer = f"{spec.service}.saga.{spec.saga.name}"
+            elif spec.transactional:
+                consumer = p.queue
+            else:
+                continue  # queries: answered, not recorded
+            queue_of[consumer] = p.queue
+            wire = spec.message_type.__wire_name__
+            exchange = naming.commands if spec.kind is MessageKind.COMMAND else naming.events
+            routes.setdefault((exchange, wire), []).append(consumer)
+            routes.setdefault(("<queue>", p.queue), []).append(consumer)
+        return routes, queue_of
+
+
+@dataclass
+class Run:
+    """One workload in flight: the orders, what was confirmed, faults, progress samples."""
+
+    shop: Shop
+    orders: list[PlaceOrder]
+    run_id: str
+    confirmed: set[str] = field(default_factory=set)
+    faults: list[Fault] = field(default_factory=list)
+    samples: list[tuple[float, int]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    extra_faults: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.samples[-1][1] if self.samples else 0
+
+    async def reached(self, share: float, timeout: float = 120.0) -> None:
+        """Wait until ``share`` of the orders have finished (faults fire mid-run)."""
+        goal = int(share * len(self.orders))
+        await until(lambda: self.done >= goal, timeout=timeout, what=f"{goal} finished sagas")
+
+    @contextlib.contextmanager
+    def fault(self, kind: str) -> Iterator[None]:
+        """Record a fault lasting as long as the block."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.faults.append(Fault(kind, started, time.monotonic()))
+
+    def instant(self, kind: str) -> None:
+        now = time.monotonic()
+        self.faults.append(Fault(kind, now, now))
+
+    async def records(self) -> list[SagaRecord]:
+        found = await self.shop.store.list_sagas(saga="order", limit=10 * len(self.orders) + 100)
+        return [r for r in found if r.saga_id.startswith(f"order-{self.run_id}")]
+
+    async def sample(self) -> None:
+        """Record (time, finished sagas) four times a second, until cancelled."""
+        while True:
+            with contextlib.suppress(Exception):  # the store may be the thing under fault
+                done = sum(r.status.terminal for r in await self.records())
+                self.samples.append((time.monotonic(), done))
+            await asyncio.sleep(0.25)
+
+    def recovery(self) -> float | None:
+        """Longest time from a fault's end until the next saga finished after it."""
+        worst: float | None = None
+        n = len(self.orders)
+        for fault in self.faults:
+            before = [c for t, c in self.samples if t <= fault.ended]
+            base = before[-1] if before else 0
+            if base >= n:
+                took = 0.0
+            else:
+                after = [t for t, c in self.samples if t > fault.ended and c > base]
+                if not after:
+                    return None
+                took = after[0] - fault.ended
+            worst = took if worst is None else max(worst, took)
+        return worst
+
+
+Injector = Callable[[Run], Awaitable[None]]
+
+
+class Harness:
+    """Runs scenarios against one broker node, each in a directory of its own."""
+
+    def __init__(self, node: SecondNode, directory: Path, profile: Profile) -> None:
+        self.node = node
+        self.directory = directory
+        self.profile = profile
+        self._count = 0
+
+    def directory_for(self, name: str) -> Path:
+        self._count += 1
+        path = self.directory / f"{self._count:02d}-{name}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @contextlib.asynccontextmanager
+    async def shop(self, name: str, **kwargs: Any) -> AsyncIterator[Shop]:
+        shop = Shop(self.directory_for(name), self.node, **kwargs)
+        try:
+            yield shop
+        finally:
+            await shop.close()
+
+    async def workload(
+        self,
+        name: str,
+        shop: Shop,
+        inject: Injector,
+        *,
+        orders: int | None = None,
+        seed: int = 7,
+        concurrency: int = 20,
+        allowed_dead_letters: Callable[[tuple[str, str, str]], bool] | None = None,
+    ) -> Row:
+        """Place the orders while ``inject`` runs, settle, check: the scenario's row."""
+        n = orders or self.profile.orders
+        run_id = "o" + secrets.token_hex(3)
+        run = Run(shop, make_orders(run_id, n, seed), run_id)
+        sampler = asyncio.create_task(run.sample())
+        placing = asyncio.create_task(self._place(run, concurrency))
+        try:
+            await inject(run)
+            await placing
+            await until(
+                lambda: run.done >= n,
+                timeout=self.profile.settle,
+                what=f"all {n} sagas to finish",
+            )
+        except TimeoutError as exc:
+            run.problems.append(str(exc))
+        finally:
+            placing.cancel()
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await placing
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+        return await self.check(name, run, allowed_dead_letters)
+
+    async def _place(self, run: Run, concurrency: int) -> None:
+        """Send every order; an unconfirmed send is retried with the same message id."""
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(order: PlaceOrder) -> None:
+            message_id = f"place-{order.order_id}"
+            async with gate:
+                deadline = time.monotonic() + self.profile.settle
+                while True:
+                    try:
+                        await asyncio.wait_for(
+                            run.shop.client.send(order, message_id=message_id), 10
+                        )
+                        run.confirmed.add(message_id)
+                        return
+                    except Exception:
+                        if time.monotonic() > deadline:
+                            raise
+                        await asyncio.sleep(0.5)
+
+        await asyncio.gather(*(one(o) for o in run.orders))
+
+    async def check(
+        self,
+        name: str,
+        run: Run,
+        allowed_dead_letters: Callable[[tuple[str, str, str]], bool] | None = None,
+    ) -> Row:
+        """The checker: terminal states and invariants, lost messages, duplicate effects."""
+        shop = run.shop
+        records = await run.records()
+        problems = list(run.problems)
+        invariant_problems = await check_invariants(shop.store, run.orders, records, settle=5.0)
+        bad = {p.split(":", 1)[0] for p in invariant_problems}
+        problems += invariant_problems[:20]
+        dead = await shop.dead_letters()
+        allowed = allowed_dead_letters or (lambda _d: False)
+        problems += [f"dead-lettered {q} {m}: {r}" for q, m, r in dead if not allowed((q, m, r))]
+        lost, lost_problems = await self._lost(run, dead)
+        problems += lost_problems[:20]
+        duplicates, duplicate_problems = await self._duplicate_effects(run)
+        problems += duplicate_problems[:20]
+        deliveries = shop.deliveries()
+        return Row(
+            scenario=name,
+            sagas=len(run.orders),
+            faults=len(run.faults) + run.extra_faults,
+            correct=len(run.orders) - len(bad),
+            lost=lost,
+            duplicate_effects=duplicates,
+            duplicate_deliveries=sum(c - 1 for c in deliveries.values()),
+            recover_s=run.recovery(),
+            problems=problems,
+            notes="; ".join(run.notes),
+        )
+
+    async def _lost(self, run: Run, dead: list[tuple[str, str, str]]) -> tuple[int, list[str]]:
+        shop = run.shop
+        routes, queue_of = shop.routing()
+        commands = shop.model.naming.commands
+        async with shop.store.transaction() as tx:
+            inbox = {
+                (c, m) for c, m in await tx.fetchall("SELECT consumer, message_id FROM leveret_inbox")
+            }
+            outbox = await tx.fetchall(
+                "SELECT message_id, exchange, routing_key, sent_at, created_at FROM leveret_outbox"
+            )
+        dead_ids = {(q, m) for q, m, _ in dead}
+        expected: list[tuple[str, list[str]]] = [
+            (m, routes[(commands, PlaceOrder.__wire_name__)]) for m in run.confirmed
+        ]
+        problems: list[str] = []
+        lost = 0
+        now = time.time()
+        for message_id, exchange, routing_key, sent_at, created_at in outbox:
+            if sent_at is None:
+                lost += 1
+                problems.append(f"outbox row {message_id} never published")
+                continue
+            if exchange.startswith(shop.model.naming.delay(1).rsplit(".", 1)[0] + "."):
+                due = created_at + int(exchange.rsplit(".", 1)[1]) / 1000
+                if due > now - 5:
+                    continue  # a saga timeout still waiting in its delay queue
+                consumers = routes.get(("<queue>", routing_key), [])
+            else:
+                consumers = routes.get((exchange, routing_key), [])
+            expected.append((message_id, consumers))
+        for message_id, consumers in expected:
+            for consumer in consumers:
+                if (consumer, message_id) in inbox or (queue_of[consumer], message_id) in dead_ids:
+                    continue
+                lost += 1
+                problems.append(f"{message_id} confirmed but never consumed by {consumer}")
+        return lost, problems
+
+    async def _duplicate_effects(self, run: Run) -> tuple[int, list[str]]:
+        async with run.shop.store.transaction() as tx:
+            stock = dict(await tx.fetchall("SELECT sku, on_hand FROM inventory_stock"))
+            moved: Counter[str] = Counter()
+            for sku, qty, kind in await tx.fetchall(
+                "SELECT sku, qty, kind FROM inventory_movements"
+            ):
+                moved[sku] += qty if kind == "reserve" else -qty
+            notes = await tx.fetchall(
+                "SELECT order_id, template, COUNT(*) FROM notifications_sent "
+                "GROUP BY order_id, template HAVING COUNT(*) > 1"
+            )
+        problems = []
+        for sku, initial in DEFAULT_STOCK.items():
+            if initial - stock.get(sku, initial) != moved[sku]:
+                problems.append(
+                    f"stock of {sku} moved by {initial - stock.get(sku, initial)}, "
+                    f"ledger says {moved[sku]}"
+                )
+        problems += [f"{o}: {c} notifications {t!r}" for o, t, c in notes]
+        return len(problems), problems
+
