@@ -69,5 +69,5 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from framework.logging import configure_logging
 
-    configure_logging(level="warning")
+    configure_logging(level="critical")  # the table is the output; workers log to files
     raise SystemExit(main())

@@ -5,7 +5,7 @@ It is ``handlers.app.build_app`` unchanged, plus what the harness needs to see a
 * every delivery is appended to ``$LEVERET_FAULTS_DIR/deliveries-<pid>.log`` (queue, message id)
   with one ``write`` each, so a SIGKILL loses none: the checker counts duplicate deliveries;
 * ``LEVERET_FAULTS_CRASH=point:probability,...`` SIGKILLs the worker at chosen crash points, at
-  most ``LEVERET_FAULTS_MAX_CRASHES`` times in all (counted in ``crashes.log``):
+  most ``LEVERET_FAULTS_MAX_CRASHES`` times per point (counted in ``crashes.log``):
 
   ``before_commit``    the handler ran, its transaction has not committed;
   ``after_commit``     committed (inbox, state, outbox rows), nothing published or acked yet;
@@ -76,7 +76,7 @@ class CrashPoints:
             import fcntl
 
             fcntl.flock(fd, fcntl.LOCK_EX)
-            crashed = self.log.read_text().count("\n")
+            crashed = self.log.read_text().count(f"{point}\t")
             if crashed >= self.max_crashes:
                 return
             os.write(fd, f"{point}\t{os.getpid()}\t{time.time():.3f}\n".encode())

@@ -173,7 +173,11 @@ class Shop:
             "LEVERET_LOOP": "asyncio",
             **(env or {}),
         }
-        self.store: Store = store_from_url(check_db_url or db_url)
+        check_db_url = check_db_url or db_url
+        if check_db_url.startswith("sqlite"):
+            # The checker's reads take the write lock (BEGIN IMMEDIATE) against two busy workers.
+            check_db_url += "?busy_timeout=60"
+        self.store: Store = store_from_url(check_db_url)
         self.client = App([], url=node.url, config=AppConfig(prefix=self.prefix))
         self.client.use_transport(
             AmqpTransport(
