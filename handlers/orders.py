@@ -122,8 +122,16 @@ def cancelled(s: OrderState, reason: str) -> list[Message]:
     ]
 
 
-def order_saga(*, step_timeout: float | None = 60.0) -> Saga[OrderState]:
-    """The order saga definition (pure: no I/O)."""
+def order_saga(
+    *, step_timeout: float | None = 60.0, ship_timeout: float | None = None
+) -> Saga[OrderState]:
+    """The order saga definition (pure: no I/O).
+
+    ``step_timeout`` is the deadline of reserve and charge, ``ship_timeout`` the pivot's, none
+    by default: the pivot has no compensation, so a shipment arriving after its deadline would
+    ship an order the saga has cancelled and refunded (the fault suite saw this after a broker
+    outage longer than the deadline). Its command is in the outbox and cannot be lost; it waits.
+    """
     saga = Saga(
         "order",
         state=OrderState,
@@ -159,7 +167,7 @@ def order_saga(*, step_timeout: float | None = 60.0) -> Saga[OrderState]:
         success=OrderShipped,
         failure=ShippingFailed,
         kind=StepKind.PIVOT,
-        timeout=step_timeout,
+        timeout=ship_timeout,
     )
     return saga
 
@@ -200,8 +208,10 @@ ORDER_STEPS: tuple[OrderStep, ...] = (
 _STEP_RANK = {step: rank for rank, step in enumerate(ORDER_STEPS)}
 
 
-def build_orders(*, step_timeout: float | None = 60.0) -> Service:
-    """The orders service: runs the order saga."""
+def build_orders(
+    *, step_timeout: float | None = 60.0, ship_timeout: float | None = None
+) -> Service:
+    """The orders service: runs the order saga (deadlines as in ``order_saga``)."""
     orders = Service(
         "orders",
         sends=[
@@ -216,7 +226,7 @@ def build_orders(*, step_timeout: float | None = 60.0) -> Service:
             NotifyCustomer,
         ],
     )
-    orders.saga(order_saga(step_timeout=step_timeout))
+    orders.saga(order_saga(step_timeout=step_timeout, ship_timeout=ship_timeout))
     return orders
 
 

@@ -89,6 +89,7 @@ class MakeShop(Protocol):
         self,
         *,
         step_timeout: float | None = ...,
+        ship_timeout: float | None = ...,
         shipping: Service | None = ...,
         middleware: Sequence[Middleware] = ...,
         db_url: str | None = ...,
@@ -104,6 +105,7 @@ async def make_shop(backend: Backend, tmp_path: Path) -> AsyncIterator[MakeShop]
     async def make(
         *,
         step_timeout: float | None = 60.0,
+        ship_timeout: float | None = None,
         shipping: Service | None = None,
         middleware: Sequence[Middleware] = (),
         db_url: str | None = None,
@@ -112,7 +114,7 @@ async def make_shop(backend: Backend, tmp_path: Path) -> AsyncIterator[MakeShop]
         store = store_from_url(db_url or f"sqlite:///{tmp_path / 'shop.db'}")
         app = App(
             [
-                build_orders(step_timeout=step_timeout),
+                build_orders(step_timeout=step_timeout, ship_timeout=ship_timeout),
                 build_read_side(store),
                 build_inventory(DEFAULT_STOCK),
                 build_payment(),

@@ -148,7 +148,7 @@ def test_step_timeout_compensates_the_step_itself_first() -> None:
 
 def test_pivot_timeout_compensates_the_steps_before_it() -> None:
     """The pivot has no compensation: past its deadline only the earlier steps are undone."""
-    saga = order_saga(step_timeout=5.0)
+    saga = order_saga(step_timeout=5.0, ship_timeout=5.0)
     steps = run(
         saga,
         InventoryReserved(order_id="o-1"),

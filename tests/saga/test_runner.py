@@ -162,7 +162,7 @@ async def test_late_reply_after_the_saga_finished_is_noted_and_changes_nothing(
 async def test_step_timeout_through_the_delay_queue_compensates(make_shop: MakeShop) -> None:
     """Shipping never answers: the 0.3 s step deadline fires through a TTL queue and compensates."""
     silent, received = shipping_that_answers_from(10**9)
-    app = await make_shop(step_timeout=0.3, shipping=silent)
+    app = await make_shop(step_timeout=0.3, ship_timeout=0.3, shipping=silent)
     store = store_of(app)
     start = order("slow")
     await app.send(start)
