@@ -5,8 +5,9 @@
 * SIGTERM or SIGINT: every worker gets SIGTERM and drains; the supervisor waits up to
   ``stop_timeout`` seconds, then kills the stragglers (exit 1). All drained: exit 0.
 * A worker that exits while the supervisor is not stopping is restarted after a backoff
-  (``RestartBackoff``), except when it could not reach the broker or load the app: then every
-  worker is stopped and the supervisor exits with that worker's code (3 or 2).
+  (``RestartBackoff``), except when its first start could not reach the broker or load the app:
+  then every worker is stopped and the supervisor exits with that worker's code (3 or 2). A
+  *restarted* worker that cannot reach the broker is restarted again: that is an outage.
 * With ``health_port``, ``/live`` and ``/ready`` are served on that port, aggregated over the
   workers, each asked on a Unix socket of its own (``framework.health.http``).
 * No orphans: workers are killed if the supervisor fails, and on Linux each worker asks the kernel
@@ -255,7 +256,10 @@ class Supervisor:
                     **_exit_fields(code),
                 )
                 return
-            fatal = code in _FATAL
+            # A wrong URL or app fails the first start; a restarted worker that cannot reach
+            # the broker is in an outage (the fault suite: a link blackholed, then confirms
+            # dropped) and is restarted like any other, or one outage would stop the service.
+            fatal = code in _FATAL and not (code == EXIT_BROKER_UNREACHABLE and slot.restarts)
             slot.delay = None if fatal else self.config.backoff.next_delay(slot.delay, ran_for)
             _log.warning(
                 "worker_exited",
