@@ -372,7 +372,15 @@ class SqliteStore(Store):
     async def _begin(self, conn: _Connection) -> _Group:
         if conn.raw.in_transaction:  # left by a COMMIT that failed while its task was cancelled
             await _rollback(conn)
-        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            # Cancelled while BEGIN waits for another process's lock, the BEGIN still runs in
+            # aiosqlite's thread: the ROLLBACK queued behind it ends it. Without it the
+            # connection stayed in that transaction — the next BEGIN failed and the file stayed
+            # locked for every process (found by the fault suite).
+            await _rollback(conn)
+            raise
         group = self._group = _Group()
         # Queued for the lock behind every transaction waiting now: they all join this group.
         committer = asyncio.create_task(self._commit_in_turn(group), name="leveret-sqlite-commit")

@@ -56,11 +56,13 @@ class Profile:
     name: str
     orders: int
     settle: float
+    rate: float
     soak_minutes: float = 0.0
 
 
-SHORT = Profile("short", orders=120, settle=120.0)
-LONG = Profile("long", orders=1500, settle=600.0, soak_minutes=30.0)
+# Orders are placed at ``rate`` a second, so faults land while sagas are still arriving.
+SHORT = Profile("short", orders=120, settle=120.0, rate=10.0)
+LONG = Profile("long", orders=1500, settle=600.0, rate=15.0, soak_minutes=30.0)
 PROFILES = {p.name: p for p in (SHORT, LONG)}
 
 
@@ -437,6 +439,7 @@ class Harness:
         orders: int | None = None,
         seed: int = 7,
         concurrency: int = 20,
+        rate: float | None = None,
         allowed_dead_letters: Callable[[tuple[str, str, str]], bool] | None = None,
     ) -> Row:
         """Place the orders while ``inject`` runs, settle, check: the scenario's row."""
@@ -444,7 +447,9 @@ class Harness:
         run_id = "o" + secrets.token_hex(3)
         run = Run(shop, make_orders(run_id, n, seed), run_id)
         sampler = asyncio.create_task(run.sample())
-        placing = asyncio.create_task(self._place(run, concurrency))
+        placing = asyncio.create_task(
+            self._place(run, concurrency, rate or self.profile.rate)
+        )
         try:
             await inject(run)
             await placing
@@ -464,12 +469,15 @@ class Harness:
                 await sampler
         return await self.check(name, run, allowed_dead_letters)
 
-    async def _place(self, run: Run, concurrency: int) -> None:
-        """Send every order; an unconfirmed send is retried with the same message id."""
+    async def _place(self, run: Run, concurrency: int, rate: float) -> None:
+        """Send the orders at ``rate`` a second; an unconfirmed send is retried with the same
+        message id."""
         gate = asyncio.Semaphore(concurrency)
+        started = time.monotonic()
 
-        async def one(order: PlaceOrder) -> None:
+        async def one(i: int, order: PlaceOrder) -> None:
             message_id = f"place-{order.order_id}"
+            await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
             async with gate:
                 deadline = time.monotonic() + self.profile.settle
                 while True:
@@ -484,7 +492,7 @@ class Harness:
                             raise
                         await asyncio.sleep(0.5)
 
-        await asyncio.gather(*(one(o) for o in run.orders))
+        await asyncio.gather(*(one(i, o) for i, o in enumerate(run.orders)))
 
     async def check(
         self,
