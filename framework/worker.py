@@ -198,6 +198,30 @@ def _is_amqp(url: str) -> bool:
     return url.split("://", 1)[0].lower() in ("amqp", "amqps")
 
 
+_START_RETRY_INTERVAL = 0.5
+
+
+async def _start_within_deadline(app: App) -> None:
+    """``app.start()``, tried again while the broker refuses, until the connect deadline.
+
+    A worker may come up before its broker (a host booting, a broker restarting): a refused
+    connection fails one attempt at once, so without this a worker started a second early
+    exited 3 and its supervisor stopped the service (found by the fault suite). A broker that
+    never answers uses up the deadline in its one attempt, as before.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + (connect_timeout_of(app) or 0.0)
+    while True:
+        try:
+            await app.start()
+            return
+        except BrokerUnreachable as exc:
+            if loop.time() + _START_RETRY_INTERVAL >= deadline:
+                raise
+            _log.info("broker_not_reachable_yet", url=exc.url, reason=exc.reason)
+        await asyncio.sleep(_START_RETRY_INTERVAL)
+
+
 async def serve(app: App, stop: asyncio.Event) -> int:
     """Start ``app``, serve until ``stop`` is set or the transport fails, drain; the exit code.
 
@@ -206,7 +230,7 @@ async def serve(app: App, stop: asyncio.Event) -> int:
     """
     # App.run() would serve too, but it raises BrokerUnreachable both when the first connect
     # fails and when recovery fails later; the supervisor must tell those apart (3 vs 4).
-    starting = asyncio.create_task(app.start())
+    starting = asyncio.create_task(_start_within_deadline(app))
     stopping = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -437,6 +437,36 @@ async def test_serve_returns_3_when_the_broker_is_unreachable(
     assert "hunter2" not in capsys.readouterr().out
 
 
+async def test_serve_waits_for_a_broker_that_comes_up_within_the_deadline(
+    amqp_url: str, prefix: str
+) -> None:
+    """A worker started while the broker refuses connections keeps trying until the connect
+    deadline, and serves once the broker is up (the proxy resets, then passes)."""
+    from urllib.parse import urlsplit
+
+    from tests.support.fault_proxy import ProxyMode, fault_proxy
+
+    parts = urlsplit(amqp_url)
+    async with fault_proxy(parts.hostname or "127.0.0.1", parts.port or 5672) as proxy:
+        proxy.set_mode(ProxyMode.RESET)
+        app = App(
+            [Service("idle")],
+            config=AppConfig(prefix=prefix),
+            transport=AmqpTransport(
+                proxy.url_for(amqp_url), config=AmqpConfig(connect_timeout=30.0)
+            ),
+        )
+        stop = asyncio.Event()
+        serving = asyncio.create_task(serve(app, stop))
+        await eventually(lambda: proxy.accepted >= 2, timeout=20, what="a second attempt")
+        assert not serving.done()
+        proxy.set_mode(ProxyMode.PASS)
+        await eventually(lambda: proxy.connections > 0, timeout=20, what="a connection")
+        await eventually(lambda: app._started, timeout=20, what="the app to start")
+        stop.set()
+        assert await asyncio.wait_for(serving, 30) == EXIT_OK
+
+
 # -- the in-process lifecycle ------------------------------------------------------------------
 
 

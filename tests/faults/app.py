@@ -16,6 +16,9 @@ It is ``handlers.app.build_app`` unchanged, plus what the harness needs to see a
 * ``LEVERET_FAULTS_DUPLICATE=0.1`` republishes that share of first deliveries with the same
   message id (a broker or a producer delivering twice);
 * ``LEVERET_FAULTS_SLOW=S`` makes every handler take S seconds more (shutdown under load);
+* ``LEVERET_FAULTS_COMPENSATION=transient:N`` fails every compensation (refund, release) on its
+  first N attempts; ``permanent:DIGITS`` fails the refunds of orders whose id ends in one of
+  DIGITS on every attempt;
 * ``LEVERET_FAULTS_STEP_TIMEOUT=S`` sets the saga's step deadlines (default 60 s);
 * the connection has short heartbeats and deadlines (``LEVERET_FAULTS_HEARTBEAT``, default 2 s),
   so a hung broker or a blackholed link is noticed within seconds.
@@ -125,8 +128,13 @@ class CrashingStore(Store):
         await self._inner.close()
 
 
+class CompensationFailed(RuntimeError):
+    """Raised by the fault hooks in place of a compensation handler."""
+
+
 class FaultMiddleware:
-    """Outermost consume middleware: logs deliveries, duplicates some, slows and crashes."""
+    """Outermost consume middleware: logs deliveries, duplicates some, slows, fails and
+    crashes."""
 
     def __init__(
         self,
@@ -135,6 +143,7 @@ class FaultMiddleware:
         *,
         duplicate: float,
         slow: float,
+        compensation: str = "",
     ) -> None:
         self._fd = os.open(
             directory / f"deliveries-{os.getpid()}.log",
@@ -144,6 +153,9 @@ class FaultMiddleware:
         self._crash = crash
         self._duplicate = duplicate
         self._slow = slow
+        mode, _, arg = compensation.partition(":")
+        self._transient = int(arg) if mode == "transient" else 0
+        self._permanent = arg if mode == "permanent" else ""
         self._rng = random.Random()
         self.app: App | None = None
 
@@ -162,6 +174,12 @@ class FaultMiddleware:
             )
         if self._slow:
             await asyncio.sleep(self._slow)
+        message = msg.message
+        if isinstance(message, _COMPENSATIONS):
+            if msg.context.attempt < self._transient:
+                raise CompensationFailed(f"transient failure, attempt {msg.context.attempt}")
+            if isinstance(message, RefundPayment) and message.order_id[-1:] in self._permanent:
+                raise CompensationFailed("permanent failure: the card processor refuses")
         result = await call_next(msg)
         if isinstance(msg.message, _COMPENSATIONS):
             self._crash("compensation")
@@ -201,6 +219,7 @@ def build_fault_app() -> App:
         crash,
         duplicate=float(env.get("LEVERET_FAULTS_DUPLICATE", "0")),
         slow=float(env.get("LEVERET_FAULTS_SLOW", "0")),
+        compensation=env.get("LEVERET_FAULTS_COMPENSATION", ""),
     )
     store = CrashingStore(
         store_from_url(env.get("LEVERET_SHOP_DB_URL", "sqlite:///leveret-shop.sqlite3")), crash

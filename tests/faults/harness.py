@@ -61,7 +61,7 @@ class Profile:
 
 
 # Orders are placed at ``rate`` a second, so faults land while sagas are still arriving.
-SHORT = Profile("short", orders=120, settle=120.0, rate=10.0)
+SHORT = Profile("short", orders=100, settle=120.0, rate=10.0)
 LONG = Profile("long", orders=1500, settle=600.0, rate=15.0, soak_minutes=30.0)
 PROFILES = {p.name: p for p in (SHORT, LONG)}
 
@@ -414,6 +414,7 @@ class Harness:
         self.node = node
         self.directory = directory
         self.profile = profile
+        self.rows: list[Row] = []
         self._count = 0
 
     def directory_for(self, name: str) -> Path:
@@ -552,7 +553,9 @@ class Harness:
                 problems.append(f"outbox row {message_id} never published")
                 continue
             if exchange.startswith(shop.model.naming.delay(1).rsplit(".", 1)[0] + "."):
-                due = created_at + int(exchange.rsplit(".", 1)[1]) / 1000
+                # Due a delay after the publish that was confirmed (marked sent), not after
+                # the commit: under a fault the first publish may come much later.
+                due = max(sent_at, created_at) + int(exchange.rsplit(".", 1)[1]) / 1000
                 if due > now - 5:
                     continue  # a saga timeout still waiting in its delay queue
                 consumers = routes.get(("<queue>", routing_key), [])
@@ -579,6 +582,12 @@ class Harness:
                 "SELECT order_id, template, COUNT(*) FROM notifications_sent "
                 "GROUP BY order_id, template HAVING COUNT(*) > 1"
             )
+            # A message that changed a saga twice (a timeout firing twice, a reply applied
+            # twice) shows as two transitions with one message id.
+            twice = await tx.fetchall(
+                "SELECT saga_id, message_id, COUNT(*) FROM leveret_history WHERE note IS NULL "
+                "GROUP BY saga_id, message_id HAVING COUNT(*) > 1"
+            )
         problems = []
         for sku, initial in DEFAULT_STOCK.items():
             if initial - stock.get(sku, initial) != moved[sku]:
@@ -587,5 +596,6 @@ class Harness:
                     f"ledger says {moved[sku]}"
                 )
         problems += [f"{o}: {c} notifications {t!r}" for o, t, c in notes]
+        problems += [f"{saga}: {m} applied {c} times" for saga, m, c in twice]
         return len(problems), problems
 

@@ -10,16 +10,18 @@ import asyncio
 import contextlib
 import os
 import random
+import secrets
 import signal
+import time
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from tests.faults.app import CRASH_POINTS
 from tests.faults.harness import Harness, Row, Run, Shop, until
 from tests.support.broker import RabbitmqctlError
 from tests.support.fault_proxy import ProxyMode, fault_proxy
 
-__all__ = ["SCENARIOS", "Scenario"]
+__all__ = ["CI_SCENARIOS", "SCENARIOS", "Scenario"]
 
 Scenario = Callable[[Harness], Awaitable[Row]]
 
@@ -214,6 +216,159 @@ async def duplicated(h: Harness) -> Row:
         return row
 
 
+async def database_outage(h: Harness) -> Row:
+    """PostgreSQL unreachable for seconds (every connection reset through a proxy) mid-run."""
+    base = os.environ.get("LEVERET_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    schema = f"leveret_faults_{secrets.token_hex(4)}"
+    direct = with_query(base, schema=schema)
+    parts = urlsplit(base)
+    async with fault_proxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        try:
+            async with h.shop(
+                "db-outage", db_url=proxy.url_for(direct), check_db_url=direct
+            ) as shop:
+                shop.start()
+                await shop.ready()
+
+                async def inject(run: Run) -> None:
+                    try:
+                        for k in range(2):
+                            await run.reached((k + 1) / 4)
+                            with run.fault("postgres_down"):
+                                proxy.set_mode(ProxyMode.RESET)
+                                await asyncio.sleep(5)
+                                proxy.set_mode(ProxyMode.PASS)
+                    finally:
+                        proxy.set_mode(ProxyMode.PASS)
+
+                row = await h.workload("PostgreSQL unreachable (proxy reset)", shop, inject)
+                await _drained(shop, row)
+                return row
+        finally:
+            await _drop_schema(base, schema)
+
+
+def with_query(url: str, **params: str) -> str:
+    parts = urlsplit(url)
+    query = "&".join([*(filter(None, [parts.query])), *(f"{k}={v}" for k, v in params.items())])
+    return urlunsplit(parts._replace(query=query))
+
+
+async def _drop_schema(url: str, schema: str) -> None:
+    import asyncpg
+
+    with contextlib.suppress(OSError, asyncpg.PostgresError):
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+async def graceful_shutdown(h: Harness) -> Row:
+    """SIGTERM under load with handlers slower than the grace period: the in-flight messages
+    go back to their queues (never acked), and a new supervisor finishes the work."""
+    env = {"LEVERET_FAULTS_SLOW": "1.0", "LEVERET_FAULTS_GRACE": "0.3"}
+    async with h.shop("graceful", env=env) as shop:
+        first = shop.start()
+        await shop.ready()
+
+        async def inject(run: Run) -> None:
+            await run.reached(0.3)
+            with run.fault("sigterm_under_load"):
+                code = await shop.stop()
+                if code != 0:
+                    run.problems.append(f"draining supervisor exited {code}, expected 0")
+                cut = first.events("drain_cancelled_handlers")
+                if not cut:
+                    run.problems.append("no handler outlived the grace period: nothing was cut")
+                run.notes.append(f"handlers cut at the grace period: "
+                                 f"{sum(e.get('cancelled', 0) for e in cut)}")
+                shop.start()
+
+        row = await h.workload("graceful shutdown, handlers slower than grace", shop, inject)
+        await _drained(shop, row)
+        return row
+
+
+async def deadline_while_down(h: Harness) -> Row:
+    """Every worker down while the saga step deadlines (2 s) pass: each timeout is applied
+    once and each compensation runs once when workers return."""
+    env = {"LEVERET_FAULTS_STEP_TIMEOUT": "2"}
+    async with h.shop("deadline-down", env=env) as shop:
+        shop.start()
+        await shop.ready()
+
+        async def inject(run: Run) -> None:
+            await run.reached(0.3)
+            with run.fault("all_workers_down"):
+                await shop.stop()
+                await asyncio.sleep(6)  # three deadlines pass with nobody consuming
+                shop.start()
+
+        row = await h.workload("saga deadlines pass while all workers are down", shop, inject)
+        async with shop.store.transaction() as tx:
+            fired = await tx.fetchall(
+                "SELECT COUNT(*) FROM leveret_history WHERE message_type = 'saga.order.timeout' "
+                "AND note IS NULL"
+            )
+        row.notes = f"timeouts applied: {fired[0][0]}"
+        if not fired[0][0]:
+            row.problems.append("no deadline fired: the fault did not bite")
+        await _drained(shop, row)
+        return row
+
+
+async def workers_before_broker(h: Harness) -> Row:
+    """Workers start while the broker application is stopped, and serve once it is up."""
+    async with h.shop("before-broker") as shop:
+
+        async def nothing(run: Run) -> None:
+            return None
+
+        try:
+            shop.node.ctl("stop_app")
+            started = time.monotonic()
+            leveret = shop.start("--connect-timeout", "60")
+            await asyncio.sleep(5)  # the workers are trying to connect meanwhile
+            if leveret.process.poll() is not None:
+                raise AssertionError(f"leveret run exited {leveret.process.returncode} early")
+            shop.node.ctl("start_app")
+        finally:
+            _restore_node(shop)
+        await shop.ready()
+        ready_after = time.monotonic() - started
+        row = await h.workload("workers started before the broker", shop, nothing)
+        row.faults = 1
+        row.recover_s = ready_after
+        await _drained(shop, row)
+        return row
+
+
+async def compensation_transient(h: Harness) -> Row:
+    """Every compensation (refund, release) fails twice, then succeeds on the redelivery."""
+    env = {"LEVERET_FAULTS_COMPENSATION": "transient:2"}
+    async with h.shop("compensation-transient", env=env) as shop:
+        shop.start()
+        await shop.ready()
+
+        async def nothing(run: Run) -> None:
+            return None
+
+        row = await h.workload("compensation failing transiently", shop, nothing)
+        assert shop.leveret is not None
+        failed = [
+            e
+            for e in shop.leveret.events("handler_failed")
+            if "CompensationFailed" in str(e.get("exception", ""))
+        ]
+        row.faults = len(failed)
+        if not failed:
+            row.problems.append("no compensation failed: the fault did not fire")
+        await _drained(shop, row)
+        return row
+
+
 SCENARIOS: dict[str, Scenario] = {
     "baseline": baseline,
     "connections_closed": connections_closed,
@@ -221,4 +376,12 @@ SCENARIOS: dict[str, Scenario] = {
     "broker_restarted": broker_restarted,
     "blackholed": blackholed,
     "duplicated": duplicated,
+    "database_outage": database_outage,
+    "graceful_shutdown": graceful_shutdown,
+    "deadline_while_down": deadline_while_down,
+    "workers_before_broker": workers_before_broker,
+    "compensation_transient": compensation_transient,
 }
+
+# The scenarios the short profile runs in CI; docs/reliability.md names any left out and why.
+CI_SCENARIOS = list(SCENARIOS)
