@@ -14,6 +14,7 @@ from pathlib import Path
 
 from framework.supervisor import RestartBackoff, Supervisor, SupervisorConfig
 from framework.worker import EXIT_BROKER_UNREACHABLE, EXIT_OK, EXIT_TRANSPORT_FAILED
+from tests.test_worker import eventually
 
 FAST = RestartBackoff(initial=0.05, maximum=0.05, reset_after=30.0)
 
@@ -45,13 +46,16 @@ async def test_restarted_worker_that_cannot_reach_the_broker_is_restarted(
 ) -> None:
     """Exit 4 (connection failed for good), then 3 on the restart: restarted again, not fatal."""
     python = scripted_worker(tmp_path, [EXIT_TRANSPORT_FAILED, EXIT_BROKER_UNREACHABLE])
-    supervisor = Supervisor("app:app", config=SupervisorConfig(workers=1, python=python, backoff=FAST))
+    supervisor = Supervisor(
+        "app:app", config=SupervisorConfig(workers=1, python=python, backoff=FAST)
+    )
     running = asyncio.create_task(supervisor.run())
-    async with asyncio.timeout(30):
-        while not running.done() and (
-            not (tmp_path / "starts").exists() or (tmp_path / "starts").read_text() != "3"
-        ):
-            await asyncio.sleep(0.05)  # polls the scripted worker's start counter
+    starts = tmp_path / "starts"
+    await eventually(
+        lambda: running.done() or (starts.exists() and starts.read_text() == "3"),
+        timeout=30,
+        what="the third start of the worker",
+    )
     assert not running.done()
     supervisor.stop()
     assert await asyncio.wait_for(running, 30) == EXIT_OK
@@ -62,6 +66,8 @@ async def test_first_start_that_cannot_reach_the_broker_stops_the_service(
 ) -> None:
     """Exit 3 on the very first start is a configuration problem: the supervisor exits 3."""
     python = scripted_worker(tmp_path, [EXIT_BROKER_UNREACHABLE])
-    supervisor = Supervisor("app:app", config=SupervisorConfig(workers=1, python=python, backoff=FAST))
+    supervisor = Supervisor(
+        "app:app", config=SupervisorConfig(workers=1, python=python, backoff=FAST)
+    )
     assert await asyncio.wait_for(supervisor.run(), 30) == EXIT_BROKER_UNREACHABLE
     assert (tmp_path / "starts").read_text() == "1"

@@ -31,6 +31,8 @@ class HangingConsumer(Consumer):
 
     async def cancel(self) -> None:
         self._transport.cancelling += 1
+        if self._transport.cancelling == 3:  # the test app has three consumers
+            self._transport.all_cancelling.set()
         await self._transport.release.wait()
         await self._inner.cancel()
         raise TimeoutError("no answer to basic.cancel")
@@ -40,6 +42,7 @@ class HangingTransport(MemoryTransport):
     def __init__(self) -> None:
         super().__init__()
         self.cancelling = 0
+        self.all_cancelling = asyncio.Event()
         self.release = asyncio.Event()
 
     async def consume(self, queue: str, callback: DeliveryCallback, *, prefetch: int) -> Consumer:
@@ -67,9 +70,8 @@ async def test_stop_cancels_every_consumer_concurrently() -> None:
     app = App([service], transport=transport, config=AppConfig(prefix="stop"))
     await app.start()
     stopping = asyncio.create_task(app.stop(grace=0))
-    async with asyncio.timeout(10):
-        while transport.cancelling < 3:  # serial cancels would stop at 1 here
-            await asyncio.sleep(0)
+    # One after the other, the first cancel would block the rest: this would time out.
+    await asyncio.wait_for(transport.all_cancelling.wait(), 10)
     transport.release.set()
     await asyncio.wait_for(stopping, 10)
     assert transport.cancelling == 3

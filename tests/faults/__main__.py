@@ -28,7 +28,10 @@ async def run(args: argparse.Namespace, directory: Path) -> list[Row]:
         for name in names:
             started = time.monotonic()
             print(f"-- {name} ({profile.name})", file=sys.stderr, flush=True)
-            row = await SCENARIOS[name](harness)
+            try:
+                row = await SCENARIOS[name](harness)
+            except Exception as exc:  # a scenario that breaks is a failed row, not the end
+                row = Row(name, 0, 0, 0, 0, 0, 0, None, [f"{type(exc).__name__}: {exc}"])
             print(
                 f"   {'ok' if row.ok else 'FAILED'} in {time.monotonic() - started:.0f}s",
                 file=sys.stderr,

@@ -80,6 +80,10 @@ async def until(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
         await asyncio.sleep(0.1)  # poll interval, not a wait for the condition itself
 
 
+async def _zero(count: Awaitable[int]) -> bool:
+    return await count == 0
+
+
 @dataclass(slots=True)
 class Fault:
     """One injected fault: what, and when it started and ended (monotonic seconds)."""
@@ -448,9 +452,7 @@ class Harness:
         run_id = "o" + secrets.token_hex(3)
         run = Run(shop, make_orders(run_id, n, seed), run_id)
         sampler = asyncio.create_task(run.sample())
-        placing = asyncio.create_task(
-            self._place(run, concurrency, rate or self.profile.rate)
-        )
+        placing = asyncio.create_task(self._place(run, concurrency, rate or self.profile.rate))
         try:
             await inject(run)
             await placing
@@ -511,6 +513,28 @@ class Harness:
         dead = await shop.dead_letters()
         allowed = allowed_dead_letters or (lambda _d: False)
         problems += [f"dead-lettered {q} {m}: {r}" for q, m, r in dead if not allowed((q, m, r))]
+
+        def stuck() -> dict[str, tuple[int, int, int]]:
+            return {
+                q: counts
+                for q, counts in shop.queues().items()
+                if not q.endswith(".dlq") and ".delay." not in q and (counts[0] or counts[1])
+            }
+
+        async def unsent() -> int:
+            async with shop.store.transaction() as tx:
+                row = await tx.fetchone("SELECT COUNT(*) FROM leveret_outbox WHERE sent_at IS NULL")
+            return int(row[0]) if row else 0
+
+        # A publish whose confirm was lost stays pending until the sweeper sends it again.
+        with contextlib.suppress(TimeoutError):
+            await until(lambda: _zero(unsent()), timeout=30, what="the outbox to drain")
+        # Redeliveries of finished work may still be in flight; the queues must drain.
+        with contextlib.suppress(TimeoutError):
+            await until(lambda: not stuck(), timeout=30, what="the queues to drain")
+        left = stuck()
+        if left:
+            problems.append(f"messages left in queues (ready, unacked, consumers): {left}")
         lost, lost_problems = await self._lost(run, dead)
         problems += lost_problems[:20]
         duplicates, duplicate_problems = await self._duplicate_effects(run)
@@ -535,7 +559,8 @@ class Harness:
         commands = shop.model.naming.commands
         async with shop.store.transaction() as tx:
             inbox = {
-                (c, m) for c, m in await tx.fetchall("SELECT consumer, message_id FROM leveret_inbox")
+                (c, m)
+                for c, m in await tx.fetchall("SELECT consumer, message_id FROM leveret_inbox")
             }
             outbox = await tx.fetchall(
                 "SELECT message_id, exchange, routing_key, sent_at, created_at FROM leveret_outbox"
@@ -598,4 +623,3 @@ class Harness:
         problems += [f"{o}: {c} notifications {t!r}" for o, t, c in notes]
         problems += [f"{saga}: {m} applied {c} times" for saga, m, c in twice]
         return len(problems), problems
-

@@ -153,50 +153,53 @@ async def broker_restarted(h: Harness) -> Row:
 async def blackholed(h: Harness) -> Row:
     """The link to the broker blackholed past the heartbeat, then only confirms dropped."""
     host, port = "127.0.0.1", urlsplit(h.node.url).port or 5672
-    async with fault_proxy(host, port) as proxy:
-        async with h.shop("blackhole", worker_url=proxy.url_for(h.node.url)) as shop:
-            shop.start()
-            await shop.ready()
+    async with contextlib.AsyncExitStack() as stack:
+        proxy = await stack.enter_async_context(fault_proxy(host, port))
+        shop = await stack.enter_async_context(
+            h.shop("blackhole", worker_url=proxy.url_for(h.node.url))
+        )
+        leveret = shop.start()
+        await shop.ready()
 
-            async def inject(run: Run) -> None:
-                assert shop.leveret is not None
-                try:
-                    await run.reached(0.2)
-                    with run.fault("blackhole"):
-                        proxy.set_mode(ProxyMode.BLACKHOLE)
-                        # Past two heartbeats and the consumer verify deadline: workers must
-                        # give up (exit 4) and be restarted rather than hang.
-                        await until(
-                            lambda: any(
-                                e.get("exit_code") not in (None, 0)
-                                for e in shop.leveret.events("worker_exited")  # type: ignore[union-attr]
-                            ),
-                            timeout=60,
-                            what="a worker to exit non-zero while blackholed",
-                        )
-                        proxy.set_mode(ProxyMode.PASS)
-                    await run.reached(0.5)
-                    with run.fault("drop_server_to_client"):
-                        proxy.set_mode(ProxyMode.DROP_SERVER_TO_CLIENT)
-                        await asyncio.sleep(8)
-                        proxy.set_mode(ProxyMode.PASS)
-                except TimeoutError as exc:
-                    run.problems.append(str(exc))
-                finally:
+        def exited_non_zero() -> bool:
+            return any(e.get("exit_code") not in (None, 0) for e in leveret.events("worker_exited"))
+
+        async def inject(run: Run) -> None:
+            try:
+                await run.reached(0.2)
+                with run.fault("blackhole"):
+                    proxy.set_mode(ProxyMode.BLACKHOLE)
+                    # Past the heartbeats and the consumer verify deadline: workers must give
+                    # up (exit 4) and be restarted rather than hang.
+                    await until(
+                        exited_non_zero, timeout=60, what="a worker to exit non-zero (blackhole)"
+                    )
                     proxy.set_mode(ProxyMode.PASS)
+                await run.reached(0.5)
+                with run.fault("drop_server_to_client"):
+                    lost = len(leveret.events("broker_connection_lost"))
+                    proxy.set_mode(ProxyMode.DROP_SERVER_TO_CLIENT)
+                    # Until a worker misses the broker's heartbeats (about 3 of them).
+                    await until(
+                        lambda: len(leveret.events("broker_connection_lost")) > lost,
+                        timeout=60,
+                        what="a worker to notice the broker's silence",
+                    )
+                    proxy.set_mode(ProxyMode.PASS)
+            except TimeoutError as exc:
+                run.problems.append(str(exc))
+            finally:
+                proxy.set_mode(ProxyMode.PASS)
 
-            row = await h.workload("blackhole past heartbeat; confirms dropped", shop, inject)
-            assert shop.leveret is not None
-            exits = [e for e in shop.leveret.events("worker_exited") if not e.get("stopping")]
-            restarts = shop.leveret.events("worker_restarted")
-            row.notes = (
-                f"worker exits {sorted({str(e.get('exit_code', e.get('signal'))) for e in exits})}"
-                f", restarts {len(restarts)}"
-            )
-            if not restarts:
-                row.problems.append("no worker was restarted")
-            await _drained(shop, row)
-            return row
+        row = await h.workload("blackhole past heartbeat; confirms dropped", shop, inject)
+        exits = [e for e in leveret.events("worker_exited") if not e.get("stopping")]
+        restarts = leveret.events("worker_restarted")
+        codes = sorted({str(e.get("exit_code", e.get("signal"))) for e in exits})
+        row.notes = f"worker exits {codes}, restarts {len(restarts)}"
+        if not restarts:
+            row.problems.append("no worker was restarted")
+        await _drained(shop, row)
+        return row
 
 
 async def duplicated(h: Harness) -> Row:
@@ -282,8 +285,9 @@ async def graceful_shutdown(h: Harness) -> Row:
                 cut = first.events("drain_cancelled_handlers")
                 if not cut:
                     run.problems.append("no handler outlived the grace period: nothing was cut")
-                run.notes.append(f"handlers cut at the grace period: "
-                                 f"{sum(e.get('cancelled', 0) for e in cut)}")
+                run.notes.append(
+                    f"handlers cut at the grace period: {sum(e.get('cancelled', 0) for e in cut)}"
+                )
                 shop.start()
 
         row = await h.workload("graceful shutdown, handlers slower than grace", shop, inject)

@@ -66,7 +66,9 @@ async def soak(harness: Harness, *, minutes: float) -> Row:
                 f"channels {first[1]} -> {last[1]}"
             )
             if last[0] > 2 * first[0]:
-                row.problems.append(f"workers' memory more than doubled: {first[0]} -> {last[0]} KiB")
+                row.problems.append(
+                    f"workers' memory more than doubled: {first[0]} -> {last[0]} KiB"
+                )
             if last[1] > first[1] + 4:
                 row.problems.append(f"channels grew: {first[1]} -> {last[1]}")
         await shop.stop()

@@ -93,6 +93,17 @@ async def test_blackhole_swallows_and_keeps_the_socket_open(
         await asyncio.wait_for(reader.read(1), 0.5)
     assert bytes(echo[0].received) == b"."
     assert not reader.at_eof()
+    proxy.set_mode(ProxyMode.PASS)  # bytes were lost: the connection cannot carry on
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(reader.read(1), 5)
+    writer.close()
+    assert await roundtrip(proxy, b"y") == b"y"
+
+
+async def test_blackhole_that_swallowed_nothing_keeps_the_connection(proxy: FaultProxy) -> None:
+    """A connection idle through a blackhole lost nothing and carries on after it."""
+    reader, writer = await linked(proxy)
+    proxy.set_mode(ProxyMode.BLACKHOLE)
     proxy.set_mode(ProxyMode.PASS)
     writer.write(b"y")
     assert await asyncio.wait_for(reader.readexactly(1), 5) == b"y"
@@ -124,6 +135,9 @@ async def test_drop_server_to_client_delivers_requests_but_not_answers(
     assert bytes(echo[0].received) == b"publish"
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(reader.read(1), 0.5)
+    proxy.set_mode(ProxyMode.PASS)  # the answer was dropped: the stream has a hole, reset it
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(reader.read(1), 5)
     writer.close()
 
 
@@ -136,8 +150,8 @@ async def test_reset_cuts_open_connections_and_refuses_new_ones(proxy: FaultProx
         await asyncio.wait_for(reader.read(1), 5)
     writer.close()
     reader, writer = await connect(proxy)
+    writer.write(b"z")
     with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
-        writer.write(b"z")
         await asyncio.wait_for(reader.readexactly(1), 5)
     writer.close()
     proxy.set_mode(ProxyMode.PASS)
@@ -172,6 +186,13 @@ async def test_server_down_resets_the_client() -> None:
 def test_url_for_points_at_the_proxy_and_keeps_credentials() -> None:
     """``url_for`` swaps host and port and keeps user, password, path and query."""
     p = FaultProxy("127.0.0.1", 5672)
-    p._server = type("S", (), {"sockets": [type("K", (), {"getsockname": lambda self: ("h", 7)})()]})()  # type: ignore[assignment]
-    assert p.url_for("amqp://u:pw@rabbit:5672/v?heartbeat=2") == "amqp://u:pw@127.0.0.1:7/v?heartbeat=2"
-    assert p.url_for("postgresql://postgres@db:5432/test") == "postgresql://postgres@127.0.0.1:7/test"
+    p._server = type(
+        "S", (), {"sockets": [type("K", (), {"getsockname": lambda self: ("h", 7)})()]}
+    )()  # type: ignore[assignment]
+    assert (
+        p.url_for("amqp://u:pw@rabbit:5672/v?heartbeat=2")
+        == "amqp://u:pw@127.0.0.1:7/v?heartbeat=2"
+    )
+    assert (
+        p.url_for("postgresql://postgres@db:5432/test") == "postgresql://postgres@127.0.0.1:7/test"
+    )

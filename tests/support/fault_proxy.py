@@ -11,8 +11,10 @@ workers and RabbitMQ (or PostgreSQL) and, per the mode it is switched to at any 
 * ``RESET``: answers every connection, old and new, with a TCP reset.
 
 ``reset()`` resets the connections open now and leaves the mode alone (a cut cable that is
-plugged back in). The proxy runs in the caller's event loop; clients in other processes
-connect to ``port``.
+plugged back in). When a fault ends, every connection that lost bytes to it is reset: TCP never
+delivers a stream with a hole in it, so a connection that swallowed frames must not carry on (it
+would leave deliveries the broker counts as sent, and the client never saw, unacked for good).
+The proxy runs in the caller's event loop; clients in other processes connect to ``port``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class _Link:
         self.proxy = proxy
         self.client = client
         self.server = server
+        self.damaged = False
         self.tasks = [
             asyncio.create_task(self._pump(client[0], server[1], upstream=True)),
             asyncio.create_task(self._pump(server[0], client[1], upstream=False)),
@@ -76,9 +79,10 @@ class _Link:
                 if not data:
                     break
                 mode = self.proxy.mode
-                if mode is ProxyMode.BLACKHOLE:
-                    continue
-                if mode is ProxyMode.DROP_SERVER_TO_CLIENT and not upstream:
+                if mode is ProxyMode.BLACKHOLE or (
+                    mode is ProxyMode.DROP_SERVER_TO_CLIENT and not upstream
+                ):
+                    self.damaged = True
                     continue
                 queue.put_nowait((time.monotonic() + self.proxy.latency, data))
             queue.put_nowait((0.0, b""))  # end of stream: half-close after what is queued
@@ -163,10 +167,12 @@ class FaultProxy:
             self.latency = latency
         if mode is ProxyMode.RESET:
             self.reset()
-        elif mode is not ProxyMode.BLACKHOLE:
+        elif mode is ProxyMode.PASS:
             for writer in list(self._held):  # held while blackholed: never reached the server
                 _abort(writer)
             self._held.clear()
+            for link in [link for link in self._links if link.damaged]:
+                link.reset()
 
     def reset(self) -> None:
         """Reset every connection open now (clients see ECONNRESET); the mode is unchanged."""
@@ -205,7 +211,7 @@ class FaultProxy:
             server = await asyncio.wait_for(
                 asyncio.open_connection(*self.upstream), self.connect_timeout
             )
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             _abort(writer)  # the server is down: the client sees what a dead server gives
             return
         link = _Link(self, (reader, writer), server)
