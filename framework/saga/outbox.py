@@ -371,7 +371,12 @@ class OutboxRelay:
                 if sent:
                     _log.info("outbox_swept", rows=sent)
             except asyncio.CancelledError:
-                raise
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
+                # A cancellation that escaped from a library, not a stop of this sweeper: if it
+                # ended the loop, unsent rows would wait for the next process.
+                _log.warning("outbox_sweep_failed", error="CancelledError from a publish")
             except Exception as exc:
                 _log.warning("outbox_sweep_failed", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(self._interval)

@@ -617,13 +617,15 @@ class AmqpTransport(Transport):
             await confirmation
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if (
-                confirmation.cancelled()
-                and deadlines.expired(deadline)
-                and task is not None
-                and not task.cancelling()
-            ):
-                raise TimeoutError from None
+            if confirmation.done() and task is not None and not task.cancelling():
+                # Not a cancellation of this task: the deadline passed, or aiormq failed the
+                # confirmation with the CancelledError of its reader when it gave the connection
+                # up (no frame for three heartbeats). Raised as a cancellation, that ended the
+                # outbox sweeper for good (found by the fault suite): it is an unconfirmed
+                # publish.
+                if confirmation.cancelled() and deadlines.expired(deadline):
+                    raise TimeoutError from None
+                raise ConnectionError("the connection was lost before the confirm") from None
             raise
 
     def _require(self) -> RobustConnection:

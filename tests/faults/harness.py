@@ -37,7 +37,7 @@ from contracts.orders import PlaceOrder
 from examples.shop import check_invariants, make_orders, wait_ready
 from framework import App, AppConfig
 from framework.messages import MessageKind
-from framework.store import SagaRecord, Store, store_from_url
+from framework.store import SagaRecord, SagaStatus, Store, store_from_url
 from framework.transport.amqp import AmqpConfig, AmqpTransport
 from handlers.app import DEFAULT_STOCK, build_app
 from tests.support.second_node import SecondNode
@@ -446,8 +446,14 @@ class Harness:
         concurrency: int = 20,
         rate: float | None = None,
         allowed_dead_letters: Callable[[tuple[str, str, str]], bool] | None = None,
+        must_fail: Callable[[PlaceOrder], bool] | None = None,
     ) -> Row:
-        """Place the orders while ``inject`` runs, settle, check: the scenario's row."""
+        """Place the orders while ``inject`` runs, settle, check: the scenario's row.
+
+        ``must_fail`` picks orders whose compensation cannot succeed: their sagas must end
+        ``compensation_failed`` (never "compensated"), and the money and stock invariants are
+        not asked of them.
+        """
         n = orders or self.profile.orders
         run_id = "o" + secrets.token_hex(3)
         run = Run(shop, make_orders(run_id, n, seed), run_id)
@@ -470,7 +476,7 @@ class Harness:
                 await placing
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
-        return await self.check(name, run, allowed_dead_letters)
+        return await self.check(name, run, allowed_dead_letters, must_fail)
 
     async def _place(self, run: Run, concurrency: int, rate: float) -> None:
         """Send the orders at ``rate`` a second; an unconfirmed send is retried with the same
@@ -502,13 +508,26 @@ class Harness:
         name: str,
         run: Run,
         allowed_dead_letters: Callable[[tuple[str, str, str]], bool] | None = None,
+        must_fail: Callable[[PlaceOrder], bool] | None = None,
     ) -> Row:
         """The checker: terminal states and invariants, lost messages, duplicate effects."""
         shop = run.shop
         records = await run.records()
         problems = list(run.problems)
-        invariant_problems = await check_invariants(shop.store, run.orders, records, settle=5.0)
-        bad = {p.split(":", 1)[0] for p in invariant_problems}
+        failing = {o.order_id for o in run.orders if must_fail is not None and must_fail(o)}
+        bad: set[str] = set()
+        for record in records:
+            order_id = record.saga_id.removeprefix("order-")
+            if order_id in failing and record.status is not SagaStatus.COMPENSATION_FAILED:
+                bad.add(order_id)
+                problems.append(f"{order_id}: {record.status}, expected compensation_failed")
+        invariant_problems = await check_invariants(
+            shop.store,
+            [o for o in run.orders if o.order_id not in failing],
+            [r for r in records if r.saga_id.removeprefix("order-") not in failing],
+            settle=5.0,
+        )
+        bad |= {p.split(":", 1)[0] for p in invariant_problems}
         problems += invariant_problems[:20]
         dead = await shop.dead_letters()
         allowed = allowed_dead_letters or (lambda _d: False)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
+from contracts.orders import PlaceOrder
 from tests.faults.app import CRASH_POINTS
 from tests.faults.harness import Harness, Row, Run, Shop, until
 from tests.support.broker import RabbitmqctlError
@@ -146,6 +147,35 @@ async def broker_restarted(h: Harness) -> Row:
                     )
 
         row = await h.workload("broker application restarted", shop, inject)
+        await _drained(shop, row)
+        return row
+
+
+async def broker_hung(h: Harness) -> Row:
+    """The node's Erlang VM stopped (SIGSTOP) past the heartbeat grace, then resumed."""
+    pid = int(h.node.ctl("eval", "os:getpid().").strip().strip('"'))
+    async with h.shop("broker-hung") as shop:
+        shop.start()
+        await shop.ready()
+
+        async def inject(run: Run) -> None:
+            await run.reached(0.3)
+            try:
+                with run.fault("sigstop"):
+                    os.kill(pid, signal.SIGSTOP)
+                    await asyncio.sleep(12)  # past the clients' heartbeat grace (about 9 s)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            try:
+                await until(
+                    lambda: not shop.consumers_missing(shop.workers),
+                    timeout=45,
+                    what="every queue's consumers back",
+                )
+            except TimeoutError:
+                run.problems.append(f"consumers not restored: {shop.consumers_missing(2)[:5]}")
+
+        row = await h.workload("broker hung (SIGSTOP) then resumed", shop, inject)
         await _drained(shop, row)
         return row
 
@@ -373,11 +403,52 @@ async def compensation_transient(h: Harness) -> Row:
         return row
 
 
+async def compensation_permanent(h: Harness) -> Row:
+    """Refunds of some orders fail on every attempt: their sagas end compensation_failed,
+    never "compensated", and each failed refund is dead-lettered with its reason."""
+    digits = "0123"
+    env = {"LEVERET_FAULTS_COMPENSATION": f"permanent:{digits}"}
+
+    def refund_refused(order: PlaceOrder) -> bool:
+        return order.address == "Atlantis" and order.order_id[-1] in digits
+
+    def allowed(dead: tuple[str, str, str]) -> bool:
+        queue, message_id, reason = dead
+        order_id = message_id.removeprefix("order-").split("/", 1)[0]
+        return (
+            queue.endswith(".payment.payment.refund_payment")
+            and order_id[-1:] in digits
+            and reason == "handler_failed: CompensationFailed"
+        )
+
+    async with h.shop("compensation-permanent", env=env) as shop:
+        shop.start()
+        await shop.ready()
+
+        async def nothing(run: Run) -> None:
+            return None
+
+        row = await h.workload(
+            "compensation failing permanently",
+            shop,
+            nothing,
+            allowed_dead_letters=allowed,
+            must_fail=refund_refused,
+        )
+        dead = [d for d in await shop.dead_letters() if allowed(d)]
+        row.faults = len(dead)
+        if not dead:
+            row.problems.append("no refund was dead-lettered: the fault did not fire")
+        await _drained(shop, row)
+        return row
+
+
 SCENARIOS: dict[str, Scenario] = {
     "baseline": baseline,
     "connections_closed": connections_closed,
     "workers_killed": workers_killed,
     "broker_restarted": broker_restarted,
+    "broker_hung": broker_hung,
     "blackholed": blackholed,
     "duplicated": duplicated,
     "database_outage": database_outage,
@@ -385,6 +456,7 @@ SCENARIOS: dict[str, Scenario] = {
     "deadline_while_down": deadline_while_down,
     "workers_before_broker": workers_before_broker,
     "compensation_transient": compensation_transient,
+    "compensation_permanent": compensation_permanent,
 }
 
 # The scenarios the short profile runs in CI; docs/reliability.md names any left out and why.

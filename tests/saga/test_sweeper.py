@@ -1,0 +1,64 @@
+"""The outbox sweeper survives a stray ``CancelledError`` from a publish it did not cancel."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from framework import Command
+from framework.codec import Codec
+from framework.messages import MessageKind
+from framework.routing import Naming
+from framework.saga.outbox import OutboxRelay, OutboxWriter
+from framework.store import store_from_url
+from framework.transport.memory import MemoryTransport
+
+
+class Note(Command):
+    __wire_name__ = "sweeper.note"
+
+
+class FlakyTransport(MemoryTransport):
+    """Fails its first publish with the CancelledError a dying aiormq connection produces."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published = asyncio.Event()
+        self.failed = False
+
+    async def publish(self, message: Any, **kwargs: Any) -> None:
+        if not self.failed:
+            self.failed = True
+            raise asyncio.CancelledError()
+        await super().publish(message, **kwargs)
+        self.published.set()
+
+
+async def test_sweeper_keeps_sweeping_after_a_stray_cancellation() -> None:
+    """The first sweep's publish raises CancelledError; the next sweep sends the row."""
+    naming = Naming("sweep")
+    transport = FlakyTransport()
+    await transport.connect()
+    queue = naming.handler_queue("svc", Note.__wire_name__)
+    await transport.declare(
+        naming.base_topology(())
+        + naming.handler_topology(queue, MessageKind.COMMAND, Note.__wire_name__)
+    )
+    store = store_from_url("memory://")
+    await store.setup()
+    row = OutboxWriter(Codec([Note]), naming).row(
+        Note(), message_id="n-1", correlation_id=None, causation_id=None
+    )
+    async with store.transaction() as tx:
+        await tx.add_outbox([row])
+    relay = OutboxRelay(store, transport, naming, sweep_interval=0.01, sweep_grace=0.0)
+    sweeper = asyncio.create_task(relay.run())
+    try:
+        await asyncio.wait_for(transport.published.wait(), 10)
+        assert transport.failed
+        assert not sweeper.done()
+        assert await store.pending_outbox() == []
+    finally:
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
+        await transport.close()
