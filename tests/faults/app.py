@@ -20,6 +20,8 @@ It is ``handlers.app.build_app`` unchanged, plus what the harness needs to see a
   first N attempts; ``permanent:DIGITS`` fails the refunds of orders whose id ends in one of
   DIGITS on every attempt;
 * ``LEVERET_FAULTS_STEP_TIMEOUT=S`` sets the saga's step deadlines (default 60 s);
+* ``LEVERET_FAULTS_QUICK_RETRIES=1`` shortens the retry delays to 0.2 s and 0.5 s, so a
+  permanently failing handler dead-letters within a second;
 * the connection has short heartbeats and deadlines (``LEVERET_FAULTS_HEARTBEAT``, default 2 s),
   so a hung broker or a blackholed link is noticed within seconds.
 
@@ -41,7 +43,7 @@ from typing import Any
 
 from contracts.inventory import ReleaseInventory
 from contracts.payment import RefundPayment
-from framework import App, AppConfig
+from framework import App, AppConfig, RetryPolicy
 from framework.middleware import Incoming, Next
 from framework.store import Store, store_from_url
 from framework.store.base import OutboxRow, SagaRecord, SagaStatus, StoreTx
@@ -225,11 +227,14 @@ def build_fault_app() -> App:
         store_from_url(env.get("LEVERET_SHOP_DB_URL", "sqlite:///leveret-shop.sqlite3")), crash
     )
     prefix = env.get("LEVERET_SHOP_PREFIX", "shop")
+    quick = env.get("LEVERET_FAULTS_QUICK_RETRIES") == "1"
     app = build_app(
         url,
         store=store,
         config=AppConfig(
-            prefix=prefix, shutdown_grace=float(env.get("LEVERET_FAULTS_GRACE", "10"))
+            prefix=prefix,
+            shutdown_grace=float(env.get("LEVERET_FAULTS_GRACE", "10")),
+            retry=RetryPolicy(immediate=2, delays=(0.2, 0.5)) if quick else RetryPolicy(),
         ),
         step_timeout=float(env.get("LEVERET_FAULTS_STEP_TIMEOUT", "60")),
         transport=transport,

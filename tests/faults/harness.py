@@ -61,7 +61,7 @@ class Profile:
 
 
 # Orders are placed at ``rate`` a second, so faults land while sagas are still arriving.
-SHORT = Profile("short", orders=100, settle=120.0, rate=10.0)
+SHORT = Profile("short", orders=100, settle=120.0, rate=20.0)
 LONG = Profile("long", orders=1500, settle=600.0, rate=15.0, soak_minutes=30.0)
 PROFILES = {p.name: p for p in (SHORT, LONG)}
 
@@ -198,6 +198,7 @@ class Shop:
             )
         )
         self.leveret: Leveret | None = None
+        self._started: list[Leveret] = []
         self._runs = 0
         # The shop's routing, from a shop app that is built but never started.
         self.model = build_app(db_url="memory://", prefix=self.prefix)
@@ -212,6 +213,7 @@ class Shop:
             ["tests.faults.app:app", "--workers", str(self.workers), *args],
             self.env,
         )
+        self._started.append(self.leveret)
         return self.leveret
 
     async def ready(self, timeout: float = 90.0) -> None:
@@ -245,8 +247,8 @@ class Shop:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.client.stop(grace=0)
-        if self.leveret is not None:
-            self.leveret.kill_everything()
+        for leveret in self._started:  # also closes their log files
+            leveret.kill_everything()
         await self.store.close()
 
     # -- observations -------------------------------------------------------------------------
@@ -457,6 +459,7 @@ class Harness:
         n = orders or self.profile.orders
         run_id = "o" + secrets.token_hex(3)
         run = Run(shop, make_orders(run_id, n, seed), run_id)
+        started = time.monotonic()
         sampler = asyncio.create_task(run.sample())
         placing = asyncio.create_task(self._place(run, concurrency, rate or self.profile.rate))
         try:
@@ -470,13 +473,17 @@ class Harness:
         except TimeoutError as exc:
             run.problems.append(str(exc))
         finally:
+            run.notes.append(f"settled {time.monotonic() - started:.0f} s after the first order")
             placing.cancel()
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await placing
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
-        return await self.check(name, run, allowed_dead_letters, must_fail)
+        checking = time.monotonic()
+        row = await self.check(name, run, allowed_dead_letters, must_fail)
+        row.notes = "; ".join([*run.notes, f"checked in {time.monotonic() - checking:.0f} s"])
+        return row
 
     async def _place(self, run: Run, concurrency: int, rate: float) -> None:
         """Send the orders at ``rate`` a second; an unconfirmed send is retried with the same

@@ -61,7 +61,7 @@ async def soak(harness: Harness, *, minutes: float) -> Row:
         )
         if samples:
             first, last = samples[0], samples[-1]
-            row.notes = (
+            row.notes += "; " + (
                 f"workers' RSS {first[0] // 1024} -> {last[0] // 1024} MiB, "
                 f"channels {first[1]} -> {last[1]}"
             )

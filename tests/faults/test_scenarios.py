@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -54,8 +53,6 @@ async def test_scenario(harness: Harness, name: str) -> None:
     assert row.faults > 0 or name == "baseline", f"{name}: no fault was injected"
 
 
-def test_ci_runs_every_passing_scenario() -> None:
-    """Every scenario is in the CI list unless docs/reliability.md lists it as not passing."""
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "reliability.md").read_text()
-    for name in SCENARIOS:
-        assert name in CI_SCENARIOS or f"`{name}`" in doc, name
+def test_ci_runs_every_scenario_but_the_baseline() -> None:
+    """Every fault scenario runs in CI; only the fault-free baseline is left to the CLI."""
+    assert sorted(CI_SCENARIOS) == sorted(set(SCENARIOS) - {"baseline"})
