@@ -540,12 +540,16 @@ class Harness:
         allowed = allowed_dead_letters or (lambda _d: False)
         problems += [f"dead-lettered {q} {m}: {r}" for q, m, r in dead if not allowed((q, m, r))]
 
-        def stuck() -> dict[str, tuple[int, int, int]]:
-            return {
-                q: counts
+        left: dict[str, tuple[int, int, int]] = {}
+
+        def drained() -> bool:
+            left.clear()
+            left.update(
+                (q, counts)
                 for q, counts in shop.queues().items()
                 if not q.endswith(".dlq") and ".delay." not in q and (counts[0] or counts[1])
-            }
+            )
+            return not left
 
         async def unsent() -> int:
             async with shop.store.transaction() as tx:
@@ -555,10 +559,10 @@ class Harness:
         # A publish whose confirm was lost stays pending until the sweeper sends it again.
         with contextlib.suppress(TimeoutError):
             await until(lambda: _zero(unsent()), timeout=30, what="the outbox to drain")
-        # Redeliveries of finished work may still be in flight; the queues must drain.
+        # Redeliveries of finished work (and stale timeouts) may still be in flight; the
+        # queues must drain (one listing with nothing in them).
         with contextlib.suppress(TimeoutError):
-            await until(lambda: not stuck(), timeout=30, what="the queues to drain")
-        left = stuck()
+            await until(drained, timeout=30, what="the queues to drain")
         if left:
             problems.append(f"messages left in queues (ready, unacked, consumers): {left}")
         lost, lost_problems = await self._lost(run, dead)
