@@ -1,5 +1,7 @@
 """``python -m tests.faults [--profile short|long] [--scenario NAME ...] [--keep DIR]``.
 
+``--soak-only --soak-minutes N`` runs only the soak, N minutes long.
+
 Starts a RabbitMQ node of its own, runs the scenarios one after the other, prints the report
 table (Markdown) and each failing scenario's problems; exit status 1 if any scenario failed.
 """
@@ -22,7 +24,7 @@ from tests.support.second_node import second_node
 async def run(args: argparse.Namespace, directory: Path) -> list[Row]:
     rows: list[Row] = []
     profile = PROFILES[args.profile]
-    names = args.scenario or list(SCENARIOS)
+    names = [] if args.soak_only else args.scenario or list(SCENARIOS)
     with second_node() as node:
         harness = Harness(node, directory, profile)
         for name in names:
@@ -38,7 +40,8 @@ async def run(args: argparse.Namespace, directory: Path) -> list[Row]:
                 flush=True,
             )
             rows.append(row)
-        if profile.soak_minutes and not args.scenario and not args.no_soak:
+        soak_wanted = profile.soak_minutes and not args.scenario and not args.no_soak
+        if soak_wanted or args.soak_minutes or args.soak_only:
             rows.append(await soak(harness, minutes=args.soak_minutes or profile.soak_minutes))
     return rows
 
@@ -48,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="short")
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
     parser.add_argument("--no-soak", action="store_true", help="long profile without the soak")
-    parser.add_argument("--soak-minutes", type=float, help="soak length (long profile: 30)")
+    parser.add_argument("--soak-only", action="store_true", help="the soak and no scenario")
+    parser.add_argument(
+        "--soak-minutes", type=float, help="soak length (long profile: 30); given, the soak runs"
+    )
     parser.add_argument("--keep", type=Path, help="keep logs and databases in this directory")
     args = parser.parse_args(argv)
     if args.keep:

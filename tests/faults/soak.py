@@ -57,7 +57,7 @@ async def soak(harness: Harness, *, minutes: float) -> Row:
             shop,
             inject,
             orders=orders,
-            concurrency=2,  # orders trickle in over the whole soak
+            rate=per_minute / 60,  # orders trickle in over the whole soak
         )
         if samples:
             first, last = samples[0], samples[-1]
