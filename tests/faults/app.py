@@ -111,6 +111,13 @@ class CrashingStore(Store):
     async def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
         return await self._inner.pending_outbox(limit)
 
+    async def stats(self) -> Any:
+        return await self._inner.stats()
+
+    def __getattr__(self, name: str) -> Any:
+        # Whatever else the store grows (health checks, counters) is the inner store's.
+        return getattr(self._inner, name)
+
     async def mark_sent(self, message_ids: Sequence[str]) -> None:
         self._crash("before_mark_sent")
         await self._inner.mark_sent(message_ids)
