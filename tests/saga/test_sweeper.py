@@ -12,6 +12,7 @@ from framework.routing import Naming
 from framework.saga.outbox import OutboxRelay, OutboxWriter
 from framework.store import store_from_url
 from framework.transport.memory import MemoryTransport
+from tests.test_worker import eventually
 
 
 class Note(Command):
@@ -57,7 +58,11 @@ async def test_sweeper_keeps_sweeping_after_a_stray_cancellation() -> None:
         await asyncio.wait_for(transport.published.wait(), 10)
         assert transport.failed
         assert not sweeper.done()
-        assert await store.pending_outbox() == []
+
+        async def all_sent() -> bool:
+            return await store.pending_outbox() == []
+
+        await eventually(all_sent, timeout=10, what="the row to be marked sent")
     finally:
         sweeper.cancel()
         await asyncio.gather(sweeper, return_exceptions=True)
