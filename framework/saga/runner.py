@@ -179,13 +179,14 @@ class SagaRunner:
             version = record.version + 1
             rows = self._rows(saga_id, version, transition, operation, record.correlation_id)
             new = self._record(record, saga_id, record.correlation_id, version, transition)
-            await tx.update(new, expected_version=record.version)
-            await tx.add_history(
-                self._history(
+            await tx.save_step(
+                new,
+                expected_version=record.version,
+                history=self._history(
                     saga_id, version, operation, f"operator.{action}", record, transition, rows
-                )
+                ),
+                outbox=rows,
             )
-            await tx.add_outbox(rows)
         _log.info(
             "saga_operator_action", saga_id=saga_id, action=action, status=str(transition.status)
         )
@@ -206,17 +207,19 @@ class SagaRunner:
 
     async def _apply_once(self, message: Message, ctx: Context) -> list[OutboxRow]:
         saga = self.saga
+        saga_id = self.saga_id_for(message, ctx.saga_id)
+        if saga_id is None:
+            # Never recorded in the inbox (its transaction always rolled back), so rejecting
+            # before the transaction is what rejecting inside it was.
+            reason = (
+                f"uncorrelated: {type(message).__qualname__} carries neither a saga id "
+                f"header nor a {saga.key!r} field"
+            )
+            raise RejectMessage(reason, reason=reason)
         async with self._store.transaction() as tx:
-            if not await tx.inbox_add(self._consumer, ctx.message_id):
+            fresh, record = await tx.inbox_add_and_load(self._consumer, ctx.message_id, saga_id)
+            if not fresh:
                 return []
-            saga_id = self.saga_id_for(message, ctx.saga_id)
-            if saga_id is None:
-                reason = (
-                    f"uncorrelated: {type(message).__qualname__} carries neither a saga id "
-                    f"header nor a {saga.key!r} field"
-                )
-                raise RejectMessage(reason, reason=reason)
-            record = await tx.load(saga_id)
             transition: Transition[Any] | None
             if record is None:
                 if type(message) is not saga.start:
@@ -243,12 +246,10 @@ class SagaRunner:
                 saga_id, version, transition, ctx.message_id, ctx.correlation_id or saga_id
             )
             new = self._record(record, saga_id, ctx.correlation_id or saga_id, version, transition)
-            if record is None:
-                await tx.insert(new)
-            else:
-                await tx.update(new, expected_version=record.version)
-            await tx.add_history(
-                self._history(
+            await tx.save_step(
+                new,
+                expected_version=None if record is None else record.version,
+                history=self._history(
                     saga_id,
                     version,
                     ctx.message_id,
@@ -256,9 +257,9 @@ class SagaRunner:
                     record,
                     transition,
                     rows,
-                )
+                ),
+                outbox=rows,
             )
-            await tx.add_outbox(rows)
         if self.observer is not None:
             self._report(self.observer, saga_id, type(message).__wire_name__, record, transition)
         if transition.finished:

@@ -193,6 +193,44 @@ class StoreTx(abc.ABC):
     async def add_outbox(self, rows: Sequence[OutboxRow]) -> None:
         """Queue messages for publication after commit (positions are assigned in order)."""
 
+    async def inbox_add_and_load(
+        self, consumer: str, message_id: str, saga_id: str
+    ) -> tuple[bool, SagaRecord | None]:
+        """``inbox_add`` then, for a new message, ``load``: a saga step's reads.
+
+        Returns ``(False, None)`` for a duplicate. A store that can do both in one round trip
+        (PostgreSQL) overrides it; the result is the same.
+        """
+        if not await self.inbox_add(consumer, message_id):
+            return False, None
+        return True, await self.load(saga_id)
+
+    async def save_step(
+        self,
+        record: SagaRecord,
+        *,
+        expected_version: int | None,
+        history: HistoryRow,
+        outbox: Sequence[OutboxRow],
+    ) -> None:
+        """A saga step's writes: ``insert`` (``expected_version`` None) or ``update``, then
+        ``add_history`` and ``add_outbox``.
+
+        A store that can do all of them in one round trip (PostgreSQL) overrides it; the result
+        is the same: on ``SagaExists`` or ``ConcurrencyConflict`` nothing of the step is written
+        and the transaction goes on.
+
+        Raises:
+            SagaExists: inserting, and an instance with this id exists already.
+            ConcurrencyConflict: updating, and the stored version differs.
+        """
+        if expected_version is None:
+            await self.insert(record)
+        else:
+            await self.update(record, expected_version=expected_version)
+        await self.add_history(history)
+        await self.add_outbox(outbox)
+
     async def execute(self, sql: str, *args: Any) -> None:
         """Run a statement on a service table (``?`` placeholders)."""
         raise ConfigurationError(f"{type(self).__name__} has no SQL tables: use sqlite or postgres")

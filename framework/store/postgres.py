@@ -103,6 +103,49 @@ _OUTBOX_ADD = (
     f"INSERT INTO leveret_outbox ({_sql.OUTBOX_COLUMNS})"
     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (message_id) DO NOTHING"
 )
+# A saga step's reads in one round trip: the inbox row, and the saga row locked for update.
+# ``fresh`` is 0 for a duplicate (its saga row, locked anyway, is not used).
+_INBOX_ADD_AND_LOAD = (
+    "WITH i AS (INSERT INTO leveret_inbox (consumer, message_id, created_at)"
+    " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1)"
+    " SELECT (SELECT count(*) FROM i) AS fresh, s.* FROM (SELECT 1) AS one"
+    f" LEFT JOIN LATERAL (SELECT {_sql.SAGA_COLUMNS} FROM leveret_sagas WHERE saga_id = $4"
+    " FOR UPDATE) AS s ON true"
+)
+
+
+def _save_step_sql(saga_write: str, first: int) -> str:
+    """A saga step's writes in one statement (data-modifying CTEs).
+
+    ``saga_write`` is the insert or the version-checked update, ``RETURNING 1`` when it wrote;
+    the history row and the outbox rows (``unnest`` of one array per column, in order) are
+    written only if it did, so a conflict leaves nothing of the step behind, like the separate
+    statements. The statement returns how many saga rows it wrote (0 or 1). ``first`` is the
+    number of the first parameter after the saga write's.
+    """
+    h = [f"${first + n}" for n in range(10)]
+    o = [f"${first + 10 + n}" for n in range(10)]
+    history = (
+        f"{h[0]}::text, {h[1]}::bigint, {h[2]}::float8, {h[3]}::text, {h[4]}::text,"
+        f" {h[5]}::text, {h[6]}::text, {h[7]}::text, {h[8]}::jsonb, {h[9]}::text"
+    )
+    outbox = (
+        f"{o[0]}::text[], {o[1]}::text[], {o[2]}::text[], {o[3]}::bytea[], {o[4]}::bytea[],"
+        f" {o[5]}::bool[], {o[6]}::text[], {o[7]}::text[], {o[8]}::float8[], {o[9]}::int[]"
+    )
+    columns = "m_id, m_ex, m_rk, m_body, m_props, m_mand, m_dest, m_saga, m_at, m_att"
+    return (
+        f"WITH s AS ({saga_write} RETURNING 1),"
+        f" h AS (INSERT INTO leveret_history ({_sql.HISTORY_COLUMNS}) SELECT {history} FROM s),"
+        f" o AS (INSERT INTO leveret_outbox ({_sql.OUTBOX_COLUMNS}) SELECT {columns} FROM s,"
+        f" unnest({outbox}) WITH ORDINALITY AS m({columns}, n) ORDER BY n"
+        " ON CONFLICT (message_id) DO NOTHING)"
+        " SELECT count(*) FROM s"
+    )
+
+
+_SAVE_INSERTED = _save_step_sql(_INSERT, 12)
+_SAVE_UPDATED = _save_step_sql(_UPDATE, 13)
 _PENDING = (
     f"SELECT position, {_sql.OUTBOX_COLUMNS} FROM leveret_outbox"
     " WHERE sent_at IS NULL ORDER BY position LIMIT $1"
@@ -198,6 +241,41 @@ class _PostgresTx(StoreTx):
     async def load(self, saga_id: str) -> SagaRecord | None:
         row = await self._conn.fetchrow(_LOAD_FOR_UPDATE, saga_id)
         return _sql.saga_from_row(row) if row is not None else None
+
+    async def inbox_add_and_load(
+        self, consumer: str, message_id: str, saga_id: str
+    ) -> tuple[bool, SagaRecord | None]:
+        row = await self._conn.fetchrow(
+            _INBOX_ADD_AND_LOAD, consumer, message_id, self._clock(), saga_id
+        )
+        assert row is not None  # the outer join always yields one row
+        if not row[0]:
+            return False, None
+        return True, None if row[1] is None else _sql.saga_from_row(row[1:])
+
+    async def save_step(
+        self,
+        record: SagaRecord,
+        *,
+        expected_version: int | None,
+        history: HistoryRow,
+        outbox: Sequence[OutboxRow],
+    ) -> None:
+        params = [_sql.outbox_params(row) for row in outbox]
+        columns = [list(column) for column in zip(*params, strict=True)] if params else [[]] * 10
+        saga = _sql.saga_params(record)
+        if expected_version is None:
+            written = await self._conn.fetchval(
+                _SAVE_INSERTED, *saga, *_sql.history_params(history), *columns
+            )
+            if written != 1:
+                raise SagaExists(record.saga_id)
+            return
+        written = await self._conn.fetchval(
+            _SAVE_UPDATED, *saga, expected_version, *_sql.history_params(history), *columns
+        )
+        if written != 1:
+            raise ConcurrencyConflict(record.saga_id)
 
     async def insert(self, record: SagaRecord) -> None:
         status = await self._conn.execute(_INSERT, *_sql.saga_params(record))

@@ -329,6 +329,74 @@ async def test_transitions_that_load_first_never_conflict(store: Store) -> None:
     assert stored.version == 6
 
 
+async def test_inbox_add_and_load_is_inbox_add_then_load(store: Store) -> None:
+    """The combined read records the message once and returns the saga (None when absent)."""
+    async with store.transaction() as tx:
+        await tx.insert(saga("s1"))
+    async with store.transaction() as tx:
+        assert await tx.inbox_add_and_load("billing", "m1", "s1") == (True, saga("s1"))
+        assert await tx.inbox_add_and_load("billing", "m1", "s1") == (False, None)
+        assert await tx.inbox_add_and_load("billing", "m2", "ghost") == (True, None)
+    async with store.transaction() as tx:
+        assert await tx.inbox_add("billing", "m1") is False
+        assert await tx.inbox_add("billing", "m2") is False
+
+
+async def test_save_step_writes_saga_history_and_outbox_in_order(store: Store) -> None:
+    """save_step inserts or updates the saga and appends its history row and outbox rows."""
+    async with store.transaction() as tx:
+        await tx.save_step(
+            saga("s1"), expected_version=None, history=step("s1", 1), outbox=[outgoing("s1/1/0")]
+        )
+    paid = saga("s1", version=2, state="paid", deadline_at=300.0, reason="ok")
+    out = [outgoing(f"s1/2/{n}", mandatory=n % 2 == 0, saga_id="s1") for n in range(3)]
+    async with store.transaction() as tx:
+        await tx.save_step(paid, expected_version=1, history=step("s1", 2, note="n"), outbox=out)
+        await tx.save_step(
+            saga("s1", version=3, state="done"),
+            expected_version=2,
+            history=step("s1", 3, emitted=["x", "y"]),
+            outbox=[],
+        )
+    assert await store.get_saga("s1") == saga("s1", version=3, state="done")
+    assert await store.history("s1") == [
+        step("s1", 1),
+        step("s1", 2, note="n"),
+        step("s1", 3, emitted=["x", "y"]),
+    ]
+    pending = await store.pending_outbox()
+    assert ids(pending) == ["s1/1/0", "s1/2/0", "s1/2/1", "s1/2/2"]
+    assert [row.mandatory for row in pending[1:]] == [True, False, True]
+    assert pending[2] == msgspec.structs.replace(out[1], position=pending[2].position)
+
+
+async def test_save_step_conflicts_write_nothing_and_the_transaction_goes_on(
+    store: Store,
+) -> None:
+    """SagaExists / ConcurrencyConflict from save_step leave no history or outbox row behind."""
+    async with store.transaction() as tx:
+        await tx.insert(saga("s1"))
+    async with store.transaction() as tx:
+        with pytest.raises(SagaExists):
+            await tx.save_step(
+                saga("s1", state="again"),
+                expected_version=None,
+                history=step("s1", 1),
+                outbox=[outgoing("dup/1/0")],
+            )
+        with pytest.raises(ConcurrencyConflict):
+            await tx.save_step(
+                saga("s1", version=3),
+                expected_version=2,
+                history=step("s1", 3),
+                outbox=[outgoing("stale/3/0")],
+            )
+        await tx.add_outbox([outgoing("after")])
+    assert await store.get_saga("s1") == saga("s1")
+    assert await store.history("s1") == []
+    assert ids(await store.pending_outbox()) == ["after"]
+
+
 async def test_failed_transaction_rolls_back_everything(store: Store) -> None:
     """An exception in the block undoes its inbox row, inserts, updates, history and outbox."""
     async with store.transaction() as tx:
