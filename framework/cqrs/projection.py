@@ -50,6 +50,19 @@ EVENT_LOG_SCHEMA = (
     )""",
 )
 
+# ``apply_live`` on PostgreSQL: skip a logged event, else bump the checkpoint and log the event
+# at the new position; returns that position, no row when the event was logged before.
+_LOG_EVENT_POSTGRES = (
+    "WITH seen AS (SELECT 1 FROM leveret_event_log WHERE projection = ? AND message_id = ?),"
+    " p AS (INSERT INTO leveret_projection (name, position, last_message_id)"
+    " SELECT ?::text, 1, ?::text WHERE NOT EXISTS (SELECT 1 FROM seen)"
+    " ON CONFLICT (name) DO UPDATE SET position = leveret_projection.position + 1,"
+    " last_message_id = excluded.last_message_id RETURNING position),"
+    " l AS (INSERT INTO leveret_event_log (projection, position, message_id, wire_name, body)"
+    " SELECT ?::text, p.position, ?::text, ?::text, ?::text FROM p)"
+    " SELECT position FROM p"
+)
+
 
 class Projection:
     """A read model fed by events of one service, with a checkpoint and a replayable log.
@@ -125,6 +138,25 @@ class Projection:
     async def apply_live(self, tx: StoreTx, event: Event, message_id: str) -> bool:
         """Log ``event`` at the next position and apply it; False if it was applied before."""
         name = self.name
+        wire = type(event).__wire_name__
+        if tx.dialect == "postgresql":
+            # The four statements below in one round trip; the upsert locks the checkpoint row
+            # as the UPDATE does, so the log order is still the commit order.
+            logged = await tx.fetchone(
+                _LOG_EVENT_POSTGRES,
+                name,
+                message_id,
+                name,
+                message_id,
+                name,
+                message_id,
+                wire,
+                msgspec.json.encode(event).decode(),
+            )
+            if logged is None:
+                return False
+            await self._appliers[wire][1](event, tx)
+            return True
         seen = await tx.fetchone(
             "SELECT 1 FROM leveret_event_log WHERE projection = ? AND message_id = ?",
             name,
@@ -146,7 +178,6 @@ class Projection:
         )
         row = await tx.fetchone("SELECT position FROM leveret_projection WHERE name = ?", name)
         assert row is not None
-        wire = type(event).__wire_name__
         await tx.execute(
             "INSERT INTO leveret_event_log (projection, position, message_id, wire_name, body) "
             "VALUES (?, ?, ?, ?, ?)",

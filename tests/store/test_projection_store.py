@@ -32,6 +32,21 @@ async def test_projection_log_and_rebuild(store: Store) -> None:
             applied.append(await projection.apply_live(tx, event, message_id))
     assert applied == [True, True, True, False, True]
     assert await projection.position(store) == 4
+    async with store.transaction() as tx:
+        log = await tx.fetchall(
+            "SELECT position, message_id, wire_name FROM leveret_event_log "
+            "WHERE projection = ? ORDER BY position",
+            "orders_view",
+        )
+        checkpoint = await tx.fetchone(
+            "SELECT position, last_message_id FROM leveret_projection WHERE name = ?",
+            "orders_view",
+        )
+    assert [row[:2] for row in log] == [(1, "e1"), (2, "e2"), (3, "e3"), (4, "e4")]
+    assert [row[2] for row in log] == [type(event).__wire_name__ for _, event in events[:3]] + [
+        type(events[4][1]).__wire_name__
+    ]
+    assert checkpoint == (4, "e4")
     live = await read_model(store)
     assert live == [
         ("o-1", "c-1", "cancelled", 200, "out of stock", "placed", 0, 0),
