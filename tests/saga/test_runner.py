@@ -17,6 +17,8 @@ from contracts.payment import PaymentCharged
 from contracts.shipping import OrderShipped
 from examples.shop import check_invariants, make_orders, wait_for_sagas
 from framework import App, envelope
+from framework.consumer import RejectMessage
+from framework.context import Context
 from framework.saga.runner import SagaActionRefused
 from framework.store import SagaStatus, Store
 from tests.app.conftest import next_item
@@ -219,3 +221,26 @@ async def test_resume_and_abort_through_the_runner(make_shop: MakeShop) -> None:
 
 def _fields(message: PlaceOrder) -> dict[str, object]:
     return {name: getattr(message, name) for name in message.__struct_fields__}
+
+
+async def test_uncorrelated_message_is_rejected_and_leaves_no_inbox_row(
+    make_shop: MakeShop,
+) -> None:
+    """A message with neither a saga id header nor the key field is rejected as uncorrelated
+    before any transaction: its id is not recorded, so a corrected redelivery still runs."""
+    app = await make_shop()
+    runner = app.sagas["order"]
+    ctx = Context(
+        app,
+        message_id="uncorrelated-1",
+        correlation_id=None,
+        headers={},
+        redelivered=False,
+        attempt=1,
+        handler="orders",
+    )
+    keyless = InventoryReserved(order_id=None)  # type: ignore[arg-type]  # as a bad peer sends
+    with pytest.raises(RejectMessage, match=r"^uncorrelated: InventoryReserved carries neither"):
+        await runner.handle(keyless, ctx)
+    async with store_of(app).transaction() as tx:
+        assert await tx.inbox_add(runner._consumer, "uncorrelated-1")
