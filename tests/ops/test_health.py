@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -29,7 +30,7 @@ from framework.health.supervised import WorkerView, supervisor_endpoints
 from framework.store import store_from_url
 from framework.transport.amqp import AmqpConfig, AmqpTransport
 from tests.saga.conftest import eventually
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.fault_proxy import FaultProxy, ProxyMode
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -48,20 +49,21 @@ def orders_service() -> Service:
 
 
 @pytest.fixture
-async def proxy(amqp_url: str) -> AsyncIterator[TcpProxy]:
-    proxy = TcpProxy.to_url(amqp_url)
+async def proxy(amqp_url: str) -> AsyncIterator[FaultProxy]:
+    parts = urlsplit(amqp_url)
+    proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5672)
     await proxy.start()
     try:
         yield proxy
     finally:
-        await proxy.close()
+        await proxy.stop()
 
 
 @pytest.fixture
-async def app(amqp_url: str, proxy: TcpProxy, prefix: str, tmp_path: Path) -> AsyncIterator[App]:
+async def app(amqp_url: str, proxy: FaultProxy, prefix: str, tmp_path: Path) -> AsyncIterator[App]:
     """An app with a store, consuming through the proxy."""
     transport = AmqpTransport(
-        proxy.url_through(amqp_url),
+        proxy.url_for(amqp_url),
         config=AmqpConfig(
             connect_timeout=5,
             declare_timeout=3,
@@ -85,7 +87,7 @@ async def app(amqp_url: str, proxy: TcpProxy, prefix: str, tmp_path: Path) -> As
 
 
 async def test_readiness_follows_the_broker_connection(
-    app: App, proxy: TcpProxy, tmp_path: Path
+    app: App, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     """Ready while connected and consuming; not ready once the connection is cut; ready again
     after the client reconnected and its consumer is back — also over the HTTP endpoints."""
@@ -108,7 +110,7 @@ async def test_readiness_follows_the_broker_connection(
         assert code == 200
         assert body["workers"][0]["state"] == "up"
 
-        proxy.cut()
+        proxy.set_mode(ProxyMode.RESET)
         report = await readiness(app, timeout=1.0)
         assert not report.ready
         assert report.checks[0].name == "broker"
@@ -121,7 +123,7 @@ async def test_readiness_follows_the_broker_connection(
         code, body = await aggregate["/live"]()
         assert code == 200  # the loop answers: alive, only not ready
 
-        proxy.restore()
+        proxy.set_mode(ProxyMode.PASS)
         await eventually(lambda: _ready(app), what="readiness after the reconnect", timeout=30)
         code, _ = await ask_unix(socket_path, "/ready", timeout=5)
         assert code == 200
