@@ -8,8 +8,11 @@ the outbox sweeper among them — although nobody had cancelled it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import secrets
 from urllib.parse import urlsplit
+
+import pytest
 
 from framework.errors import LeveretError
 from framework.transport.amqp import AmqpConfig, AmqpTransport
@@ -17,6 +20,11 @@ from framework.transport.base import OutgoingMessage, QueueSpec, Topology
 from tests.support.fault_proxy import ProxyMode, fault_proxy
 
 
+# The robust connection's reconnect attempt, started while the proxy still drops the server's
+# frames, is abandoned half-open by close(); its socket objects are only freed by the garbage
+# collector. Collected here (not in whichever later test the collector happens to run in), and
+# known: the proxy has reset both ends by then, so no connection stays open.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_confirm_lost_with_the_connection_is_a_publish_error(amqp_url: str) -> None:
     """The broker's answers stop (heartbeats too) until the client gives the connection up:
     the pending publish raises a leveret error and the publishing task is not cancelled."""
@@ -40,3 +48,5 @@ async def test_confirm_lost_with_the_connection_is_a_publish_error(amqp_url: str
         finally:
             proxy.set_mode(ProxyMode.PASS)
             await transport.close()
+    await asyncio.sleep(0)
+    gc.collect()
