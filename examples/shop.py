@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from contracts.inventory import StockReceived, StockReleased, StockReserved
-from contracts.orders import GetOrder, LineItem, PlaceOrder
+from contracts.orders import GetOrder, LineItem, ListOrders, PlaceOrder
 from framework import App, AppConfig
 from framework.errors import QueryFailed
 from framework.eventsourcing import EventDecoder, event_store
@@ -84,6 +84,8 @@ class Report:
     records: list[SagaRecord]
     seconds: float
     problems: list[str] = field(default_factory=list)
+    # (status, step) -> orders of this run, as the read side answers ``ListOrders`` queries
+    read_model: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def outcome(self, record: SagaRecord) -> str:
         if record.status is SagaStatus.COMPENSATED:
@@ -108,6 +110,10 @@ class Report:
                 f"{len(self.records) / self.seconds:.1f} sagas/s "
                 f"({len(self.records)} in {self.seconds:.1f}s)"
             )
+        if self.read_model:
+            print(f"\n{'read model (ListOrders)':<30} {'step':<20} {'orders':>7}")
+            for (status, step), count in sorted(self.read_model.items()):
+                print(f"{status:<30} {step:<20} {count:>7}")
         if self.problems:
             print(f"\nINVARIANTS BROKEN ({len(self.problems)}):")
             for problem in self.problems[:50]:
@@ -260,6 +266,37 @@ async def _stock_movements(tx: StoreTx) -> tuple[Counter[tuple[str, str]], list[
     return moves, problems
 
 
+async def read_model(
+    client: App, orders: list[PlaceOrder], deadline: float
+) -> tuple[Counter[tuple[str, str]], list[str]]:
+    """The run's orders by final status and step, asked of the read side with ``ListOrders``.
+
+    The projection trails the sagas by a few events, so this asks again until every order of the
+    run is in a final status (or the deadline passes: a problem, named).
+    """
+    ids = {o.order_id for o in orders}
+    give_up = time.monotonic() + deadline
+    while True:
+        counts: Counter[tuple[str, str]] = Counter()
+        capped = False
+        for status in ("completed", "cancelled"):
+            for step in sorted(_FINAL_STEPS):
+                listed = await client.request(
+                    ListOrders(status=status, step=step, limit=1000), timeout=10.0
+                )
+                capped |= len(listed.orders) == 1000
+                counts[(status, step)] += sum(1 for o in listed.orders if o.order_id in ids)
+        counts = +counts  # without the (status, step) pairs no order of the run is in
+        if capped:
+            return counts, []  # past 1,000 orders per row the summary shows the first 1,000
+        if sum(counts.values()) == len(ids):
+            return counts, []
+        if time.monotonic() > give_up:
+            missing = len(ids) - sum(counts.values())
+            return counts, [f"read model: {missing} order(s) not final in ListOrders answers"]
+        await asyncio.sleep(0.2)
+
+
 async def place(app: App, orders: list[PlaceOrder], concurrency: int = 50) -> None:
     for start in range(0, len(orders), concurrency):
         await asyncio.gather(*(app.send(o) for o in orders[start : start + concurrency]))
@@ -276,7 +313,8 @@ async def run_embedded(args: argparse.Namespace, run: str, orders: list[PlaceOrd
         records = await wait_for_sagas(app.store, run, len(orders), args.deadline)
         seconds = time.monotonic() - started
         problems = await check_invariants(app.store, orders, records)
-    return Report(records, seconds, problems)
+        view, view_problems = await read_model(app, orders, args.deadline)
+    return Report(records, seconds, problems + view_problems, view)
 
 
 async def run_workers(args: argparse.Namespace, run: str, orders: list[PlaceOrder]) -> Report:
@@ -316,7 +354,8 @@ async def run_workers(args: argparse.Namespace, run: str, orders: list[PlaceOrde
         records = await wait_for_sagas(store, run, len(orders), args.deadline)
         seconds = time.monotonic() - started
         problems = await check_invariants(store, orders, records)
-        return Report(records, seconds, problems)
+        view, view_problems = await read_model(client, orders, args.deadline)
+        return Report(records, seconds, problems + view_problems, view)
     finally:
         await client.stop(grace=0)
         if workers.returncode is None:

@@ -57,3 +57,11 @@ def test_main_job() -> None:
     assert "compensated: shipping failed" in result.stdout
     assert "sagas/s" in result.stdout
     assert "invariants hold" in result.stdout
+    # The read side's answers to ListOrders, counted per final status and step: the shipped
+    # orders and the two kinds of cancelled ones (rejected at the stock, released afterwards).
+    table = result.stdout.split("read model (ListOrders)")[1].split("\n\n")[0]
+    rows = {tuple(line.split()[:2]): int(line.split()[2]) for line in table.splitlines()[1:]}
+    completed = rows[("completed", "shipped")]
+    rejected = rows[("cancelled", "inventory_rejected")]
+    released = rows[("cancelled", "inventory_released")]
+    assert completed + rejected + released == 60
