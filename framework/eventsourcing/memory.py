@@ -21,6 +21,7 @@ from framework.eventsourcing.store import (
     StreamAppend,
     StreamConflict,
     check_appends,
+    number_events,
 )
 from framework.store.base import StoreTx
 
@@ -85,27 +86,7 @@ class MemoryEventStore(EventStore):
             if actual != item.expected_version:
                 raise StreamConflict(item.stream, item.expected_version, actual)
         position = len(committed.events) + len(pending.events)
-        now = self._clock()
-        stored: list[StoredEvent] = []
-        for item in appends:
-            version = item.expected_version
-            for new in item.events:
-                position += 1
-                version += 1
-                stored.append(
-                    StoredEvent(
-                        position=position,
-                        stream=item.stream,
-                        version=version,
-                        event_id=new.event_id,
-                        wire_name=new.wire_name,
-                        wire_version=new.wire_version,
-                        body=new.body,
-                        recorded_at=now,
-                        correlation_id=new.correlation_id,
-                        causation_id=new.causation_id,
-                    )
-                )
+        stored = number_events(appends, position, self._clock())
         pending.add(stored)
         return stored
 

@@ -24,6 +24,7 @@ from framework.eventsourcing.store import (
     StreamAppend,
     StreamConflict,
     check_appends,
+    number_events,
 )
 from framework.store.base import StoreTx
 
@@ -99,40 +100,21 @@ class SqlEventStore(EventStore):
                 "leveret_event_sequence has no row: create the event store tables with "
                 "Service(schema=EVENT_STORE_SCHEMA)"
             )
-        position = int(row[0]) - count
-        now = self._clock()
-        stored: list[StoredEvent] = []
-        for item in appends:
-            version = item.expected_version
-            for new in item.events:
-                position += 1
-                version += 1
-                event = StoredEvent(
-                    position=position,
-                    stream=item.stream,
-                    version=version,
-                    event_id=new.event_id,
-                    wire_name=new.wire_name,
-                    wire_version=new.wire_version,
-                    body=new.body,
-                    recorded_at=now,
-                    correlation_id=new.correlation_id,
-                    causation_id=new.causation_id,
-                )
-                await tx.execute(
-                    _INSERT,
-                    event.position,
-                    event.stream,
-                    event.version,
-                    event.event_id,
-                    event.wire_name,
-                    event.wire_version,
-                    event.body.decode(),
-                    event.recorded_at,
-                    event.correlation_id,
-                    event.causation_id,
-                )
-                stored.append(event)
+        stored = number_events(appends, int(row[0]) - count, self._clock())
+        for event in stored:
+            await tx.execute(
+                _INSERT,
+                event.position,
+                event.stream,
+                event.version,
+                event.event_id,
+                event.wire_name,
+                event.wire_version,
+                event.body.decode(),
+                event.recorded_at,
+                event.correlation_id,
+                event.causation_id,
+            )
         return stored
 
     async def _version(self, tx: StoreTx, stream: str, suffix: str = "") -> int:

@@ -231,6 +231,35 @@ def check_appends(appends: Sequence[StreamAppend]) -> None:
         seen.add(item.stream)
 
 
+def number_events(
+    appends: Sequence[StreamAppend], after_position: int, recorded_at: float
+) -> list[StoredEvent]:
+    """The appended events as stored: global positions from ``after_position + 1``, and each
+    stream's versions from its expected version + 1, in the order given."""
+    stored: list[StoredEvent] = []
+    position = after_position
+    for item in appends:
+        version = item.expected_version
+        for new in item.events:
+            position += 1
+            version += 1
+            stored.append(
+                StoredEvent(
+                    position=position,
+                    stream=item.stream,
+                    version=version,
+                    event_id=new.event_id,
+                    wire_name=new.wire_name,
+                    wire_version=new.wire_version,
+                    body=new.body,
+                    recorded_at=recorded_at,
+                    correlation_id=new.correlation_id,
+                    causation_id=new.causation_id,
+                )
+            )
+    return stored
+
+
 def event_store(tx: StoreTx) -> EventStore:
     """The event store for a transaction of a memory, SQLite or PostgreSQL store.
 
