@@ -47,6 +47,20 @@ async def baseline(h: Harness) -> Row:
         return row
 
 
+async def _consumers_back(shop: Shop, run: Run, *, timeout: float) -> None:
+    """Wait until every handler queue has its consumers again (a reconnect that forgot them
+    would hang here); a problem of the run if not within ``timeout`` seconds."""
+    try:
+        await until(
+            lambda: not shop.consumers_missing(shop.workers),
+            timeout=timeout,
+            what="every queue's consumers back",
+        )
+    except TimeoutError:
+        missing = shop.consumers_missing(shop.workers)[:5]
+        run.problems.append(f"consumers not restored within {timeout:.0f} s: {missing}")
+
+
 async def _drained(shop: Shop, row: Row) -> None:
     """SIGTERM after the run: the supervisor must drain and exit 0."""
     code = await shop.stop()
@@ -66,15 +80,7 @@ async def connections_closed(h: Harness) -> Row:
                 await run.reached((k + 1) / (kills + 2))
                 shop.node.ctl("close_all_connections", "fault injection")
                 run.instant("close_all_connections")
-            # Every queue has its consumers back (a reconnect that forgot them would hang here).
-            try:
-                await until(
-                    lambda: not shop.consumers_missing(shop.workers),
-                    timeout=30,
-                    what="every queue's consumers back",
-                )
-            except TimeoutError:
-                run.problems.append(f"consumers not restored: {shop.consumers_missing(2)}")
+            await _consumers_back(shop, run, timeout=30)
 
         row = await h.workload("connections closed by the broker", shop, inject)
         await _drained(shop, row)
@@ -135,16 +141,7 @@ async def broker_restarted(h: Harness) -> Row:
                         shop.node.ctl("start_app")
                 finally:
                     _restore_node(shop)
-                try:
-                    await until(
-                        lambda: not shop.consumers_missing(shop.workers),
-                        timeout=45,
-                        what="every queue's consumers back",
-                    )
-                except TimeoutError:
-                    run.problems.append(
-                        f"consumers not restored within 45 s: {shop.consumers_missing(2)[:5]}"
-                    )
+                await _consumers_back(shop, run, timeout=45)
 
         row = await h.workload("broker application restarted", shop, inject)
         await _drained(shop, row)
@@ -166,14 +163,7 @@ async def broker_hung(h: Harness) -> Row:
                     await asyncio.sleep(12)  # past the clients' heartbeat grace (about 9 s)
             finally:
                 os.kill(pid, signal.SIGCONT)
-            try:
-                await until(
-                    lambda: not shop.consumers_missing(shop.workers),
-                    timeout=45,
-                    what="every queue's consumers back",
-                )
-            except TimeoutError:
-                run.problems.append(f"consumers not restored: {shop.consumers_missing(2)[:5]}")
+            await _consumers_back(shop, run, timeout=45)
 
         row = await h.workload("broker hung (SIGSTOP) then resumed", shop, inject)
         await _drained(shop, row)
