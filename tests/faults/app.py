@@ -16,10 +16,20 @@ It is ``handlers.app.build_app`` unchanged, plus what the harness needs to see a
 * ``LEVERET_FAULTS_DUPLICATE=0.1`` republishes that share of first deliveries with the same
   message id (a broker or a producer delivering twice);
 * ``LEVERET_FAULTS_SLOW=S`` makes every handler take S seconds more (shutdown under load);
+* ``LEVERET_FAULTS_HANG=P:S`` makes that share of first attempts (commands and events, not
+  queries) take S seconds more, before the handler or after it committed, half each: with
+  ``LEVERET_FAULTS_HANDLER_TIMEOUT`` below S, the handler runs past its deadline;
+* ``LEVERET_FAULTS_LATE=P:S`` sends, for that share of the saga's deliveries, a copy with a new
+  message id (``<id>~late``) up to S seconds later: a reply that arrives after the saga moved on;
+* ``LEVERET_FAULTS_HOLD=P:S`` holds that share of deliveries up to S seconds before handling them,
+  so later messages overtake them (events reach the projections out of order);
 * ``LEVERET_FAULTS_COMPENSATION=transient:N`` fails every compensation (refund, release) on its
   first N attempts; ``permanent:DIGITS`` fails the refunds of orders whose id ends in one of
   DIGITS on every attempt;
 * ``LEVERET_FAULTS_STEP_TIMEOUT=S`` sets the saga's step deadlines (default 60 s);
+* ``LEVERET_FAULTS_SERVICES=inventory`` serves only the named services, ``-inventory`` all but
+  them; ``LEVERET_FAULTS_INVENTORY_MAX=N`` caps the inventory's queues at N messages
+  (``reject-publish``) and guards sends to it with a circuit breaker;
 * ``LEVERET_FAULTS_QUICK_RETRIES=1`` shortens the retry delays to 0.2 s and 0.5 s, so a
   permanently failing handler dead-letters within a second;
 * the connection has short heartbeats and deadlines (``LEVERET_FAULTS_HEARTBEAT``, default 2 s),
@@ -41,19 +51,34 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import contracts
 from contracts.inventory import ReleaseInventory
 from contracts.payment import RefundPayment
-from framework import App, AppConfig, RetryPolicy
+from framework import App, AppConfig, RetryPolicy, Service
+from framework.messages import MessageKind
 from framework.middleware import Incoming, Next
+from framework.resilience import BreakerConfig, Breakers, Downstream
 from framework.store import Store, store_from_url
 from framework.store.base import OutboxRow, SagaRecord, SagaStatus, StoreTx
 from framework.transport.amqp import AmqpConfig, AmqpTransport
-from handlers.app import build_app
+from handlers.app import DEFAULT_STOCK, build_app, command_services
+from handlers.inventory import build_inventory
+from handlers.orders import build_read_side
 
-__all__ = ["CRASH_POINTS", "DUPLICATE_HEADER", "CrashPoints", "app", "build_fault_app"]
+__all__ = [
+    "CRASH_POINTS",
+    "DUPLICATE_HEADER",
+    "LATE_HEADER",
+    "LATE_SUFFIX",
+    "CrashPoints",
+    "app",
+    "build_fault_app",
+]
 
 CRASH_POINTS = ("before_commit", "after_commit", "before_mark_sent", "before_ack", "compensation")
 DUPLICATE_HEADER = "x-faults-duplicate"
+LATE_HEADER = "x-faults-late"
+LATE_SUFFIX = "~late"
 _COMPENSATIONS = (RefundPayment, ReleaseInventory)
 
 
@@ -141,9 +166,17 @@ class CompensationFailed(RuntimeError):
     """Raised by the fault hooks in place of a compensation handler."""
 
 
+def _odds(spec: str) -> tuple[float, float]:
+    """``"P:S"`` -> (probability, seconds); empty -> (0, 0)."""
+    if not spec:
+        return 0.0, 0.0
+    share, _, seconds = spec.partition(":")
+    return float(share), float(seconds or 1.0)
+
+
 class FaultMiddleware:
-    """Outermost consume middleware: logs deliveries, duplicates some, slows, fails and
-    crashes."""
+    """Outermost consume middleware: logs deliveries, duplicates some, slows, hangs, holds,
+    sends late copies, fails and crashes."""
 
     def __init__(
         self,
@@ -153,36 +186,69 @@ class FaultMiddleware:
         duplicate: float,
         slow: float,
         compensation: str = "",
+        hang: str = "",
+        late: str = "",
+        hold: str = "",
     ) -> None:
         self._fd = os.open(
             directory / f"deliveries-{os.getpid()}.log",
             os.O_WRONLY | os.O_CREAT | os.O_APPEND,
             0o644,
         )
+        # Which deliveries hung, and where: ``before`` / ``after`` and the message id.
+        self._hang_log = os.open(
+            directory / "hangs.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+        )
         self._crash = crash
         self._duplicate = duplicate
         self._slow = slow
+        self._hang = _odds(hang)
+        self._late = _odds(late)
+        self._hold = _odds(hold)
         mode, _, arg = compensation.partition(":")
         self._transient = int(arg) if mode == "transient" else 0
         self._permanent = arg if mode == "permanent" else ""
         self._rng = random.Random()
+        self._background: set[asyncio.Task[None]] = set()
         self.app: App | None = None
 
     async def __call__(self, msg: Incoming, call_next: Next) -> Any:
         delivery = msg.delivery
         os.write(self._fd, f"{msg.handler.name}\t{delivery.message_id}\n".encode())
-        if (
-            self._duplicate
-            and DUPLICATE_HEADER not in delivery.headers
-            and self._rng.random() < self._duplicate
-            and self.app is not None
-        ):
-            copy = delivery.to_outgoing(headers={**delivery.headers, DUPLICATE_HEADER: 1})
-            await self.app.transport.publish(
-                copy, exchange=self.app.naming.retry, routing_key=_queue_of(self.app, msg)
+        first = not any(h in delivery.headers for h in (DUPLICATE_HEADER, LATE_HEADER))
+        if self._duplicate and first and self._rng.random() < self._duplicate:
+            await self._copy(msg, delivery.message_id or "", DUPLICATE_HEADER)
+        late, late_s = self._late
+        if late and first and msg.handler.saga is not None and self._rng.random() < late:
+            # Sent from a task, so the delivery is not held up by the wait.
+            task = asyncio.create_task(
+                self._copy(
+                    msg,
+                    f"{delivery.message_id}{LATE_SUFFIX}",
+                    LATE_HEADER,
+                    after=self._rng.uniform(0.0, late_s),
+                )
             )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        hold, hold_s = self._hold
+        if hold and self._rng.random() < hold:
+            await asyncio.sleep(self._rng.uniform(0.0, hold_s))
         if self._slow:
             await asyncio.sleep(self._slow)
+        hang, hang_s = self._hang
+        hang_after = False
+        if (
+            hang
+            and msg.context.attempt == 0
+            and msg.handler.kind is not MessageKind.QUERY
+            and self._rng.random() < hang
+        ):
+            if self._rng.random() < 0.5:
+                os.write(self._hang_log, f"before\t{delivery.message_id}\n".encode())
+                await asyncio.sleep(hang_s)  # the handler deadline cuts this
+            else:
+                hang_after = True
         message = msg.message
         if isinstance(message, _COMPENSATIONS):
             if msg.context.attempt < self._transient:
@@ -190,14 +256,56 @@ class FaultMiddleware:
             if isinstance(message, RefundPayment) and message.order_id[-1:] in self._permanent:
                 raise CompensationFailed("permanent failure: the card processor refuses")
         result = await call_next(msg)
+        if hang_after:
+            os.write(self._hang_log, f"after\t{delivery.message_id}\n".encode())
+            await asyncio.sleep(hang_s)  # committed, then past the deadline: never acked
         if isinstance(msg.message, _COMPENSATIONS):
             self._crash("compensation")
         self._crash("before_ack")
         return result
 
+    async def _copy(self, msg: Incoming, message_id: str, header: str, after: float = 0.0) -> None:
+        """Publish a copy of the delivery to its own queue (through the retry exchange)."""
+        if self.app is None:
+            return
+        if after:
+            await asyncio.sleep(after)
+        delivery = msg.delivery
+        copy = delivery.to_outgoing(headers={**delivery.headers, header: 1})
+        copy.message_id = message_id
+        with contextlib.suppress(Exception):  # a copy lost to a fault is no message lost
+            await self.app.transport.publish(
+                copy, exchange=self.app.naming.retry, routing_key=_queue_of(self.app, msg)
+            )
+
 
 def _queue_of(app: App, msg: Incoming) -> str:
     return app.naming.handler_queue(msg.handler.service, msg.handler.message_type.__wire_name__)
+
+
+def _selected(services: list[Service], spec: str) -> list[Service]:
+    """``"a,b"``: only those services; ``"-a,b"``: all but those; empty: all."""
+    if not spec:
+        return services
+    leave_out = spec.startswith("-")
+    names = {n.strip() for n in spec.removeprefix("-").split(",") if n.strip()}
+    unknown = names - {s.name for s in services}
+    if unknown:
+        raise ValueError(f"LEVERET_FAULTS_SERVICES names unknown services {sorted(unknown)}")
+    return [s for s in services if (s.name in names) != leave_out]
+
+
+def _inventory_breaker() -> Breakers:
+    """A breaker on sends to the inventory: a few refused publishes open it, 1 s later it lets
+    two through to probe."""
+    config = BreakerConfig(
+        window_size=10,
+        minimum_calls=4,
+        wait_in_open=1.0,
+        permitted_calls_in_half_open=2,
+        automatic_transition=True,
+    )
+    return Breakers([Downstream("inventory", config=config)], status=False)
 
 
 def build_fault_app() -> App:
@@ -229,23 +337,38 @@ def build_fault_app() -> App:
         duplicate=float(env.get("LEVERET_FAULTS_DUPLICATE", "0")),
         slow=float(env.get("LEVERET_FAULTS_SLOW", "0")),
         compensation=env.get("LEVERET_FAULTS_COMPENSATION", ""),
+        hang=env.get("LEVERET_FAULTS_HANG", ""),
+        late=env.get("LEVERET_FAULTS_LATE", ""),
+        hold=env.get("LEVERET_FAULTS_HOLD", ""),
     )
     store = CrashingStore(
         store_from_url(env.get("LEVERET_SHOP_DB_URL", "sqlite:///leveret-shop.sqlite3")), crash
     )
     prefix = env.get("LEVERET_SHOP_PREFIX", "shop")
     quick = env.get("LEVERET_FAULTS_QUICK_RETRIES") == "1"
-    app = build_app(
-        url,
-        store=store,
+    step_timeout = float(env.get("LEVERET_FAULTS_STEP_TIMEOUT", "60"))
+    inventory_max = int(env.get("LEVERET_FAULTS_INVENTORY_MAX", "0")) or None
+    services = command_services(step_timeout=step_timeout)
+    services.insert(1, build_read_side(store))
+    if inventory_max is not None:
+        services = [
+            build_inventory(DEFAULT_STOCK, max_length=inventory_max) if s.name == "inventory" else s
+            for s in services
+        ]
+    app = App(
+        _selected(services, env.get("LEVERET_FAULTS_SERVICES", "")),
+        url=url,
+        transport=transport,
+        middleware=[middleware],
         config=AppConfig(
             prefix=prefix,
             shutdown_grace=float(env.get("LEVERET_FAULTS_GRACE", "10")),
+            handler_timeout=float(env.get("LEVERET_FAULTS_HANDLER_TIMEOUT", "60")),
             retry=RetryPolicy(immediate=2, delays=(0.2, 0.5)) if quick else RetryPolicy(),
         ),
-        step_timeout=float(env.get("LEVERET_FAULTS_STEP_TIMEOUT", "60")),
-        transport=transport,
-        middleware=[middleware],
+        store=store,
+        contracts=contracts.ALL,
+        breakers=None if inventory_max is None else _inventory_breaker(),
     )
     middleware.app = app
     return app

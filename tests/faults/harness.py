@@ -203,15 +203,16 @@ class Shop:
         # The shop's routing, from a shop app that is built but never started.
         self.model = build_app(db_url="memory://", prefix=self.prefix)
 
-    def start(self, *args: str) -> Leveret:
-        """Start the supervisor and its workers (``args`` go to ``leveret run``)."""
+    def start(self, *args: str, env: Mapping[str, str] | None = None) -> Leveret:
+        """Start a supervisor and its workers (``args`` go to ``leveret run``, ``env`` adds to
+        the shop's settings); it becomes ``self.leveret``."""
         self._runs += 1
         directory = self.directory / f"leveret{self._runs}"
         directory.mkdir(parents=True, exist_ok=True)
         self.leveret = Leveret(
             directory,
             ["tests.faults.app:app", "--workers", str(self.workers), *args],
-            self.env,
+            {**self.env, **(env or {})},
         )
         self._started.append(self.leveret)
         return self.leveret
@@ -228,21 +229,22 @@ class Shop:
             pids[event["index"]] = event["pid"]
         return pids
 
-    async def stop(self, timeout: float = 60.0) -> int | None:
-        """SIGTERM the supervisor and wait for it; its exit code (None if it had to be killed)."""
-        code = None
-        if self.leveret is not None and self.leveret.process.poll() is None:
-            self.leveret.send(signal.SIGTERM)
-            try:
-                code = await until(
-                    lambda: self.leveret is not None and self.leveret.process.poll() is not None,
-                    timeout=timeout,
-                    what="leveret run to drain and exit",
-                )
-                code = self.leveret.process.returncode
-            except TimeoutError:
-                code = None
-        return code
+    async def stop(self, timeout: float = 60.0, leveret: Leveret | None = None) -> int | None:
+        """SIGTERM a supervisor (the latest by default) and wait for it; its exit code (None
+        if it did not exit within ``timeout``)."""
+        leveret = leveret or self.leveret
+        if leveret is None or leveret.process.poll() is not None:
+            return None
+        leveret.send(signal.SIGTERM)
+        try:
+            await until(
+                lambda: leveret.process.poll() is not None,
+                timeout=timeout,
+                what="leveret run to drain and exit",
+            )
+        except TimeoutError:
+            return None
+        return leveret.process.returncode
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -13,11 +13,12 @@ import random
 import secrets
 import signal
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from contracts.orders import PlaceOrder
-from tests.faults.app import CRASH_POINTS
+from tests.faults.app import CRASH_POINTS, LATE_SUFFIX
 from tests.faults.harness import Harness, Row, Run, Shop, until
 from tests.support.broker import RabbitmqctlError
 from tests.support.fault_proxy import ProxyMode, fault_proxy
@@ -445,6 +446,167 @@ async def compensation_permanent(h: Harness) -> Row:
         return row
 
 
+async def slow_handlers(h: Harness) -> Row:
+    """Handlers slower than their deadline, and acks after a reconnect on a dead channel.
+
+    Every handler takes 0.5 s more and 5% of first attempts hang 3 s — before the handler, or
+    after it committed — past the 1.5 s handler deadline: the deadline cuts them, the message is
+    retried, and a retry of committed work changes nothing. Meanwhile the broker closes every
+    connection a few times with dozens of handlers in flight: aiormq cancels the handlers of a
+    closed channel, so their nacks (and the acks of any that finished just then) land on a dead
+    channel — dropped, no crash — and the broker's redeliveries are deduplicated.
+    """
+    closes = 3 if h.profile.name == "short" else 10
+    env = {
+        "LEVERET_FAULTS_HANDLER_TIMEOUT": "1.5",
+        "LEVERET_FAULTS_HANG": "0.05:3",
+        "LEVERET_FAULTS_SLOW": "0.5",
+    }
+    async with h.shop("slow-handlers", env=env) as shop:
+        leveret = shop.start()
+        await shop.ready()
+
+        async def inject(run: Run) -> None:
+            for k in range(closes):
+                await run.reached((k + 1) / (closes + 2))
+                shop.node.ctl("close_all_connections", "fault injection")
+                run.instant("close_all_connections")
+            await _consumers_back(shop, run, timeout=30)
+
+        row = await h.workload(
+            "handlers slower than their deadline; acks on dead channels", shop, inject
+        )
+        hangs = Counter(
+            line.split("\t", 1)[0]
+            for line in (shop.directory / "faults" / "hangs.log").read_text().splitlines()
+        )
+        timeouts = [
+            e
+            for e in leveret.events("handler_failed")
+            if "HandlerTimeout" in str(e.get("exception", ""))
+        ]
+        # aiormq cancels the handlers of a channel that closed: their nacks, and the acks of
+        # handlers that finished just then, land on the dead channel.
+        acks = leveret.events("ack_dropped_channel_closed")
+        nacks = leveret.events("nack_dropped_channel_closed")
+        row.faults += sum(hangs.values())
+        row.notes += (
+            f"; hung before the handler {hangs['before']}, after its commit {hangs['after']}; "
+            f"deadlines hit {len(timeouts)}; settlements dropped on dead channels: acks "
+            f"{len(acks)}, nacks {len(nacks)}"
+        )
+        if not (hangs["before"] and hangs["after"]):
+            row.problems.append(f"the hang fault did not fire both ways: {dict(hangs)}")
+        if not timeouts:
+            row.problems.append("no handler ran past its deadline: the fault did not bite")
+        if not (acks or nacks):
+            row.problems.append("nothing was settled on a dead channel: the fault did not bite")
+        await _drained(shop, row)
+        return row
+
+
+async def reordered(h: Harness) -> Row:
+    """Replies arrive after the saga moved on, and messages overtake each other.
+
+    20% of the saga's deliveries are sent again, with a new message id, up to 3 s later (a
+    reply from an earlier step arriving after a later one: the inbox cannot catch it, the saga
+    must ignore it); 20% of all deliveries are held up to 0.5 s, so events reach the read side
+    out of order.
+    """
+    env = {"LEVERET_FAULTS_LATE": "0.2:3", "LEVERET_FAULTS_HOLD": "0.2:0.5"}
+    async with h.shop("reordered", env=env) as shop:
+        shop.start()
+        await shop.ready()
+
+        async def nothing(run: Run) -> None:
+            return None
+
+        row = await h.workload("late and reordered replies", shop, nothing)
+        # The late copies still in flight when the run settled are waited for, then counted.
+        await asyncio.sleep(4)
+        async with shop.store.transaction() as tx:
+            history = await tx.fetchall(
+                "SELECT saga_id, message_id, note IS NULL FROM leveret_history "
+                "WHERE message_id IN (SELECT message_id FROM leveret_history WHERE message_id "
+                "LIKE ?) OR message_id || ? IN (SELECT message_id FROM leveret_history)",
+                f"%{LATE_SUFFIX}",
+                LATE_SUFFIX,
+            )
+        # A message and its late copy changed the saga at most once between them: the copy
+        # is ignored, or — when it overtook the original — the original is.
+        applied = Counter(
+            (saga, message_id.removesuffix(LATE_SUFFIX))
+            for saga, message_id, changed in history
+            if changed
+        )
+        late = [m for _, m, _ in history if m.endswith(LATE_SUFFIX)]
+        overtook = sum(1 for _, m, changed in history if m.endswith(LATE_SUFFIX) and changed)
+        row.faults = len(late)
+        row.notes += (
+            f"; late copies reached a saga {len(late)}: ignored {len(late) - overtook}, "
+            f"overtook their original (then ignored) {overtook}"
+        )
+        twice = [key for key, n in applied.items() if n > 1]
+        row.duplicate_effects += len(twice)
+        row.problems += [f"{saga}: {m} and its late copy both changed it" for saga, m in twice]
+        if not row.faults:
+            row.problems.append("no late reply reached a saga: the fault did not fire")
+        await _drained(shop, row)
+        return row
+
+
+async def queue_full(h: Harness) -> Row:
+    """The inventory's queues are capped (``x-max-length`` 20, ``reject-publish``) and its
+    workers stop mid-run: the queue fills, publishes to it are refused, the senders' breaker
+    opens and the saga commands wait in the outbox; the inventory comes back, the breaker
+    closes, and every order completes, none dropped."""
+    env = {"LEVERET_FAULTS_INVENTORY_MAX": "20"}
+    async with h.shop("queue-full", env=env) as shop:
+        # The inventory first: it declares its capped queues before anyone sends to them.
+        inventory = shop.start(env={"LEVERET_FAULTS_SERVICES": "inventory"})
+        await until(
+            lambda: all(q in shop.queues() for q in _inventory_queues(shop)),
+            timeout=60,
+            what="the inventory's queues",
+        )
+        front = shop.start(env={"LEVERET_FAULTS_SERVICES": "-inventory"})
+        await shop.ready()
+
+        async def inject(run: Run) -> None:
+            nonlocal inventory
+            await run.reached(0.2)
+            with run.fault("inventory_down"):
+                code = await shop.stop(leveret=inventory)
+                if code != 0:
+                    run.problems.append(f"the inventory's supervisor exited {code}, expected 0")
+                try:
+                    await until(
+                        lambda: front.events("breaker_opened"),
+                        timeout=60,
+                        what="the inventory breaker to open",
+                    )
+                except TimeoutError as exc:
+                    run.problems.append(str(exc))
+                await asyncio.sleep(5)  # open, half-open probes refused, open again
+                inventory = shop.start(env={"LEVERET_FAULTS_SERVICES": "inventory"})
+
+        row = await h.workload("downstream queue full, consumer stopped", shop, inject)
+        opened, closed = front.events("breaker_opened"), front.events("breaker_closed")
+        row.notes += f"; breaker opened {len(opened)} times, closed {len(closed)} times"
+        row.faults += len(opened)
+        if not closed:
+            row.problems.append("the inventory breaker never closed again")
+        for name, leveret in (("inventory", inventory), ("front", front)):
+            code = await shop.stop(leveret=leveret)
+            if code != 0:
+                row.problems.append(f"the {name} supervisor exited {code} on SIGTERM, expected 0")
+        return row
+
+
+def _inventory_queues(shop: Shop) -> list[str]:
+    return [p.queue for p in shop.model.pipelines if p.spec.service == "inventory"]
+
+
 SCENARIOS: dict[str, Scenario] = {
     "baseline": baseline,
     "connections_closed": connections_closed,
@@ -459,6 +621,9 @@ SCENARIOS: dict[str, Scenario] = {
     "workers_before_broker": workers_before_broker,
     "compensation_transient": compensation_transient,
     "compensation_permanent": compensation_permanent,
+    "slow_handlers": slow_handlers,
+    "reordered": reordered,
+    "queue_full": queue_full,
 }
 
 # The scenarios the short profile runs in CI (the baseline only checks the checker).
