@@ -592,8 +592,21 @@ async def queue_full(h: Harness) -> Row:
 
         row = await h.workload("downstream queue full, consumer stopped", shop, inject)
         opened, closed = front.events("breaker_opened"), front.events("breaker_closed")
-        row.notes += f"; breaker opened {len(opened)} times, closed {len(closed)} times"
+        nacked = [
+            e
+            for e in front.events("outbox_publish_failed")
+            if str(e.get("error", "")).startswith("PublishNacked")
+        ]
+        parked = front.events("outbox_parked")
+        row.notes += (
+            f"; publishes refused by the full queue {len(nacked)}; breaker opened "
+            f"{len(opened)} times, closed {len(closed)} times; outbox parked {len(parked)} times"
+        )
         row.faults += len(opened)
+        if not nacked:
+            row.problems.append("no publish was refused: the queue never filled")
+        if not (opened and parked):
+            row.problems.append("the breaker did not open and park the outbox")
         if not closed:
             row.problems.append("the inventory breaker never closed again")
         for name, leveret in (("inventory", inventory), ("front", front)):
