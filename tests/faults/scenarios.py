@@ -297,7 +297,13 @@ async def _drop_schema(url: str, schema: str) -> None:
 async def graceful_shutdown(h: Harness) -> Row:
     """SIGTERM under load with handlers slower than the grace period: the in-flight messages
     go back to their queues (never acked), and a new supervisor finishes the work."""
-    env = {"LEVERET_FAULTS_SLOW": "1.0", "LEVERET_FAULTS_GRACE": "0.3"}
+    # Step deadlines past the end of the run: with every handler 1 s slow, the 60 s default's
+    # stale timeouts would still be queueing up when the checker wants the queues empty.
+    env = {
+        "LEVERET_FAULTS_SLOW": "1.0",
+        "LEVERET_FAULTS_GRACE": "0.3",
+        "LEVERET_FAULTS_STEP_TIMEOUT": "900",
+    }
     async with h.shop("graceful", env=env) as shop:
         first = shop.start()
         await shop.ready()
