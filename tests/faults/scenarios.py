@@ -467,6 +467,7 @@ async def slow_handlers(h: Harness) -> Row:
         "LEVERET_FAULTS_HANDLER_TIMEOUT": "1.5",
         "LEVERET_FAULTS_HANG": "0.05:3",
         "LEVERET_FAULTS_SLOW": "0.5",
+        "LEVERET_FAULTS_STEP_TIMEOUT": "900",  # as in graceful_shutdown
     }
     async with h.shop("slow-handlers", env=env) as shop:
         leveret = shop.start()
