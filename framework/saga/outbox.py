@@ -364,7 +364,12 @@ class OutboxRelay:
         return len(rows)
 
     async def run(self) -> None:
-        """Sweep until cancelled, or until a refused publish stops the relay."""
+        """Sweep until cancelled, or until a refused publish stops the relay.
+
+        Each round also asks the store to prune its inbox (``Store.prune_inbox``: due at most
+        once a minute), so inbox rows past their retention go without a task of their own and
+        without any work on the handlers' path.
+        """
         while self.refused is None:
             try:
                 sent = await self.sweep()
@@ -379,7 +384,17 @@ class OutboxRelay:
                 _log.warning("outbox_sweep_failed", error="CancelledError from a publish")
             except Exception as exc:
                 _log.warning("outbox_sweep_failed", error=f"{type(exc).__name__}: {exc}")
+            await self._prune_inbox()
             await asyncio.sleep(self._interval)
+
+    async def _prune_inbox(self) -> None:
+        try:
+            pruned = await self._store.prune_inbox()
+        except Exception as exc:
+            _log.warning("inbox_prune_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        if pruned:
+            _log.info("inbox_pruned", rows=pruned)
 
 
 class _SentMarker:

@@ -1,9 +1,11 @@
-"""What the SQLite and PostgreSQL stores share: column lists, row mapping, URL options, pruning.
+"""What the SQLite and PostgreSQL stores share: column lists, row mapping, URL options.
 
 Both stores keep the same tables (``leveret_sagas``, ``leveret_inbox``, ``leveret_outbox``,
 ``leveret_history`` and ``leveret_schema_version``); only the column types and placeholders
 differ. Sent outbox rows stay (with ``sent_at`` set) for ``outbox_retention`` seconds, so an
 operator can see what was published and when; pending reads use a partial index on unsent rows.
+Inbox rows stay for ``inbox_retention`` seconds (``_retention``), found by an index on
+``created_at``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ __all__ = [
     "HISTORY_COLUMNS",
     "OUTBOX_COLUMNS",
     "SAGA_COLUMNS",
-    "OutboxPruner",
     "Row",
     "check_schema_version",
     "emitted_json",
@@ -195,29 +196,3 @@ def query_option(
             f"store URL {where}: {name}={raw!r} must be a {kind.__name__} >= {minimum}"
         )
     return value
-
-
-class OutboxPruner:
-    """Decides when sent outbox rows older than the retention are deleted (at most once a minute).
-
-    Args:
-        retention: seconds a sent row is kept; 0 deletes rows as soon as they are marked sent.
-        clock: the time source (seconds since the epoch).
-    """
-
-    def __init__(self, retention: float, clock: Callable[[], float]) -> None:
-        self.retention = retention
-        self._clock = clock
-        self._every = min(retention, 60.0)
-        self._last = -math.inf
-
-    def now(self) -> float:
-        """The current time by the injected clock."""
-        return self._clock()
-
-    def cutoff(self, now: float) -> float | None:
-        """The ``sent_at`` before which rows go, when a prune is due at ``now``; else None."""
-        if now - self._last < self._every:
-            return None
-        self._last = now
-        return now - self.retention

@@ -273,6 +273,15 @@ class Store(abc.ABC):
     async def mark_sent(self, message_ids: Sequence[str]) -> None:
         """Mark outbox rows as published."""
 
+    async def prune_inbox(self) -> int:
+        """Delete inbox rows older than the store's inbox retention, if a prune is due.
+
+        A prune is due at most once a minute, so callers (the outbox sweeper, every second)
+        may call it often: one that is not due costs a clock reading. Returns how many rows
+        went. A store without a retention (this default) deletes nothing.
+        """
+        return 0
+
     @abc.abstractmethod
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         """One saga instance (no lock)."""

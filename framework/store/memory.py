@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
 
+from framework.store import _retention
 from framework.store.base import (
     ConcurrencyConflict,
     HistoryRow,
@@ -36,7 +38,7 @@ class _MemoryTx(StoreTx):
 
     def __init__(self, store: MemoryStore) -> None:
         self._store = store
-        self.inbox: set[tuple[str, str]] = set()
+        self.inbox: dict[tuple[str, str], float] = {}
         self.sagas: dict[str, SagaRecord] = {}
         self.history: list[HistoryRow] = []
         self.outbox: list[OutboxRow] = []
@@ -52,7 +54,7 @@ class _MemoryTx(StoreTx):
         key = (consumer, message_id)
         if key in self._store._inbox or key in self.inbox:
             return False
-        self.inbox.add(key)
+        self.inbox[key] = self._store._clock()
         return True
 
     async def load(self, saga_id: str) -> SagaRecord | None:
@@ -78,12 +80,29 @@ class _MemoryTx(StoreTx):
 
 
 class MemoryStore(Store):
-    """Keeps everything in dicts; one transaction at a time."""
+    """Keeps everything in dicts; one transaction at a time.
 
-    def __init__(self) -> None:
+    Args:
+        inbox_retention: seconds an inbox row is kept (default 7 days); None keeps them forever.
+        clock: the time source for inbox timestamps and their retention.
+
+    Raises:
+        ConfigurationError: ``inbox_retention`` is 0, negative or not finite.
+    """
+
+    def __init__(
+        self,
+        *,
+        inbox_retention: float | None = _retention.INBOX_RETENTION,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.url = "memory://"
+        self._clock = clock
+        self._inbox_pruner = _retention.Pruner(
+            _retention.check_inbox_retention(inbox_retention, "MemoryStore"), clock
+        )
         self._lock = asyncio.Lock()
-        self._inbox: set[tuple[str, str]] = set()
+        self._inbox: dict[tuple[str, str], float] = {}
         self._sagas: dict[str, SagaRecord] = {}
         self._history: dict[str, list[HistoryRow]] = {}
         self._outbox: dict[str, OutboxRow] = {}
@@ -98,7 +117,7 @@ class MemoryStore(Store):
         async with self._lock:
             tx = _MemoryTx(self)
             yield tx
-            self._inbox |= tx.inbox
+            self._inbox.update(tx.inbox)
             self._sagas.update(tx.sagas)
             for row in tx.history:
                 self._history.setdefault(row.saga_id, []).append(row)
@@ -124,6 +143,16 @@ class MemoryStore(Store):
     async def mark_sent(self, message_ids: Sequence[str]) -> None:
         for message_id in message_ids:
             self._outbox.pop(message_id, None)
+
+    async def prune_inbox(self) -> int:
+        """Forget inbox rows older than the retention, if due (at most once a minute)."""
+        cutoff = self._inbox_pruner.cutoff(self._inbox_pruner.now())
+        if cutoff is None:
+            return 0
+        old = [key for key, at in self._inbox.items() if at < cutoff]
+        for key in old:
+            del self._inbox[key]
+        return len(old)
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         return self._sagas.get(saga_id)

@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from framework.errors import ConfigurationError
-from framework.store import _sql
+from framework.store import _retention, _sql
 from framework.store.base import (
     SCHEMA_VERSION,
     ConcurrencyConflict,
@@ -64,6 +64,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS leveret_inbox ("
     " consumer TEXT NOT NULL, message_id TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,"
     " PRIMARY KEY (consumer, message_id))",
+    "CREATE INDEX IF NOT EXISTS leveret_inbox_created ON leveret_inbox (created_at)",
     "CREATE TABLE IF NOT EXISTS leveret_outbox ("
     " position BIGSERIAL PRIMARY KEY, message_id TEXT NOT NULL UNIQUE, exchange TEXT NOT NULL,"
     " routing_key TEXT NOT NULL, body BYTEA NOT NULL, properties BYTEA NOT NULL,"
@@ -165,6 +166,12 @@ _MARK_SENT = (
 )
 _DELETE_SENT = "DELETE FROM leveret_outbox WHERE message_id = ANY($1::text[])"
 _PRUNE = "DELETE FROM leveret_outbox WHERE sent_at < $1"
+# One chunk of the inbox prune: a bounded delete, committed on its own. SKIP LOCKED: processes
+# pruning at the same time share the rows instead of waiting for each other.
+_PRUNE_INBOX = (
+    "DELETE FROM leveret_inbox WHERE ctid = ANY(ARRAY(SELECT ctid FROM leveret_inbox"
+    " WHERE created_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED))"
+)
 _HISTORY = f"SELECT {_sql.HISTORY_COLUMNS} FROM leveret_history WHERE saga_id = $1 ORDER BY seq"
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -175,6 +182,7 @@ _OPTIONS = (
     "connect_timeout",
     "command_timeout",
     "outbox_retention",
+    "inbox_retention",
 )
 # Quoted strings, quoted identifiers, comments and dollar quotes: a `?` inside stays as it is.
 _SQL_TOKENS = re.compile(
@@ -222,6 +230,11 @@ class PostgresConfig:
         connect_timeout: seconds to open a connection.
         command_timeout: seconds one statement, or waiting for a free connection, may take.
         outbox_retention: seconds a sent outbox row is kept; 0 deletes it when marked sent.
+        inbox_retention: seconds an inbox row (a processed message id) is kept, so a duplicate
+            is recognised; None keeps them forever. Default 7 days.
+
+    Raises:
+        ConfigurationError: ``inbox_retention`` is 0, negative or not finite.
     """
 
     schema: str | None = None
@@ -230,6 +243,10 @@ class PostgresConfig:
     connect_timeout: float = 10.0
     command_timeout: float = 30.0
     outbox_retention: float = 3600.0
+    inbox_retention: float | None = _retention.INBOX_RETENTION
+
+    def __post_init__(self) -> None:
+        _retention.check_inbox_retention(self.inbox_retention, "PostgresConfig")
 
 
 class _PostgresTx(StoreTx):
@@ -316,11 +333,12 @@ class PostgresStore(Store):
     Args:
         url: ``postgresql://user:password@host:port/database`` (or ``postgres://``); the query
             parameters ``schema``, ``min_size``, ``max_size``, ``connect_timeout``,
-            ``command_timeout`` and ``outbox_retention`` override ``config``, any others
+            ``command_timeout``, ``outbox_retention`` and ``inbox_retention`` (``none``:
+            forever) override ``config``, any others
             (``sslmode``...) go to asyncpg. ``url`` keeps the address with its password
             redacted.
         config: settings; defaults to ``PostgresConfig()``.
-        clock: the time source for inbox and ``sent_at`` timestamps.
+        clock: the time source for inbox and ``sent_at`` timestamps, and for their retention.
 
     Raises:
         ConfigurationError: an option is invalid.
@@ -337,7 +355,8 @@ class PostgresStore(Store):
         self._dsn, self.config = _parse_url(url, config or PostgresConfig(), self.url)
         self._secrets = _secrets(url)
         self._clock = clock
-        self._pruner = _sql.OutboxPruner(self.config.outbox_retention, clock)
+        self._pruner = _retention.Pruner(self.config.outbox_retention, clock)
+        self._inbox_pruner = _retention.Pruner(self.config.inbox_retention, clock)
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._pool_lock = asyncio.Lock()
 
@@ -387,13 +406,30 @@ class PostgresStore(Store):
             return
         now = self._pruner.now()
         async with self._connection() as conn:
-            if self._pruner.retention <= 0:
+            if self.config.outbox_retention <= 0:
                 await conn.execute(_DELETE_SENT, list(message_ids))
                 return
             await conn.execute(_MARK_SENT, now, list(message_ids))
             cutoff = self._pruner.cutoff(now)
             if cutoff is not None:
                 await conn.execute(_PRUNE, cutoff)
+
+    async def prune_inbox(self, *, chunk: int = _retention.PRUNE_CHUNK) -> int:
+        """Delete inbox rows older than ``inbox_retention``, if due (at most once a minute).
+
+        Rows go ``chunk`` at a time, each chunk one statement committed on its own, so no
+        transaction holds many row locks for long. Returns how many rows went.
+        """
+        cutoff = self._inbox_pruner.cutoff(self._inbox_pruner.now())
+        if cutoff is None:
+            return 0
+        deleted = 0
+        async with self._connection() as conn:
+            while True:
+                count = _row_count(await conn.execute(_PRUNE_INBOX, cutoff, chunk))
+                deleted += count
+                if count < chunk:
+                    return deleted
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         async with self._connection() as conn:
@@ -540,6 +576,9 @@ def _parse_url(url: str, config: PostgresConfig, shown: str) -> tuple[str, Postg
         connect_timeout=config.connect_timeout if connect is None else connect,
         command_timeout=config.command_timeout if command is None else command,
         outbox_retention=config.outbox_retention if retention is None else retention,
+        inbox_retention=_retention.inbox_retention_option(
+            ours, config.inbox_retention, where=where
+        ),
     )
     if config.schema is not None and not _SCHEMA_NAME.fullmatch(config.schema):
         raise ConfigurationError(

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 from framework.errors import ConfigurationError, LeveretError
-from framework.store import _sql
+from framework.store import _retention, _sql
 from framework.store.base import (
     SCHEMA_VERSION,
     ConcurrencyConflict,
@@ -62,6 +62,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS leveret_inbox ("
     " consumer TEXT NOT NULL, message_id TEXT NOT NULL, created_at REAL NOT NULL,"
     " PRIMARY KEY (consumer, message_id)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS leveret_inbox_created ON leveret_inbox (created_at)",
     "CREATE TABLE IF NOT EXISTS leveret_outbox ("
     " position INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL UNIQUE,"
     " exchange TEXT NOT NULL, routing_key TEXT NOT NULL, body BLOB NOT NULL,"
@@ -113,6 +114,11 @@ _STATS = (
 _MARK_SENT = "UPDATE leveret_outbox SET sent_at = ? WHERE message_id = ? AND sent_at IS NULL"
 _DELETE_SENT = "DELETE FROM leveret_outbox WHERE message_id = ?"
 _PRUNE = "DELETE FROM leveret_outbox WHERE sent_at < ?"
+# One chunk of the inbox prune: a bounded delete, so one prune never holds the write lock long.
+_PRUNE_INBOX = (
+    "DELETE FROM leveret_inbox WHERE (consumer, message_id) IN"
+    " (SELECT consumer, message_id FROM leveret_inbox WHERE created_at < ? LIMIT ?)"
+)
 _HISTORY = f"SELECT {_sql.HISTORY_COLUMNS} FROM leveret_history WHERE saga_id = ? ORDER BY seq"
 
 
@@ -123,10 +129,19 @@ class SqliteConfig:
     Args:
         busy_timeout: seconds to wait for another process's write lock on the same file.
         outbox_retention: seconds a sent outbox row is kept; 0 deletes it when marked sent.
+        inbox_retention: seconds an inbox row (a processed message id) is kept, so a duplicate
+            is recognised; None keeps them forever. Default 7 days.
+
+    Raises:
+        ConfigurationError: ``inbox_retention`` is 0, negative or not finite.
     """
 
     busy_timeout: float = 5.0
     outbox_retention: float = 3600.0
+    inbox_retention: float | None = _retention.INBOX_RETENTION
+
+    def __post_init__(self) -> None:
+        _retention.check_inbox_retention(self.inbox_retention, "SqliteConfig")
 
 
 _T = TypeVar("_T")
@@ -290,10 +305,10 @@ class SqliteStore(Store):
 
     Args:
         url: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or
-            ``sqlite://:memory:``; query parameters ``busy_timeout`` and ``outbox_retention``
-            (seconds) override ``config``.
+            ``sqlite://:memory:``; query parameters ``busy_timeout``, ``outbox_retention`` and
+            ``inbox_retention`` (seconds; ``none``: forever) override ``config``.
         config: settings; defaults to ``SqliteConfig()``.
-        clock: the time source for inbox and ``sent_at`` timestamps.
+        clock: the time source for inbox and ``sent_at`` timestamps, and for their retention.
 
     Raises:
         ConfigurationError: the URL is not one of these forms, or an option is invalid.
@@ -309,7 +324,8 @@ class SqliteStore(Store):
         self.url = url
         self.path, self.config = _parse_url(url, config or SqliteConfig())
         self._clock = clock
-        self._pruner = _sql.OutboxPruner(self.config.outbox_retention, clock)
+        self._pruner = _retention.Pruner(self.config.outbox_retention, clock)
+        self._inbox_pruner = _retention.Pruner(self.config.inbox_retention, clock)
         self._lock = asyncio.Lock()
         self._conn: _Connection | None = None
         # The open commit group, if any, and the tasks that commit groups.
@@ -438,13 +454,31 @@ class SqliteStore(Store):
         now = self._pruner.now()
         ids = [(message_id,) for message_id in message_ids]
         async with self._participate("mark_sent") as conn:
-            if self._pruner.retention <= 0:
+            if self.config.outbox_retention <= 0:
                 await conn.tx_executemany(_DELETE_SENT, ids)
                 return
             await conn.tx_executemany(_MARK_SENT, [(now, message_id) for (message_id,) in ids])
             cutoff = self._pruner.cutoff(now)
             if cutoff is not None:
                 await conn.tx_execute(_PRUNE, (cutoff,))
+
+    async def prune_inbox(self, *, chunk: int = _retention.PRUNE_CHUNK) -> int:
+        """Delete inbox rows older than ``inbox_retention``, if due (at most once a minute).
+
+        Rows go ``chunk`` at a time, each chunk a transaction of the commit group: other
+        transactions take the write lock between chunks. Returns how many rows went.
+        """
+        cutoff = self._inbox_pruner.cutoff(self._inbox_pruner.now())
+        if cutoff is None:
+            return 0
+        deleted = 0
+        while True:
+            async with self._participate("prune_inbox") as conn:
+                cursor = await conn.tx_execute(_PRUNE_INBOX, (cutoff, chunk))
+                count = cursor.rowcount
+            deleted += count
+            if count < chunk:
+                return deleted
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         async with self._locked("get_saga") as conn:
@@ -557,11 +591,11 @@ def _parse_url(url: str, config: SqliteConfig) -> tuple[str, SqliteConfig]:
     else:
         raise ConfigurationError(f"SQLite store URL {url!r} names no file; use {forms}")
     query = dict(parse_qsl(query_string, keep_blank_values=True))
-    unknown = sorted(set(query) - {"busy_timeout", "outbox_retention"})
+    unknown = sorted(set(query) - {"busy_timeout", "inbox_retention", "outbox_retention"})
     if unknown:
         raise ConfigurationError(
             f"SQLite store URL {url!r}: unknown option(s) {', '.join(unknown)}; "
-            "known: busy_timeout, outbox_retention"
+            "known: busy_timeout, inbox_retention, outbox_retention"
         )
     busy = _sql.query_option(query, "busy_timeout", float, minimum=0.0, where=repr(url))
     retention = _sql.query_option(query, "outbox_retention", float, minimum=0.0, where=repr(url))
@@ -569,4 +603,5 @@ def _parse_url(url: str, config: SqliteConfig) -> tuple[str, SqliteConfig]:
         config = replace(config, busy_timeout=busy)
     if retention is not None:
         config = replace(config, outbox_retention=retention)
-    return path, config
+    inbox = _retention.inbox_retention_option(query, config.inbox_retention, where=repr(url))
+    return path, replace(config, inbox_retention=inbox)

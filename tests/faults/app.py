@@ -147,6 +147,9 @@ class CrashingStore(Store):
         self._crash("before_mark_sent")
         await self._inner.mark_sent(message_ids)
 
+    async def prune_inbox(self) -> int:
+        return await self._inner.prune_inbox()
+
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         return await self._inner.get_saga(saga_id)
 

@@ -1,4 +1,5 @@
-"""The outbox sweeper survives a stray ``CancelledError`` from a publish it did not cancel."""
+"""The outbox sweeper survives a stray ``CancelledError`` from a publish it did not cancel, and
+prunes the store's inbox as it goes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from framework.messages import MessageKind
 from framework.routing import Naming
 from framework.saga.outbox import OutboxRelay, OutboxWriter
 from framework.store import store_from_url
+from framework.store.memory import MemoryStore
 from framework.transport.memory import MemoryTransport
 from tests.test_worker import eventually
 
@@ -63,6 +65,45 @@ async def test_sweeper_keeps_sweeping_after_a_stray_cancellation() -> None:
             return await store.pending_outbox() == []
 
         await eventually(all_sent, timeout=10, what="the row to be marked sent")
+    finally:
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
+        await transport.close()
+
+
+class FailingPruneStore(MemoryStore):
+    """A memory store whose first inbox prune fails, as a database that is briefly away."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.prunes = 0
+
+    async def prune_inbox(self) -> int:
+        self.prunes += 1
+        if self.prunes == 1:
+            raise OSError("connection reset")
+        return await super().prune_inbox()
+
+
+async def test_sweeper_prunes_the_inbox_and_survives_a_failed_prune() -> None:
+    """The sweeper asks the store to prune its inbox every round; a failing prune is retried."""
+    now = [1000.0]
+    store = FailingPruneStore(inbox_retention=100.0, clock=lambda: now[0])
+    async with store.transaction() as tx:
+        await tx.inbox_add("svc", "m-1")
+    now[0] = 1200.0
+    transport = MemoryTransport()
+    await transport.connect()
+    relay = OutboxRelay(store, transport, Naming("sweep"), sweep_interval=0.01)
+    sweeper = asyncio.create_task(relay.run())
+    try:
+
+        async def pruned() -> bool:
+            return (await store.stats()).inbox_rows == 0
+
+        await eventually(pruned, timeout=10, what="the old inbox row to be pruned")
+        assert store.prunes >= 2
+        assert not sweeper.done()
     finally:
         sweeper.cancel()
         await asyncio.gather(sweeper, return_exceptions=True)

@@ -18,7 +18,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from framework.store import Store, store_from_url
+from framework.store import Store
+from framework.store._retention import INBOX_RETENTION
+from framework.store.memory import MemoryStore
 from framework.store.postgres import PostgresConfig, PostgresStore
 from framework.store.sqlite import SqliteConfig, SqliteStore
 from framework.urls import redact
@@ -38,6 +40,7 @@ class MakeStore(Protocol):
         setup: bool = True,
         clock: Callable[[], float] | None = None,
         outbox_retention: float | None = None,
+        inbox_retention: float | None = INBOX_RETENTION,
     ) -> Awaitable[Store]: ...
 
 
@@ -124,23 +127,19 @@ async def make_store(store_kind: str, store_url: str) -> AsyncIterator[MakeStore
         setup: bool = True,
         clock: Callable[[], float] | None = None,
         outbox_retention: float | None = None,
+        inbox_retention: float | None = INBOX_RETENTION,
     ) -> Store:
         store: Store
         options: dict[str, Any] = {} if clock is None else {"clock": clock}
-        if store_kind == "sqlite" and outbox_retention is not None:
-            store = SqliteStore(
-                store_url, config=SqliteConfig(outbox_retention=outbox_retention), **options
-            )
-        elif store_kind == "postgres" and outbox_retention is not None:
-            store = PostgresStore(
-                store_url, config=PostgresConfig(outbox_retention=outbox_retention), **options
-            )
-        elif store_kind == "sqlite":
-            store = SqliteStore(store_url, **options)
+        settings: dict[str, Any] = {"inbox_retention": inbox_retention}
+        if outbox_retention is not None:
+            settings["outbox_retention"] = outbox_retention
+        if store_kind == "sqlite":
+            store = SqliteStore(store_url, config=SqliteConfig(**settings), **options)
         elif store_kind == "postgres":
-            store = PostgresStore(store_url, **options)
+            store = PostgresStore(store_url, config=PostgresConfig(**settings), **options)
         else:
-            store = store_from_url(store_url)
+            store = MemoryStore(inbox_retention=inbox_retention, **options)
         made.append(store)
         if setup:
             await store.setup()
