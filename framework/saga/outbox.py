@@ -366,9 +366,10 @@ class OutboxRelay:
     async def run(self) -> None:
         """Sweep until cancelled, or until a refused publish stops the relay.
 
-        Each round also asks the store to prune its inbox (``Store.prune_inbox``: due at most
-        once a minute), so inbox rows past their retention go without a task of their own and
-        without any work on the handlers' path.
+        Each round also asks the store to prune its inbox and its sent outbox rows
+        (``Store.prune_inbox``, ``Store.prune_outbox``: each due at most once a minute), so rows
+        past their retention go without a task of their own and without any work on the
+        handlers' or the publishers' path.
         """
         while self.refused is None:
             try:
@@ -384,17 +385,20 @@ class OutboxRelay:
                 _log.warning("outbox_sweep_failed", error="CancelledError from a publish")
             except Exception as exc:
                 _log.warning("outbox_sweep_failed", error=f"{type(exc).__name__}: {exc}")
-            await self._prune_inbox()
+            await _prune(self._store.prune_inbox, "inbox_pruned", "inbox_prune_failed")
+            await _prune(self._store.prune_outbox, "outbox_pruned", "outbox_prune_failed")
             await asyncio.sleep(self._interval)
 
-    async def _prune_inbox(self) -> None:
-        try:
-            pruned = await self._store.prune_inbox()
-        except Exception as exc:
-            _log.warning("inbox_prune_failed", error=f"{type(exc).__name__}: {exc}")
-            return
-        if pruned:
-            _log.info("inbox_pruned", rows=pruned)
+
+async def _prune(prune: Callable[[], Awaitable[int]], pruned_event: str, failed_event: str) -> None:
+    """Run one of the store's prunes; a failure is logged, and the next round tries again."""
+    try:
+        pruned = await prune()
+    except Exception as exc:
+        _log.warning(failed_event, error=f"{type(exc).__name__}: {exc}")
+        return
+    if pruned:
+        _log.info(pruned_event, rows=pruned)
 
 
 class _SentMarker:

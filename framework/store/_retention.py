@@ -3,8 +3,10 @@
 A ``Pruner`` decides when rows older than a retention are deleted (at most once a minute, or
 once per retention if that is shorter), so callers may ask it as often as they like: a prune
 that is not due costs one clock reading.
-Inbox rows go in chunks of ``PRUNE_CHUNK`` (one statement and commit each), so a prune after a
-long pause never holds a database's write lock for long.
+Rows go in chunks of ``PRUNE_CHUNK`` (one statement and commit each), so a prune after a long
+pause or a long backlog never holds a database's write lock for long. Both prunes run from the
+outbox sweeper (``Store.prune_inbox``, ``Store.prune_outbox``), off the handlers' and the
+publishers' path.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ __all__ = [
     "PRUNE_CHUNK",
     "PRUNE_EVERY",
     "Pruner",
+    "check_chunk",
     "check_inbox_retention",
     "inbox_retention_option",
 ]
 
 #: Seconds an inbox row is kept by default: 7 days.
 INBOX_RETENTION = 7 * 24 * 3600.0
-#: Inbox rows one delete statement removes at most.
+#: Rows (inbox or sent outbox) one delete statement removes at most.
 PRUNE_CHUNK = 5000
 #: Seconds between two prunes at most.
 PRUNE_EVERY = 60.0
@@ -36,14 +39,16 @@ class Pruner:
     per retention if that is shorter).
 
     Args:
-        retention: seconds a row is kept; None keeps rows forever (no prune is ever due).
+        retention: seconds a row is kept; None keeps rows forever (no prune is ever due). 0
+            (the outbox's "delete when sent") prunes once a minute: rows a longer retention
+            left behind still go.
         clock: the time source (seconds since the epoch).
     """
 
     def __init__(self, retention: float | None, clock: Callable[[], float]) -> None:
         self.retention = retention
         self._clock = clock
-        self._every = PRUNE_EVERY if retention is None else min(retention, PRUNE_EVERY)
+        self._every = min(retention, PRUNE_EVERY) if retention else PRUNE_EVERY
         self._last = -math.inf
 
     def now(self) -> float:
@@ -56,6 +61,17 @@ class Pruner:
             return None
         self._last = now
         return now - self.retention
+
+
+def check_chunk(chunk: int) -> int:
+    """``chunk`` if it is a valid prune chunk (rows per delete statement, >= 1).
+
+    Raises:
+        ConfigurationError: ``chunk`` is not an int >= 1 (a chunk of 0 would never finish).
+    """
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ConfigurationError(f"prune chunk={chunk!r} must be an int >= 1 (rows per delete)")
+    return chunk
 
 
 def check_inbox_retention(value: float | None, where: str) -> float | None:

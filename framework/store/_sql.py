@@ -3,7 +3,8 @@
 Both stores keep the same tables (``leveret_sagas``, ``leveret_inbox``, ``leveret_outbox``,
 ``leveret_history`` and ``leveret_schema_version``); only the column types and placeholders
 differ. Sent outbox rows stay (with ``sent_at`` set) for ``outbox_retention`` seconds, so an
-operator can see what was published and when; pending reads use a partial index on unsent rows.
+operator can see what was published and when (``_retention``: pruned from the sweeper, found by
+a partial index on ``sent_at``); pending reads use a partial index on unsent rows.
 Inbox rows stay for ``inbox_retention`` seconds (``_retention``), found by an index on
 ``created_at``.
 """

@@ -271,7 +271,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def mark_sent(self, message_ids: Sequence[str]) -> None:
-        """Mark outbox rows as published."""
+        """Mark outbox rows as published (a store keeps them for its outbox retention, for
+        ``prune_outbox`` to delete later; with a retention of 0 they go at once)."""
 
     async def prune_inbox(self) -> int:
         """Delete inbox rows older than the store's inbox retention, if a prune is due.
@@ -279,6 +280,16 @@ class Store(abc.ABC):
         A prune is due at most once a minute, so callers (the outbox sweeper, every second)
         may call it often: one that is not due costs a clock reading. Returns how many rows
         went. A store without a retention (this default) deletes nothing.
+        """
+        return 0
+
+    async def prune_outbox(self) -> int:
+        """Delete sent outbox rows older than the store's outbox retention, if a prune is due.
+
+        Like ``prune_inbox``: due at most once a minute, called by the outbox sweeper, off the
+        publish path (``mark_sent`` only marks rows, or deletes them with a retention of 0).
+        Pending rows stay, however old. Returns how many rows went. A store that keeps no sent
+        rows (this default, the memory store) deletes nothing.
         """
         return 0
 

@@ -165,12 +165,16 @@ _MARK_SENT = (
     "UPDATE leveret_outbox SET sent_at = $1 WHERE message_id = ANY($2::text[]) AND sent_at IS NULL"
 )
 _DELETE_SENT = "DELETE FROM leveret_outbox WHERE message_id = ANY($1::text[])"
-_PRUNE = "DELETE FROM leveret_outbox WHERE sent_at < $1"
-# One chunk of the inbox prune: a bounded delete, committed on its own. SKIP LOCKED: processes
+# One chunk of a prune: a bounded delete, committed on its own. SKIP LOCKED: processes
 # pruning at the same time share the rows instead of waiting for each other.
 _PRUNE_INBOX = (
     "DELETE FROM leveret_inbox WHERE ctid = ANY(ARRAY(SELECT ctid FROM leveret_inbox"
     " WHERE created_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED))"
+)
+# Through the partial index on sent_at (``sent_at < $1`` implies ``sent_at IS NOT NULL``).
+_PRUNE_OUTBOX = (
+    "DELETE FROM leveret_outbox WHERE position = ANY(ARRAY(SELECT position FROM leveret_outbox"
+    " WHERE sent_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED))"
 )
 _HISTORY = f"SELECT {_sql.HISTORY_COLUMNS} FROM leveret_history WHERE saga_id = $1 ORDER BY seq"
 
@@ -355,7 +359,7 @@ class PostgresStore(Store):
         self._dsn, self.config = _parse_url(url, config or PostgresConfig(), self.url)
         self._secrets = _secrets(url)
         self._clock = clock
-        self._pruner = _retention.Pruner(self.config.outbox_retention, clock)
+        self._outbox_pruner = _retention.Pruner(self.config.outbox_retention, clock)
         self._inbox_pruner = _retention.Pruner(self.config.inbox_retention, clock)
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._pool_lock = asyncio.Lock()
@@ -404,29 +408,44 @@ class PostgresStore(Store):
     async def mark_sent(self, message_ids: Sequence[str]) -> None:
         if not message_ids:
             return
-        now = self._pruner.now()
         async with self._connection() as conn:
             if self.config.outbox_retention <= 0:
                 await conn.execute(_DELETE_SENT, list(message_ids))
-                return
-            await conn.execute(_MARK_SENT, now, list(message_ids))
-            cutoff = self._pruner.cutoff(now)
-            if cutoff is not None:
-                await conn.execute(_PRUNE, cutoff)
+            else:
+                await conn.execute(_MARK_SENT, self._clock(), list(message_ids))
 
     async def prune_inbox(self, *, chunk: int = _retention.PRUNE_CHUNK) -> int:
         """Delete inbox rows older than ``inbox_retention``, if due (at most once a minute).
 
         Rows go ``chunk`` at a time, each chunk one statement committed on its own, so no
         transaction holds many row locks for long. Returns how many rows went.
+
+        Raises:
+            ConfigurationError: ``chunk`` is not an int >= 1.
         """
-        cutoff = self._inbox_pruner.cutoff(self._inbox_pruner.now())
+        return await self._prune(_PRUNE_INBOX, self._inbox_pruner, chunk)
+
+    async def prune_outbox(self, *, chunk: int = _retention.PRUNE_CHUNK) -> int:
+        """Delete sent outbox rows older than ``outbox_retention``, if due (at most once a
+        minute); pending rows stay, however old.
+
+        Rows go ``chunk`` at a time, each chunk one statement committed on its own, so no
+        transaction holds many row locks for long. Returns how many rows went.
+
+        Raises:
+            ConfigurationError: ``chunk`` is not an int >= 1.
+        """
+        return await self._prune(_PRUNE_OUTBOX, self._outbox_pruner, chunk)
+
+    async def _prune(self, sql: str, pruner: _retention.Pruner, chunk: int) -> int:
+        _retention.check_chunk(chunk)
+        cutoff = pruner.cutoff(pruner.now())
         if cutoff is None:
             return 0
         deleted = 0
         async with self._connection() as conn:
             while True:
-                count = _row_count(await conn.execute(_PRUNE_INBOX, cutoff, chunk))
+                count = _row_count(await conn.execute(sql, cutoff, chunk))
                 deleted += count
                 if count < chunk:
                     return deleted

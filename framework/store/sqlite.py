@@ -113,11 +113,15 @@ _STATS = (
 )
 _MARK_SENT = "UPDATE leveret_outbox SET sent_at = ? WHERE message_id = ? AND sent_at IS NULL"
 _DELETE_SENT = "DELETE FROM leveret_outbox WHERE message_id = ?"
-_PRUNE = "DELETE FROM leveret_outbox WHERE sent_at < ?"
-# One chunk of the inbox prune: a bounded delete, so one prune never holds the write lock long.
+# One chunk of a prune: a bounded delete, so one prune never holds the write lock long.
 _PRUNE_INBOX = (
     "DELETE FROM leveret_inbox WHERE (consumer, message_id) IN"
     " (SELECT consumer, message_id FROM leveret_inbox WHERE created_at < ? LIMIT ?)"
+)
+# Through the partial index on sent_at (``sent_at < ?`` implies ``sent_at IS NOT NULL``).
+_PRUNE_OUTBOX = (
+    "DELETE FROM leveret_outbox WHERE position IN"
+    " (SELECT position FROM leveret_outbox WHERE sent_at < ? LIMIT ?)"
 )
 _HISTORY = f"SELECT {_sql.HISTORY_COLUMNS} FROM leveret_history WHERE saga_id = ? ORDER BY seq"
 
@@ -324,7 +328,7 @@ class SqliteStore(Store):
         self.url = url
         self.path, self.config = _parse_url(url, config or SqliteConfig())
         self._clock = clock
-        self._pruner = _retention.Pruner(self.config.outbox_retention, clock)
+        self._outbox_pruner = _retention.Pruner(self.config.outbox_retention, clock)
         self._inbox_pruner = _retention.Pruner(self.config.inbox_retention, clock)
         self._lock = asyncio.Lock()
         self._conn: _Connection | None = None
@@ -451,30 +455,49 @@ class SqliteStore(Store):
     async def mark_sent(self, message_ids: Sequence[str]) -> None:
         if not message_ids:
             return
-        now = self._pruner.now()
-        ids = [(message_id,) for message_id in message_ids]
         async with self._participate("mark_sent") as conn:
             if self.config.outbox_retention <= 0:
-                await conn.tx_executemany(_DELETE_SENT, ids)
-                return
-            await conn.tx_executemany(_MARK_SENT, [(now, message_id) for (message_id,) in ids])
-            cutoff = self._pruner.cutoff(now)
-            if cutoff is not None:
-                await conn.tx_execute(_PRUNE, (cutoff,))
+                await conn.tx_executemany(
+                    _DELETE_SENT, [(message_id,) for message_id in message_ids]
+                )
+            else:
+                now = self._clock()
+                await conn.tx_executemany(
+                    _MARK_SENT, [(now, message_id) for message_id in message_ids]
+                )
 
     async def prune_inbox(self, *, chunk: int = _retention.PRUNE_CHUNK) -> int:
         """Delete inbox rows older than ``inbox_retention``, if due (at most once a minute).
 
         Rows go ``chunk`` at a time, each chunk a transaction of the commit group: other
         transactions take the write lock between chunks. Returns how many rows went.
+
+        Raises:
+            ConfigurationError: ``chunk`` is not an int >= 1.
         """
-        cutoff = self._inbox_pruner.cutoff(self._inbox_pruner.now())
+        return await self._prune("prune_inbox", _PRUNE_INBOX, self._inbox_pruner, chunk)
+
+    async def prune_outbox(self, *, chunk: int = _retention.PRUNE_CHUNK) -> int:
+        """Delete sent outbox rows older than ``outbox_retention``, if due (at most once a
+        minute); pending rows stay, however old.
+
+        Rows go ``chunk`` at a time, each chunk a transaction of the commit group: other
+        transactions take the write lock between chunks. Returns how many rows went.
+
+        Raises:
+            ConfigurationError: ``chunk`` is not an int >= 1.
+        """
+        return await self._prune("prune_outbox", _PRUNE_OUTBOX, self._outbox_pruner, chunk)
+
+    async def _prune(self, operation: str, sql: str, pruner: _retention.Pruner, chunk: int) -> int:
+        _retention.check_chunk(chunk)
+        cutoff = pruner.cutoff(pruner.now())
         if cutoff is None:
             return 0
         deleted = 0
         while True:
-            async with self._participate("prune_inbox") as conn:
-                cursor = await conn.tx_execute(_PRUNE_INBOX, (cutoff, chunk))
+            async with self._participate(operation) as conn:
+                cursor = await conn.tx_execute(sql, (cutoff, chunk))
                 count = cursor.rowcount
             deleted += count
             if count < chunk:

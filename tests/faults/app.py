@@ -150,6 +150,9 @@ class CrashingStore(Store):
     async def prune_inbox(self) -> int:
         return await self._inner.prune_inbox()
 
+    async def prune_outbox(self) -> int:
+        return await self._inner.prune_outbox()
+
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         return await self._inner.get_saga(saga_id)
 

@@ -1,5 +1,5 @@
 """The outbox sweeper survives a stray ``CancelledError`` from a publish it did not cancel, and
-prunes the store's inbox as it goes."""
+prunes the store's inbox and sent outbox rows as it goes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from framework.routing import Naming
 from framework.saga.outbox import OutboxRelay, OutboxWriter
 from framework.store import store_from_url
 from framework.store.memory import MemoryStore
+from framework.store.sqlite import SqliteConfig, SqliteStore
 from framework.transport.memory import MemoryTransport
 from tests.test_worker import eventually
 
@@ -108,3 +109,53 @@ async def test_sweeper_prunes_the_inbox_and_survives_a_failed_prune() -> None:
         sweeper.cancel()
         await asyncio.gather(sweeper, return_exceptions=True)
         await transport.close()
+
+
+async def test_sweeper_prunes_old_sent_outbox_rows(tmp_path: Any) -> None:
+    """Sent outbox rows past the retention go in a sweeper round, not when marked sent; a
+    pending row stays."""
+    now = [1000.0]
+    store = SqliteStore(
+        f"sqlite:///{tmp_path / 'sweep.db'}",
+        config=SqliteConfig(outbox_retention=100.0),
+        clock=lambda: now[0],
+    )
+    await store.setup()
+    writer = OutboxWriter(Codec([Note]), Naming("sweep"), clock=lambda: now[0])
+    rows = [
+        writer.row(Note(), message_id=f"n-{n}", correlation_id=None, causation_id=None)
+        for n in range(3)
+    ]
+    async with store.transaction() as tx:
+        await tx.add_outbox(rows)
+    await store.mark_sent(["n-0", "n-1"])
+    now[0] = 1200.0
+    transport = MemoryTransport()
+    await transport.connect()
+    # A long grace: the sweeper leaves the pending row alone, so only the prune changes rows.
+    relay = OutboxRelay(
+        store,
+        transport,
+        Naming("sweep"),
+        sweep_interval=0.01,
+        sweep_grace=1e9,
+        clock=lambda: now[0],
+    )
+    everything = "SELECT message_id FROM leveret_outbox ORDER BY position"
+    async with store.transaction() as tx:
+        assert await tx.fetchall(everything) == [("n-0",), ("n-1",), ("n-2",)]
+    sweeper = asyncio.create_task(relay.run())
+    try:
+
+        async def pruned() -> bool:
+            async with store.transaction() as tx:
+                return await tx.fetchall(everything) == [("n-2",)]
+
+        await eventually(pruned, timeout=10, what="the old sent rows to be pruned")
+        assert [r.message_id for r in await store.pending_outbox()] == ["n-2"]
+        assert not sweeper.done()
+    finally:
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
+        await transport.close()
+        await store.close()

@@ -556,7 +556,8 @@ async def test_committed_rows_survive_a_reopened_store(make_store: MakeStore) ->
 
 @pytest.mark.parametrize("store_kind", SQL_KINDS, indirect=True)
 async def test_sent_rows_are_kept_for_the_retention_then_pruned(make_store: MakeStore) -> None:
-    """A sent outbox row keeps its sent_at until outbox_retention has passed, then goes."""
+    """A sent outbox row keeps its sent_at until outbox_retention has passed; then the next
+    prune_outbox (not mark_sent, which stays off the delete) removes it."""
     now = [1000.0]
     store = await make_store(clock=lambda: now[0], outbox_retention=100.0)
     async with store.transaction() as tx:
@@ -569,6 +570,9 @@ async def test_sent_rows_are_kept_for_the_retention_then_pruned(make_store: Make
         assert await tx.fetchall(sql) == [("a", 1000.0), ("b", 1070.0), ("c", None)]
     now[0] = 1150.0
     await store.mark_sent(["c"])
+    async with store.transaction() as tx:
+        assert await tx.fetchall(sql) == [("a", 1000.0), ("b", 1070.0), ("c", 1150.0)]
+    assert await store.prune_outbox() == 1
     async with store.transaction() as tx:
         assert await tx.fetchall(sql) == [("b", 1070.0), ("c", 1150.0)]
 
