@@ -8,13 +8,18 @@ the version moved, which is the conflict. Positions come from the single row of
 ``leveret_event_sequence``, taken after every stream row: its lock is held to the commit, so
 positions commit in order. SQLite runs one writer at a time, so the same statements are exact
 there without locks.
+
+The events of an append go in with one statement whatever their number: on PostgreSQL one
+``INSERT ... SELECT FROM unnest(...)`` of one array per column (one round trip), on SQLite one
+``executemany`` of the prepared insert. Their positions and versions are computed before (from
+the counter row and the expected versions), so the rows' insert order does not matter.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from framework.errors import ConfigurationError
 from framework.eventsourcing.store import (
@@ -34,7 +39,13 @@ _COLUMNS = (
     "position, stream, version, event_id, wire_name, wire_version, body, recorded_at, "
     "correlation_id, causation_id"
 )
+# SQLite: one executemany of the plain insert.
 _INSERT = f"INSERT INTO leveret_events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# PostgreSQL: one statement for the whole batch, an array per column in ``_COLUMNS`` order.
+_INSERT_ARRAYS = (
+    f"INSERT INTO leveret_events ({_COLUMNS}) SELECT * FROM unnest(?::bigint[], ?::text[],"
+    " ?::bigint[], ?::text[], ?::text[], ?::int[], ?::text[], ?::float8[], ?::text[], ?::text[])"
+)
 _CREATE_STREAM = (
     "INSERT INTO leveret_streams (stream, version) VALUES (?, ?) ON CONFLICT (stream) DO NOTHING "
     "RETURNING version"
@@ -66,13 +77,27 @@ class SqlEventStore(EventStore):
     """The event store in the tables of ``EVENT_STORE_SCHEMA``.
 
     Args:
-        row_locks: the database takes ``SELECT ... FOR UPDATE`` (PostgreSQL; SQLite does not,
-            and needs none).
+        dialect: the store's SQL. ``"postgresql"`` takes ``SELECT ... FOR UPDATE`` and array
+            parameters (a batch of events is one ``unnest`` insert); ``"sqlite"`` neither (it
+            needs no locks, and a batch is one ``executemany``).
         clock: the time source of ``recorded_at``.
+
+    Raises:
+        ConfigurationError: another dialect.
     """
 
-    def __init__(self, *, row_locks: bool, clock: Callable[[], float] = time.time) -> None:
-        self._lock_suffix = " FOR UPDATE" if row_locks else ""
+    def __init__(
+        self,
+        *,
+        dialect: Literal["sqlite", "postgresql"],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if dialect not in ("sqlite", "postgresql"):
+            raise ConfigurationError(
+                f"SqlEventStore: dialect={dialect!r} must be 'sqlite' or 'postgresql'"
+            )
+        self._arrays = dialect == "postgresql"
+        self._lock_suffix = " FOR UPDATE" if dialect == "postgresql" else ""
         self._clock = clock
 
     async def append_many(self, tx: StoreTx, appends: Sequence[StreamAppend]) -> list[StoredEvent]:
@@ -101,20 +126,11 @@ class SqlEventStore(EventStore):
                 "Service(schema=EVENT_STORE_SCHEMA)"
             )
         stored = number_events(appends, int(row[0]) - count, self._clock())
-        for event in stored:
-            await tx.execute(
-                _INSERT,
-                event.position,
-                event.stream,
-                event.version,
-                event.event_id,
-                event.wire_name,
-                event.wire_version,
-                event.body.decode(),
-                event.recorded_at,
-                event.correlation_id,
-                event.causation_id,
-            )
+        rows = [_row(event) for event in stored]
+        if self._arrays:
+            await tx.execute(_INSERT_ARRAYS, *zip(*rows, strict=True))
+        else:
+            await tx.executemany(_INSERT, rows)
         return stored
 
     async def _version(self, tx: StoreTx, stream: str, suffix: str = "") -> int:
@@ -159,6 +175,22 @@ class SqlEventStore(EventStore):
         )
 
 
+def _row(event: StoredEvent) -> tuple[Any, ...]:
+    """An event's values in ``_COLUMNS`` order."""
+    return (
+        event.position,
+        event.stream,
+        event.version,
+        event.event_id,
+        event.wire_name,
+        event.wire_version,
+        event.body.decode(),
+        event.recorded_at,
+        event.correlation_id,
+        event.causation_id,
+    )
+
+
 def _bytes(value: Any) -> bytes:
     return value.encode() if isinstance(value, str) else bytes(value)
 
@@ -179,7 +211,7 @@ def _event(row: tuple[Any, ...]) -> StoredEvent:
 
 
 SQL_EVENT_STORES: dict[str, EventStore] = {
-    "sqlite": SqlEventStore(row_locks=False),
-    "postgresql": SqlEventStore(row_locks=True),
+    "sqlite": SqlEventStore(dialect="sqlite"),
+    "postgresql": SqlEventStore(dialect="postgresql"),
 }
 """The event store for each SQL dialect (stateless, shared)."""

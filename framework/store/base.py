@@ -235,6 +235,12 @@ class StoreTx(abc.ABC):
         """Run a statement on a service table (``?`` placeholders)."""
         raise ConfigurationError(f"{type(self).__name__} has no SQL tables: use sqlite or postgres")
 
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run a statement on a service table once for each row of arguments (``?``
+        placeholders), in one call: SQLite steps one prepared statement, PostgreSQL pipelines
+        the rows in one round trip."""
+        raise ConfigurationError(f"{type(self).__name__} has no SQL tables: use sqlite or postgres")
+
     async def fetchone(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
         """First row of a query on a service table, or None."""
         raise ConfigurationError(f"{type(self).__name__} has no SQL tables: use sqlite or postgres")

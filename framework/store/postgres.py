@@ -323,6 +323,10 @@ class _PostgresTx(StoreTx):
     async def execute(self, sql: str, *args: Any) -> None:
         await self._conn.execute(positional_params(sql), *args)
 
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            await self._conn.executemany(positional_params(sql), rows)
+
     async def fetchone(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
         row = await self._conn.fetchrow(positional_params(sql), *args)
         return tuple(row) if row is not None else None

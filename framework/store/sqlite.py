@@ -296,6 +296,10 @@ class _SqliteTx(StoreTx):
     async def execute(self, sql: str, *args: Any) -> None:
         await self._conn.tx_execute(sql, args)
 
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            await self._conn.tx_executemany(sql, rows)
+
     async def fetchone(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
         row = await self._conn.tx_fetchone(sql, args)
         return tuple(row) if row is not None else None

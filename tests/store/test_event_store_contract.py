@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 
@@ -34,7 +36,7 @@ from framework.eventsourcing import (
 )
 from framework.store import ConcurrencyConflict, OutboxRow, Store
 from framework.testing import Harness
-from tests.store.conftest import MakeStore
+from tests.store.conftest import SQL_KINDS, MakeStore
 
 # -- contracts and an aggregate of the tests' own ---------------------------------------------
 
@@ -238,6 +240,68 @@ async def test_a_stream_named_twice_in_one_append_is_refused(es_store: Store) ->
                     StreamAppend(stream="a", expected_version=1, events=[new("2")]),
                 ],
             )
+
+
+async def test_a_batch_of_events_lands_with_consecutive_versions_and_positions(
+    es_store: Store,
+) -> None:
+    """A multi-event append_many numbers each stream from its expected version and the batch's
+    positions in the order given, and reads back exactly as it returned."""
+    first = await append(es_store, "a", [new("a1", 1), new("a2", 2)], 0)
+    async with es_store.transaction() as tx:
+        batch = await event_store(tx).append_many(
+            tx,
+            [
+                StreamAppend(
+                    stream="b",
+                    expected_version=0,
+                    events=[new(f"b{n}", n, account="b") for n in (1, 2, 3)],
+                ),
+                StreamAppend(stream="a", expected_version=2, events=[new("a3", 3), new("a4", 4)]),
+            ],
+        )
+    assert [(e.stream, e.version, e.position, e.event_id) for e in batch] == [
+        ("b", 1, 3, "b1"),
+        ("b", 2, 4, "b2"),
+        ("b", 3, 5, "b3"),
+        ("a", 3, 6, "a3"),
+        ("a", 4, 7, "a4"),
+    ]
+    assert await read_all(es_store) == first + batch
+    assert await read_stream(es_store, "a") == first + batch[3:]
+    assert (await version_of(es_store, "a"), await version_of(es_store, "b")) == (4, 3)
+
+
+async def test_a_large_batch_lands_in_order(es_store: Store) -> None:
+    """Hundreds of events in one append get versions and positions 1..n, in the order given."""
+    stored = await append(es_store, "big", [new(f"e{n}", n) for n in range(1, 501)], 0)
+    assert [(e.version, e.position) for e in stored] == [(n, n) for n in range(1, 501)]
+    assert [e.event_id for e in await read_stream(es_store, "big")] == [
+        f"e{n}" for n in range(1, 501)
+    ]
+
+
+async def test_a_conflicting_batch_leaves_nothing_behind(es_store: Store) -> None:
+    """A multi-event batch at a stale version stores none of its events and takes no position."""
+    await append(es_store, "a", [new("a1"), new("a2")], 0)
+    with pytest.raises(StreamConflict) as caught:
+        await append(es_store, "a", [new("x1"), new("x2"), new("x3")], 1)
+    assert (caught.value.expected, caught.value.actual) == (1, 2)
+    assert [e.event_id for e in await read_all(es_store)] == ["a1", "a2"]
+    after = await append(es_store, "a", [new("a3"), new("a4")], 2)
+    assert [(e.version, e.position) for e in after] == [(3, 3), (4, 4)]
+
+
+@pytest.mark.parametrize("store_kind", SQL_KINDS, indirect=True)
+async def test_a_batch_failing_midway_leaves_nothing_behind(es_store: Store) -> None:
+    """A batch whose third event reuses a stored event id fails as a whole: none of its events,
+    no stream version and no position is kept."""
+    await append(es_store, "a", [new("a1")], 0)
+    with pytest.raises((sqlite3.IntegrityError, asyncpg.UniqueViolationError)):
+        await append(es_store, "b", [new("b1"), new("b2"), new("a1")], 0)
+    assert [e.event_id for e in await read_all(es_store)] == ["a1"]
+    assert await version_of(es_store, "b") == 0
+    assert [e.position for e in await append(es_store, "b", [new("b1"), new("b2")], 0)] == [2, 3]
 
 
 @pytest.fixture

@@ -7,8 +7,10 @@ stores only; tests of one store's URL forms and options come last.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 
@@ -623,12 +625,40 @@ async def test_service_sql_commits_and_rolls_back_with_the_transaction(store: St
     assert await store.pending_outbox() == []
 
 
+@pytest.mark.parametrize("store_kind", SQL_KINDS, indirect=True)
+async def test_service_sql_executemany_runs_once_per_row(store: Store) -> None:
+    """executemany runs a ? statement for every row of arguments, in the caller's transaction:
+    it commits with it and rolls back with it (a failing row included); no rows does nothing."""
+    await store.setup(ORDERS_DDL)
+    insert = "INSERT INTO orders (id, total, note) VALUES (?, ?, ?)"
+    async with store.transaction() as tx:
+        await tx.executemany(insert, [("o1", 10, "why?"), ("o2", 20, None), ("o3", 30, "x")])
+        await tx.executemany(insert, [])
+        await tx.executemany("UPDATE orders SET total = total + ? WHERE id = ?", [(1, "o1")])
+
+    async def doomed() -> None:
+        async with store.transaction() as tx:
+            await tx.executemany(insert, [("o4", 40, None), ("o1", 50, None)])
+
+    with pytest.raises((sqlite3.IntegrityError, asyncpg.UniqueViolationError)):
+        await doomed()
+    async with store.transaction() as tx:
+        assert await tx.fetchall("SELECT id, total, note FROM orders ORDER BY id") == [
+            ("o1", 11, "why?"),
+            ("o2", 20, None),
+            ("o3", 30, "x"),
+        ]
+
+
 async def test_memory_store_has_no_service_tables() -> None:
-    """The memory store's execute/fetchone/fetchall raise ConfigurationError naming SQL stores."""
+    """The memory store's execute/executemany/fetchone/fetchall raise ConfigurationError naming
+    SQL stores."""
     store = MemoryStore()
     async with store.transaction() as tx:
         with pytest.raises(ConfigurationError, match="use sqlite or postgres"):
             await tx.execute("SELECT 1")
+        with pytest.raises(ConfigurationError, match="use sqlite or postgres"):
+            await tx.executemany("SELECT ?", [(1,)])
         with pytest.raises(ConfigurationError):
             await tx.fetchone("SELECT 1")
         with pytest.raises(ConfigurationError):
