@@ -43,7 +43,7 @@ from handlers.app import build_app
 from tests.support.second_node import SecondNode
 from tests.test_worker import Leveret
 
-__all__ = ["Fault", "Harness", "Profile", "Row", "Run", "Shop", "until"]
+__all__ = ["Fault", "Harness", "Injector", "Profile", "Row", "Run", "Shop", "until"]
 
 # Each worker consumes every handler queue of the shop; the client is an App without services.
 WORKERS = 2

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from contracts.orders import PlaceOrder
 from tests.faults.app import CRASH_POINTS, LATE_SUFFIX
-from tests.faults.harness import Harness, Row, Run, Shop, until
+from tests.faults.harness import Harness, Injector, Row, Run, Shop, until
 from tests.support.broker import RabbitmqctlError
 from tests.support.fault_proxy import ProxyMode, fault_proxy
 
@@ -62,6 +62,20 @@ async def _consumers_back(shop: Shop, run: Run, *, timeout: float) -> None:
         run.problems.append(f"consumers not restored within {timeout:.0f} s: {missing}")
 
 
+def _closing_connections(shop: Shop, times: int) -> Injector:
+    """An injector: the broker closes every connection ``times`` times, spread over the run;
+    then every queue must have its consumers back."""
+
+    async def inject(run: Run) -> None:
+        for k in range(times):
+            await run.reached((k + 1) / (times + 2))
+            shop.node.ctl("close_all_connections", "fault injection")
+            run.instant("close_all_connections")
+        await _consumers_back(shop, run, timeout=30)
+
+    return inject
+
+
 async def _drained(shop: Shop, row: Row) -> None:
     """SIGTERM after the run: the supervisor must drain and exit 0."""
     code = await shop.stop()
@@ -76,14 +90,9 @@ async def connections_closed(h: Harness) -> Row:
         shop.start()
         await shop.ready()
 
-        async def inject(run: Run) -> None:
-            for k in range(kills):
-                await run.reached((k + 1) / (kills + 2))
-                shop.node.ctl("close_all_connections", "fault injection")
-                run.instant("close_all_connections")
-            await _consumers_back(shop, run, timeout=30)
-
-        row = await h.workload("connections closed by the broker", shop, inject)
+        row = await h.workload(
+            "connections closed by the broker", shop, _closing_connections(shop, kills)
+        )
         await _drained(shop, row)
         return row
 
@@ -479,15 +488,10 @@ async def slow_handlers(h: Harness) -> Row:
         leveret = shop.start()
         await shop.ready()
 
-        async def inject(run: Run) -> None:
-            for k in range(closes):
-                await run.reached((k + 1) / (closes + 2))
-                shop.node.ctl("close_all_connections", "fault injection")
-                run.instant("close_all_connections")
-            await _consumers_back(shop, run, timeout=30)
-
         row = await h.workload(
-            "handlers slower than their deadline; acks on dead channels", shop, inject
+            "handlers slower than their deadline; acks on dead channels",
+            shop,
+            _closing_connections(shop, closes),
         )
         hangs = Counter(
             line.split("\t", 1)[0]
