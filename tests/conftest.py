@@ -1,5 +1,9 @@
 """Fixtures shared by every suite: the broker URL, unique names, and connected transports.
 
+Servers: ``LEVERET_AMQP_URL`` and ``LEVERET_POSTGRES_URL``; when one is unset and a Docker engine
+answers, the session runs that server in a container (``tests/support/containers.py``), else the
+local default.
+
 ``transport`` and ``make_transport`` are parametrized over the memory and RabbitMQ transports, so
 a test written once runs against both; the RabbitMQ runs carry the ``rabbitmq`` marker.
 """
@@ -17,6 +21,7 @@ import pytest
 from framework.transport.base import Transport
 from framework.transport.memory import MemoryBroker, MemoryTransport
 from framework.urls import redact
+from tests.support import containers
 from tests.support.broker import (
     DEFAULT_AMQP_URL,
     RabbitmqctlError,
@@ -37,6 +42,32 @@ def pytest_configure(config: pytest.Config) -> None:
         from framework.testing import pytest_plugin
 
         config.pluginmanager.register(pytest_plugin, "leveret")
+
+
+_containers = contextlib.ExitStack()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Containers for the servers the collected tests need, where Docker answers (see
+    ``tests.support.containers``); started once, before the first test."""
+    if not any(
+        item.get_closest_marker("rabbitmq") or item.get_closest_marker("postgres")
+        for item in session.items
+    ):
+        return
+    try:
+        services = containers.plan(os.environ)
+        urls = _containers.enter_context(containers.started(services, os.environ))
+    except containers.ContainerError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for variable, url in urls.items():
+        if reporter is not None:
+            reporter.write_line(f"{variable}={redact(url)} (a container of this session)")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _containers.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,7 +1,9 @@
 """Control of the RabbitMQ broker the tests run against: reachability and ``rabbitmqctl``.
 
 ``rabbitmqctl`` needs root (or the rabbitmq user) on the broker's machine; callers check
-``rabbitmqctl_available()`` and degrade (skip, or share the default vhost) when it is not.
+``rabbitmqctl_available()`` and degrade (skip, or share the default vhost) when it is not. When
+the session's broker runs in a container (``tests.support.containers``), ``rabbitmqctl`` runs
+inside it instead (``use_rabbitmqctl``); ``node=`` always means a local node.
 """
 
 from __future__ import annotations
@@ -9,16 +11,19 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable, Sequence
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 __all__ = [
     "DEFAULT_AMQP_URL",
+    "Rabbitmqctl",
     "RabbitmqctlError",
     "broker_reachable",
     "close_all_connections",
     "list_queues",
     "rabbitmqctl",
     "rabbitmqctl_available",
+    "use_rabbitmqctl",
     "vhost_of",
     "with_vhost",
 ]
@@ -30,12 +35,27 @@ class RabbitmqctlError(RuntimeError):
     """``rabbitmqctl`` is missing, not permitted, or the command failed."""
 
 
+# Runs ``rabbitmqctl ARGS`` for the session's broker somewhere else: ``(args, timeout) -> stdout``.
+Rabbitmqctl = Callable[[Sequence[str], float], str]
+_session_broker: Rabbitmqctl | None = None
+
+
+def use_rabbitmqctl(runner: Rabbitmqctl | None) -> Rabbitmqctl | None:
+    """Run the session broker's ``rabbitmqctl`` with ``runner`` (None: the local tool); the
+    previous runner is returned."""
+    global _session_broker
+    previous, _session_broker = _session_broker, runner
+    return previous
+
+
 def rabbitmqctl(*args: str, node: str | None = None, timeout: float = 60.0) -> str:
     """Run ``rabbitmqctl ARGS`` and return its stdout.
 
     Raises:
         RabbitmqctlError: the tool is missing, timed out or exited non-zero.
     """
+    if node is None and _session_broker is not None:
+        return _session_broker(args, timeout)
     exe = shutil.which("rabbitmqctl")
     if exe is None:
         raise RabbitmqctlError("rabbitmqctl is not installed")
