@@ -40,10 +40,7 @@ async def baseline(h: Harness) -> Row:
         shop.start()
         await shop.ready()
 
-        async def nothing(run: Run) -> None:
-            return None
-
-        row = await h.workload("no faults", shop, nothing)
+        row = await h.workload("no faults", shop, _no_faults)
         await _drained(shop, row)
         return row
 
@@ -74,6 +71,11 @@ def _closing_connections(shop: Shop, times: int) -> Injector:
         await _consumers_back(shop, run, timeout=30)
 
     return inject
+
+
+async def _no_faults(run: Run) -> None:
+    """The injector of scenarios whose faults are in the workers' settings, not injected."""
+    return None
 
 
 async def _drained(shop: Shop, row: Row) -> None:
@@ -241,10 +243,7 @@ async def duplicated(h: Harness) -> Row:
         shop.start()
         await shop.ready()
 
-        async def nothing(run: Run) -> None:
-            return None
-
-        row = await h.workload("10% duplicated deliveries", shop, nothing)
+        row = await h.workload("10% duplicated deliveries", shop, _no_faults)
         row.faults = row.duplicate_deliveries
         if row.duplicate_deliveries == 0:
             row.problems.append("no duplicate was delivered: the fault did not fire")
@@ -377,10 +376,6 @@ async def deadline_while_down(h: Harness) -> Row:
 async def workers_before_broker(h: Harness) -> Row:
     """Workers start while the broker application is stopped, and serve once it is up."""
     async with h.shop("before-broker") as shop:
-
-        async def nothing(run: Run) -> None:
-            return None
-
         try:
             shop.node.ctl("stop_app")
             started = time.monotonic()
@@ -393,7 +388,7 @@ async def workers_before_broker(h: Harness) -> Row:
             _restore_node(shop)
         await shop.ready()
         ready_after = time.monotonic() - started
-        row = await h.workload("workers started before the broker", shop, nothing)
+        row = await h.workload("workers started before the broker", shop, _no_faults)
         row.faults = 1
         row.recover_s = ready_after
         await _drained(shop, row)
@@ -407,10 +402,7 @@ async def compensation_transient(h: Harness) -> Row:
         shop.start()
         await shop.ready()
 
-        async def nothing(run: Run) -> None:
-            return None
-
-        row = await h.workload("compensation failing transiently", shop, nothing)
+        row = await h.workload("compensation failing transiently", shop, _no_faults)
         assert shop.leveret is not None
         failed = [
             e
@@ -449,13 +441,10 @@ async def compensation_permanent(h: Harness) -> Row:
         shop.start()
         await shop.ready()
 
-        async def nothing(run: Run) -> None:
-            return None
-
         row = await h.workload(
             "compensation failing permanently",
             shop,
-            nothing,
+            _no_faults,
             allowed_dead_letters=allowed,
             must_fail=refund_refused,
         )
@@ -535,10 +524,7 @@ async def reordered(h: Harness) -> Row:
         shop.start()
         await shop.ready()
 
-        async def nothing(run: Run) -> None:
-            return None
-
-        row = await h.workload("late and reordered replies", shop, nothing)
+        row = await h.workload("late and reordered replies", shop, _no_faults)
         # The late copies still in flight when the run settled are waited for, then counted.
         await asyncio.sleep(4)
         async with shop.store.transaction() as tx:
