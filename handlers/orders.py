@@ -12,7 +12,7 @@ its ``orders_view`` and ``order_steps`` tables, with the saga's current step.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 
@@ -191,20 +191,11 @@ ORDERS_SCHEMA = (
     )""",
 )
 
-# The saga's steps in the order an order moves through them; see ``OrderStep``. Every path an
-# order takes visits its steps in increasing rank (placed, reserved, charged, shipped; or a
-# failure, then the compensations in the order the saga sends them: refund before release).
-ORDER_STEPS: tuple[OrderStep, ...] = (
-    "placed",
-    "inventory_reserved",
-    "payment_charged",
-    "shipped",
-    "inventory_rejected",
-    "payment_declined",
-    "shipping_failed",
-    "payment_refunded",
-    "inventory_released",
-)
+# The saga's steps in the order an order moves through them: ``OrderStep``'s values, in the
+# order the contract lists them. Every path an order takes visits its steps in increasing rank
+# (placed, reserved, charged, shipped; or a failure, then the compensations in the order the
+# saga sends them: refund before release).
+ORDER_STEPS: tuple[OrderStep, ...] = get_args(OrderStep)
 _STEP_RANK = {step: rank for rank, step in enumerate(ORDER_STEPS)}
 
 

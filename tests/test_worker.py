@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import io
 import json
 import os
@@ -44,6 +43,7 @@ from framework.worker import (
 )
 from tests.apps.slow_app import Work, build_app, work_queue
 from tests.support.broker import list_queues, rabbitmqctl_available, vhost_of
+from tests.support.poll import until
 
 PROJECT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -58,16 +58,10 @@ async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float, what:
 async def eventually(check: Callable[[], T], *, timeout: float, what: str) -> T: ...
 async def eventually(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
     """Poll ``check`` until it returns something truthy; fail the test after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.05)  # poll interval, not a wait for the condition itself
+    try:
+        return await until(check, timeout=timeout, what=what, interval=0.05)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 class Leveret:

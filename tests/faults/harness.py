@@ -40,10 +40,12 @@ from framework.messages import MessageKind
 from framework.store import SagaRecord, SagaStatus, Store, store_from_url
 from framework.transport.amqp import AmqpConfig, AmqpTransport
 from handlers.app import build_app
+from tests.support.broker import list_queues
+from tests.support.poll import until
 from tests.support.second_node import SecondNode
 from tests.test_worker import Leveret
 
-__all__ = ["Fault", "Harness", "Injector", "Profile", "Row", "Run", "Shop", "until"]
+__all__ = ["Fault", "Harness", "Injector", "Profile", "Row", "Run", "Shop"]
 
 # Each worker consumes every handler queue of the shop; the client is an App without services.
 WORKERS = 2
@@ -64,20 +66,6 @@ class Profile:
 SHORT = Profile("short", orders=100, settle=120.0, rate=20.0)
 LONG = Profile("long", orders=1500, settle=600.0, rate=15.0, soak_minutes=30.0)
 PROFILES = {p.name: p for p in (SHORT, LONG)}
-
-
-async def until(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
-    """Poll ``check`` (sync or async) until truthy; ``TimeoutError`` naming ``what`` after."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.1)  # poll interval, not a wait for the condition itself
 
 
 async def _zero(count: Awaitable[int]) -> bool:
@@ -257,21 +245,11 @@ class Shop:
 
     def queues(self) -> dict[str, tuple[int, int, int]]:
         """``{queue: (ready, unacked, consumers)}`` of this shop's queues on the node."""
-        out = self.node.ctl(
-            "list_queues",
-            "-q",
-            "--no-table-headers",
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-            "consumers",
-        )
-        found: dict[str, tuple[int, int, int]] = {}
-        for line in out.splitlines():
-            name, ready, unacked, consumers = line.rsplit("\t", 3)
-            if name.startswith(self.prefix + "."):
-                found[name] = (int(ready), int(unacked), int(consumers))
-        return found
+        return {
+            name: counts
+            for name, counts in list_queues(node=self.node.name).items()
+            if name.startswith(self.prefix + ".")
+        }
 
     def handler_queues(self) -> list[str]:
         return [p.queue for p in self.model.pipelines]

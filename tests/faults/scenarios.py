@@ -15,13 +15,16 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from contracts.orders import PlaceOrder
 from tests.faults.app import CRASH_POINTS, LATE_SUFFIX
-from tests.faults.harness import Harness, Injector, Row, Run, Shop, until
+from tests.faults.harness import Harness, Injector, Row, Run, Shop
 from tests.support.broker import RabbitmqctlError
 from tests.support.fault_proxy import ProxyMode, fault_proxy
+from tests.support.poll import until
+from tests.test_worker import Leveret
 
 __all__ = ["CI_SCENARIOS", "SCENARIOS", "Scenario"]
 
@@ -71,6 +74,11 @@ def _closing_connections(shop: Shop, times: int) -> Injector:
         await _consumers_back(shop, run, timeout=30)
 
     return inject
+
+
+def _handler_failures(leveret: Leveret, exception: str) -> list[dict[str, Any]]:
+    """The workers' ``handler_failed`` log events whose exception names ``exception``."""
+    return [e for e in leveret.events("handler_failed") if exception in str(e.get("exception", ""))]
 
 
 async def _no_faults(run: Run) -> None:
@@ -404,11 +412,7 @@ async def compensation_transient(h: Harness) -> Row:
 
         row = await h.workload("compensation failing transiently", shop, _no_faults)
         assert shop.leveret is not None
-        failed = [
-            e
-            for e in shop.leveret.events("handler_failed")
-            if "CompensationFailed" in str(e.get("exception", ""))
-        ]
+        failed = _handler_failures(shop.leveret, "CompensationFailed")
         row.faults = len(failed)
         if not failed:
             row.problems.append("no compensation failed: the fault did not fire")
@@ -486,11 +490,7 @@ async def slow_handlers(h: Harness) -> Row:
             line.split("\t", 1)[0]
             for line in (shop.directory / "faults" / "hangs.log").read_text().splitlines()
         )
-        timeouts = [
-            e
-            for e in leveret.events("handler_failed")
-            if "HandlerTimeout" in str(e.get("exception", ""))
-        ]
+        timeouts = _handler_failures(leveret, "HandlerTimeout")
         # aiormq cancels the handlers of a channel that closed: their nacks, and the acks of
         # handlers that finished just then, land on the dead channel.
         acks = leveret.events("ack_dropped_channel_closed")

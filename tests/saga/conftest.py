@@ -8,10 +8,7 @@ of the test's own, dropped afterwards (as in ``tests/store``).
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import secrets
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -34,6 +31,7 @@ from handlers.shipping import SCHEMA as SHIPPING_SCHEMA
 from handlers.shipping import build_shipping
 from tests.app.conftest import Backend, backend
 from tests.store.conftest import postgres_url, with_query
+from tests.support.poll import until
 
 __all__ = [
     "Backend",
@@ -54,16 +52,10 @@ T = TypeVar("T")
 
 async def eventually(check: Callable[[], Any], *, timeout: float = 20.0, what: str) -> Any:
     """Poll ``check`` (sync or async) until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.02)  # poll interval, not a wait for the condition itself
+    try:
+        return await until(check, timeout=timeout, what=what, interval=0.02)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 class Deliveries:

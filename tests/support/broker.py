@@ -106,8 +106,9 @@ def close_all_connections(vhost: str = "/", reason: str = "leveret test") -> Non
     rabbitmqctl("close_all_connections", "-p", vhost, reason)
 
 
-def list_queues(vhost: str = "/") -> dict[str, tuple[int, int, int]]:
-    """``{queue: (ready, unacked, consumers)}`` for every queue in ``vhost``."""
+def list_queues(vhost: str = "/", *, node: str | None = None) -> dict[str, tuple[int, int, int]]:
+    """``{queue: (ready, unacked, consumers)}`` for every queue in ``vhost`` (of ``node``: a
+    local node by name, default the session's broker)."""
     out = rabbitmqctl(
         "list_queues",
         "-p",
@@ -118,6 +119,7 @@ def list_queues(vhost: str = "/") -> dict[str, tuple[int, int, int]]:
         "messages_ready",
         "messages_unacknowledged",
         "consumers",
+        node=node,
     )
     queues: dict[str, tuple[int, int, int]] = {}
     for line in out.splitlines():
