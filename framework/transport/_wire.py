@@ -66,6 +66,7 @@ _EXPIRATION = 1 << 8
 _MESSAGE_ID = 1 << 7
 _TIMESTAMP_FLAG = 1 << 6
 _TYPE = 1 << 5
+_USER_ID = 1 << 4
 
 # The frames written in one loop turn go out this many turns later (see FrameWriter._schedule).
 FLUSH_TURNS = 2
@@ -121,6 +122,7 @@ def encode_properties(
     message_id: str | None,
     timestamp: int | None,
     message_type: str | None,
+    user_id: str | None = None,
 ) -> bytes:
     """Basic.Properties as pamqp marshals them (empty strings and empty tables are left out)."""
     flags = _DELIVERY_MODE
@@ -150,6 +152,9 @@ def encode_properties(
     if message_type:
         flags |= _TYPE
         parts.append(_short(message_type))
+    if user_id:
+        flags |= _USER_ID
+        parts.append(_short(user_id))
     return _FLAGS.pack(flags) + b"".join(parts)
 
 

@@ -152,6 +152,7 @@ def _properties(message: OutgoingMessage, reply_to: str | None) -> Basic.Propert
         message_id=message.message_id,
         timestamp=None if timestamp is None else datetime.fromtimestamp(timestamp, UTC),
         message_type=message.type,
+        user_id=message.user_id,
     )
 
 
@@ -169,6 +170,7 @@ def _wire_properties(message: OutgoingMessage, reply_to: str | None) -> bytes:
         message_id=message.message_id,
         timestamp=message.timestamp,
         message_type=message.type,
+        user_id=message.user_id,
     )
 
 
@@ -217,6 +219,7 @@ class _AmqpDelivery(Delivery):
             exchange=delivery.exchange or "",
             routing_key=delivery.routing_key or "",
             timestamp=None if timestamp is None else int(timestamp.timestamp()),
+            user_id=properties.user_id,
         )
         self._channel = message.channel
         self._tag = delivery.delivery_tag or 0

@@ -150,6 +150,9 @@ class OutgoingMessage(msgspec.Struct, kw_only=True, gc=False):
     persistent: bool = True
     expiration_ms: int | None = None
     timestamp: int | None = None
+    # AMQP ``user_id``: RabbitMQ refuses a publish whose user_id is not the connection's user,
+    # so a receiver can trust it names the sender's credentials.
+    user_id: str | None = None
 
 
 class Delivery(abc.ABC):
@@ -167,6 +170,7 @@ class Delivery(abc.ABC):
         "routing_key",
         "timestamp",
         "type",
+        "user_id",
     )
 
     def __init__(
@@ -183,6 +187,7 @@ class Delivery(abc.ABC):
         exchange: str,
         routing_key: str,
         timestamp: int | None,
+        user_id: str | None = None,
     ) -> None:
         self.body = body
         self.message_id = message_id
@@ -195,6 +200,7 @@ class Delivery(abc.ABC):
         self.exchange = exchange
         self.routing_key = routing_key
         self.timestamp = timestamp
+        self.user_id = user_id
 
     @abc.abstractmethod
     async def ack(self) -> None:

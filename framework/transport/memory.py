@@ -305,6 +305,7 @@ class _MemoryDelivery(base.Delivery):
             exchange=entry.exchange,
             routing_key=entry.routing_key,
             timestamp=message.timestamp,
+            user_id=message.user_id,
         )
         self._consumer = consumer
         self._entry = entry
