@@ -107,6 +107,7 @@ def settles(frames: list[Any]) -> list[tuple[str, int, bool]]:
     message_id=st.one_of(st.none(), short),
     timestamp=st.one_of(st.none(), st.integers(min_value=0, max_value=2**34)),
     message_type=st.one_of(st.none(), short),
+    user_id=st.one_of(st.none(), short),
 )
 def test_properties_encode_like_pamqp(
     content_type: str | None,
@@ -118,6 +119,7 @@ def test_properties_encode_like_pamqp(
     message_id: str | None,
     timestamp: int | None,
     message_type: str | None,
+    user_id: str | None,
 ) -> None:
     """Encoded properties are byte for byte what pamqp's Basic.Properties marshal to."""
     ours = _wire.encode_properties(
@@ -130,6 +132,7 @@ def test_properties_encode_like_pamqp(
         message_id=message_id,
         timestamp=timestamp,
         message_type=message_type,
+        user_id=user_id,
     )
     theirs = commands.Basic.Properties(
         content_type=content_type,
@@ -143,6 +146,7 @@ def test_properties_encode_like_pamqp(
             None if timestamp is None else datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
         ),
         message_type=message_type,
+        user_id=user_id,
     ).marshal()
     assert ours == theirs
 
