@@ -10,6 +10,14 @@ Order of operations for every delivery:
    queue, or to the DLQ with the exception in headers; only then is the original acked. If that
    publish fails, the original is nacked back to its queue: nothing is lost.
 4. Cancelled (shutdown): nack with requeue, never ack.
+
+Two kinds of input leave by the broker's own dead-lettering (nack without requeue: the queue's
+dead-letter exchange moves the message to the DLQ unchanged, with an ``x-death`` of reason
+``rejected``) instead of a copy: a body over ``max_body_size`` (copying it would hold it in the
+worker twice), and a message whose retry or DLQ copy cannot be encoded (a header value AMQP
+cannot carry: publishing it again would fail the same way, and a requeue would loop hot).
+A query whose ``reply_to`` is not a direct reply-to address (nor on the app's allowlist) is
+dead-lettered unanswered: a reply must never go to a queue the caller merely named.
 5. A publish refused for lack of permission (``AccessRefused``: by the handler, for a retry or
    dead letter, or for a query's reply) is a configuration error that no retry can fix: the app
    is told (``on_refused``, which stops its consumers), then the message is nacked back to its
@@ -29,7 +37,13 @@ from framework import envelope
 from framework.bus import Bus
 from framework.codec import Codec
 from framework.context import Context, MessageContext, QueryContext
-from framework.errors import AccessRefused, DecodeFailure, HandlerTimeout, LeveretError
+from framework.errors import (
+    AccessRefused,
+    DecodeFailure,
+    HandlerTimeout,
+    LeveretError,
+    NotEncodable,
+)
 from framework.handlers import HandlerSpec
 from framework.logging import redact_text
 from framework.messages import MessageKind
@@ -43,6 +57,9 @@ __all__ = ["HandlerPipeline", "RejectMessage"]
 
 _log = structlog.get_logger("leveret.consumer")
 _MAX_HEADER_TEXT = 1000
+# Attempt counts past any retry policy read as this, so ``attempt + 1`` always fits the header.
+_MAX_ATTEMPT = 1 << 30
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to."
 
 
 class RejectMessage(LeveretError):
@@ -72,6 +89,8 @@ class HandlerPipeline:
             straight back.
         observer: told about every delivery and what became of it (``framework.observe``);
             None costs nothing per message.
+        reply_queues: (queries) queue names a ``reply_to`` may name besides a direct reply-to
+            address.
     """
 
     def __init__(
@@ -87,6 +106,7 @@ class HandlerPipeline:
         on_refused: Callable[[AccessRefused], Awaitable[None]],
         middleware: Sequence[Middleware] = (),
         observer: Observer | None = None,
+        reply_queues: frozenset[str] = frozenset(),
     ) -> None:
         self.spec = spec
         self.queue = queue
@@ -99,6 +119,7 @@ class HandlerPipeline:
         self._is_query = spec.kind is MessageKind.QUERY
         self._chain = compose(middleware, self._invoke)
         self.observer = observer
+        self._reply_queues = reply_queues
         self.in_flight: set[asyncio.Task[Any]] = set()
 
     async def __call__(self, delivery: Delivery) -> None:
@@ -129,6 +150,20 @@ class HandlerPipeline:
     async def _handle(self, delivery: Delivery, report: Handling | None) -> None:
         """Decode, run, then ack, retry or dead-letter; ``report`` (when observed) records
         what happened."""
+        reply_to = delivery.reply_to
+        if (
+            self._is_query
+            and reply_to
+            and not reply_to.startswith(DIRECT_REPLY_TO)
+            and reply_to not in self._reply_queues
+        ):
+            reason = (
+                f"forbidden_reply_to: {reply_to[:200]!r} is not a direct reply-to address "
+                "(amq.rabbitmq.reply-to) nor on the app's reply_queues"
+            )
+            # Dead-lettered unanswered: answering would publish to the queue it names.
+            await self._dead_letter(delivery, reason, None, _attempt(delivery.headers), report)
+            return
         message_id = delivery.message_id
         if not message_id:
             await self._reject_input(
@@ -144,6 +179,11 @@ class HandlerPipeline:
                 into=self.spec.message_type,
             )
         except DecodeFailure as exc:
+            if exc.reason.startswith("body_too_large"):
+                await self._reject_unread(delivery, exc.reason, report)
+                if self._is_query and delivery.reply_to:
+                    await self._reply_error(delivery, exc, settled=True)
+                return
             await self._reject_input(delivery, exc.reason, report)
             return
         if type(message) is not self.spec.message_type:
@@ -276,6 +316,21 @@ class HandlerPipeline:
         if self._is_query and delivery.reply_to:
             await self._reply_error(delivery, DecodeFailure(reason), settled=True)
 
+    async def _reject_unread(
+        self, delivery: Delivery, reason: str, report: Handling | None
+    ) -> None:
+        """Reject without requeue: the queue's dead-letter exchange moves it to the DLQ as it
+        is, without a copy through the worker (and without leveret's reason headers)."""
+        _log.warning(
+            "message_rejected_to_dlq",
+            queue=self.queue,
+            message_id=delivery.message_id,
+            reason=reason[:_MAX_HEADER_TEXT],
+        )
+        await delivery.nack(requeue=False)
+        if report is not None:
+            report.outcome, report.reason = Outcome.DEAD_LETTERED, reason
+
     async def _dead_letter(
         self,
         delivery: Delivery,
@@ -333,6 +388,22 @@ class HandlerPipeline:
                 observer.publish_finished(state, exchange, refused)
             await self._refused(delivery, refused)
             return False
+        except NotEncodable as unencodable:
+            # The same copy would fail again: a requeue would loop. The broker dead-letters
+            # the original instead, unchanged.
+            if observer is not None:
+                observer.publish_finished(state, exchange, unencodable)
+            _log.error(
+                "message_copy_not_encodable",
+                queue=self.queue,
+                message_id=delivery.message_id,
+                error=str(unencodable)[:_MAX_HEADER_TEXT],
+            )
+            await delivery.nack(requeue=False)
+            if report is not None:
+                report.outcome = Outcome.DEAD_LETTERED
+                report.reason = f"not_encodable: {unencodable}"[:_MAX_HEADER_TEXT]
+            return False
         except Exception as publish_exc:
             if observer is not None:
                 observer.publish_finished(state, exchange, publish_exc)
@@ -353,5 +424,5 @@ class HandlerPipeline:
 def _attempt(headers: Any) -> int:
     value = headers.get(envelope.ATTEMPT, 0)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
+        return min(value, _MAX_ATTEMPT)
     return 0

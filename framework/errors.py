@@ -15,6 +15,7 @@ __all__ = [
     "DecodeFailure",
     "HandlerTimeout",
     "LeveretError",
+    "NotEncodable",
     "PublishFailed",
     "PublishNacked",
     "PublishTimeout",
@@ -115,6 +116,12 @@ class Unroutable(PublishFailed):
 
 class PublishNacked(PublishFailed):
     """The broker nacked the publish (queue full with ``reject-publish``, internal error)."""
+
+
+class NotEncodable(PublishFailed, ValueError):
+    """The message cannot be put on the wire as it is: a header value of a type or range AMQP
+    has no encoding for, a string property over 255 bytes. Publishing it again fails the same
+    way, so it is never retried."""
 
 
 class PublishTimeout(PublishFailed):

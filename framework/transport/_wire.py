@@ -54,6 +54,10 @@ _TIMESTAMP = struct.Struct(">Q")
 _FLAGS = struct.Struct(">H")
 _UINT = struct.Struct(">I")
 _BYTE = struct.Struct(">b")
+_DOUBLE = struct.Struct(">d")
+# Deeper than the decoder's bound (``_lenient.HeaderLimits.max_depth`` at most 200): what can be
+# sent can be received, and nothing here recurses without end.
+_MAX_DEPTH = 200
 _ACK, _NACK = 80, 120
 
 # Property flags of Basic.Properties, in wire order.
@@ -89,26 +93,65 @@ def _short(value: str) -> bytes:
     return bytes((len(data),)) + data
 
 
-def _table(headers: Mapping[str, Any]) -> bytes:
-    """A field table as pamqp encodes it, with the common value types done inline."""
-    if encode.DEPRECATED_RABBITMQ_SUPPORT:
-        return encode.field_table(dict(headers))
+def _value(value: Any, depth: int) -> bytes:
+    """One field value as pamqp encodes it, except floats: doubles, so none overflows.
+
+    Raises:
+        TypeError: a type AMQP has no field for, an int outside 64 bits, a table nested
+            past ``_MAX_DEPTH``.
+    """
+    kind = type(value)
+    if kind is str:
+        data: bytes = value.encode("utf-8", "surrogateescape")
+        return b"S" + _UINT.pack(len(data)) + data
+    if kind is bool:
+        return b"t\x01" if value else b"t\x00"
+    if kind is int:
+        if -128 <= value <= 127:
+            return b"b" + _BYTE.pack(value)
+        if -(1 << 63) <= value < (1 << 63):
+            integer: bytes = encode.table_integer(value)
+            return integer
+        raise TypeError(f"the integer {value} does not fit in 64 bits")
+    if kind is float:
+        return b"d" + _DOUBLE.pack(value)
+    if value is None:
+        return b"V"
+    if isinstance(value, dict):
+        return b"F" + _fields(value, depth + 1)
+    if isinstance(value, list | tuple):
+        if depth >= _MAX_DEPTH:
+            raise TypeError(f"header values nested deeper than {_MAX_DEPTH}")
+        items = b"".join([_value(item, depth + 1) for item in value])
+        return b"A" + _UINT.pack(len(items)) + items
+    if isinstance(value, bytes | bytearray):
+        return b"x" + _UINT.pack(len(value)) + bytes(value)
+    return encode.encode_table_value(value)  # datetime, Decimal; raises TypeError on the rest
+
+
+def _fields(headers: Mapping[str, Any], depth: int) -> bytes:
+    if depth > _MAX_DEPTH:
+        raise TypeError(f"header values nested deeper than {_MAX_DEPTH}")
     parts: list[bytes] = []
     for key, value in sorted(headers.items()):
-        name = key.encode()
-        if len(name) > 128:  # pamqp truncates (and warns)
-            return encode.field_table(dict(headers))
+        name = key.encode("utf-8", "surrogateescape")
+        if len(name) > 128:
+            raise TypeError(f"header name of {len(name)} bytes: AMQP allows 128")
         parts.append(bytes((len(name),)) + name)
-        kind = type(value)
-        if kind is str:
-            data = value.encode()
-            parts.append(b"S" + _UINT.pack(len(data)) + data)
-        elif kind is int and -128 <= value <= 127:
-            parts.append(b"b" + _BYTE.pack(value))
-        else:
-            parts.append(encode.encode_table_value(value))
+        parts.append(_value(value, depth))
     table = b"".join(parts)
     return _UINT.pack(len(table)) + table
+
+
+def _table(headers: Mapping[str, Any]) -> bytes:
+    """A field table as pamqp encodes it, floats as doubles.
+
+    Raises:
+        TypeError: a value AMQP cannot carry (see ``_value``).
+    """
+    if encode.DEPRECATED_RABBITMQ_SUPPORT:
+        return encode.field_table(dict(headers))
+    return _fields(headers, 1)
 
 
 def encode_properties(

@@ -37,6 +37,7 @@ __all__ = [
     "ExchangeSpec",
     "ExchangeType",
     "FlowListener",
+    "HeaderLimits",
     "OutgoingMessage",
     "QueueInfo",
     "QueueSpec",
@@ -67,7 +68,9 @@ class QueueSpec:
     Args:
         dead_letter_exchange: where rejected and expired messages go (``x-dead-letter-exchange``).
         dead_letter_routing_key: replaces their routing key when set.
-        max_length: ``x-max-length``; with ``overflow="reject-publish"`` a full queue nacks.
+        max_length: ``x-max-length``; with ``overflow="reject-publish"`` a full queue nacks,
+            by default (``drop-head``) it drops (or dead-letters) its oldest messages.
+        max_length_bytes: ``x-max-length-bytes``: the same bound on the ready messages' bodies.
         quorum: declare a quorum queue; then ``delivery_limit`` must be set (3.x has no default).
     """
 
@@ -77,6 +80,7 @@ class QueueSpec:
     dead_letter_exchange: str | None = None
     dead_letter_routing_key: str | None = None
     max_length: int | None = None
+    max_length_bytes: int | None = None
     overflow: str | None = None
     quorum: bool = False
     delivery_limit: int | None = None
@@ -90,6 +94,8 @@ class QueueSpec:
             args["x-dead-letter-routing-key"] = self.dead_letter_routing_key
         if self.max_length is not None:
             args["x-max-length"] = self.max_length
+        if self.max_length_bytes is not None:
+            args["x-max-length-bytes"] = self.max_length_bytes
         if self.overflow is not None:
             args["x-overflow"] = self.overflow
         if self.quorum:
@@ -127,6 +133,34 @@ T = TypeVar("T")
 
 def _unique(items: tuple[T, ...]) -> tuple[T, ...]:
     return tuple(dict.fromkeys(items))
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderLimits:
+    """Bounds on a delivery's header table, checked while it is decoded.
+
+    A table past a bound is not decoded further: the delivery is rejected to its DLQ unchanged.
+    The defaults leave room for everything leveret and RabbitMQ put there (``x-death`` of a
+    message that went through every delay queue is a few hundred bytes) and for generous
+    application headers.
+
+    Args:
+        max_bytes: the encoded table's size; checked from its length prefix, before decoding.
+        max_depth: nesting of tables and arrays (the headers themselves are depth 1).
+        max_entries: values in the table, nested ones included.
+    """
+
+    max_bytes: int = 64 * 1024
+    max_depth: int = 16
+    max_entries: int = 4096
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_depth", "max_entries"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"HeaderLimits.{name}={value!r}: use a positive integer")
+        if self.max_depth > 200:  # decoding recurses once per level
+            raise ValueError(f"HeaderLimits.max_depth={self.max_depth}: at most 200")
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +349,14 @@ class Transport(abc.ABC):
         Raises:
             ConfigurationError: the queue does not exist.
         """
+
+    @property
+    def user(self) -> str | None:
+        """The broker user this transport connects as: the only ``user_id`` its publishes may
+        carry (RabbitMQ refuses any other), so a delivery whose ``user_id`` is this user was sent
+        with the same credentials. None when the transport cannot tell.
+        """
+        return None
 
     # Added for circuit breakers (resilience): a blocked connection is a failure signal.
     def add_flow_listener(self, listener: FlowListener) -> None:  # noqa: B027  # optional hook

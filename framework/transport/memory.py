@@ -21,6 +21,7 @@ import msgspec
 import structlog
 
 from framework.errors import (
+    AccessRefused,
     ConfigurationError,
     PublishFailed,
     PublishNacked,
@@ -35,6 +36,7 @@ __all__ = ["MemoryBroker", "MemoryTransport"]
 log = structlog.get_logger(__name__)
 
 REPLY_TO = "amq.rabbitmq.reply-to"
+DEFAULT_USER = "guest"  # the user every MemoryTransport connects as, unless told otherwise
 
 
 def _topic_match(pattern: list[str], words: list[str]) -> bool:
@@ -72,14 +74,26 @@ class _Queue:
     def offer(self, entry: _Entry) -> bool:
         """Enqueue; False when the queue is full and rejects publishes."""
         limit = self.spec.max_length
+        byte_limit = self.spec.max_length_bytes
         full = limit is not None and len(self.ready) >= limit
+        if byte_limit is not None and not full:
+            full = self._ready_bytes() + len(entry.message.body) > byte_limit
         if full and self.spec.overflow == "reject-publish":
             return False
         self.ready.append(entry)
         while limit is not None and len(self.ready) > limit:
             self.broker.dead_letter(self, self.ready.popleft(), "maxlen")
+        if byte_limit is not None:
+            size = self._ready_bytes()
+            while self.ready and size > byte_limit:
+                dropped = self.ready.popleft()
+                size -= len(dropped.message.body)
+                self.broker.dead_letter(self, dropped, "maxlen")
         self.dispatch()
         return True
+
+    def _ready_bytes(self) -> int:
+        return sum(len(e.message.body) for e in self.ready)  # only for queues with a byte bound
 
     def give_back(self, entries: list[_Entry]) -> None:
         """Return unsettled deliveries to the head of the queue, in their original order."""
@@ -305,7 +319,7 @@ class _MemoryDelivery(base.Delivery):
             exchange=entry.exchange,
             routing_key=entry.routing_key,
             timestamp=message.timestamp,
-            user_id=message.user_id,
+            user_id=message.user_id or None,  # an empty user_id is not on the wire
         )
         self._consumer = consumer
         self._entry = entry
@@ -378,10 +392,13 @@ class MemoryTransport(base.Transport):
     Args:
         broker: the broker to use; several transports on one broker act like several
             connections to one RabbitMQ. A new private broker when omitted.
+        user: the user it connects as (``user``); a publish with another ``user_id`` is
+            refused, as RabbitMQ refuses it.
     """
 
-    def __init__(self, broker: MemoryBroker | None = None) -> None:
+    def __init__(self, broker: MemoryBroker | None = None, *, user: str = DEFAULT_USER) -> None:
         self.broker = broker if broker is not None else MemoryBroker()
+        self._user = user
         self._open = False
         self._closed = False
         self._consumers: list[_MemoryConsumer] = []
@@ -391,6 +408,21 @@ class MemoryTransport(base.Transport):
 
     def __repr__(self) -> str:
         return f"<MemoryTransport broker={id(self.broker):#x} open={self._open}>"
+
+    @property
+    def user(self) -> str:
+        return self._user
+
+    def _check_user_id(self, message: OutgoingMessage, exchange: str, routing_key: str) -> None:
+        if message.user_id and message.user_id != self._user:
+            # RabbitMQ closes the channel with PRECONDITION_FAILED; the amqp transport raises this.
+            raise AccessRefused(
+                f"user_id property set to {message.user_id!r} but the connection's user is "
+                f"{self._user!r}: publish with user_id={self._user!r} or without one",
+                exchange=exchange,
+                routing_key=routing_key,
+                user=self._user,
+            )
 
     def add_flow_listener(self, listener: base.FlowListener) -> None:
         self._flow_listeners.append(listener)
@@ -421,6 +453,7 @@ class MemoryTransport(base.Transport):
         self, message: OutgoingMessage, *, exchange: str, routing_key: str, mandatory: bool = True
     ) -> None:
         self._check_open()
+        self._check_user_id(message, exchange, routing_key)
         self.broker.publish(message, exchange, routing_key, mandatory)
 
     async def consume(
@@ -443,6 +476,7 @@ class MemoryTransport(base.Transport):
         correlation_id = message.correlation_id
         if not correlation_id:
             raise ValueError("a request needs a unique correlation_id")
+        self._check_user_id(message, exchange, routing_key)
         future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
         try:
