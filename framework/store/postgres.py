@@ -42,7 +42,7 @@ from framework.store.base import (
     StoreTx,
     StoreUnreachable,
 )
-from framework.urls import redact
+from framework.urls import check_userinfo, redact, url_passwords
 
 __all__ = ["PostgresConfig", "PostgresStore", "positional_params"]
 
@@ -547,14 +547,7 @@ def _row_count(status: str) -> int:
 
 def _secrets(url: str) -> list[str]:
     """The passwords in ``url`` (in its user info or its query), to scrub from messages."""
-    try:
-        parts = urlsplit(url)
-        found = [parts.password] if parts.password else []
-    except ValueError:
-        return []
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    found += [value for key, value in query if key in ("password", "sslpassword") and value]
-    return found
+    return url_passwords(url)
 
 
 def _display(url: str) -> str:
@@ -573,6 +566,7 @@ def _display(url: str) -> str:
 
 def _parse_url(url: str, config: PostgresConfig, shown: str) -> tuple[str, PostgresConfig]:
     """The DSN for asyncpg (without leveret's options) and the settings in ``url``."""
+    check_userinfo(url, what="PostgreSQL store")
     try:
         parts = urlsplit(url)
     except ValueError:

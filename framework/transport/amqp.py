@@ -69,7 +69,7 @@ from framework.transport.base import (
     Topology,
     Transport,
 )
-from framework.urls import redact
+from framework.urls import check_broker_url, redact
 
 __all__ = ["AmqpConfig", "AmqpTransport"]
 
@@ -432,6 +432,7 @@ class AmqpTransport(Transport):
         if self._connection is not None:
             return
         self._check_tls_files()
+        check_broker_url(self._url)  # escaped password, no_verify_ssl 0/1; warns when it is off
         cfg = self.config
         try:
             url = make_url(

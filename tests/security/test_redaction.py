@@ -1,13 +1,26 @@
-"""The redaction helpers on URLs that are odd but real: no part of a password survives."""
+"""The redaction helpers on URLs that are odd but real: no part of a password survives.
+
+Redaction works on the raw string: the user info runs from ``scheme://`` to the last ``@``, so
+a password with an unescaped ``#``, ``?``, ``/``, ``@`` or ``:`` is masked whole. The CLI tests
+run ``leveret dlq`` and ``leveret sagas`` with such URLs and search their output for the secret.
+"""
 
 from __future__ import annotations
 
+import re
+import string
+from pathlib import Path
+
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from framework import ConfigurationError
+from framework.cli import main
 from framework.logging import redact_text
+from framework.store.postgres import PostgresStore
 from framework.transport.amqp import AmqpTransport
-from framework.urls import redact
+from framework.urls import redact, url_passwords
 
 SECRET = "s3cr3t"
 
@@ -22,6 +35,82 @@ URLS = {
     ),
     f"amqps://app:{SECRET}@[::1]:5671/?cafile=/etc/ca.pem": "amqps://app:***@[::1]:5671/?cafile=/etc/ca.pem",
 }
+
+
+# Unescaped characters that end the user info for urlsplit (and yarl): each leaked the rest.
+ODD = {
+    "hash": "Kx7q#Zr4w",
+    "question": "Kx7q?Zr4w",
+    "slash": "Kx7q/Zr4w",
+    "at": "Kx7q@Zr4w",
+    "colon": "Kx7q:Zr4w",
+    "percent": "Kx7q%2FZr4w%",
+    "all": "Kx7q#Zr4w?Mp2j/Vt9e@Lc3n:Qh8s%Wy5d",
+}
+
+
+def leaked(password: str, printed: str) -> list[str]:
+    """The pieces of ``password`` (between its delimiters) that appear in ``printed``."""
+    pieces = [p for p in re.split(r"[#?/@:%]", password) if len(p) >= 4]
+    return [piece for piece in pieces if piece in printed]
+
+
+SCHEMES = ("amqp", "amqps", "postgresql", "postgres", "sqlite", "redis")
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("password", ODD.values(), ids=ODD.keys())
+def test_redact_masks_passwords_with_unescaped_delimiters(scheme: str, password: str) -> None:
+    """A password with ``#``, ``?``, ``/``, ``@``, ``:`` or ``%`` is masked whole, and the host,
+    port, path and query after it stay as they were, for every scheme."""
+    url = f"{scheme}://app:{password}@db.example:5672/shop?sslmode=require"
+    assert redact(url) == f"{scheme}://app:***@db.example:5672/shop?sslmode=require"
+    assert url_passwords(url)[0] == password
+
+
+_PRINTABLE = st.text(
+    alphabet=st.characters(codec="utf-8", categories=("L", "N", "P", "S", "Zs"))
+    | st.sampled_from("#?@/:%&=[] "),
+    min_size=1,
+    max_size=40,
+)
+_NAME = st.text(alphabet=string.ascii_letters + string.digits + "._-", min_size=1, max_size=12)
+_PATH = st.text(alphabet=string.ascii_letters + string.digits + "/._-%", max_size=20)
+_QUERY = st.sampled_from(["", "?sslmode=require", "?cafile=/etc/ca.pem&heartbeat=10", "#frag"])
+
+
+@given(
+    scheme=st.sampled_from(SCHEMES),
+    user=_NAME,
+    password=_PRINTABLE,
+    host=st.sampled_from(["rabbit", "10.0.0.7", "[::1]", "db.example.com"]),
+    port=st.sampled_from(["", ":5672", ":5432"]),
+    path=_PATH,
+    query=_QUERY,
+)
+def test_no_printable_password_survives_redaction(
+    scheme: str, user: str, password: str, host: str, port: str, path: str, query: str
+) -> None:
+    """Any password of printable characters (``#?@/:%`` included) is replaced by ``***`` whole;
+    user, host, port, path and query stay visible."""
+    url = f"{scheme}://{user}:{password}@{host}{port}/{path}{query}"
+    expected = f"{scheme}://{user}:***@{host}{port}/{path}{query}"
+    shown = redact(url)
+    assert shown == expected
+    assert host in shown
+    assume(password not in expected)
+    assert password not in shown
+
+
+@given(
+    user=_NAME,
+    password=_PRINTABLE.filter(lambda p: not any(c.isspace() for c in p)),
+    host=st.sampled_from(["rabbit", "db.example.com"]),
+)
+def test_no_password_survives_redaction_in_a_log_line(user: str, password: str, host: str) -> None:
+    """The log processor's redaction masks any password without whitespace inside a sentence."""
+    text = redact_text(f"connecting to amqp://{user}:{password}@{host}:5672/shop failed")
+    assert text == f"connecting to amqp://{user}:***@{host}:5672/shop failed"
 
 
 @pytest.mark.parametrize(
@@ -56,3 +145,67 @@ async def test_an_unparseable_broker_url_is_a_configuration_error() -> None:
         await transport.connect()
     assert str(failed.value).startswith("the broker URL amqp://app:***@rabbit:five/shop is not")
     assert SECRET not in str(failed.value)
+
+
+@pytest.mark.parametrize("password", ODD.values(), ids=ODD.keys())
+def test_a_postgres_store_shows_its_url_without_the_password(password: str) -> None:
+    """A PostgreSQL store's url, repr and scrubbed secrets hide a password of any shape."""
+    store = f"postgresql://app:{password}@127.0.0.1:1/test?connect_timeout=1"
+    try:
+        shown = repr(PostgresStore(store))
+    except ConfigurationError as exc:  # an unescaped # ? / is refused, saying so
+        shown = str(exc)
+        assert "percent-encoded" in shown
+    else:
+        assert "postgresql://app:***@127.0.0.1:1/test" in shown
+    assert not leaked(password, shown)
+
+
+def _leveret(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """Run ``leveret ARGV`` in this process; its exit code and everything it printed."""
+    capsys.readouterr()
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+@pytest.mark.parametrize("password", ODD.values(), ids=ODD.keys())
+def test_leveret_dlq_never_prints_the_password(
+    capsys: pytest.CaptureFixture[str], password: str
+) -> None:
+    """``leveret dlq list/show/replay`` with such a broker URL fail without the password."""
+    url = f"amqp://app:{password}@127.0.0.1:1/shop"
+    for action in (("list", "q"), ("show", "q"), ("replay", "q", "--all")):
+        code, printed = _leveret(capsys, "dlq", *action, "--url", url, "--timeout", "1")
+        assert code in (2, 3), printed
+        assert not leaked(password, printed), printed
+        assert "app:***@" in printed
+
+
+@pytest.mark.parametrize("password", ODD.values(), ids=ODD.keys())
+def test_leveret_sagas_never_prints_the_password(
+    capsys: pytest.CaptureFixture[str], password: str, tmp_path: Path
+) -> None:
+    """``leveret sagas list`` with such a store URL, and ``sagas resume`` with such a broker
+    URL, fail without the password."""
+    store = f"postgresql://app:{password}@127.0.0.1:1/test?connect_timeout=1"
+    code, printed = _leveret(capsys, "sagas", "list", "handlers.app:app", "--db-url", store)
+    assert code in (2, 3), printed
+    assert not leaked(password, printed), printed
+    broker = f"amqp://app:{password}@127.0.0.1:1/shop"
+    code, printed = _leveret(
+        capsys,
+        "sagas",
+        "resume",
+        "handlers.app:app",
+        "order-1",
+        "--db-url",
+        f"sqlite:///{tmp_path / 'shop.db'}",
+        "--amqp-url",
+        broker,
+        "--connect-timeout",
+        "1",
+    )
+    assert code in (2, 3), printed
+    assert not leaked(password, printed), printed
+    assert "app:***@" in printed
