@@ -186,8 +186,8 @@ def check_tls_options(url: str) -> bool:
         )
     if len(set(values)) > 1:
         raise ConfigurationError(
-            f"{_NO_VERIFY} is given twice with different values in the broker URL {redact(url)}:"
-            " give it once, 0 or 1"
+            f"{_NO_VERIFY} is given twice with different values in the broker URL {redact(url)}: "
+            f"write {_NO_VERIFY}=0 or {_NO_VERIFY}=1 once"
         )
     verified = not values or values[0] == "0"
     if not verified and url.lower().startswith("amqps://"):

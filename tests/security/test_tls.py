@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from contracts.orders import GetOrder, OrderView, PlaceOrder
 from framework import (
@@ -171,3 +172,32 @@ def test_leveret_run_with_the_wrong_ca_exits_3_naming_tls(tls_broker: TlsBroker)
     ]
     assert reasons
     assert reasons[0].startswith("TLS certificate verification failed for host '127.0.0.1'")
+
+
+@pytest.mark.parametrize("value", ["false", "", "yes"])
+async def test_a_no_verify_ssl_other_than_0_or_1_never_reaches_the_broker(
+    tls_broker: TlsBroker, value: str
+) -> None:
+    """With the wrong CA, ``no_verify_ssl=false`` (or empty, or ``yes``) used to connect with
+    verification silently off; now it is a ConfigurationError that says what to write."""
+    query = f"?cafile={tls_broker.certs.other_ca}&no_verify_ssl={value}"
+    transport = AmqpTransport(tls_broker.url(query), config=PATIENT)
+    with pytest.raises(ConfigurationError) as refused:
+        await transport.connect()
+    assert "write no_verify_ssl=0" in str(refused.value)
+    assert "guest:guest" not in str(refused.value)
+    await transport.close()
+
+
+async def test_a_worker_without_verification_warns_at_start(tls_broker: TlsBroker) -> None:
+    """``no_verify_ssl=1`` connects to an untrusted certificate, and the app's start logs
+    ``tls_verification_disabled`` with the URL's password masked."""
+    query = f"?cafile={tls_broker.certs.other_ca}&no_verify_ssl=1"
+    app = App([Service("idle")], url=tls_broker.url(query), config=AppConfig(prefix="tlsoff"))
+    with capture_logs() as logs:
+        async with app:
+            pass
+    [warning] = [e for e in logs if e["event"] == "tls_verification_disabled"]
+    assert warning["log_level"] == "warning"
+    assert warning["url"].startswith("amqps://guest:***@127.0.0.1:")
+    assert warning["url"].endswith("no_verify_ssl=1")
