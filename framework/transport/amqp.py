@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import aiormq
 import aiormq.abc
@@ -41,6 +41,7 @@ from aiormq.exceptions import (
     ChannelClosed,
     ChannelInvalidStateError,
     ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
     DeliveryError,
     PublishError,
 )
@@ -188,6 +189,8 @@ def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | Non
 
 # RabbitMQ's text of a refused publish: "ACCESS_REFUSED - access to exchange 'x' in vhost ...".
 _REFUSED_EXCHANGE = re.compile(r"access to exchange '([^']*)'")
+# ... and of a user_id that is not the connection's user (it closes the channel, 406).
+_REFUSED_USER_ID = re.compile(r"user_id property set to '([^']*)' but authenticated user was")
 
 
 def _broker_text(exc: BaseException) -> str:
@@ -413,6 +416,11 @@ class AmqpTransport(Transport):
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._connection else "new"
         return f"<AmqpTransport {self._safe_url} {state}>"
+
+    @property
+    def user(self) -> str:
+        """The URL's user name (``guest`` when it names none, as aio-pika then logs in)."""
+        return unquote(urlsplit(self._url).username or "") or "guest"
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -920,7 +928,7 @@ class AmqpTransport(Transport):
                     reply_to=message.reply_to,
                 )
         except (TimeoutError, *_LOST) as exc:
-            raise self._publish_error(exc, exchange, routing_key) from None
+            raise self._publish_error(exc, exchange, routing_key, message.user_id) from None
 
     async def _reopened_publish_channel(self) -> aiormq.abc.AbstractChannel:
         self._require()
@@ -945,8 +953,14 @@ class AmqpTransport(Transport):
         if channel is not None and channel in self._reopened:
             self._reopened[channel].set()
 
-    def _publish_error(self, exc: BaseException, exchange: str, routing_key: str) -> LeveretError:
+    def _publish_error(
+        self, exc: BaseException, exchange: str, routing_key: str, user_id: str | None = None
+    ) -> LeveretError:
         where = {"exchange": exchange, "routing_key": routing_key}
+        if isinstance(exc, ChannelPreconditionFailed):
+            refused = _REFUSED_USER_ID.search(_broker_text(exc))
+            if refused is not None and user_id and refused.group(1) == user_id:
+                return self._user_id_refused(exc, exchange, routing_key)
         if isinstance(exc, ChannelAccessRefused):
             refused = _REFUSED_EXCHANGE.search(_broker_text(exc))
             if refused is None or refused.group(1) == exchange:
@@ -982,6 +996,19 @@ class AmqpTransport(Transport):
             exchange=exchange,
             routing_key=routing_key,
             user=user,
+        )
+
+    def _user_id_refused(
+        self, exc: BaseException, exchange: str, routing_key: str
+    ) -> AccessRefused:
+        # Final like ACCESS_REFUSED: the same user_id would be refused again.
+        log.error("publish_user_id_refused", exchange=exchange, user=self.user)
+        return AccessRefused(
+            f"RabbitMQ refused the publish to exchange {exchange!r}: {_broker_text(exc)}; "
+            "publish with the connection's own user as user_id, or without one",
+            exchange=exchange,
+            routing_key=routing_key,
+            user=self.user,
         )
 
     async def _check_exchange(self, exchange: str, routing_key: str) -> None:
