@@ -7,6 +7,7 @@ from framework.dlq.scan import (
     MAX_SCAN,
     DeadLetterInfo,
     ReplayResult,
+    ScanIncomplete,
     Selection,
     count_reasons,
     describe,
@@ -15,12 +16,14 @@ from framework.dlq.scan import (
     purge,
     replay,
     replay_copy,
+    undecodable_reason,
 )
 
 __all__ = [
     "MAX_SCAN",
     "DeadLetterInfo",
     "ReplayResult",
+    "ScanIncomplete",
     "Selection",
     "count_reasons",
     "describe",
@@ -29,4 +32,5 @@ __all__ = [
     "purge",
     "replay",
     "replay_copy",
+    "undecodable_reason",
 ]

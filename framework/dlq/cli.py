@@ -5,9 +5,15 @@ overrides). Without the management plugin a client cannot list queues, so ``list
 ``--app`` (every handler queue's ``<queue>.dlq``) or the queues by name. A QUEUE argument is a
 DLQ (``leveret.orders.orders.place_order.dlq``) or the handler queue it belongs to.
 
-Exit codes: 0 done; 1 nothing matched, a replay stopped on a failed publish, or a purge was not
-confirmed; 2 usage or configuration error (no broker named, a missing queue, a bad MODULE:APP);
-3 the broker could not be reached.
+Exit codes: 0 done; 1 nothing matched, a replay stopped on a failed publish or left messages it
+cannot replay in the DLQ, or a purge was not confirmed; 2 usage or configuration error (no broker
+named, a missing queue, a bad MODULE:APP); 3 the broker could not be reached; 4 a DLQ could not be
+read whole (a lost connection, messages that did not arrive): what was read is printed, once each.
+
+A message whose headers the client could not decode is listed and shown as ``undecodable`` with
+the reason; ``replay`` leaves it in the DLQ. ``replay`` republishes only to the queue the DLQ
+belongs to (``<queue>`` for ``<queue>.dlq``), whatever a message's ``leveret-original-queue``
+header says (it says so when they differ).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import asyncio
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TextIO, cast
 
 import msgspec
 
@@ -26,6 +32,7 @@ from framework.dlq.scan import (
     DLQ_SUFFIX,
     MAX_SCAN,
     DeadLetterInfo,
+    ScanIncomplete,
     Selection,
     count_reasons,
     peek,
@@ -33,6 +40,7 @@ from framework.dlq.scan import (
     replay,
 )
 from framework.errors import BrokerUnreachable, ConfigurationError
+from framework.logging import configure_logging
 from framework.transport.base import Transport
 
 __all__ = ["register"]
@@ -41,6 +49,7 @@ EXIT_OK = 0
 EXIT_NOTHING = 1
 EXIT_USAGE = 2
 EXIT_BROKER_UNREACHABLE = 3
+EXIT_INCOMPLETE = 4
 
 
 def register(commands: Any) -> None:
@@ -185,6 +194,8 @@ class _Target:
 
 def _run(args: argparse.Namespace, work: Callable[[_Target], Awaitable[int]]) -> int:
     try:
+        # Warnings (a lost connection, TLS verification off) go to stderr, never into the output.
+        configure_logging(level="warning", stream=cast(TextIO, _CurrentStderr()))
         target = _Target(args)
     except ConfigurationError as exc:
         return _fail(str(exc), EXIT_USAGE)
@@ -202,6 +213,20 @@ def _run(args: argparse.Namespace, work: Callable[[_Target], Awaitable[int]]) ->
         return _fail(str(exc), EXIT_BROKER_UNREACHABLE)
     except ConfigurationError as exc:
         return _fail(str(exc), EXIT_USAGE)
+
+
+class _CurrentStderr:
+    """``sys.stderr`` as it is at each write: the tools may run in a process (a test) that
+    swaps it, and a logger must not keep writing to a stream that was closed since."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
 
 
 def _fail(message: str, code: int) -> int:
@@ -229,6 +254,7 @@ def _list(args: argparse.Namespace) -> int:
                 "a client cannot list a broker's queues without the management plugin"
             )
         rows: list[dict[str, Any]] = []
+        unread: list[str] = []
         for dlq in queues:
             depth = await _existing(target.transport, dlq)
             if depth is None:
@@ -237,13 +263,19 @@ def _list(args: argparse.Namespace) -> int:
                 continue  # the app's handler has not declared its queues yet
             reasons: Counter[str] = Counter()
             if depth:
-                reasons = await count_reasons(target.transport, dlq, idle=target.idle)
+                try:
+                    reasons = await count_reasons(target.transport, dlq, idle=target.idle)
+                except ScanIncomplete as exc:
+                    reasons = exc.partial
+                    unread.append(str(exc))
             rows.append({"queue": dlq, "messages": depth, "reasons": dict(reasons.most_common())})
         if args.json:
             print(msgspec.json.encode(rows).decode())
-            return EXIT_OK
-        _print_counts(rows, skipped=len(queues) - len(rows))
-        return EXIT_OK
+        else:
+            _print_counts(rows, skipped=len(queues) - len(rows))
+        for problem in unread:
+            print(f"leveret: reasons counted over part of a DLQ only: {problem}", file=sys.stderr)
+        return EXIT_INCOMPLETE if unread else EXIT_OK
 
     return _run(args, work)
 
@@ -274,14 +306,21 @@ def _show(args: argparse.Namespace) -> int:
         depth = await _existing(target.transport, dlq)
         if depth is None:
             raise ConfigurationError(f"queue {dlq!r} does not exist")
-        found = await peek(target.transport, dlq, limit=args.limit, idle=target.idle)
+        problem: str | None = None
+        try:
+            found = await peek(target.transport, dlq, limit=args.limit, idle=target.idle)
+        except ScanIncomplete as exc:
+            found, problem = exc.partial, str(exc)
         if args.json:
             print(msgspec.json.encode(found).decode())
-            return EXIT_OK
-        print(f"{dlq}: {depth} message(s), showing {len(found)}")
-        for info in found:
-            print()
-            _print_message(info, depth)
+        else:
+            print(f"{dlq}: {depth} message(s), showing {len(found)}")
+            for info in found:
+                print()
+                _print_message(info, depth)
+        if problem is not None:
+            print(f"leveret: not every message could be shown: {problem}", file=sys.stderr)
+            return EXIT_INCOMPLETE
         return EXIT_OK
 
     return _run(args, work)
@@ -302,6 +341,10 @@ def _print_message(info: DeadLetterInfo, depth: int) -> None:
         ("causation", info.causation_id),
         ("saga", info.saga_id),
         ("reason", info.reason),
+        (
+            "undecodable",
+            info.undecodable and "its headers could not be read; it cannot be replayed",
+        ),
         ("exception", exception),
         ("attempts", None if info.attempts is None else str(info.attempts)),
         ("first failed", info.first_failed_at),
@@ -347,11 +390,23 @@ def _replay(args: argparse.Namespace) -> int:
             target.transport, dlq, selection, idle=target.idle, on_replayed=replayed
         )
         print(f"{len(result.replayed)} message(s) replayed from {dlq} ({result.scanned} scanned)")
+        for label, note in result.notes:
+            print(f"leveret: {label}: {note}", file=sys.stderr)
+        for label, why in result.skipped:
+            print(f"leveret: not replayed {label}: {why}; it stays in the DLQ", file=sys.stderr)
         if result.error is not None:
             print(
                 f"leveret: replay stopped: {result.error}; it and the rest stay in the DLQ",
                 file=sys.stderr,
             )
+        if result.incomplete is not None:
+            print(
+                f"leveret: replay did not read the whole DLQ: {result.incomplete}; the "
+                "messages not read are still in the DLQ, run it again",
+                file=sys.stderr,
+            )
+            return EXIT_INCOMPLETE
+        if result.error is not None or result.skipped:
             return EXIT_NOTHING
         return EXIT_OK if result.replayed else EXIT_NOTHING
 
@@ -377,7 +432,12 @@ def _purge(args: argparse.Namespace) -> int:
         if not args.yes and not await _confirm(f"delete {what} from {dlq} for good? [y/N] "):
             print("nothing deleted")
             return EXIT_NOTHING
-        deleted = await purge(target.transport, dlq, selection, idle=target.idle)
+        try:
+            deleted = await purge(target.transport, dlq, selection, idle=target.idle)
+        except ScanIncomplete as exc:
+            print(f"{len(exc.partial)} message(s) deleted from {dlq}")
+            print(f"leveret: purge did not read the whole DLQ: {exc}", file=sys.stderr)
+            return EXIT_INCOMPLETE
         print(f"{len(deleted)} message(s) deleted from {dlq}")
         return EXIT_OK if deleted else EXIT_NOTHING
 

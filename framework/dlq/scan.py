@@ -12,11 +12,21 @@ handlers and sagas) drops as a duplicate.
 
 Messages published to the DLQ after the count are not part of the scan. One scan sees at most
 ``MAX_SCAN`` messages (AMQP's largest prefetch): ``show`` and ``list`` say so when there are more.
+
+A scan never reads a message twice and never passes off a partial read as a whole one. When the
+channel is lost mid-scan (a dropped connection: RabbitMQ requeues everything the scan held, and
+the robust connection consumes again, so the same messages come once more) the scan stops at the
+first delivery of the new channel; when the counted messages do not all arrive, it stops after
+``idle``. Either way it raises ``ScanIncomplete`` with what it did read (``replay`` reports it in
+its result instead). A delivery whose headers the client could not decode (the transport's
+``UNDECODABLE_HEADERS`` marker) is read like any other and described as undecodable, with the
+transport's reason; ``replay`` leaves it in the DLQ and says so, since its headers are lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -25,13 +35,15 @@ from typing import Any
 import msgspec
 
 from framework import envelope
-from framework.errors import ConfigurationError, PublishFailed
+from framework.errors import ConfigurationError, LeveretError, PublishFailed
+from framework.transport import _lenient
 from framework.transport.base import Delivery, OutgoingMessage, Transport
 
 __all__ = [
     "MAX_SCAN",
     "DeadLetterInfo",
     "ReplayResult",
+    "ScanIncomplete",
     "Selection",
     "count_reasons",
     "describe",
@@ -40,6 +52,7 @@ __all__ = [
     "purge",
     "replay",
     "replay_copy",
+    "undecodable_reason",
 ]
 
 MAX_SCAN = 65535
@@ -60,6 +73,34 @@ _DEATH_HEADERS = (
     "x-last-death-reason",
     "x-delivery-count",
 )
+# What encoding a message for the wire raises when AMQP cannot carry a value (the transport's
+# NotEncodable is a ValueError): a replay skips such a message instead of stopping.
+_UNENCODABLE = (TypeError, ValueError, OverflowError, struct.error, RecursionError)
+
+
+class ScanIncomplete(LeveretError):
+    """A scan of a DLQ could not read every message it counted; nothing was read twice.
+
+    Args:
+        dlq: the queue scanned.
+        read: messages read before it stopped.
+        expected: messages counted at the start (at most ``MAX_SCAN``, or the limit).
+        reason: why it stopped.
+        partial: what the operation had gathered from the messages it read.
+    """
+
+    def __init__(
+        self, dlq: str, *, read: int, expected: int, reason: str, partial: Any = None
+    ) -> None:
+        super().__init__(
+            f"read {read} of the {expected} message(s) of {dlq}: {reason}; the messages not "
+            "read are still in the DLQ, run the command again"
+        )
+        self.dlq = dlq
+        self.read = read
+        self.expected = expected
+        self.reason = reason
+        self.partial = partial
 
 
 class DeadLetterInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,6 +125,7 @@ class DeadLetterInfo(msgspec.Struct, frozen=True, kw_only=True):
     content_type: str | None
     body: str
     body_is_json: bool
+    undecodable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,15 +152,43 @@ class Selection:
 
 @dataclass(frozen=True, slots=True)
 class ReplayResult:
-    """What a replay did: ids republished (confirmed, then acked), and why it stopped early."""
+    """What a replay did.
+
+    Args:
+        replayed: ids republished (confirmed, then acked).
+        scanned: messages of the DLQ read.
+        error: why it stopped early (a publish failed).
+        skipped: ``(message, why)`` of selected messages left in the DLQ because they cannot be
+            replayed (headers that were not decoded, or cannot be encoded again).
+        notes: ``(message, what)`` worth telling the operator (a sender-set
+            ``leveret-original-queue`` naming another queue, ignored).
+        incomplete: why the scan could not read every message (see ``ScanIncomplete``).
+    """
 
     replayed: tuple[str, ...]
     scanned: int
     error: str | None = None
+    skipped: tuple[tuple[str, str], ...] = ()
+    notes: tuple[tuple[str, str], ...] = ()
+    incomplete: str | None = None
+
+
+def undecodable_reason(headers: Any) -> str | None:
+    """Why the client could not decode a delivery's headers (or properties), or None."""
+    if _lenient.UNDECODABLE_HEADERS not in headers:
+        return None
+    reason = headers.get(_lenient.UNDECODABLE_REASON)
+    if isinstance(reason, str) and reason:
+        return _shown(reason)
+    return "the header table cannot be decoded"
 
 
 def reason_of(headers: Any) -> str:
-    """The dead-letter reason: leveret's header, else the broker's own (``x-death``)."""
+    """The dead-letter reason: leveret's header, else the broker's own (``x-death``); for a
+    delivery whose headers could not be decoded, ``undecodable: <why>``."""
+    undecodable = undecodable_reason(headers)
+    if undecodable is not None:
+        return f"undecodable: {undecodable}"
     reason = headers.get(envelope.DEAD_REASON)
     if isinstance(reason, str) and reason:
         return reason
@@ -128,20 +198,20 @@ def reason_of(headers: Any) -> str:
     return "unknown"
 
 
-def original_queue(dlq: str, headers: Any) -> str:
-    """The queue a dead letter came from: its header, else the DLQ's name without ``.dlq``.
+def original_queue(dlq: str) -> str:
+    """The queue ``dlq`` belongs to: its name without ``.dlq``, the only queue a replay targets.
+
+    A message's ``leveret-original-queue`` header is not trusted for this: anyone who can
+    publish to the DLQ (or to the queue's dead-letter exchange) sets it.
 
     Raises:
-        ConfigurationError: neither tells.
+        ConfigurationError: ``dlq`` is not named ``<queue>.dlq``.
     """
-    queue = headers.get(envelope.ORIGINAL_QUEUE)
-    if isinstance(queue, str) and queue:
-        return queue
     if dlq.endswith(DLQ_SUFFIX) and len(dlq) > len(DLQ_SUFFIX):
         return dlq[: -len(DLQ_SUFFIX)]
     raise ConfigurationError(
-        f"cannot tell where the messages of {dlq!r} came from: it is not named <queue>.dlq and "
-        f"the message has no {envelope.ORIGINAL_QUEUE} header"
+        f"{dlq!r} is not named <queue>.dlq: a replay goes only to the queue a DLQ belongs to, "
+        "and this name does not tell which"
     )
 
 
@@ -191,6 +261,7 @@ def describe(delivery: Delivery, *, queue: str, position: int) -> DeadLetterInfo
         content_type=_shown(delivery.content_type),
         body=body,
         body_is_json=is_json,
+        undecodable=undecodable_reason(headers),
     )
 
 
@@ -198,18 +269,35 @@ def describe(delivery: Delivery, *, queue: str, position: int) -> DeadLetterInfo
 _Visit = Callable[[Delivery], Awaitable[bool]]
 
 
+@dataclass(frozen=True, slots=True)
+class _Scanned:
+    seen: int
+    expected: int
+    incomplete: str | None = None
+
+
+def _channel_of(delivery: Delivery) -> object | None:
+    """The channel a delivery came on, where the transport keeps it (RabbitMQ's does).
+
+    A delivery tag means something on its own channel only: after the channel is lost and
+    reopened, the broker delivers every unacked message again, with new tags.
+    """
+    return getattr(delivery, "_channel", None)
+
+
 async def _scan(
     transport: Transport, dlq: str, visit: _Visit, *, limit: int | None, idle: float
-) -> int:
-    """Visit the first ``limit`` (default: all) messages of ``dlq``; return how many were seen.
+) -> _Scanned:
+    """Visit the first ``limit`` (default: all) messages of ``dlq``, each once.
 
     ``idle`` bounds the wait for each next delivery: a message counted at the start may have
-    been taken by someone else meanwhile.
+    been taken by someone else meanwhile (then the DLQ has no ready message left, and the scan
+    is complete). The result says why the scan stopped short, if it did.
     """
     ready = (await transport.queue_info(dlq)).messages
     total = min(ready, MAX_SCAN) if limit is None else min(ready, limit, MAX_SCAN)
     if total <= 0:
-        return 0
+        return _Scanned(0, 0)
     arrived: asyncio.Queue[Delivery] = asyncio.Queue()
     finished = False
 
@@ -221,6 +309,8 @@ async def _scan(
 
     held: list[Delivery] = []
     seen = 0
+    incomplete: str | None = None
+    first_channel: object | None = None
     consumer = await transport.consume(dlq, on_delivery, prefetch=total)
     try:
         while seen < total:
@@ -228,6 +318,15 @@ async def _scan(
                 async with asyncio.timeout(idle):
                     delivery = await arrived.get()
             except TimeoutError:
+                incomplete = await _short_read(transport, dlq, seen, idle)
+                break
+            channel = _channel_of(delivery)
+            if seen == 0:
+                first_channel = channel
+            elif channel is not first_channel:
+                # The channel was lost: what the scan held went back to the DLQ, and comes again.
+                held.append(delivery)
+                incomplete = "the connection to the broker was lost during the scan"
                 break
             seen += 1
             held.append(delivery)
@@ -241,32 +340,62 @@ async def _scan(
         # Newest first: each goes back to the head, so the oldest ends up first again.
         for delivery in reversed(held):
             await delivery.nack(requeue=True)
-    return seen
+    return _Scanned(seen, total, incomplete)
+
+
+async def _short_read(transport: Transport, dlq: str, seen: int, idle: float) -> str | None:
+    """Why a scan that waited ``idle`` in vain is incomplete; None when nothing was left."""
+    try:
+        left = (await transport.queue_info(dlq)).messages
+    except LeveretError as exc:
+        return f"no message for {idle:g}s, and the DLQ could not be checked again ({exc})"
+    if left <= 0:
+        return None  # someone else took the rest
+    return f"no message for {idle:g}s while {left} more are ready in the DLQ"
+
+
+def _raise_incomplete(dlq: str, scanned: _Scanned, partial: Any) -> None:
+    if scanned.incomplete is not None:
+        raise ScanIncomplete(
+            dlq,
+            read=scanned.seen,
+            expected=scanned.expected,
+            reason=scanned.incomplete,
+            partial=partial,
+        )
 
 
 async def peek(
     transport: Transport, dlq: str, *, limit: int | None = None, idle: float = 5.0
 ) -> list[DeadLetterInfo]:
-    """The first ``limit`` messages of ``dlq`` (all by default), left in place and in order."""
+    """The first ``limit`` messages of ``dlq`` (all by default), left in place and in order.
+
+    Raises:
+        ScanIncomplete: not all could be read; ``partial`` holds those that were.
+    """
     found: list[DeadLetterInfo] = []
 
     async def keep(delivery: Delivery) -> bool:
         found.append(describe(delivery, queue=dlq, position=len(found) + 1))
         return True
 
-    await _scan(transport, dlq, keep, limit=limit, idle=idle)
+    _raise_incomplete(dlq, await _scan(transport, dlq, keep, limit=limit, idle=idle), found)
     return found
 
 
 async def count_reasons(transport: Transport, dlq: str, *, idle: float = 5.0) -> Counter[str]:
-    """How many messages of ``dlq`` carry each dead-letter reason (messages stay in place)."""
+    """How many messages of ``dlq`` carry each dead-letter reason (messages stay in place).
+
+    Raises:
+        ScanIncomplete: not all could be read; ``partial`` holds the counts of those that were.
+    """
     reasons: Counter[str] = Counter()
 
     async def keep(delivery: Delivery) -> bool:
         reasons[reason_of(delivery.headers)] += 1
         return True
 
-    await _scan(transport, dlq, keep, limit=None, idle=idle)
+    _raise_incomplete(dlq, await _scan(transport, dlq, keep, limit=None, idle=idle), reasons)
     return reasons
 
 
@@ -288,42 +417,88 @@ async def replay(
     idle: float = 5.0,
     on_replayed: Callable[[str, str], None] | None = None,
 ) -> ReplayResult:
-    """Republish the selected messages of ``dlq`` to the queues they came from, in DLQ order.
+    """Republish the selected messages of ``dlq`` to the queue it belongs to, in DLQ order.
 
-    Each copy goes through the default exchange straight to its original queue (an event is not
-    fanned out to every subscriber again), ``mandatory`` and confirmed; only then is the DLQ's
-    copy acked. The first publish that fails stops the replay; that message and every other not
-    yet replayed stay in the DLQ, in order.
+    Each copy goes through the default exchange straight to ``<queue>`` for ``<queue>.dlq`` (an
+    event is not fanned out to every subscriber again; a ``leveret-original-queue`` header naming
+    another queue is ignored and noted), ``mandatory`` and confirmed; only then is the DLQ's copy
+    acked. A message that cannot be replayed (headers the client could not decode, a value that
+    cannot be encoded again) is skipped and stays in the DLQ. The first publish that fails
+    otherwise stops the replay; that message and every other not yet replayed stay in the DLQ,
+    in order.
+
+    Raises:
+        ConfigurationError: ``dlq`` is not named ``<queue>.dlq``.
     """
+    target = original_queue(dlq)
     replayed: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    notes: list[tuple[str, str]] = []
     error: str | None = None
+    position = 0
 
     async def republish(delivery: Delivery) -> bool:
-        nonlocal error
+        nonlocal error, position
+        position += 1
         if error is not None or not selection.matches(delivery):
             return True
+        label = _label(delivery, position)
+        undecodable = undecodable_reason(delivery.headers)
+        if undecodable is not None:
+            skipped.append((label, f"its headers could not be decoded ({undecodable})"))
+            return True
+        claimed = _str(delivery.headers.get(envelope.ORIGINAL_QUEUE))
+        if claimed is not None and claimed != target:
+            notes.append(
+                (
+                    label,
+                    f"its {envelope.ORIGINAL_QUEUE} header names {claimed!r}, ignored: a replay "
+                    f"goes only to {target!r}, the queue of {dlq}",
+                )
+            )
         try:
-            target = original_queue(dlq, delivery.headers)
             await transport.publish(
                 replay_copy(delivery), exchange="", routing_key=target, mandatory=True
             )
-        except (PublishFailed, ConfigurationError) as exc:
-            error = f"{delivery.message_id}: {exc}"
+        except _UNENCODABLE as exc:  # before PublishFailed: NotEncodable is both
+            skipped.append((label, f"it cannot be encoded again: {exc}"))
+            return True
+        except PublishFailed as exc:
+            error = f"{label}: {exc}"
             return True
         await delivery.ack()
         replayed.append(delivery.message_id or "")
         if on_replayed is not None:
-            on_replayed(delivery.message_id or "", target)
+            on_replayed(label, target)
         return False
 
     scanned = await _scan(transport, dlq, republish, limit=None, idle=idle)
-    return ReplayResult(tuple(replayed), scanned, error)
+    return ReplayResult(
+        tuple(replayed),
+        scanned.seen,
+        error,
+        skipped=tuple(skipped),
+        notes=tuple(notes),
+        incomplete=None
+        if scanned.incomplete is None
+        else f"read {scanned.seen} of {scanned.expected} message(s): {scanned.incomplete}",
+    )
+
+
+def _label(delivery: Delivery, position: int) -> str:
+    """How to name a message to the operator: its id, else its position in the DLQ."""
+    message_id = _shown(delivery.message_id)
+    return message_id if message_id else f"#{position} (no message id)"
 
 
 async def purge(
     transport: Transport, dlq: str, selection: Selection, *, idle: float = 5.0
 ) -> Sequence[str]:
-    """Delete the selected messages of ``dlq`` for good (those present when it starts)."""
+    """Delete the selected messages of ``dlq`` for good (those present when it starts).
+
+    Raises:
+        ScanIncomplete: not all could be read; ``partial`` holds the ids deleted.
+    """
     deleted: list[str] = []
 
     async def drop(delivery: Delivery) -> bool:
@@ -333,5 +508,5 @@ async def purge(
         deleted.append(delivery.message_id or "")
         return False
 
-    await _scan(transport, dlq, drop, limit=None, idle=idle)
+    _raise_incomplete(dlq, await _scan(transport, dlq, drop, limit=None, idle=idle), deleted)
     return deleted
