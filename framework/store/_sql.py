@@ -1,10 +1,11 @@
 """What the SQLite and PostgreSQL stores share: column lists, row mapping, URL options.
 
 Both stores keep the same tables (``leveret_sagas``, ``leveret_inbox``, ``leveret_outbox``,
-``leveret_history`` and ``leveret_schema_version``); only the column types and placeholders
-differ. Sent outbox rows stay (with ``sent_at`` set) for ``outbox_retention`` seconds, so an
-operator can see what was published and when (``_retention``: pruned from the sweeper, found by
-a partial index on ``sent_at``); pending reads use a partial index on unsent rows.
+``leveret_history``, ``leveret_meta`` and ``leveret_schema_version``); only the column types and
+placeholders differ. Sent outbox rows stay (with ``sent_at`` set) for ``outbox_retention``
+seconds, so an operator can see what was published and when (``_retention``: pruned from the
+sweeper, found by a partial index on ``sent_at``); pending reads use a partial index on unsent
+rows.
 Inbox rows stay for ``inbox_retention`` seconds (``_retention``), found by an index on
 ``created_at``.
 """
@@ -24,6 +25,7 @@ __all__ = [
     "HISTORY_COLUMNS",
     "OUTBOX_COLUMNS",
     "SAGA_COLUMNS",
+    "SECRET",
     "Row",
     "check_schema_version",
     "emitted_json",
@@ -45,6 +47,8 @@ OUTBOX_COLUMNS = (
     "message_id, exchange, routing_key, body, properties, mandatory, destination, saga_id, "
     "created_at, attempts"
 )
+# The ``leveret_meta`` row holding the sagas' secret (``Store.shared_secret``).
+SECRET = "saga_secret"
 HISTORY_COLUMNS = (
     "saga_id, version, at, message_id, message_type, from_state, to_state, status, emitted, note"
 )

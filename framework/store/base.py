@@ -9,6 +9,10 @@ the outbox published. Three implementations pass one contract suite (``tests/sto
 Service tables: ``StoreTx.execute/fetchone/fetchall`` run SQL with ``?`` placeholders (the
 PostgreSQL store rewrites them to ``$n``), so a service keeps its own tables in the same
 transaction as its inbox and outbox rows. ``Store.setup(ddl)`` creates them on first use.
+
+The three stores also keep one secret for the sagas of every process that shares them
+(``SecretKeeper``): the key of the ids and timeout tokens the saga runner derives
+(``framework.saga.signing``) when the app configures none.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import abc
 import enum
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import msgspec
 
@@ -31,6 +35,7 @@ __all__ = [
     "SagaExists",
     "SagaRecord",
     "SagaStatus",
+    "SecretKeeper",
     "Store",
     "StoreStats",
     "StoreTx",
@@ -316,6 +321,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release connections."""
+
+
+@runtime_checkable
+class SecretKeeper(Protocol):
+    """A store that keeps one secret for every process sharing it (the three stores do).
+
+    Not part of ``Store``'s abstract methods, so that a wrapper delegating to another store
+    (``__getattr__``) passes the inner store's method on instead of inheriting a default.
+    """
+
+    async def shared_secret(self, candidate: str) -> str:
+        """The store's secret: ``candidate`` if the store had none yet (the first writer wins,
+        in its own committed transaction), else the one kept. Never logged."""
+        ...
 
 
 def store_from_url(url: str) -> Store:

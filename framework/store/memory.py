@@ -107,6 +107,7 @@ class MemoryStore(Store):
         self._history: dict[str, list[HistoryRow]] = {}
         self._outbox: dict[str, OutboxRow] = {}
         self._positions = itertools.count(1)
+        self._secret: str | None = None
         self.extensions: dict[str, Any] = {}
 
     async def setup(self, ddl: Sequence[str] = ()) -> None:
@@ -127,6 +128,12 @@ class MemoryStore(Store):
                 )
             for apply in tx.on_commit:
                 apply()
+
+    async def shared_secret(self, candidate: str) -> str:
+        """This store object's secret: ``candidate`` the first time, the same one after."""
+        if self._secret is None:
+            self._secret = candidate
+        return self._secret
 
     async def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
         rows = sorted(self._outbox.values(), key=lambda r: r.position)

@@ -81,6 +81,7 @@ _SCHEMA = (
     " from_state TEXT NOT NULL, to_state TEXT NOT NULL, status TEXT NOT NULL,"
     " emitted JSONB NOT NULL, note TEXT)",
     "CREATE INDEX IF NOT EXISTS leveret_history_saga ON leveret_history (saga_id, seq)",
+    "CREATE TABLE IF NOT EXISTS leveret_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
 # Serializes concurrent setup() calls: CREATE ... IF NOT EXISTS races in PostgreSQL.
 _SETUP_LOCK_KEY = 0x6C65766572657401
@@ -177,6 +178,8 @@ _PRUNE_OUTBOX = (
     " WHERE sent_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED))"
 )
 _HISTORY = f"SELECT {_sql.HISTORY_COLUMNS} FROM leveret_history WHERE saga_id = $1 ORDER BY seq"
+_META_ADD = "INSERT INTO leveret_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING"
+_META = "SELECT value FROM leveret_meta WHERE name = $1"
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _OPTIONS = (
@@ -397,6 +400,17 @@ class PostgresStore(Store):
     async def transaction(self) -> AsyncIterator[StoreTx]:
         async with self._connection() as conn, conn.transaction():
             yield _PostgresTx(conn, self._clock)
+
+    async def shared_secret(self, candidate: str) -> str:
+        """The database's saga secret (``leveret_meta``): ``candidate`` if it had none yet.
+
+        Two statements, so that the read (a snapshot of its own at READ COMMITTED) sees the row
+        of a racing writer whose insert this one waited for.
+        """
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(_META_ADD, _sql.SECRET, candidate)
+            value = await conn.fetchval(_META, _sql.SECRET)
+        return str(value)
 
     async def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
         async with self._connection() as conn:

@@ -78,6 +78,7 @@ _SCHEMA = (
     " from_state TEXT NOT NULL, to_state TEXT NOT NULL, status TEXT NOT NULL,"
     " emitted TEXT NOT NULL, note TEXT)",
     "CREATE INDEX IF NOT EXISTS leveret_history_saga ON leveret_history (saga_id, seq)",
+    "CREATE TABLE IF NOT EXISTS leveret_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
 
 _INBOX_ADD = (
@@ -124,6 +125,8 @@ _PRUNE_OUTBOX = (
     " (SELECT position FROM leveret_outbox WHERE sent_at < ? LIMIT ?)"
 )
 _HISTORY = f"SELECT {_sql.HISTORY_COLUMNS} FROM leveret_history WHERE saga_id = ? ORDER BY seq"
+_META_ADD = "INSERT INTO leveret_meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING"
+_META = "SELECT value FROM leveret_meta WHERE name = ?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,6 +447,13 @@ class SqliteStore(Store):
                     f"group ({type(exc).__name__}: {exc}); nothing of it was committed"
                 )
             )
+
+    async def shared_secret(self, candidate: str) -> str:
+        """The file's saga secret (``leveret_meta``): ``candidate`` if it had none yet."""
+        async with self._participate("shared_secret") as conn:
+            await conn.tx_execute(_META_ADD, (_sql.SECRET, candidate))
+            row = await conn.tx_fetchone(_META, (_sql.SECRET,))
+        return str(row[0])
 
     async def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
         async with self._locked("pending_outbox") as conn:

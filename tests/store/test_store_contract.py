@@ -22,6 +22,7 @@ from framework.store import (
     SagaExists,
     SagaRecord,
     SagaStatus,
+    SecretKeeper,
     Store,
     StoreUnreachable,
     store_from_url,
@@ -536,6 +537,37 @@ async def test_stats_count_pending_rows_their_oldest_and_the_inbox(store: Store)
     await store.mark_sent(["a"])
     stats = await store.stats()
     assert (stats.outbox_pending, stats.oldest_pending_at) == (2, 12.0)
+
+
+async def test_shared_secret_is_the_first_writers(store: Store) -> None:
+    """The first candidate becomes the store's secret; later ones get it back."""
+    assert isinstance(store, SecretKeeper)
+    assert await store.shared_secret("first-candidate-0123") == "first-candidate-0123"
+    assert await store.shared_secret("second-candidate-0123") == "first-candidate-0123"
+
+
+async def test_racing_shared_secrets_agree(store: Store) -> None:
+    """Ten concurrent first calls all get one of the candidates, the same one."""
+    got = await asyncio.gather(
+        *(store.shared_secret(f"candidate-{n:02d}-xxxxxx") for n in range(10))
+    )
+    assert len(set(got)) == 1
+    assert got[0].startswith("candidate-")
+
+
+@pytest.mark.parametrize("store_kind", SQL_KINDS, indirect=True)
+async def test_shared_secret_is_shared_by_processes_and_survives_a_reopen(
+    make_store: MakeStore,
+) -> None:
+    """Two stores on one database (two workers) get one secret, and a reopened store keeps it."""
+    one, two = await make_store(), await make_store()
+    first, second = await asyncio.gather(
+        one.shared_secret("from-worker-one-0123"), two.shared_secret("from-worker-two-0123")
+    )
+    assert first == second
+    assert isinstance(one, SecretKeeper)
+    await one.close()
+    assert await (await make_store()).shared_secret("a-later-candidate-01") == first
 
 
 @pytest.mark.parametrize("store_kind", SQL_KINDS, indirect=True)
