@@ -25,8 +25,10 @@ from framework.observe import Observer, combine
 from framework.resilience.registry import Breakers
 from framework.retry import RetryPolicy
 from framework.routing import Naming
+from framework.saga.definition import SagaTimeout
 from framework.saga.outbox import OutboxRelay, OutboxWriter
 from framework.saga.runner import SagaConflict, SagaRunner
+from framework.saga.signing import SagaKeys, check_secret, env_secret
 from framework.store.base import ConcurrencyConflict, Store, store_from_url
 from framework.transport.base import Consumer, Topology, Transport
 from framework.upcasting import Upcaster
@@ -57,6 +59,9 @@ class AppConfig:
         quorum_delivery_limit: when set, command and event queues are quorum queues that
             dead-letter a message after this many deliveries — the guard against a poison
             message that kills its worker before any retry header can be written.
+        secret: the key (at least 16 characters) of the message ids and timeout tokens the
+            sagas derive (``framework.saga.signing``). None reads ``LEVERET_SECRET``, and
+            without it the workers share a random secret kept in the saga store. Never shown.
     """
 
     prefix: str = "leveret"
@@ -67,6 +72,7 @@ class AppConfig:
     query_timeout: float = 5.0
     shutdown_grace: float = 10.0
     quorum_delivery_limit: int | None = None
+    secret: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         size = self.max_body_size
@@ -80,6 +86,8 @@ class AppConfig:
             raise ConfigurationError(
                 f"quorum_delivery_limit={limit!r}: use a positive number of deliveries or None"
             )
+        if self.secret is not None:
+            check_secret(self.secret, "AppConfig.secret")
 
 
 def transport_from_url(url: str) -> Transport:
@@ -187,6 +195,10 @@ class App:
         self.relay: OutboxRelay | None = None
         self._writer: OutboxWriter | None = None
         self.sagas: dict[str, SagaRunner] = {}
+        # One secret for all of the app's sagas; read (or made in the store) on first use.
+        self._saga_keys = SagaKeys(
+            self.config.secret if self.config.secret is not None else env_secret()
+        )
         if store is not None or any(h.saga is not None or h.transactional for h in self.handlers):
             self.store = store or store_from_url(db_url or DEFAULT_DB_URL)
             self.relay = OutboxRelay(
@@ -228,6 +240,9 @@ class App:
                     None if spec.kind is MessageKind.QUERY else self.config.quorum_delivery_limit
                 ),
                 max_length=service.max_length,
+                # A saga's timeouts come only through the delay tier, never from the public
+                # commands exchange.
+                public=not issubclass(spec.message_type, SagaTimeout),
             )
         self.topology = self.naming.base_topology(delays) + topology
         self._prefetch = {
@@ -270,6 +285,7 @@ class App:
                     relay=self.relay,
                     consumer=f"{spec.service}.saga.{spec.saga.name}",
                     timeout_queue=self.naming.handler_queue(spec.service, timeout_wire),
+                    keys=self._saga_keys,
                 )
                 self.sagas[spec.saga.name] = runner
             return dataclasses.replace(spec, func=runner.handle)

@@ -106,8 +106,14 @@ class Naming:
         *,
         delivery_limit: int | None = None,
         max_length: int | None = None,
+        public: bool = True,
     ) -> Topology:
         """A handler's queue, its DLQ and its bindings.
+
+        A ``public`` queue is bound to its kind's exchange by ``wire_name``; any queue is bound
+        to the retry exchange by its own name, which is how retries, and the messages the
+        framework sends itself through the delay tier (saga timeouts), reach it. A saga's timeout
+        queue is not public, so no one can route a timeout to it through the commands exchange.
 
         With ``delivery_limit`` the queue is a quorum queue that dead-letters a message after
         that many deliveries, even when a worker crashes on it every time (3.x has no default).
@@ -129,7 +135,7 @@ class Naming:
                 QueueSpec(dlq),
             ),
             bindings=(
-                BindingSpec(queue, self.exchange_for(kind), wire_name),
+                *((BindingSpec(queue, self.exchange_for(kind), wire_name),) if public else ()),
                 BindingSpec(queue, self.retry, queue),
                 BindingSpec(dlq, self.dlx, queue),
             ),

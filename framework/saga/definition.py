@@ -70,13 +70,18 @@ class StepKind(enum.StrEnum):
 class SagaTimeout(Command):
     """Delivered to a saga when the deadline of the state it waits in passes.
 
-    Each saga gets its own subclass (wire name ``<saga>.timeout``); ``armed_version`` is the
+    Each saga gets its own subclass (wire name ``saga.<saga>.timeout``); ``armed_version`` is the
     instance version that set the deadline, so a timeout for a state left since is ignored.
+    ``token`` proves the framework armed it (an HMAC of the saga, instance, state and version
+    under the app's secret, ``framework.saga.signing``): the runner dead-letters a timeout whose
+    token does not verify as ``forged_timeout``. It has a default only so that the contract stays
+    readable by what was deployed before it; a timeout without one is refused all the same.
     """
 
     saga_id: str
     state: str
     armed_version: int
+    token: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,12 +4,19 @@ For every message a saga consumes, ``SagaRunner.handle`` (registered as the hand
 message type) does, in one store transaction:
 
 1. record the message id in the inbox — a duplicate stops here and is acked;
-2. find the instance (saga id from the ``leveret-saga-id`` header, a timeout's own field, or the
-   saga's key field), creating it for the start message — the insert is unique per saga id, so
+2. find the instance, creating it for the start message — the insert is unique per saga id, so
    of two racing starts one wins and the other is retried against the winner's instance;
 3. apply the pure transition;
 4. save state (version-checked), a history row and the emitted messages as outbox rows with
-   deterministic ids ``<saga id>/<version>/<n>``.
+   ids ``<saga id>/<version>/<n>/<tag>``, deterministic for the framework and unguessable to
+   anyone else (``framework.saga.signing``), so no one can pre-empt them in an inbox.
+
+What it trusts (DESIGN.md, "Trust boundaries"): the instance is the one the body's business key
+names (the saga's ``key`` field), and a ``leveret-saga-id`` header naming another instance of
+this saga is refused (``saga_key_mismatch``); the header correlates only messages whose body has
+no key. A timeout correlates by its own ``saga_id`` field and is applied only if its token is
+the one the runner armed it with (else ``forged_timeout``). Both are refused before the
+transaction: dead-lettered, with no inbox row and nothing changed.
 
 After the commit it publishes those rows (the consume pipeline acks only when ``handle`` has
 returned). A version conflict retries the message in a fresh transaction, a bounded number of
@@ -26,6 +33,7 @@ from typing import Any, Literal
 import msgspec
 import structlog
 
+from framework import envelope
 from framework.consumer import RejectMessage
 from framework.context import Context
 from framework.errors import LeveretError
@@ -33,6 +41,7 @@ from framework.messages import Message
 from framework.observe import Observer, SagaStep
 from framework.saga.definition import Instance, Saga, SagaDefinitionError, SagaTimeout, Transition
 from framework.saga.outbox import OutboxRelay, OutboxWriter
+from framework.saga.signing import SagaKeys, Signer
 from framework.store.base import (
     ConcurrencyConflict,
     HistoryRow,
@@ -83,6 +92,8 @@ class SagaRunner:
         unknown: what to do with a reply for an instance that does not exist: ``dead_letter``
             (default; it reaches the DLQ with a reason) or ``discard``.
         conflict_retries: fresh transactions to try before failing the message.
+        keys: the secret its derived ids and timeout tokens are keyed with (the app's, shared
+            by its runners); by default the store's (``Store.shared_secret``).
     """
 
     def __init__(
@@ -97,6 +108,7 @@ class SagaRunner:
         unknown: Literal["dead_letter", "discard"] = "dead_letter",
         conflict_retries: int = 5,
         clock: Callable[[], float] = time.time,
+        keys: SagaKeys | None = None,
     ) -> None:
         self.saga = saga
         self._store = store
@@ -107,6 +119,8 @@ class SagaRunner:
         self._unknown = unknown
         self._retries = conflict_retries
         self._clock = clock
+        self._keys = keys or SagaKeys()
+        self._prefix = f"{saga.name}-"
         # Told about every committed transition (``framework.observe``); None is free.
         self.observer: Observer | None = None
         persisted = msgspec.defstruct(
@@ -123,10 +137,20 @@ class SagaRunner:
         self._store = store
 
     async def handle(self, message: Message, ctx: Context) -> None:
-        """The handler registered for every message type the saga consumes."""
+        """The handler registered for every message type the saga consumes.
+
+        Raises:
+            RejectMessage: the message is uncorrelated, its saga id header disagrees with its
+                body's key, it is a timeout with a forged token, or it replies to an unknown
+                instance; it goes to the DLQ with that reason and nothing changes.
+        """
+        signer = await self._keys.signer(self._store)
+        saga_id = self.saga_id_for(message, ctx.saga_id)
+        if isinstance(message, SagaTimeout):
+            self._check_token(signer, message)
         for _ in range(self._retries):
             try:
-                rows = await self._apply_once(message, ctx)
+                rows = await self._apply_once(message, ctx, saga_id, signer)
             except (ConcurrencyConflict, SagaExists):
                 continue
             await self._relay.publish(rows)
@@ -161,6 +185,7 @@ class SagaRunner:
         self, saga_id: str, action: str, decide: Callable[[Instance[Any]], Transition[Any]]
     ) -> SagaRecord:
         operation = f"operator:{action}:{uuid.uuid4().hex}"
+        signer = await self._keys.signer(self._store)
         async with self._store.transaction() as tx:
             record = await tx.load(saga_id)
             if record is None or record.saga != self.saga.name:
@@ -177,7 +202,9 @@ class SagaRunner:
             except SagaDefinitionError as exc:
                 raise SagaActionRefused(saga_id, action, str(exc)) from None
             version = record.version + 1
-            rows = self._rows(saga_id, version, transition, operation, record.correlation_id)
+            rows = self._rows(
+                signer, saga_id, version, transition, operation, record.correlation_id
+            )
             new = self._record(record, saga_id, record.correlation_id, version, transition)
             await tx.save_step(
                 new,
@@ -195,27 +222,60 @@ class SagaRunner:
         await self._relay.publish(rows)
         return new
 
-    def saga_id_for(self, message: Message, header: str | None) -> str | None:
-        """Which instance a message belongs to, or None if it cannot tell."""
+    def saga_id_for(self, message: Message, header: str | None) -> str:
+        """Which instance a message belongs to: a timeout's own ``saga_id``, else the one its
+        body's key names, else (a body without the key) the one its saga id header names.
+
+        A header naming an instance of another saga is not about this one and is ignored.
+
+        Raises:
+            RejectMessage: ``saga_key_mismatch`` — the header names another instance of this
+                saga than the body's key; ``uncorrelated`` — neither says which instance.
+        """
         if isinstance(message, SagaTimeout):
             return message.saga_id
-        prefix = f"{self.saga.name}-"
+        prefix = self._prefix
+        key = self.saga.key_of(message)
+        if key is not None:
+            saga_id = prefix + key
+            if header is not None and header != saga_id and header.startswith(prefix):
+                reason = (
+                    f"saga_key_mismatch: the {envelope.SAGA_ID} header names {_shown(header)} "
+                    f"but the {self.saga.key!r} of {type(message).__qualname__} names "
+                    f"{_shown(saga_id)}"
+                )
+                raise RejectMessage(reason, reason=reason)
+            return saga_id
         if header is not None and header.startswith(prefix):
             return header
-        key = self.saga.key_of(message)
-        return None if key is None else prefix + key
+        # Rejected before any transaction, so no inbox row: a corrected copy still runs.
+        reason = (
+            f"uncorrelated: {type(message).__qualname__} carries neither a saga id "
+            f"header nor a {self.saga.key!r} field"
+        )
+        raise RejectMessage(reason, reason=reason)
 
-    async def _apply_once(self, message: Message, ctx: Context) -> list[OutboxRow]:
+    def _check_token(self, signer: Signer, timeout: SagaTimeout) -> None:
+        """Refuse a timeout the runner did not arm (see ``SagaTimeout.token``).
+
+        Raises:
+            RejectMessage: ``forged_timeout``.
+        """
+        if signer.timeout_valid(
+            self.saga.name, timeout.saga_id, timeout.state, timeout.armed_version, timeout.token
+        ):
+            return
+        what = "no token" if not timeout.token else "a token the framework did not make"
+        reason = (
+            f"forged_timeout: {type(timeout).__wire_name__} for {_shown(timeout.saga_id)} "
+            f"(state {_shown(timeout.state)}, v{timeout.armed_version}) carries {what}"
+        )
+        raise RejectMessage(reason, reason=reason)
+
+    async def _apply_once(
+        self, message: Message, ctx: Context, saga_id: str, signer: Signer
+    ) -> list[OutboxRow]:
         saga = self.saga
-        saga_id = self.saga_id_for(message, ctx.saga_id)
-        if saga_id is None:
-            # Never recorded in the inbox (its transaction always rolled back), so rejecting
-            # before the transaction is what rejecting inside it was.
-            reason = (
-                f"uncorrelated: {type(message).__qualname__} carries neither a saga id "
-                f"header nor a {saga.key!r} field"
-            )
-            raise RejectMessage(reason, reason=reason)
         async with self._store.transaction() as tx:
             fresh, record = await tx.inbox_add_and_load(self._consumer, ctx.message_id, saga_id)
             if not fresh:
@@ -243,7 +303,7 @@ class SagaRunner:
                     return []
                 version = record.version + 1
             rows = self._rows(
-                saga_id, version, transition, ctx.message_id, ctx.correlation_id or saga_id
+                signer, saga_id, version, transition, ctx.message_id, ctx.correlation_id or saga_id
             )
             new = self._record(record, saga_id, ctx.correlation_id or saga_id, version, transition)
             await tx.save_step(
@@ -367,6 +427,7 @@ class SagaRunner:
 
     def _rows(
         self,
+        signer: Signer,
         saga_id: str,
         version: int,
         transition: Transition[Any],
@@ -376,7 +437,7 @@ class SagaRunner:
         rows = [
             self._writer.row(
                 msg,
-                message_id=f"{saga_id}/{version}/{n}",
+                message_id=signer.message_id(saga_id, version, n),
                 correlation_id=correlation_id,
                 causation_id=cause,
                 saga_id=saga_id,
@@ -384,13 +445,17 @@ class SagaRunner:
             for n, msg in enumerate(transition.emit)
         ]
         if transition.timeout is not None and not transition.finished:
+            state = transition.state
             timeout = self.saga.timeout_type(
-                saga_id=saga_id, state=transition.state, armed_version=version
+                saga_id=saga_id,
+                state=state,
+                armed_version=version,
+                token=signer.timeout_token(self.saga.name, saga_id, state, version),
             )
             rows.append(
                 self._writer.row(
                     timeout,
-                    message_id=f"{saga_id}/{version}/timeout",
+                    message_id=signer.message_id(saga_id, version, "timeout"),
                     correlation_id=correlation_id,
                     causation_id=cause,
                     saga_id=saga_id,
@@ -424,5 +489,10 @@ class SagaRunner:
         if self._unknown == "discard":
             _log.info("saga_reply_discarded", saga_id=saga_id, message=type(message).__name__)
             return []
-        reason = f"unknown_saga: no {self.saga.name} instance {saga_id!r}"
+        reason = f"unknown_saga: no {self.saga.name} instance {_shown(saga_id)}"
         raise RejectMessage(reason, reason=reason)
+
+
+def _shown(value: str, limit: int = 120) -> str:
+    """``value`` quoted for a reason header, cut short: it may come from anyone."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "…"

@@ -1,9 +1,9 @@
 """Fixtures for the saga tests: the reference shop on either transport, and ways to watch it.
 
 ``backend`` (memory and RabbitMQ) comes from ``tests/app``; ``make_shop`` builds the shop's
-services on it with a SQLite file of the test's own, optionally with another shipping service or
-step timeout, and stops every app it built afterwards. ``postgres_db_url`` is a PostgreSQL schema
-of the test's own, dropped afterwards (as in ``tests/store``).
+services on it with a SQLite file of the test's own, optionally with another shipping or payment
+service or step timeout, and stops every app it built afterwards. ``postgres_db_url`` is a
+PostgreSQL schema of the test's own, dropped afterwards (as in ``tests/store``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 
 import contracts
+from contracts.payment import ChargePayment, PaymentCharged, PaymentRefunded, RefundPayment
 from contracts.shipping import OrderShipped, ShipOrder
 from framework import App, AppConfig, Context, Service
 from framework.middleware import Incoming, Middleware, Next
@@ -26,6 +27,7 @@ from handlers.app import DEFAULT_STOCK
 from handlers.inventory import build_inventory
 from handlers.notifications import build_notifications
 from handlers.orders import build_orders, build_read_side
+from handlers.payment import SCHEMA as PAYMENT_SCHEMA
 from handlers.payment import build_payment
 from handlers.shipping import SCHEMA as SHIPPING_SCHEMA
 from handlers.shipping import build_shipping
@@ -40,6 +42,7 @@ __all__ = [
     "backend",
     "eventually",
     "make_shop",
+    "payment_that_holds",
     "postgres_db_url",
     "postgres_url",
     "saga_of",
@@ -83,6 +86,7 @@ class MakeShop(Protocol):
         step_timeout: float | None = ...,
         ship_timeout: float | None = ...,
         shipping: Service | None = ...,
+        payment: Service | None = ...,
         middleware: Sequence[Middleware] = ...,
         db_url: str | None = ...,
         start: bool = ...,
@@ -99,6 +103,7 @@ async def make_shop(backend: Backend, tmp_path: Path) -> AsyncIterator[MakeShop]
         step_timeout: float | None = 60.0,
         ship_timeout: float | None = None,
         shipping: Service | None = None,
+        payment: Service | None = None,
         middleware: Sequence[Middleware] = (),
         db_url: str | None = None,
         start: bool = True,
@@ -109,7 +114,7 @@ async def make_shop(backend: Backend, tmp_path: Path) -> AsyncIterator[MakeShop]
                 build_orders(step_timeout=step_timeout, ship_timeout=ship_timeout),
                 build_read_side(store),
                 build_inventory(DEFAULT_STOCK),
-                build_payment(),
+                payment or build_payment(),
                 shipping or build_shipping(),
                 build_notifications(),
             ],
@@ -145,6 +150,26 @@ def shipping_that_answers_from(attempt: int) -> tuple[Service, Counter[str]]:
             await ctx.publish(OrderShipped(order_id=cmd.order_id, tracking_number="TRK-late"))
 
     return service, received
+
+
+def payment_that_holds() -> tuple[Service, dict[str, ChargePayment]]:
+    """A payment service that never answers a charge (so the saga waits in ``charge``).
+
+    Returns the service and the ChargePayments it received, by order id; the test answers for
+    it. A refund is confirmed with nothing to give back.
+    """
+    service = Service("payment", schema=PAYMENT_SCHEMA, sends=[PaymentCharged, PaymentRefunded])
+    held: dict[str, ChargePayment] = {}
+
+    @service.command
+    async def charge(cmd: ChargePayment, ctx: Context) -> None:
+        held[cmd.order_id] = cmd
+
+    @service.command
+    async def refund(cmd: RefundPayment, ctx: Context) -> None:
+        await ctx.publish(PaymentRefunded(order_id=cmd.order_id, amount_cents=0))
+
+    return service, held
 
 
 async def saga_of(store: Store, order_id: str) -> SagaRecord | None:
