@@ -23,7 +23,7 @@ import asyncio
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TextIO, cast
+from typing import Any
 
 import msgspec
 
@@ -40,7 +40,6 @@ from framework.dlq.scan import (
     replay,
 )
 from framework.errors import BrokerUnreachable, ConfigurationError
-from framework.logging import configure_logging
 from framework.transport.base import Transport
 
 __all__ = ["register"]
@@ -194,8 +193,6 @@ class _Target:
 
 def _run(args: argparse.Namespace, work: Callable[[_Target], Awaitable[int]]) -> int:
     try:
-        # Warnings (a lost connection, TLS verification off) go to stderr, never into the output.
-        configure_logging(level="warning", stream=cast(TextIO, _CurrentStderr()))
         target = _Target(args)
     except ConfigurationError as exc:
         return _fail(str(exc), EXIT_USAGE)
@@ -213,20 +210,6 @@ def _run(args: argparse.Namespace, work: Callable[[_Target], Awaitable[int]]) ->
         return _fail(str(exc), EXIT_BROKER_UNREACHABLE)
     except ConfigurationError as exc:
         return _fail(str(exc), EXIT_USAGE)
-
-
-class _CurrentStderr:
-    """``sys.stderr`` as it is at each write: the tools may run in a process (a test) that
-    swaps it, and a logger must not keep writing to a stream that was closed since."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-    def isatty(self) -> bool:
-        return sys.stderr.isatty()
 
 
 def _fail(message: str, code: int) -> int:

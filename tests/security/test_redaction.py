@@ -7,8 +7,11 @@ run ``leveret dlq`` and ``leveret sagas`` with such URLs and search their output
 
 from __future__ import annotations
 
+import os
 import re
 import string
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,7 @@ from framework.store.postgres import PostgresStore
 from framework.transport.amqp import AmqpTransport
 from framework.urls import redact, url_passwords
 
+PROJECT = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t"
 
 URLS = {
@@ -182,19 +186,33 @@ def test_leveret_dlq_never_prints_the_password(
         assert "app:***@" in printed
 
 
+def _subprocess(*argv: str) -> tuple[int, str]:
+    """Run ``python -m framework ARGV`` (``sagas`` configures the process's logging); its exit
+    code and everything it printed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEVERET_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "framework", *argv],
+        cwd=PROJECT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("password", ODD.values(), ids=ODD.keys())
-def test_leveret_sagas_never_prints_the_password(
-    capsys: pytest.CaptureFixture[str], password: str, tmp_path: Path
-) -> None:
+def test_leveret_sagas_never_prints_the_password(password: str, tmp_path: Path) -> None:
     """``leveret sagas list`` with such a store URL, and ``sagas resume`` with such a broker
     URL, fail without the password."""
     store = f"postgresql://app:{password}@127.0.0.1:1/test?connect_timeout=1"
-    code, printed = _leveret(capsys, "sagas", "list", "handlers.app:app", "--db-url", store)
+    code, printed = _subprocess("sagas", "list", "handlers.app:app", "--db-url", store)
     assert code in (2, 3), printed
     assert not leaked(password, printed), printed
     broker = f"amqp://app:{password}@127.0.0.1:1/shop"
-    code, printed = _leveret(
-        capsys,
+    code, printed = _subprocess(
         "sagas",
         "resume",
         "handlers.app:app",
