@@ -210,6 +210,21 @@ class PrometheusMetrics(Observer):
             registry=r,
             multiprocess_mode="livemostrecent",
         )
+        self.dlq_messages = Gauge(
+            "leveret_dlq_messages",
+            "Dead letters in each DLQ (sampled when the app bounds its DLQs).",
+            ["queue"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self.dlq_at_bound = Gauge(
+            "leveret_dlq_at_bound",
+            "1 when a DLQ holds dlq_max_length dead letters: it now drops its oldest ones.",
+            ["queue"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self._full_dlqs: set[str] = set()
         self._handlers: dict[int, _HandlerSeries] = {}
         self._unsubscribe: list[Callable[[], None]] = []
         self._sampler: asyncio.Task[None] | None = None
@@ -309,11 +324,14 @@ class PrometheusMetrics(Observer):
             self.breaker_not_permitted.labels(breaker=event.breaker).inc()
 
     async def sample(self, app: App) -> None:
-        """Read the outbox depth, the oldest unsent row's age and the inbox size now.
+        """Read the outbox depth, the oldest unsent row's age and the inbox size now, and
+        each DLQ's depth when the app bounds its DLQs (``AppConfig.dlq_max_length``).
 
         Raises:
             TimeoutError: the store did not answer within 10 s.
         """
+        if app.config.dlq_max_length is not None:
+            await self._sample_dlqs(app, app.config.dlq_max_length)
         if app.store is None:
             return
         async with asyncio.timeout(_STORE_DEADLINE):
@@ -322,6 +340,17 @@ class PrometheusMetrics(Observer):
         oldest = stats.oldest_pending_at
         self.outbox_oldest_age.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
         self.inbox_rows.set(stats.inbox_rows)
+
+    async def _sample_dlqs(self, app: App, bound: int) -> None:
+        """Count each DLQ's dead letters; log once when one reaches its bound."""
+        for dlq in sorted({app.naming.dlq(p.queue) for p in app.pipelines}):
+            messages = (await app.transport.queue_info(dlq)).messages
+            self.dlq_messages.labels(queue=dlq).set(messages)
+            full = messages >= bound
+            self.dlq_at_bound.labels(queue=dlq).set(1 if full else 0)
+            if full and dlq not in self._full_dlqs:
+                _log.warning("dlq_bound_reached", queue=dlq, messages=messages, bound=bound)
+            (self._full_dlqs.add if full else self._full_dlqs.discard)(dlq)
 
     async def _sample_forever(self, app: App) -> None:
         while True:

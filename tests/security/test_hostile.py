@@ -25,6 +25,7 @@ from structlog.testing import capture_logs
 from contracts.orders import GetOrder, OrderView, PlaceOrder
 from framework import App, AppConfig, Context, QueryContext, RejectMessage, RetryPolicy, Service
 from framework import envelope as env
+from framework.metrics import PrometheusMetrics
 from framework.transport import _lenient
 from framework.transport.amqp import AmqpTransport
 from framework.transport.base import Delivery
@@ -277,7 +278,8 @@ async def test_a_query_with_a_forged_reply_to_is_dead_lettered_unanswered(
 
 
 async def test_the_dlq_bound_drops_the_oldest_dead_letters(amqp_url: str, prefix: str) -> None:
-    """With dlq_max_length=5, twenty invalid messages leave the newest five in the DLQ."""
+    """With dlq_max_length=5, twenty invalid messages leave the newest five in the DLQ, and
+    the metrics sample reports the DLQ at its bound."""
     orders = Service("orders")
 
     @orders.command
@@ -304,6 +306,13 @@ async def test_the_dlq_bound_drops_the_oldest_dead_letters(amqp_url: str, prefix
             return info.messages == 0 and (await probe.queue_info(dlq)).messages == 5
 
         await until(settled, timeout=20, what="the DLQ at its bound")
+        metrics = PrometheusMetrics()
+        with capture_logs() as logs:
+            await metrics.sample(app)  # what `leveret run --metrics-port` does every 5 s
+        labels = {"queue": dlq}
+        assert metrics.registry.get_sample_value("leveret_dlq_messages", labels) == 5
+        assert metrics.registry.get_sample_value("leveret_dlq_at_bound", labels) == 1
+        assert [e["queue"] for e in logs if e["event"] == "dlq_bound_reached"] == [dlq]
     finally:
         await app.stop(grace=1)
     try:
