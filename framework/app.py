@@ -30,7 +30,7 @@ from framework.saga.outbox import OutboxRelay, OutboxWriter
 from framework.saga.runner import SagaConflict, SagaRunner
 from framework.saga.signing import SagaKeys, check_secret, env_secret
 from framework.store.base import ConcurrencyConflict, Store, store_from_url
-from framework.transport.base import Consumer, Topology, Transport
+from framework.transport.base import Consumer, HeaderLimits, Topology, Transport
 from framework.upcasting import Upcaster
 from framework.urls import redact
 
@@ -59,6 +59,14 @@ class AppConfig:
         quorum_delivery_limit: when set, command and event queues are quorum queues that
             dead-letter a message after this many deliveries — the guard against a poison
             message that kills its worker before any retry header can be written.
+        reply_queues: queue names a query's ``reply_to`` may name besides a direct reply-to
+            address (``amq.rabbitmq.reply-to``); any other query is dead-lettered unanswered.
+        dlq_max_length: when set, each DLQ keeps at most this many dead letters and drops its
+            oldest past it (``x-max-length``, ``drop-head``): a flood of bad input cannot
+            fill the broker, at the price of the oldest evidence. None: unbounded.
+        dlq_max_bytes: the same bound on the DLQ's bytes (``x-max-length-bytes``).
+        header_limits: bounds on a delivery's header table (bytes, depth, values); a delivery
+            past them is rejected to its DLQ unread. Process-wide on RabbitMQ.
         secret: the key (at least 16 characters) of the message ids and timeout tokens the
             sagas derive (``framework.saga.signing``). None reads ``LEVERET_SECRET``, and
             without it the workers share a random secret kept in the saga store. Never shown.
@@ -72,6 +80,10 @@ class AppConfig:
     query_timeout: float = 5.0
     shutdown_grace: float = 10.0
     quorum_delivery_limit: int | None = None
+    reply_queues: tuple[str, ...] = ()
+    dlq_max_length: int | None = None
+    dlq_max_bytes: int | None = None
+    header_limits: HeaderLimits = field(default_factory=HeaderLimits)
     secret: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -81,6 +93,15 @@ class AppConfig:
                 f"max_body_size={size!r}: use a positive number of bytes "
                 f"(default {DEFAULT_MAX_BODY_SIZE})"
             )
+        for name in ("dlq_max_length", "dlq_max_bytes"):
+            bound = getattr(self, name)
+            if bound is not None and (
+                isinstance(bound, bool) or not isinstance(bound, int) or bound < 1
+            ):
+                raise ConfigurationError(f"{name}={bound!r}: use a positive integer or None")
+        queues: object = self.reply_queues
+        if isinstance(queues, str):
+            raise ConfigurationError(f"reply_queues={queues!r}: give a tuple of queue names")
         limit = self.quorum_delivery_limit
         if limit is not None and (isinstance(limit, bool) or limit < 1):
             raise ConfigurationError(
@@ -90,8 +111,11 @@ class AppConfig:
             check_secret(self.secret, "AppConfig.secret")
 
 
-def transport_from_url(url: str) -> Transport:
+def transport_from_url(url: str, *, header_limits: HeaderLimits | None = None) -> Transport:
     """``memory://`` -> the in-process broker; ``amqp://`` or ``amqps://`` -> RabbitMQ.
+
+    Args:
+        header_limits: bounds on received header tables (RabbitMQ; default ``HeaderLimits()``).
 
     Raises:
         ConfigurationError: any other scheme.
@@ -102,9 +126,9 @@ def transport_from_url(url: str) -> Transport:
 
         return MemoryTransport()
     if scheme in ("amqp", "amqps"):
-        from framework.transport.amqp import AmqpTransport
+        from framework.transport.amqp import AmqpConfig, AmqpTransport
 
-        return AmqpTransport(url)
+        return AmqpTransport(url, config=AmqpConfig(header_limits=header_limits or HeaderLimits()))
     raise ConfigurationError(
         f"unsupported transport URL {redact(url)!r}: use memory:// or amqp://user:pass@host/vhost"
     )
@@ -178,9 +202,12 @@ class App:
             upcasters=upcasters,
             max_body_size=self.config.max_body_size,
         )
-        self.transport = transport if transport is not None else transport_from_url(url)
+        limits = self.config.header_limits
+        self.transport = (
+            transport if transport is not None else transport_from_url(url, header_limits=limits)
+        )
         if query_transport is None and query_url is not None:
-            query_transport = transport_from_url(query_url)
+            query_transport = transport_from_url(query_url, header_limits=limits)
         self.query_transport = query_transport
         self.bus = Bus(
             self.transport,
@@ -230,6 +257,7 @@ class App:
                     timeout=spec.timeout or service.timeout or self.config.handler_timeout,
                     on_refused=self._refused,
                     middleware=self._consume_middleware(spec, middleware),
+                    reply_queues=frozenset(self.config.reply_queues),
                 )
             )
             topology = topology + self.naming.handler_topology(
@@ -240,6 +268,8 @@ class App:
                     None if spec.kind is MessageKind.QUERY else self.config.quorum_delivery_limit
                 ),
                 max_length=service.max_length,
+                dlq_max_length=self.config.dlq_max_length,
+                dlq_max_bytes=self.config.dlq_max_bytes,
                 # A saga's timeouts come only through the delay tier, never from the public
                 # commands exchange.
                 public=not issubclass(spec.message_type, SagaTimeout),
@@ -331,7 +361,7 @@ class App:
         if self._started:
             raise ConfigurationError("use_url() must be called before the app starts")
         self.url = url
-        self.use_transport(transport_from_url(url))
+        self.use_transport(transport_from_url(url, header_limits=self.config.header_limits))
 
     def use_transport(self, transport: Transport) -> None:
         """Replace the app's transport before it starts (every part that publishes uses it).

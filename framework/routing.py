@@ -107,6 +107,8 @@ class Naming:
         delivery_limit: int | None = None,
         max_length: int | None = None,
         public: bool = True,
+        dlq_max_length: int | None = None,
+        dlq_max_bytes: int | None = None,
     ) -> Topology:
         """A handler's queue, its DLQ and its bindings.
 
@@ -119,6 +121,8 @@ class Naming:
         that many deliveries, even when a worker crashes on it every time (3.x has no default).
         With ``max_length`` a full queue refuses publishes (``reject-publish``): senders get a
         nack, which their circuit breaker counts, instead of the broker dropping messages.
+        ``dlq_max_length`` / ``dlq_max_bytes`` bound the DLQ: past them it drops its oldest
+        dead letters (``drop-head``), so a flood of bad input cannot grow it without end.
         """
         dlq = self.dlq(queue)
         return Topology(
@@ -132,7 +136,7 @@ class Naming:
                     max_length=max_length,
                     overflow=None if max_length is None else "reject-publish",
                 ),
-                QueueSpec(dlq),
+                QueueSpec(dlq, max_length=dlq_max_length, max_length_bytes=dlq_max_bytes),
             ),
             bindings=(
                 *((BindingSpec(queue, self.exchange_for(kind), wire_name),) if public else ()),

@@ -21,9 +21,10 @@ import contextlib
 import os
 import re
 import ssl
+import struct
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -52,6 +53,7 @@ from framework.errors import (
     BrokerUnreachable,
     ConfigurationError,
     LeveretError,
+    NotEncodable,
     PublishFailed,
     PublishNacked,
     PublishTimeout,
@@ -65,6 +67,7 @@ from framework.transport.base import (
     Delivery,
     DeliveryCallback,
     FlowListener,
+    HeaderLimits,
     OutgoingMessage,
     QueueInfo,
     Topology,
@@ -75,13 +78,16 @@ from framework.urls import check_broker_url, redact
 __all__ = ["AmqpConfig", "AmqpTransport"]
 
 log = structlog.get_logger(__name__)
-_lenient.install()  # a message_id that is not UTF-8 must not drop the connection
+_lenient.install()  # no crafted content header may drop the connection (see _lenient)
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 _REPLY_PREFIX = REPLY_TO + "."
 # Errors of a channel or connection that went away under us; the broker requeues what we held.
 _LOST = (AMQPError, ChannelInvalidStateError, ConnectionError, RuntimeError)
 _PLAIN = (str, int, bool, float, type(None))
+# What encoding a message for the wire raises when AMQP cannot carry it: a header value of no
+# AMQP type or out of range, a short string over 255 bytes. Never retried: see NotEncodable.
+_UNENCODABLE = (TypeError, ValueError, OverflowError, struct.error, RecursionError)
 # TLS files aiormq reads from an amqps:// URL's query (with capath, cadata and no_verify_ssl).
 _TLS_FILES = ("cafile", "certfile", "keyfile")
 # aiormq 7 handles connection.blocked / unblocked in these private methods, with no callback.
@@ -103,6 +109,9 @@ class AmqpConfig:
         reconnect_interval: pause between reconnection attempts.
         consumer_verify_timeout: after a connection or consumer loss, time allowed until every
             consumer is verified back; past it ``wait_failed()`` returns.
+        header_limits: bounds on the header tables of deliveries; a delivery past them is
+            rejected to its DLQ unread. pamqp decodes every connection's frames, so they are
+            process-wide: the transport that connects last sets them.
     """
 
     connect_timeout: float = 10.0
@@ -111,6 +120,7 @@ class AmqpConfig:
     heartbeat: int = 10
     reconnect_interval: float = 1.0
     consumer_verify_timeout: float = 15.0
+    header_limits: HeaderLimits = field(default_factory=HeaderLimits)
 
 
 def _to_wire(value: Any) -> Any:
@@ -306,7 +316,7 @@ class _AmqpConsumer(Consumer):
         if bad:
             # Nothing downstream could publish it again: the broker dead-letters it unchanged.
             log.warning(
-                "message_rejected_not_utf8",
+                "message_rejected_undecodable",
                 queue=self.queue,
                 field=bad,
                 message_id=repr(message.header.properties.message_id),
@@ -442,6 +452,7 @@ class AmqpTransport(Transport):
         self._check_tls_files()
         check_broker_url(self._url)  # escaped password, no_verify_ssl 0/1; warns when it is off
         cfg = self.config
+        _lenient.set_header_limits(cfg.header_limits)
         try:
             url = make_url(
                 self._url, heartbeat=cfg.heartbeat, reconnect_interval=cfg.reconnect_interval
@@ -600,11 +611,18 @@ class AmqpTransport(Transport):
             TimeoutError: no confirm by the deadline.
         """
         if not self._fast or self._deadlines is None:
+            try:
+                frames = Basic.Publish(exchange=exchange, routing_key=routing_key)
+                properties = _properties(message, reply_to)
+                properties.marshal()  # what basic_publish will do: fail here, not in aiormq
+                frames.marshal()
+            except _UNENCODABLE as exc:
+                raise self._not_encodable(exc, exchange, routing_key) from None
             await channel.basic_publish(
                 message.body,
                 exchange=exchange,
                 routing_key=routing_key,
-                properties=_properties(message, reply_to),
+                properties=properties,
                 mandatory=mandatory,
             )
             return
@@ -613,16 +631,19 @@ class AmqpTransport(Transport):
             # aiormq sets one too: a basic.return is matched to its publish by message id.
             message_id = uuid.uuid4().hex
             message = msgspec.structs.replace(message, message_id=message_id)
-        confirmation = _wire.publish(
-            self._frame_writer(channel),
-            channel,
-            exchange=exchange,
-            routing_key=routing_key,
-            mandatory=mandatory,
-            properties=_wire_properties(message, reply_to),
-            message_id=message_id,
-            body=message.body,
-        )
+        try:
+            confirmation = _wire.publish(
+                self._frame_writer(channel),
+                channel,
+                exchange=exchange,
+                routing_key=routing_key,
+                mandatory=mandatory,
+                properties=_wire_properties(message, reply_to),
+                message_id=message_id,
+                body=message.body,
+            )
+        except _UNENCODABLE as exc:
+            raise self._not_encodable(exc, exchange, routing_key) from None
         deadlines = self._deadlines
         deadline = deadlines.add(confirmation)  # one shared timer instead of one per publish
         try:
@@ -639,6 +660,14 @@ class AmqpTransport(Transport):
                     raise TimeoutError from None
                 raise ConnectionError("the connection was lost before the confirm") from None
             raise
+
+    @staticmethod
+    def _not_encodable(exc: BaseException, exchange: str, routing_key: str) -> NotEncodable:
+        return NotEncodable(
+            f"the message cannot be put on the wire: {exc}",
+            exchange=exchange,
+            routing_key=routing_key,
+        )
 
     def _require(self) -> RobustConnection:
         if self._connection is None:
