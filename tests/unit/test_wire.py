@@ -177,9 +177,7 @@ def test_floats_are_sent_as_doubles_and_come_back_unchanged(value: Any) -> None:
     assert decoded.headers == {"x": value, "big": 1e300}
 
 
-@pytest.mark.parametrize(
-    "value", [2**64, -(2**63) - 1, {1}, object(), {"k": [2**63]}]
-)
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, {1}, object(), {"k": [2**63]}])
 def test_header_values_amqp_cannot_carry_raise_type_error(value: Any) -> None:
     """A value with no AMQP encoding is a TypeError, which publish reports as NotEncodable."""
     with pytest.raises(TypeError):
