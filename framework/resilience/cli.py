@@ -4,11 +4,14 @@ Shows the state and metrics of every circuit breaker, per worker.
 
 The command loads the app (for its prefix, its breakers and its broker URL), asks every running
 worker over the breakers' control exchange (``<prefix>.breakers.<group>``) and prints what each
-one answers within ``--timeout`` seconds. An app on ``memory://`` runs in one process only, so
-for it the command lists the declared breakers and their settings.
+one answers within ``--timeout`` seconds. Workers answer only a request sent with their own
+broker user (and signed with the app's secret, when there is one: ``AppConfig.secret`` or
+``LEVERET_SECRET``), so ``--amqp-url`` must log in as the workers' user. An app on
+``memory://`` runs in one process only, so for it the command lists the declared breakers and
+their settings.
 
-Exit codes: 0 answers printed (or nothing to ask), 1 no worker answered, 2 the app does not load,
-3 the broker could not be reached.
+Exit codes: 0 answers printed (or nothing to ask), 1 no worker answered, 2 the app does not load
+or the broker refused the request, 3 the broker could not be reached.
 """
 
 from __future__ import annotations
@@ -22,16 +25,18 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from framework.errors import BrokerUnreachable, ConfigurationError, PublishFailed
+from framework.errors import AccessRefused, BrokerUnreachable, ConfigurationError, PublishFailed
 from framework.resilience.control import (
     BreakerStatus,
+    ControlSeal,
     StatusReply,
     StatusRequest,
     control_exchange,
-    control_message,
     decode_reply,
     encode,
+    status_inbox,
 )
+from framework.resilience.registry import control_secret
 from framework.transport.base import Delivery, QueueSpec, Topology
 from framework.transport.memory import MemoryTransport
 from framework.urls import redact
@@ -98,6 +103,9 @@ def _breakers(args: argparse.Namespace) -> int:
     except BrokerUnreachable as exc:
         print(f"leveret: {exc}", file=sys.stderr)
         return EXIT_BROKER_UNREACHABLE
+    except AccessRefused as exc:
+        print(f"leveret: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.json:
         print(msgspec.json.encode(replies).decode())
         return EXIT_OK if replies else EXIT_NO_ANSWER
@@ -114,16 +122,20 @@ def _breakers(args: argparse.Namespace) -> int:
 async def ask_workers(app: App, *, timeout: float) -> list[StatusReply]:
     """Every worker's status reply that arrives within ``timeout`` seconds, by worker id.
 
+    Only replies sent with the workers' credentials (and signature) count.
+
     Raises:
         BrokerUnreachable: the broker did not answer.
+        AccessRefused: the broker refused the request (the user may not write the exchange).
     """
     assert app.breakers is not None
     transport = app.transport
     await transport.connect()
     try:
         exchange = control_exchange(app.naming.prefix, app.breakers.group)
+        seal = ControlSeal(exchange, user=transport.user, secret=control_secret(app))
         request_id = uuid.uuid4().hex
-        inbox = f"{exchange}.status.{request_id[:12]}"
+        inbox = status_inbox(exchange, request_id)
         await transport.declare(
             Topology(queues=(QueueSpec(inbox, durable=False, auto_delete=True),))
         )
@@ -131,6 +143,8 @@ async def ask_workers(app: App, *, timeout: float) -> list[StatusReply]:
 
         async def on_reply(delivery: Delivery) -> None:
             await delivery.ack()
+            if seal.refusal(delivery) is not None:
+                return  # not from a worker: someone else published to the inbox
             try:
                 reply = decode_reply(delivery.body)
             except msgspec.DecodeError:
@@ -140,15 +154,17 @@ async def ask_workers(app: App, *, timeout: float) -> list[StatusReply]:
 
         consumer = await transport.consume(inbox, on_reply, prefetch=100)
         try:
-            request = StatusRequest(reply_to=inbox, request_id=request_id)
+            request = StatusRequest(reply_to=inbox, request_id=request_id, sent_at=seal.now())
             await transport.publish(
-                control_message(encode(request)),
+                seal.seal(encode(request)),
                 exchange=exchange,
                 routing_key="",
                 mandatory=False,
             )
             # Workers do not announce themselves: whoever answers in time is counted.
             await asyncio.sleep(timeout)
+        except AccessRefused:
+            raise
         except PublishFailed:
             pass  # no control exchange: no worker has ever run with these breakers
         finally:

@@ -59,6 +59,11 @@ class Backoff:
             raise ConfigurationError(f"Backoff.jitter={self.jitter}: use a value from 0 to 1")
         object.__setattr__(self, "_rng", random.Random(self.seed))
 
+    @property
+    def longest(self) -> float:
+        """The longest wait it can return: ``maximum`` stretched by the jitter."""
+        return self.maximum * (1 + self.jitter)
+
     def __call__(self, openings: int) -> float:
         base = min(self.maximum, self.initial * self.multiplier ** max(0, openings - 1))
         if not self.jitter:
@@ -160,6 +165,15 @@ class BreakerConfig:
         """Seconds to stay open after opening number ``openings`` (1 after a close)."""
         wait = self.wait_in_open
         return float(wait(openings)) if callable(wait) else float(wait)
+
+    @property
+    def longest_open_wait(self) -> float | None:
+        """The longest wait in open state this config can produce: ``wait_in_open`` itself, a
+        ``Backoff``'s ``longest``, or None for another function (its bound is unknown)."""
+        wait = self.wait_in_open
+        if isinstance(wait, Backoff):
+            return wait.longest
+        return None if callable(wait) else float(wait)
 
     def describe_window(self) -> str:
         """``"last 50 calls"`` or ``"last 60s"``, for logs and the CLI."""

@@ -10,6 +10,7 @@ their sibling workers share.
 from __future__ import annotations
 
 import math
+import os
 import socket
 import time
 import uuid
@@ -45,10 +46,11 @@ if TYPE_CHECKING:
     from framework.app import App
     from framework.handlers import HandlerSpec
 
-__all__ = ["DEFERRALS", "Breakers"]
+__all__ = ["DEFERRALS", "Breakers", "control_secret"]
 
 # Header counting how often a message was deferred by ``defer_when_open`` (not an attempt).
 DEFERRALS = "leveret-deferrals"
+SECRET_ENV = "LEVERET_SECRET"
 
 _log = structlog.get_logger("leveret.breakers")
 _GROUP_WORD = "app"
@@ -159,6 +161,11 @@ class Breakers:
         return self._group or _GROUP_WORD
 
     @property
+    def control(self) -> BreakerControl | None:
+        """This worker's end of the control exchange while the app runs (shared or status)."""
+        return self._control
+
+    @property
     def blocked(self) -> str | None:
         """The broker's reason while it blocks this app's connection (resource alarm)."""
         return self._blocked
@@ -261,7 +268,12 @@ class Breakers:
         transport.add_flow_listener(self._on_flow)
         if self.shared or self.status:
             self._control = BreakerControl(
-                self, transport, naming.prefix, self.group, share=self.shared
+                self,
+                transport,
+                naming.prefix,
+                self.group,
+                share=self.shared,
+                secret=control_secret(app),
             )
             await self._control.start()
         _log.info(
@@ -373,6 +385,13 @@ class Breakers:
             if ms >= wanted:
                 return ms
         return self._defer_ms[-1]
+
+
+def control_secret(app: App) -> str | None:
+    """The secret that signs the breakers' control messages: ``AppConfig.secret``, else
+    ``LEVERET_SECRET``; None when neither is set (then ``user_id`` alone authenticates)."""
+    secret = app.config.secret
+    return secret if secret is not None else os.environ.get(SECRET_ENV) or None
 
 
 def _log_transition(event: StateTransition) -> None:

@@ -82,3 +82,22 @@ def test_breakers_of_an_unknown_app(capsys: pytest.CaptureFixture[str]) -> None:
     """A MODULE:APP that does not load is a usage error (exit 2)."""
     assert cli.main(["breakers", "tests.apps.nothing_here:app"]) == 2
     assert "leveret:" in capsys.readouterr().err
+
+
+async def test_breakers_signs_its_request_with_the_workers_secret(
+    amqp_url: str, env: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With LEVERET_SECRET the workers answer the command only when it has the same secret."""
+    monkeypatch.setenv("LEVERET_SECRET", "the-workers-secret-0123456789")
+    worker = build_app(amqp_url, env)
+    await worker.start()
+    try:
+        args = ["breakers", APP, "--amqp-url", amqp_url, "--timeout", "0.5"]
+        assert await asyncio.to_thread(cli.main, args) == 0
+        assert "1 worker(s) of group 'orders'" in capsys.readouterr().out
+        monkeypatch.setenv("LEVERET_SECRET", "another-secret-0123456789")
+        monkeypatch.delitem(sys.modules, "tests.apps.breaker_app", raising=False)
+        assert await asyncio.to_thread(cli.main, args) == 1
+        assert "no worker of tests.apps.breaker_app:app answered" in capsys.readouterr().out
+    finally:
+        await worker.stop(grace=0)
