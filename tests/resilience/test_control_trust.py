@@ -13,6 +13,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -91,7 +92,6 @@ async def outsider_transport(backend: Backend) -> AsyncIterator[Transport]:
             await transport.close()
         return
     from framework.transport.amqp import AmqpTransport
-    from tests.security.test_credentials import with_login
 
     assert backend.amqp_url is not None
     vhost = vhost_of(backend.amqp_url)
@@ -105,7 +105,10 @@ async def outsider_transport(backend: Backend) -> AsyncIterator[Transport]:
     try:
         writes = rf"^{backend.prefix}\.breakers\..*$"
         rabbitmqctl("set_permissions", "-p", vhost, user, "^$", writes, "^$")
-        transport = AmqpTransport(with_login(backend.amqp_url, user, password))
+        login = urlsplit(backend.amqp_url)
+        netloc = f"{user}:{password}@{login.hostname}:{login.port or 5672}"
+        url = urlunsplit(login._replace(netloc=netloc))
+        transport = AmqpTransport(url)
         await transport.connect()
         try:
             yield transport
