@@ -232,6 +232,10 @@ class _CapturingTransport(Transport):
         self.running: set[asyncio.Task[Any]] = set()
         self.started = asyncio.Event()
 
+    @property
+    def user(self) -> str | None:
+        return self.inner.user  # breaker control notes are admitted by it
+
     async def connect(self) -> None:
         await self.inner.connect()
 

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiormq
 import aiormq.abc
@@ -63,6 +63,7 @@ from framework.errors import (
 )
 from framework.transport import _lenient, _wire
 from framework.transport.base import (
+    BindingSpec,
     Consumer,
     Delivery,
     DeliveryCallback,
@@ -73,7 +74,7 @@ from framework.transport.base import (
     Topology,
     Transport,
 )
-from framework.urls import check_broker_url, redact
+from framework.urls import check_broker_url, redact, url_passwords
 
 __all__ = ["AmqpConfig", "AmqpTransport"]
 
@@ -525,10 +526,8 @@ class AmqpTransport(Transport):
 
     def _scrub(self, text: str) -> str:
         """``text`` without the password, in case a library error quoted the URL."""
-        with contextlib.suppress(ValueError):
-            password = urlsplit(self._url).password
-            if password:
-                text = text.replace(password, "***").replace(quote(password, safe=""), "***")
+        for password in url_passwords(self._url):  # read from the raw string, as redact does
+            text = text.replace(password, "***")
         return text
 
     async def close(self) -> None:
@@ -883,6 +882,35 @@ class AmqpTransport(Transport):
                 # passive redeclare would stall aio-pika's whole reconnect).
                 queue = await channel.declare_queue(binding.queue, passive=True, robust=False)
             await queue.bind(binding.exchange, binding.routing_key)
+
+    async def unbind(self, binding: BindingSpec) -> None:
+        """Remove ``binding`` on a throwaway channel.
+
+        RabbitMQ answers a missing binding with ``unbind-ok``, and (depending on its version)
+        a missing queue or exchange with NOT_FOUND, which closes only that channel: either way
+        there is nothing to remove. A binding this transport declared is also dropped from what
+        aio-pika restores after a reconnect.
+
+        Raises:
+            ConfigurationError: the broker refused for another reason (its text says which).
+            BrokerUnreachable: not done within ``declare_timeout``.
+        """
+        self._require()
+        what = f"unbinding queue {binding.queue!r} from {binding.exchange!r}"
+        async with self._deadline(what):
+            try:
+                async with self._scratch_channel() as channel:
+                    await channel.queue_unbind(
+                        binding.queue, binding.exchange, routing_key=binding.routing_key
+                    )
+            except ChannelNotFoundEntity:
+                return
+            except ChannelClosed as exc:
+                raise ConfigurationError(f"cannot unbind: {_broker_text(exc)}") from None
+            queue = self._queues.get(binding.queue)
+            if queue is not None:
+                # Idempotent on the broker; what matters is that aio-pika forgets the binding.
+                await queue.unbind(binding.exchange, binding.routing_key)
 
     async def delete_queue(self, name: str) -> None:
         """Delete ``name`` and its messages; our consumers on it are cancelled first."""

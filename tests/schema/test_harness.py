@@ -143,3 +143,11 @@ async def test_app_gets_its_transport_back() -> None:
         assert app.transport is not original
     assert app.transport is original
     assert app.bus.transport is original
+
+
+async def test_the_harness_transport_tells_its_user() -> None:
+    """Under the harness the app's transport names its broker user, so breaker control notes
+    (admitted by user_id) are not all refused."""
+    app = producer()
+    async with Harness(app):
+        assert app.transport.user == "guest"
