@@ -296,6 +296,17 @@ class Transport(abc.ABC):
             ConfigurationError: an existing queue or exchange has different settings.
         """
 
+    async def unbind(self, binding: BindingSpec) -> None:  # noqa: B027  # optional, see below
+        """Remove ``binding``; a binding that does not exist (or whose queue or exchange does
+        not) is nothing to remove, never an error.
+
+        Declaring never removes a binding, so this is how an app drops one that an older
+        version of it declared (``App.start`` unbinds the saga timeout queues from the public
+        commands exchange). Not abstract: the default does nothing, which is right for a
+        transport whose broker cannot have kept bindings from an earlier run; a transport on a
+        persistent broker overrides it.
+        """
+
     @abc.abstractmethod
     async def delete_queue(self, name: str) -> None:
         """Delete a queue and its messages (tests and tooling)."""

@@ -187,6 +187,11 @@ class MemoryBroker:
                 raise ConfigurationError(what + f"no queue {binding.queue!r}")
             self.bindings[binding.exchange].add((binding.queue, binding.routing_key))
 
+    def unbind(self, binding: base.BindingSpec) -> None:
+        bound = self.bindings.get(binding.exchange)
+        if bound is not None:
+            bound.discard((binding.queue, binding.routing_key))
+
     def delete_queue(self, name: str) -> None:
         queue = self.queues.pop(name, None)
         if queue is None:
@@ -444,6 +449,11 @@ class MemoryTransport(base.Transport):
     async def declare(self, topology: Topology) -> None:
         self._check_open()
         self.broker.declare(topology)
+
+    async def unbind(self, binding: base.BindingSpec) -> None:
+        """Remove ``binding``; nothing happens when it, its queue or its exchange is missing."""
+        self._check_open()
+        self.broker.unbind(binding)
 
     async def delete_queue(self, name: str) -> None:
         self._check_open()

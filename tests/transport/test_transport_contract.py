@@ -628,6 +628,47 @@ async def test_binding_to_missing_exchange_or_queue_raises(
         await transport.declare(Topology(bindings=(BindingSpec(f"{prefix}.gone", ex, "k"),)))
 
 
+async def test_unbind_removes_only_that_binding(transport: Transport, prefix: str) -> None:
+    """After unbind, the exchange no longer routes that key to the queue; its other bindings do."""
+    queue, ex = f"{prefix}.q", f"{prefix}.ex"
+    await transport.declare(
+        Topology(
+            exchanges=(ExchangeSpec(ex, ExchangeType.DIRECT),),
+            queues=(QueueSpec(queue),),
+            bindings=(BindingSpec(queue, ex, "old"), BindingSpec(queue, ex, "kept")),
+        )
+    )
+    await transport.unbind(BindingSpec(queue, ex, "old"))
+    with pytest.raises(Unroutable):
+        await transport.publish(message(), exchange=ex, routing_key="old")
+    await transport.publish(message(), exchange=ex, routing_key="kept")
+    assert await transport.queue_depth(queue) == 1
+
+
+async def test_unbinding_what_does_not_exist_does_nothing(
+    transport: Transport, prefix: str
+) -> None:
+    """Unbinding a missing binding, or one naming a missing queue or exchange, neither raises
+    nor harms the transport, and unbinding twice is the same as once."""
+    queue, ex = f"{prefix}.q", f"{prefix}.ex"
+    await transport.declare(
+        Topology(
+            exchanges=(ExchangeSpec(ex, ExchangeType.DIRECT),),
+            queues=(QueueSpec(queue),),
+            bindings=(BindingSpec(queue, ex, "k"),),
+        )
+    )
+    await transport.unbind(BindingSpec(queue, ex, "never-bound"))
+    await transport.unbind(BindingSpec(queue, f"{prefix}.nope", "k"))
+    await transport.unbind(BindingSpec(f"{prefix}.gone", ex, "k"))
+    await transport.publish(message(b"still"), exchange=ex, routing_key="k")
+    assert await transport.queue_depth(queue) == 1
+    for _ in range(2):
+        await transport.unbind(BindingSpec(queue, ex, "k"))
+    with pytest.raises(Unroutable):
+        await transport.publish(message(), exchange=ex, routing_key="k")
+
+
 async def test_full_queue_with_reject_publish_nacks(transport: Transport, prefix: str) -> None:
     """A queue at max_length with overflow=reject-publish makes publish raise PublishNacked."""
     queue = f"{prefix}.q"
@@ -688,3 +729,5 @@ async def test_closed_transport_refuses_work(transport: Transport, prefix: str) 
         await transport.publish(message(), exchange="", routing_key=f"{prefix}.q")
     with pytest.raises(TransportClosed):
         await transport.declare(Topology(queues=(QueueSpec(f"{prefix}.q"),)))
+    with pytest.raises(TransportClosed):
+        await transport.unbind(BindingSpec(f"{prefix}.q", f"{prefix}.ex", "k"))
