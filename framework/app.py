@@ -30,7 +30,7 @@ from framework.saga.outbox import OutboxRelay, OutboxWriter
 from framework.saga.runner import SagaConflict, SagaRunner
 from framework.saga.signing import SagaKeys, check_secret, env_secret
 from framework.store.base import ConcurrencyConflict, Store, store_from_url
-from framework.transport.base import Consumer, HeaderLimits, Topology, Transport
+from framework.transport.base import BindingSpec, Consumer, HeaderLimits, Topology, Transport
 from framework.upcasting import Upcaster
 from framework.urls import redact
 
@@ -240,6 +240,8 @@ class App:
         self.pipelines: list[HandlerPipeline] = []
         topology = Topology()
         delays: set[int] = set()
+        # Bindings an older leveret declared and this one must not keep: start() removes them.
+        self._retired_bindings: tuple[BindingSpec, ...] = ()
         for spec in self.handlers:
             service = by_service[spec.service]
             queue = self.naming.handler_queue(spec.service, spec.message_type.__wire_name__)
@@ -260,6 +262,15 @@ class App:
                     reply_queues=frozenset(self.config.reply_queues),
                 )
             )
+            internal = issubclass(spec.message_type, SagaTimeout)
+            if internal:
+                self._retired_bindings += (
+                    BindingSpec(
+                        queue,
+                        self.naming.exchange_for(spec.kind),
+                        spec.message_type.__wire_name__,
+                    ),
+                )
             topology = topology + self.naming.handler_topology(
                 queue,
                 spec.kind,
@@ -272,7 +283,7 @@ class App:
                 dlq_max_bytes=self.config.dlq_max_bytes,
                 # A saga's timeouts come only through the delay tier, never from the public
                 # commands exchange.
-                public=not issubclass(spec.message_type, SagaTimeout),
+                public=not internal,
             )
         self.topology = self.naming.base_topology(delays) + topology
         self._prefetch = {
@@ -418,6 +429,10 @@ class App:
         if self.relay is not None:
             self.relay.refused = None  # a fresh start tries the pending rows again
         await self.transport.declare(self.topology)
+        for binding in self._retired_bindings:
+            # Declaring never removes a binding: a broker that ran a leveret from before the
+            # saga trust model still routes timeouts from the public commands exchange.
+            await self.transport.unbind(binding)
         if self.breakers is not None:
             await self.breakers.start(self)
         if self.query_transport is not None:
