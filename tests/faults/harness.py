@@ -45,7 +45,7 @@ from tests.support.poll import until
 from tests.support.second_node import SecondNode
 from tests.test_worker import Leveret
 
-__all__ = ["Fault", "Harness", "Injector", "Profile", "Row", "Run", "Shop"]
+__all__ = ["Fault", "Flood", "Harness", "Injector", "Profile", "Row", "Run", "Shop"]
 
 # Each worker consumes every handler queue of the shop; the client is an App without services.
 WORKERS = 2
@@ -60,11 +60,12 @@ class Profile:
     settle: float
     rate: float
     soak_minutes: float = 0.0
+    flood_scale: int = 1  # the flood scenarios send this many times their short-profile count
 
 
 # Orders are placed at ``rate`` a second, so faults land while sagas are still arriving.
 SHORT = Profile("short", orders=100, settle=120.0, rate=20.0)
-LONG = Profile("long", orders=1500, settle=600.0, rate=15.0, soak_minutes=30.0)
+LONG = Profile("long", orders=1500, settle=600.0, rate=15.0, soak_minutes=30.0, flood_scale=6)
 PROFILES = {p.name: p for p in (SHORT, LONG)}
 
 
@@ -81,6 +82,21 @@ class Fault:
     ended: float
 
 
+@dataclass(slots=True)
+class Flood:
+    """What a flood of hostile messages did: how many, how many reached the DLQ (each exactly
+    once is the goal), worker restarts, handler queues seen without their consumers, and how
+    long sagas placed during the flood took (p99) next to those placed outside it."""
+
+    kind: str
+    messages: int
+    dead_lettered: int = 0
+    restarts: int = 0
+    consumers_lost: int = 0
+    p99_during_s: float | None = None
+    p99_outside_s: float | None = None
+
+
 @dataclass
 class Row:
     """One scenario's line in the report table."""
@@ -95,6 +111,7 @@ class Row:
     recover_s: float | None
     problems: list[str] = field(default_factory=list)
     notes: str = ""
+    flood: Flood | None = None
 
     @property
     def ok(self) -> bool:
@@ -117,15 +134,33 @@ HEADER = (
 )
 
 
+FLOOD_HEADER = (
+    "| flood | messages | in the DLQ | worker restarts | consumers lost | "
+    "saga p99 during the flood | saga p99 outside it |\n"
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
 def table(rows: list[Row]) -> str:
-    """The report table in Markdown."""
+    """The report table in Markdown (and the floods' own table, when there are any)."""
     lines = [HEADER]
     for r in rows:
-        recover = "-" if r.recover_s is None else f"{r.recover_s:.1f} s"
         lines.append(
             f"| {r.scenario} | {r.sagas} | {r.faults} | {r.correct_pct:.1f}% | {r.lost} | "
-            f"{r.duplicate_effects} | {r.duplicate_deliveries} | {recover} |"
+            f"{r.duplicate_effects} | {r.duplicate_deliveries} | {_seconds(r.recover_s)} |"
         )
+    floods = [(r.scenario, r.flood) for r in rows if r.flood is not None]
+    if floods:
+        lines += ["", FLOOD_HEADER]
+        for name, f in floods:
+            lines.append(
+                f"| {name} | {f.messages:,} | {f.dead_lettered:,} | {f.restarts} | "
+                f"{f.consumers_lost} | {_seconds(f.p99_during_s)} | {_seconds(f.p99_outside_s)} |"
+            )
     return "\n".join(lines)
 
 

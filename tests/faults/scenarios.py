@@ -20,10 +20,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from contracts.orders import PlaceOrder
 from tests.faults.app import CRASH_POINTS, LATE_SUFFIX
-from tests.faults.harness import Harness, Injector, Row, Run, Shop
+from tests.faults.harness import Flood, Harness, Injector, Row, Run, Shop
+from tests.support import amqp_fields
 from tests.support.broker import RabbitmqctlError
 from tests.support.fault_proxy import ProxyMode, fault_proxy
 from tests.support.poll import until
+from tests.support.raw_amqp import raw_channel
 from tests.test_worker import Leveret
 
 __all__ = ["CI_SCENARIOS", "SCENARIOS", "Scenario"]
@@ -623,6 +625,150 @@ def _inventory_queues(shop: Shop) -> list[str]:
     return [p.queue for p in shop.model.pipelines if p.spec.service == "inventory"]
 
 
+# -- floods of hostile input ------------------------------------------------------------------
+#
+# Messages an attacker with publish rights sends below every client, thrown at the queue the
+# order saga starts from while valid orders arrive on it. Each must reach the DLQ exactly once;
+# no worker may restart or lose a consumer; the valid orders' sagas must all end correctly.
+
+FloodMessage = Callable[[int], tuple[bytes, bytes]]  # index -> (body, raw Basic.Properties)
+
+
+def _nested(depth: int) -> bytes:
+    value = amqp_fields.long_string(b"bottom")
+    for _ in range(depth):
+        value = amqp_fields.table_value([(b"a", value)])
+    return amqp_fields.table([(b"deep", value)])
+
+
+_DEEP = _nested(2000)
+_BIG = amqp_fields.table([(b"big", amqp_fields.array([amqp_fields.Field(b"V", b"")] * 120_000))])
+_MAX_TIMESTAMP = amqp_fields.table([(b"when", amqp_fields.timestamp(2**64 - 1))])
+_PLACE = PlaceOrder.__wire_name__.encode()
+
+
+def _poison_frame(i: int) -> tuple[bytes, bytes]:
+    """A timestamp of 2^64-1 (as a property or a header) or a header nested 2,000 deep."""
+    common: dict[str, bytes | int] = {"message_id": b"flood-%d" % i, "type": _PLACE}
+    kind = i % 3
+    if kind == 0:
+        props = amqp_fields.properties(**common, timestamp=2**64 - 1)
+    else:
+        props = amqp_fields.properties(**common, headers=_DEEP if kind == 1 else _MAX_TIMESTAMP)
+    return b'{"order_id":"flood-%d"}' % i, props
+
+
+def _big_header(i: int) -> tuple[bytes, bytes]:
+    """A 120 KB header table (120,000 entries)."""
+    props = amqp_fields.properties(message_id=b"flood-%d" % i, type=_PLACE, headers=_BIG)
+    return b'{"order_id":"flood-%d"}' % i, props
+
+
+def _invalid_body(i: int) -> tuple[bytes, bytes]:
+    """A body that is not JSON: the worker copies it to the DLQ with its reason."""
+    props = amqp_fields.properties(message_id=b"flood-%d" % i, type=_PLACE, delivery_mode=2)
+    return b"not json %d" % i, props
+
+
+def _p99(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def _flood(name: str, kind: str, count: int, make: FloodMessage) -> Scenario:
+    async def scenario(h: Harness) -> Row:
+        total = count * h.profile.flood_scale
+        flood = Flood(kind=kind, messages=total)
+        async with h.shop(name) as shop:
+            shop.start()
+            await shop.ready()
+            naming = shop.model.naming
+            queue = naming.handler_queue("orders", PlaceOrder.__wire_name__)
+            dlq = naming.dlq(queue)
+            window: list[float] = []
+
+            async def watch() -> None:
+                while True:  # the most handler queues seen at once without all their consumers
+                    missing = await asyncio.to_thread(shop.consumers_missing, shop.workers)
+                    flood.consumers_lost = max(flood.consumers_lost, len(missing))
+                    await asyncio.sleep(0.5)
+
+            async def inject(run: Run) -> None:
+                await run.reached(0.2)
+                watcher = asyncio.create_task(watch())
+                try:
+                    with run.fault(name):
+                        window.append(time.time())
+                        async with raw_channel(shop.node.url) as channel:
+                            for i in range(total):
+                                body, props = make(i)
+                                channel.publish(
+                                    exchange=naming.commands,
+                                    routing_key=PlaceOrder.__wire_name__,
+                                    body=body,
+                                    raw_properties=props,
+                                )
+                                if i % 20 == 0:
+                                    await channel.drain()
+                        await until(
+                            lambda: shop.queues().get(dlq, (0, 0, 0))[0] >= total,
+                            timeout=h.profile.settle,
+                            what=f"{total} flood messages in {dlq}",
+                            interval=0.5,
+                        )
+                        window.append(time.time())
+                finally:
+                    watcher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watcher
+
+            def flood_dead_letter(dead: tuple[str, str, str]) -> bool:
+                # Rejected unread, a message keeps no property leveret could read (no id).
+                return dead[0] == queue and (dead[1] == "" or dead[1].startswith("flood-"))
+
+            row = await h.workload(
+                f"flood of {kind}", shop, inject, allowed_dead_letters=flood_dead_letter
+            )
+            flood.dead_lettered = shop.queues().get(dlq, (0, 0, 0))[0]
+            assert shop.leveret is not None
+            flood.restarts = len(shop.leveret.events("worker_spawned")) - shop.workers
+            if len(window) == 2:
+                during: list[float] = []
+                outside: list[float] = []
+                for record in await row_records(shop, row):
+                    took = record.updated_at - record.created_at
+                    inside = window[0] <= record.created_at <= window[1]
+                    (during if inside else outside).append(took)
+                flood.p99_during_s, flood.p99_outside_s = _p99(during), _p99(outside)
+            if flood.dead_lettered != total:
+                row.problems.append(f"{flood.dead_lettered} of {total} flood messages in {dlq}")
+            if flood.restarts:
+                row.problems.append(f"{flood.restarts} worker restarts during the flood")
+            if flood.consumers_lost:
+                row.problems.append(f"{flood.consumers_lost} handler queues lost consumers")
+            row.faults = total
+            row.flood = flood
+            await _drained(shop, row)
+            return row
+
+    scenario.__name__ = scenario.__qualname__ = name
+    scenario.__doc__ = f"A flood of {count:,} (short profile) messages with {kind}."
+    return scenario
+
+
+async def row_records(shop: Shop, row: Row) -> list[Any]:
+    """The terminal order sagas of the shop (one run per shop in the flood scenarios)."""
+    found = await shop.store.list_sagas(saga="order", limit=10 * row.sagas + 100)
+    return [r for r in found if r.status.terminal]
+
+
+flood_poison_frames = _flood("flood_poison_frames", "undecodable frames", 300, _poison_frame)
+flood_big_headers = _flood("flood_big_headers", "120 KB headers", 100, _big_header)
+flood_invalid_bodies = _flood("flood_invalid_bodies", "invalid bodies", 3000, _invalid_body)
+
+
 SCENARIOS: dict[str, Scenario] = {
     "baseline": baseline,
     "connections_closed": connections_closed,
@@ -640,6 +786,9 @@ SCENARIOS: dict[str, Scenario] = {
     "slow_handlers": slow_handlers,
     "reordered": reordered,
     "queue_full": queue_full,
+    "flood_poison_frames": flood_poison_frames,
+    "flood_big_headers": flood_big_headers,
+    "flood_invalid_bodies": flood_invalid_bodies,
 }
 
 # The scenarios the short profile runs in CI (the baseline only checks the checker).
