@@ -68,8 +68,9 @@ class AppConfig:
         header_limits: bounds on a delivery's header table (bytes, depth, values); a delivery
             past them is rejected to its DLQ unread. Process-wide on RabbitMQ.
         secret: the key (at least 16 characters) of the message ids and timeout tokens the
-            sagas derive (``framework.saga.signing``). None reads ``LEVERET_SECRET``, and
-            without it the workers share a random secret kept in the saga store. Never shown.
+            sagas and transactional handlers derive (``framework.saga.signing``). None reads
+            ``LEVERET_SECRET``, and without it the workers share a random secret kept in the
+            saga store. Never shown.
     """
 
     prefix: str = "leveret"
@@ -333,7 +334,7 @@ class App:
         if spec.transactional:
             queue = self.naming.handler_queue(spec.service, spec.message_type.__wire_name__)
             return dataclasses.replace(
-                spec, func=transactional(spec.func, self.relay, writer, queue)
+                spec, func=transactional(spec.func, self.relay, writer, queue, keys=self._saga_keys)
             )
         return spec
 
@@ -631,21 +632,27 @@ def transactional(
     relay: OutboxRelay,
     writer: OutboxWriter,
     consumer: str,
+    *,
+    keys: SagaKeys | None = None,
 ) -> Callable[[Message, Context], Awaitable[None]]:
     """Run ``handler`` inside a store transaction with inbox dedupe and an outbox.
 
     The handler's own SQL (``ctx.tx``), the inbox row and the messages it sends commit together;
     the messages are published after the commit. The transaction runs on the relay's store (the
     one whose outbox the relay publishes), looked up per message so that ``App.use_store`` holds.
+    With ``keys`` (the app's, as its sagas use) the ids of those messages are keyed
+    (``Signer.emitted_id``): the same on a redelivery, unguessable to whoever chose the incoming
+    message's id.
     """
 
     async def run(message: Message, ctx: Context) -> None:
+        signer = None if keys is None else await keys.signer(relay.store)
         for _ in range(5):
             try:
                 async with relay.store.transaction() as tx:
                     if not await tx.inbox_add(consumer, ctx.message_id):
                         return
-                    ctx.begin_transaction(tx)
+                    ctx.begin_transaction(tx, signer=signer)
                     try:
                         await handler(message, ctx)
                     finally:

@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from framework import envelope
 from framework.bus import Bus
 from framework.messages import Command, Event, Message
+
+if TYPE_CHECKING:
+    from framework.saga.signing import Signer
 
 __all__ = ["Context", "MessageContext", "QueryContext"]
 
@@ -78,32 +81,46 @@ class Context(MessageContext):
 
     In a ``transactional=True`` handler, ``tx`` is the store transaction the handler's inbox row
     and outbox rows are written in, and ``send``/``publish`` queue messages in that outbox: they
-    are published only after the transaction commits.
+    are published only after the transaction commits, under ids derived from the message being
+    handled (keyed with the app's secret, so that no one can pre-empt them in an inbox).
     """
 
-    __slots__ = ("_bus", "_outbox", "tx")
+    __slots__ = ("_bus", "_outbox", "_signer", "tx")
 
     def __init__(self, bus: Bus, **fields: Any) -> None:
         super().__init__(**fields)
         self._bus = bus
         self._outbox: list[tuple[Message, str]] | None = None
+        self._signer: Signer | None = None
         self.tx: Any = None
 
-    def begin_transaction(self, tx: Any) -> None:
-        """Route ``send``/``publish`` into an outbox for ``tx`` (used by the app)."""
+    def begin_transaction(self, tx: Any, *, signer: Signer | None = None) -> None:
+        """Route ``send``/``publish`` into an outbox for ``tx`` (used by the app).
+
+        Args:
+            tx: the store transaction of the handler's inbox and outbox rows.
+            signer: keys the ids of the queued messages (``Signer.emitted_id``); without one
+                they are ``<message id>/<handler>/<n>``, which whoever chose the incoming
+                message's id can predict.
+        """
         self.tx = tx
         self._outbox = []
+        self._signer = signer
 
     def take_outbox(self) -> list[tuple[Message, str]]:
         """The messages queued since ``begin_transaction``, with their deterministic ids."""
         queued, self._outbox = self._outbox or [], None
-        self.tx = None
+        self.tx = self._signer = None
         return queued
 
     def _queue(self, message: Message, message_id: str | None = None) -> str:
         assert self._outbox is not None
         if message_id is None:
-            message_id = f"{self.message_id}/{self.handler}/{len(self._outbox)}"
+            n = len(self._outbox)
+            if self._signer is None:
+                message_id = f"{self.message_id}/{self.handler}/{n}"
+            else:
+                message_id = self._signer.emitted_id(self.message_id, self.handler, n)
         self._outbox.append((message, message_id))
         return message_id
 

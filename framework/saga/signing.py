@@ -1,10 +1,11 @@
 """Proof that the framework made a message: keyed message ids and timeout tokens.
 
 The saga runner derives the ids of the messages it emits and the token of every timeout it arms
-with HMAC-SHA256 under one secret. To the framework they stay deterministic (a retried
-transaction or a re-published outbox row derives the same id, so inboxes still drop duplicates);
-to anyone without the secret they are unguessable, so no one can pre-empt an id in an inbox or
-forge a timeout (see DESIGN.md, "Trust boundaries").
+with HMAC-SHA256 under one secret, and transactional handlers the ids of the messages they emit
+(``Signer.emitted_id``; the app hands its ``SagaKeys`` to both). To the framework they stay
+deterministic (a retried transaction or a re-published outbox row derives the same id, so
+inboxes still drop duplicates); to anyone without the secret they are unguessable, so no one
+can pre-empt an id in an inbox or forge a timeout (see DESIGN.md, "Trust boundaries").
 
 The secret is ``AppConfig.secret``, else ``LEVERET_SECRET``, else a random one that the saga store
 keeps (``Store.shared_secret``: the first process to ask writes it), so every worker sharing a
@@ -35,6 +36,9 @@ MAX_ID_BYTES: Final = 255
 # Hex digits of the tag that ends a derived id (64 bits) and of a timeout's token (128 bits).
 ID_TAG_CHARS: Final = 16
 TOKEN_CHARS: Final = 32
+# The most of a handler's name a derived id shows (the tag covers all of it).
+MAX_HANDLER_BYTES: Final = 64
+_ELLIPSIS: Final = "…"
 
 _encode = msgspec.json.Encoder().encode
 
@@ -94,12 +98,20 @@ class Signer:
         tag still covers all of it.
         """
         tag = self._digest(("id", saga_id, version, slot))[:ID_TAG_CHARS]
-        tail = f"/{version}/{slot}/{tag}"
-        derived = saga_id + tail
-        if len(derived) * 4 <= MAX_ID_BYTES or len(derived.encode()) <= MAX_ID_BYTES:
-            return derived
-        room = MAX_ID_BYTES - len(tail.encode()) - len("…".encode())
-        return saga_id.encode()[:room].decode(errors="ignore") + "…" + tail
+        return _fitted(saga_id, f"/{version}/{slot}/{tag}")
+
+    def emitted_id(self, message_id: str, handler: str, n: int) -> str:
+        """``<message id>/<handler>/<n>/<tag>``: the id of the ``n``-th message (from 0) that
+        ``handler``, a transactional handler, emits while handling ``message_id``.
+
+        Deterministic, so a redelivery emits the same ids; unguessable, so no one who chose or
+        saw ``message_id`` can publish a message with one of them first and have its receiver's
+        inbox drop the real one. Shortened like ``message_id``: the message id (and a handler
+        name over ``MAX_HANDLER_BYTES``) ends in ``…``; the tag covers all of both.
+        """
+        tag = self._digest(("emitted", message_id, handler, n))[:ID_TAG_CHARS]
+        shown = _clipped(handler, MAX_HANDLER_BYTES)
+        return _fitted(message_id, f"/{shown}/{n}/{tag}")
 
     def timeout_token(self, saga: str, saga_id: str, state: str, armed_version: int) -> str:
         """The token a timeout armed by saga ``saga`` for this instance, state and version
@@ -112,6 +124,19 @@ class Signer:
         """Whether ``token`` is the one the framework gave this timeout (constant time)."""
         expected = self.timeout_token(saga, saga_id, state, armed_version)
         return hmac.compare_digest(expected.encode(), token.encode(errors="surrogatepass"))
+
+
+def _clipped(text: str, limit: int) -> str:
+    """``text`` if it fits in ``limit`` UTF-8 bytes, else its start and ``…`` in that many."""
+    if len(text) * 4 <= limit or len(text.encode()) <= limit:
+        return text
+    room = limit - len(_ELLIPSIS.encode())
+    return text.encode()[:room].decode(errors="ignore") + _ELLIPSIS
+
+
+def _fitted(head: str, tail: str) -> str:
+    """``head + tail`` in ``MAX_ID_BYTES``, shortening ``head`` (``tail`` is short)."""
+    return _clipped(head, MAX_ID_BYTES - len(tail.encode())) + tail
 
 
 class SagaKeys:
