@@ -2,7 +2,10 @@
 
 * Channels: one per routing key on an exchange (``<exchange>:<wire name>``, AMQP binding
   ``is: routingKey``), one per handler queue (``is: queue``), and RabbitMQ's direct reply-to
-  pseudo-queue when the app answers queries.
+  pseudo-queue when the app answers queries. Messages the framework sends itself (saga
+  timeouts) have no exchange channel: their queues are not bound to a public exchange (the app's
+  topology says which are), so the document describes them as internal (``x-leveret-internal``),
+  reachable only through the retry/delay tier.
 * Operations: ``receive`` for each handler (on its queue; a query's carries its ``reply``), and
   ``send`` for each command or event a service declares in ``Service(sends=...)``.
 * Messages: one per wire name and version, with the payload schema msgspec derives from the
@@ -20,6 +23,8 @@ from framework import envelope
 from framework.app import App
 from framework.handlers import HandlerSpec
 from framework.messages import Message, MessageKind, Query, kind_of, reply_type_of
+from framework.saga.definition import SagaTimeout
+from framework.transport.base import BindingSpec
 
 __all__ = ["ASYNCAPI_VERSION", "asyncapi_document"]
 
@@ -52,6 +57,10 @@ def asyncapi_document(
     )
 
 
+def _wire(spec: HandlerSpec) -> str:
+    return spec.message_type.__wire_name__
+
+
 def _message_id(cls: type[Message]) -> str:
     return f"{cls.__wire_name__}.v{cls.__wire_version__}"
 
@@ -72,6 +81,22 @@ class _Builder:
         self.by_wire: dict[str, list[type[Message]]] = {}
         for cls in self.types:
             self.by_wire.setdefault(cls.__wire_name__, []).append(cls)
+        # Queues the app does not bind to their kind's exchange (saga timeout queues), and the
+        # wire names that reach this app only through them or are a saga's timeouts.
+        bindings = set(app.topology.bindings)
+        self.internal = {
+            p.queue
+            for p in app.pipelines
+            if BindingSpec(p.queue, app.naming.exchange_for(p.spec.kind), _wire(p.spec))
+            not in bindings
+        }
+        public = {_wire(p.spec) for p in app.pipelines if p.queue not in self.internal}
+        self.internal_wires = {
+            _wire(p.spec) for p in app.pipelines if p.queue in self.internal
+        } - public
+        self.internal_wires.update(
+            c.__wire_name__ for c in self.types if issubclass(c, SagaTimeout)
+        )
 
     def build(self, *, title: str, version: str, description: str | None) -> dict[str, Any]:
         services = ", ".join(s.name for s in self.app.services)
@@ -118,7 +143,7 @@ class _Builder:
         }
         for wire, versions in self.by_wire.items():
             kind = kind_of(versions[-1])
-            if kind is MessageKind.REPLY:
+            if kind is MessageKind.REPLY or wire in self.internal_wires:
                 continue
             exchange = naming.exchange_for(kind)
             channels[self.exchange_channel(kind, wire)] = {
@@ -144,13 +169,24 @@ class _Builder:
         for pipeline in self.app.pipelines:
             spec = pipeline.spec
             wire = spec.message_type.__wire_name__
+            exchange = naming.exchange_for(spec.kind)
+            internal = pipeline.queue in self.internal
+            if not internal:
+                bound = f"Bound to {exchange} with routing key {wire!r}."
+            else:
+                bound = (
+                    f"Internal: not bound to {exchange} or any other public exchange. The "
+                    f"framework delivers its own {wire!r} messages here through the delay tier "
+                    f"(a TTL queue dead-lettering to {naming.retry} with the queue's name as the "
+                    "routing key); a saga timeout is applied only with the token the saga armed."
+                )
             channels[pipeline.queue] = {
                 "address": pipeline.queue,
                 "title": f"queue of {spec.name}",
                 "description": (
-                    f"Bound to {naming.exchange_for(spec.kind)} with routing key {wire!r}. "
-                    f"Messages that cannot be handled go to {naming.dlq(pipeline.queue)}."
+                    f"{bound} Messages that cannot be handled go to {naming.dlq(pipeline.queue)}."
                 ),
+                **({"x-leveret-internal": True} if internal else {}),
                 "messages": {
                     _message_id(c): _ref("components", "messages", _message_id(c))
                     for c in self.readable(spec)
@@ -221,6 +257,7 @@ class _Builder:
         operations: dict[str, Any] = {}
         for pipeline in self.app.pipelines:
             spec = pipeline.spec
+            internal = pipeline.queue in self.internal
             operation: dict[str, Any] = {
                 "action": "receive",
                 "channel": _ref("channels", pipeline.queue),
@@ -234,6 +271,7 @@ class _Builder:
                     for c in self.readable(spec)
                 ],
                 "bindings": {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING_VERSION}},
+                **({"x-leveret-internal": True} if internal else {}),
             }
             if spec.kind is MessageKind.QUERY:
                 reply = reply_type_of(_as_query(spec.message_type))
@@ -248,6 +286,8 @@ class _Builder:
             operations[f"{spec.service}.receives.{spec.message_type.__wire_name__}"] = operation
         for service in self.app.services:
             for cls in sorted(service.sends, key=_message_id):
+                if cls.__wire_name__ in self.internal_wires:
+                    continue  # not sent through an exchange, so no one else may send it
                 kind = kind_of(cls)
                 channel = self.exchange_channel(kind, cls.__wire_name__)
                 verb = "sends" if kind is MessageKind.COMMAND else "publishes"

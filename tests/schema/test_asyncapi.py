@@ -116,6 +116,32 @@ def test_shop_document_describes_exchanges_queues_operations_and_messages() -> N
     assert receivers == senders | {"order_view"}
 
 
+def test_saga_timeouts_are_internal_with_no_public_exchange_channel() -> None:
+    """A saga's timeout has no channel on the commands exchange and nothing sends it there; its
+    queue and receive operation are marked internal, reachable only through the delay tier."""
+    app = build_app()
+    document = asyncapi_document(app)
+    assert errors(document) == []
+    channels, operations = document["channels"], document["operations"]
+    assert not [name for name in channels if name.endswith(":saga.order.timeout")]
+    for operation in operations.values():
+        if operation["action"] == "send":
+            assert "timeout" not in operation["channel"]["$ref"]
+    queue = channels["shop.orders.saga.order.timeout"]
+    assert queue["x-leveret-internal"] is True
+    assert queue["description"].startswith("Internal: not bound to shop.commands")
+    assert "shop.retry" in queue["description"]
+    assert "Bound to" not in queue["description"]
+    assert sorted(queue["messages"]) == ["saga.order.timeout.v1"]
+    assert operations["orders.receives.saga.order.timeout"]["x-leveret-internal"] is True
+    public = channels["shop.orders.orders.place_order"]
+    assert "x-leveret-internal" not in public
+    assert public["description"].startswith(
+        "Bound to shop.commands with routing key 'orders.place_order'."
+    )
+    assert "x-leveret-internal" not in operations["orders.receives.orders.place_order"]
+
+
 def test_versions_and_upcasters_show_on_the_handler_queue() -> None:
     """A handler's queue channel lists every version it reads through upcasters."""
     shipping = Service("shipping")
