@@ -124,6 +124,14 @@ class Context(MessageContext):
         self._outbox.append((message, message_id))
         return message_id
 
+    def event_id(self, slot: str) -> str:
+        """The id of an event this transactional handler stores while handling the message:
+        ``<message id>/<handler>/<slot>``, with a tag keyed with the app's secret when the app
+        gave one (``begin_transaction(signer=...)``), so no one can pre-empt it in an inbox."""
+        if self._signer is None:
+            return f"{self.message_id}/{self.handler}/{slot}"
+        return self._signer.event_id(self.message_id, self.handler, slot)
+
     def _meta(self) -> dict[str, Any]:
         return {
             "correlation_id": self.correlation_id,

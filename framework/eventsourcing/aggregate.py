@@ -247,7 +247,8 @@ async def save(ctx: Context, *aggregates: Aggregate) -> list[StoredEvent]:
     Each aggregate's events go to its stream with the version it was loaded at as the expected
     one. Once every append has succeeded, each event is queued in the handler's outbox as it is
     (published after the commit) under the stored event's id,
-    ``<message id>/<handler>/<stream>@<version>``; snapshots that fall due are written too. One
+    ``<message id>/<handler>/<stream>@<version>/<tag>`` (the tag keyed with the app's secret,
+    see ``Context.event_id``); snapshots that fall due are written too. One
     call for all the aggregates a handler changed: their streams are locked in one order.
 
     Raises:
@@ -264,7 +265,7 @@ async def save(ctx: Context, *aggregates: Aggregate) -> list[StoredEvent]:
             expected_version=aggregate.version,
             events=[
                 NewEvent(
-                    event_id=f"{ctx.message_id}/{ctx.handler}/{aggregate.stream}@{version}",
+                    event_id=ctx.event_id(f"{aggregate.stream}@{version}"),
                     wire_name=event.__wire_name__,
                     wire_version=event.__wire_version__,
                     body=_encode(event),

@@ -113,6 +113,16 @@ class Signer:
         shown = _clipped(handler, MAX_HANDLER_BYTES)
         return _fitted(message_id, f"/{shown}/{n}/{tag}")
 
+    def event_id(self, message_id: str, handler: str, slot: str) -> str:
+        """``<message id>/<handler>/<slot>/<tag>``: the id of an event a transactional handler
+        stores and publishes while handling ``message_id`` (``slot`` is ``<stream>@<version>``).
+
+        Deterministic and unguessable like ``emitted_id``, shortened the same way.
+        """
+        tag = self._digest(("event", message_id, handler, slot))[:ID_TAG_CHARS]
+        shown = _clipped(handler, MAX_HANDLER_BYTES)
+        return _fitted(message_id, f"/{shown}/{_clipped(slot, MAX_HANDLER_BYTES)}/{tag}")
+
     def timeout_token(self, saga: str, saga_id: str, state: str, armed_version: int) -> str:
         """The token a timeout armed by saga ``saga`` for this instance, state and version
         carries."""

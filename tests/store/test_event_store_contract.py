@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -522,7 +523,11 @@ async def test_saved_events_are_stored_and_published_with_the_same_ids(
     account = await load(es_store, "a-1")
     assert (account.balance, account.version, account.recorded) == (355, 3, ())
     first_command = stored[0].causation_id
-    assert stored[0].event_id == f"{first_command}/bank.deposit/es_test.account-a-1@1"
+    # Keyed with the app's secret: nobody who chose the command's id can predict it.
+    assert re.fullmatch(
+        rf"{re.escape(first_command)}/bank\.deposit/es_test\.account-a-1@1/[0-9a-f]{{16}}",
+        stored[0].event_id,
+    ), stored[0].event_id
 
 
 async def test_a_failing_handler_stores_and_publishes_nothing(
