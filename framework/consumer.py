@@ -51,7 +51,7 @@ from framework.middleware import Incoming, Middleware, compose
 from framework.observe import Handling, Observer, Outcome
 from framework.retry import DeadLetter, Delay, Redeliver, RetryPolicy
 from framework.routing import Naming
-from framework.transport.base import Delivery, OutgoingMessage
+from framework.transport.base import DIRECT_REPLY_TO, Delivery, OutgoingMessage
 
 __all__ = ["HandlerPipeline", "RejectMessage"]
 
@@ -59,7 +59,6 @@ _log = structlog.get_logger("leveret.consumer")
 _MAX_HEADER_TEXT = 1000
 # Attempt counts past any retry policy read as this, so ``attempt + 1`` always fits the header.
 _MAX_ATTEMPT = 1 << 30
-DIRECT_REPLY_TO = "amq.rabbitmq.reply-to."
 
 
 class RejectMessage(LeveretError):

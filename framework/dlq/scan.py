@@ -26,7 +26,6 @@ transport's reason; ``replay`` leaves it in the DLQ and says so, since its heade
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from typing import Any
 import msgspec
 
 from framework import envelope
-from framework.errors import ConfigurationError, LeveretError, PublishFailed
+from framework.errors import ConfigurationError, LeveretError, NotEncodable, PublishFailed
 from framework.transport import _lenient
 from framework.transport.base import Delivery, OutgoingMessage, Transport
 
@@ -73,9 +72,6 @@ _DEATH_HEADERS = (
     "x-last-death-reason",
     "x-delivery-count",
 )
-# What encoding a message for the wire raises when AMQP cannot carry a value (the transport's
-# NotEncodable is a ValueError): a replay skips such a message instead of stopping.
-_UNENCODABLE = (TypeError, ValueError, OverflowError, struct.error, RecursionError)
 
 
 class ScanIncomplete(LeveretError):
@@ -460,7 +456,7 @@ async def replay(
             await transport.publish(
                 replay_copy(delivery), exchange="", routing_key=target, mandatory=True
             )
-        except _UNENCODABLE as exc:  # before PublishFailed: NotEncodable is both
+        except NotEncodable as exc:  # a PublishFailed too: a replay skips it and goes on
             skipped.append((label, f"it cannot be encoded again: {exc}"))
             return True
         except PublishFailed as exc:

@@ -50,6 +50,7 @@ from framework.resilience.breaker import CircuitBreaker, Clock
 from framework.resilience.config import BreakerConfig
 from framework.resilience.events import State, StateTransition, TransitionReason
 from framework.transport.base import (
+    DIRECT_REPLY_TO,
     BindingSpec,
     Delivery,
     ExchangeSpec,
@@ -88,7 +89,6 @@ SIGNATURE = "leveret-signature"  # header: hex HMAC-SHA256 of a signed control m
 MAX_AGE = 30.0  # seconds a signed message may be old (or early: clocks of two hosts differ)
 MAX_BODY = 64 * 1024  # control messages are a few hundred bytes; larger ones are not read
 REFUSAL_LOG_INTERVAL = 10.0  # seconds between two breaker_note_refused lines of one reason
-DIRECT_REPLY_TO = "amq.rabbitmq.reply-to."
 _KEY_PURPOSE = b"leveret.breakers.control"  # the control key is derived, never the secret itself
 _SHARED_STATES = frozenset({State.OPEN, State.CLOSED, State.FORCED_OPEN, State.DISABLED})
 _LOCAL_REASONS = frozenset(

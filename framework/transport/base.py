@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import msgspec
 
 __all__ = [
+    "DIRECT_REPLY_TO",
     "BindingSpec",
     "Consumer",
     "Delivery",
@@ -46,6 +47,9 @@ __all__ = [
 ]
 
 DEFAULT_EXCHANGE = ""
+# RabbitMQ's direct reply-to: only the connection that sent a request can consume its replies,
+# so a reply addressed here cannot be aimed at anyone else's queue.
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to."
 
 
 class ExchangeType(enum.StrEnum):
