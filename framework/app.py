@@ -24,7 +24,7 @@ from framework.middleware import Middleware
 from framework.observe import Observer, combine
 from framework.resilience.registry import Breakers
 from framework.retry import RetryPolicy
-from framework.routing import Naming
+from framework.routing import DEFAULT_DELIVERY_LIMIT, QUEUE_TYPES, Naming
 from framework.saga.definition import SagaTimeout
 from framework.saga.outbox import OutboxRelay, OutboxWriter
 from framework.saga.runner import SagaConflict, SagaRunner
@@ -56,9 +56,14 @@ class AppConfig:
         query_timeout: default seconds ``request`` waits for a reply.
         shutdown_grace: seconds in-flight handlers get to finish on stop; the rest are nacked
             back to their queues.
-        quorum_delivery_limit: when set, command and event queues are quorum queues that
-            dead-letter a message after this many deliveries — the guard against a poison
-            message that kills its worker before any retry header can be written.
+        queue_type: ``"classic"`` (the default, for one broker node) or ``"quorum"`` (for a
+            cluster): every durable queue the app owns — handler queues, DLQs, the delay
+            queues of retries and saga deadlines — is then a quorum queue, replicated over the
+            cluster's nodes, with a delivery limit and at-least-once dead-lettering.
+        quorum_delivery_limit: deliveries before a quorum queue dead-letters a message — the
+            guard against a poison message that kills its worker before any retry header can
+            be written (default 20 with ``queue_type="quorum"``). With classic queues, setting
+            it makes only the command and event queues quorum queues.
         reply_queues: queue names a query's ``reply_to`` may name besides a direct reply-to
             address (``amq.rabbitmq.reply-to``); any other query is dead-lettered unanswered.
         dlq_max_length: when set, each DLQ keeps at most this many dead letters and drops its
@@ -80,6 +85,7 @@ class AppConfig:
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     query_timeout: float = 5.0
     shutdown_grace: float = 10.0
+    queue_type: str = "classic"
     quorum_delivery_limit: int | None = None
     reply_queues: tuple[str, ...] = ()
     dlq_max_length: int | None = None
@@ -103,6 +109,11 @@ class AppConfig:
         queues: object = self.reply_queues
         if isinstance(queues, str):
             raise ConfigurationError(f"reply_queues={queues!r}: give a tuple of queue names")
+        if self.queue_type not in QUEUE_TYPES:
+            raise ConfigurationError(
+                f"queue_type={self.queue_type!r}: use 'classic' (one broker node) or 'quorum' "
+                "(a cluster)"
+            )
         limit = self.quorum_delivery_limit
         if limit is not None and (isinstance(limit, bool) or limit < 1):
             raise ConfigurationError(
@@ -188,7 +199,11 @@ class App:
         self.config = config or AppConfig()
         self.services = tuple(services)
         self.url = url
-        self.naming = Naming(self.config.prefix)
+        self.naming = Naming(
+            self.config.prefix,
+            queue_type=self.config.queue_type,
+            delivery_limit=self.config.quorum_delivery_limit or DEFAULT_DELIVERY_LIMIT,
+        )
         self.handlers = check_unique_handlers(self.services)
         sent = [cls for service in self.services for cls in service.sends]
         # Circuit breakers: the last publish middleware (closest to the broker, so they time
@@ -239,8 +254,9 @@ class App:
             self.handlers = [self._bind_store(h, writer) for h in self.handlers]
         self._sweeper: asyncio.Task[None] | None = None
         self.pipelines: list[HandlerPipeline] = []
-        topology = Topology()
         delays: set[int] = set()
+        # (queue, kind, wire name, handler_topology keywords) of every handler queue.
+        self._queue_plan: list[tuple[str, MessageKind, str, dict[str, Any]]] = []
         # Bindings an older leveret declared and this one must not keep: start() removes them.
         self._retired_bindings: tuple[BindingSpec, ...] = ()
         for spec in self.handlers:
@@ -272,21 +288,28 @@ class App:
                         spec.message_type.__wire_name__,
                     ),
                 )
-            topology = topology + self.naming.handler_topology(
-                queue,
-                spec.kind,
-                spec.message_type.__wire_name__,
-                delivery_limit=(
-                    None if spec.kind is MessageKind.QUERY else self.config.quorum_delivery_limit
-                ),
-                max_length=service.max_length,
-                dlq_max_length=self.config.dlq_max_length,
-                dlq_max_bytes=self.config.dlq_max_bytes,
-                # A saga's timeouts come only through the delay tier, never from the public
-                # commands exchange.
-                public=not internal,
+            self._queue_plan.append(
+                (
+                    queue,
+                    spec.kind,
+                    spec.message_type.__wire_name__,
+                    {
+                        "delivery_limit": (
+                            None
+                            if spec.kind is MessageKind.QUERY
+                            else self.config.quorum_delivery_limit
+                        ),
+                        "max_length": service.max_length,
+                        "dlq_max_length": self.config.dlq_max_length,
+                        "dlq_max_bytes": self.config.dlq_max_bytes,
+                        # A saga's timeouts come only through the delay tier, never from the
+                        # public commands exchange.
+                        "public": not internal,
+                    },
+                )
             )
-        self.topology = self.naming.base_topology(delays) + topology
+        self._delays = frozenset(delays)
+        self.topology = self.topology_for(self.naming)
         self._prefetch = {
             p.queue: p.spec.prefetch or by_service[p.spec.service].prefetch or self.config.prefetch
             for p in self.pipelines
@@ -364,6 +387,15 @@ class App:
         for runner in self.sagas.values():
             runner.observer = observer
 
+    def topology_for(self, naming: Naming) -> Topology:
+        """Everything the app declares, named and typed by ``naming`` (``self.topology`` is
+        ``topology_for(self.naming)``; ``leveret queues migrate --to`` asks for another type).
+        """
+        topology = naming.base_topology(self._delays)
+        for queue, kind, wire_name, options in self._queue_plan:
+            topology = topology + naming.handler_topology(queue, kind, wire_name, **options)
+        return topology
+
     def use_url(self, url: str) -> None:
         """Point the app at another broker before it starts (``leveret run --amqp-url``).
 
@@ -429,7 +461,17 @@ class App:
         self._failed.clear()
         if self.relay is not None:
             self.relay.refused = None  # a fresh start tries the pending rows again
-        await self.transport.declare(self.topology)
+        try:
+            await self.transport.declare(self.topology)
+        except ConfigurationError as exc:
+            if "inequivalent" not in str(exc):
+                raise
+            raise ConfigurationError(
+                f"{exc}. The queue exists with another type or other arguments than the app "
+                "declares (a queue_type, a delivery limit or a DLQ bound changed): stop the "
+                "app's workers and run `leveret queues migrate MODULE:APP`, which re-creates "
+                "such queues as declared and keeps their messages"
+            ) from None
         for binding in self._retired_bindings:
             # Declaring never removes a binding: a broker that ran a leveret from before the
             # saga trust model still routes timeouts from the public commands exchange.

@@ -10,7 +10,8 @@ supervisor and N workers.
 ``leveret breakers`` lives in ``framework.resilience.cli``;
 ``leveret sagas list|show|graph|resume|abort`` lives in ``framework.saga.cli``;
 ``leveret dlq list|show|replay|purge`` lives in ``framework.dlq.cli``;
-``leveret status`` lives in ``framework.health.cli``.
+``leveret status`` lives in ``framework.health.cli``;
+``leveret queues migrate`` lives in ``framework.queues.cli``.
 
 Exit codes of ``leveret run``: 0 drained cleanly after SIGTERM/SIGINT; 1 a worker had to be
 killed or failed while draining; 2 a usage or configuration error (bad MODULE:APP, a memory://
@@ -34,6 +35,7 @@ from framework.dlq import cli as dlq_cli
 from framework.errors import ConfigurationError
 from framework.health import cli as status_cli
 from framework.logging import LEVELS, LOG_FORMAT_ENV, LOG_LEVEL_ENV, configure_logging
+from framework.queues import cli as queues_cli
 from framework.resilience import cli as breakers_cli
 from framework.saga import cli as saga_cli
 from framework.schema import cli as schema_cli
@@ -134,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     saga_cli.register(commands)  # sagas list|show|graph|resume|abort
     dlq_cli.register(commands)  # dlq list|show|replay|purge
     status_cli.register(commands)  # status
+    queues_cli.register(commands)  # queues migrate
 
     projections = commands.add_parser("projections", help="inspect and rebuild read models")
     actions = projections.add_subparsers(title="actions", metavar="ACTION")

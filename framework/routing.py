@@ -16,20 +16,37 @@ from framework.transport.base import (
     Topology,
 )
 
-__all__ = ["Naming"]
+__all__ = ["DEFAULT_DELIVERY_LIMIT", "QUEUE_TYPES", "Naming"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+QUEUE_TYPES = ("classic", "quorum")
+# RabbitMQ 4 made 20 the default delivery limit of quorum queues; 3.x has none (a poison message
+# loops forever), so leveret always sets one.
+DEFAULT_DELIVERY_LIMIT = 20
+
+
 @dataclass(frozen=True, slots=True)
 class Naming:
-    """All names derive from one prefix, so two apps (or test runs) never collide.
+    """All names derive from one prefix, so two apps (or test runs) never collide; the queue
+    type decides how every durable queue leveret owns is declared.
+
+    Args:
+        prefix: the first part of every name.
+        queue_type: ``classic`` (the single-node default) or ``quorum``: then handler queues,
+            DLQs and delay queues are all quorum queues, replicated over a cluster's nodes,
+            with ``delivery_limit`` and at-least-once dead-lettering.
+        delivery_limit: deliveries before a quorum queue dead-letters a message.
 
     Raises:
-        ConfigurationError: the prefix has characters AMQP names should not carry.
+        ConfigurationError: the prefix has characters AMQP names should not carry, or the
+            queue type is unknown.
     """
 
     prefix: str = "leveret"
+    queue_type: str = "classic"
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.prefix):
@@ -37,6 +54,14 @@ class Naming:
                 f"prefix {self.prefix!r} is not a valid name prefix: use letters, digits, "
                 "'.', '-' and '_'"
             )
+        if self.queue_type not in QUEUE_TYPES:
+            raise ConfigurationError(
+                f"queue_type={self.queue_type!r}: use 'classic' (one node) or 'quorum' (a cluster)"
+            )
+
+    @property
+    def quorum(self) -> bool:
+        return self.queue_type == "quorum"
 
     @property
     def commands(self) -> str:
@@ -87,16 +112,37 @@ class Naming:
             ExchangeSpec(self.dlx, ExchangeType.DIRECT),
             ExchangeSpec(self.retry, ExchangeType.DIRECT),
         ]
-        queues: list[QueueSpec] = []
-        bindings: list[BindingSpec] = []
+        topology = Topology(exchanges=tuple(exchanges))
         for ms in sorted(set(delays_ms)):
-            name = self.delay(ms)
-            exchanges.append(ExchangeSpec(name, ExchangeType.FANOUT))
-            # Every message in one delay queue has the same TTL, so head-of-line expiry (the only
-            # kind RabbitMQ does for per-message TTL) releases them in time.
-            queues.append(QueueSpec(name, dead_letter_exchange=self.retry))
-            bindings.append(BindingSpec(name, name, ""))
-        return Topology(tuple(exchanges), tuple(queues), tuple(bindings))
+            topology = topology + self.delay_topology(ms)
+        return topology
+
+    def delay_topology(self, ms: int) -> Topology:
+        """The delay tier for ``ms``: a fanout exchange and its queue, which dead-letters every
+        message to ``retry`` (routed back by its routing key, the queue it came from) once it
+        has waited ``ms``.
+
+        Every message in one delay queue waits as long, so head-of-line expiry (the only kind
+        RabbitMQ does for per-message TTL) releases them in time; a quorum delay queue also
+        sets ``x-message-ttl``, and dead-letters at least once.
+        """
+        name = self.delay(ms)
+        if self.quorum:
+            queue = QueueSpec(
+                name,
+                dead_letter_exchange=self.retry,
+                quorum=True,
+                message_ttl_ms=ms,
+                overflow="reject-publish",
+                dead_letter_strategy="at-least-once",
+            )
+        else:
+            queue = QueueSpec(name, dead_letter_exchange=self.retry)
+        return Topology(
+            exchanges=(ExchangeSpec(name, ExchangeType.FANOUT),),
+            queues=(queue,),
+            bindings=(BindingSpec(name, name, ""),),
+        )
 
     def handler_topology(
         self,
@@ -125,18 +171,41 @@ class Naming:
         dead letters (``drop-head``), so a flood of bad input cannot grow it without end.
         """
         dlq = self.dlq(queue)
+        if self.quorum:
+            handler = QueueSpec(
+                queue,
+                dead_letter_exchange=self.dlx,
+                dead_letter_routing_key=queue,
+                quorum=True,
+                delivery_limit=delivery_limit or self.delivery_limit,
+                max_length=max_length,
+                # At-least-once dead-lettering needs reject-publish (else RabbitMQ silently
+                # falls back to at-most-once).
+                overflow="reject-publish",
+                dead_letter_strategy="at-least-once",
+            )
+        else:
+            handler = QueueSpec(
+                queue,
+                dead_letter_exchange=self.dlx,
+                dead_letter_routing_key=queue,
+                quorum=delivery_limit is not None,
+                delivery_limit=delivery_limit,
+                max_length=max_length,
+                overflow=None if max_length is None else "reject-publish",
+            )
         return Topology(
             queues=(
+                handler,
                 QueueSpec(
-                    queue,
-                    dead_letter_exchange=self.dlx,
-                    dead_letter_routing_key=queue,
-                    quorum=delivery_limit is not None,
-                    delivery_limit=delivery_limit,
-                    max_length=max_length,
-                    overflow=None if max_length is None else "reject-publish",
+                    dlq,
+                    max_length=dlq_max_length,
+                    max_length_bytes=dlq_max_bytes,
+                    # No delivery limit: a DLQ has no dead-letter exchange, so a message past
+                    # it would be dropped, and every read of `leveret dlq` (which puts the
+                    # messages back) counts as a delivery. (On 3.10, -1 is a limit of 0.)
+                    quorum=self.quorum,
                 ),
-                QueueSpec(dlq, max_length=dlq_max_length, max_length_bytes=dlq_max_bytes),
             ),
             bindings=(
                 *((BindingSpec(queue, self.exchange_for(kind), wire_name),) if public else ()),

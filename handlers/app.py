@@ -9,7 +9,8 @@ down, its events wait in its durable queues; it catches up when it comes back.
 ``LEVERET_SHOP_URL`` (default ``memory://``), ``LEVERET_SHOP_DB_URL`` (default
 ``sqlite:///leveret-shop.sqlite3``) and ``LEVERET_SHOP_PREFIX`` (default ``shop``) pick the broker,
 the database and the name prefix; ``LEVERET_SHOP_VIEW_DB_URL`` (default: the same database)
-gives ``read_side`` a database of its own.
+gives ``read_side`` a database of its own; ``LEVERET_SHOP_QUEUE_TYPE=quorum`` declares every
+queue the shop owns as a quorum queue (for a RabbitMQ cluster).
 """
 
 from __future__ import annotations
@@ -137,9 +138,10 @@ def build_read_side_app(
 _URL = os.environ.get("LEVERET_SHOP_URL", "memory://")
 _DB_URL = os.environ.get("LEVERET_SHOP_DB_URL", "sqlite:///leveret-shop.sqlite3")
 _PREFIX = os.environ.get("LEVERET_SHOP_PREFIX", "shop")
+_CONFIG = AppConfig(prefix=_PREFIX, queue_type=os.environ.get("LEVERET_SHOP_QUEUE_TYPE", "classic"))
 
-app = build_app(_URL, db_url=_DB_URL, prefix=_PREFIX)
-command_side = build_command_side(_URL, db_url=_DB_URL, prefix=_PREFIX)
+app = build_app(_URL, db_url=_DB_URL, config=_CONFIG)
+command_side = build_command_side(_URL, db_url=_DB_URL, config=_CONFIG)
 read_side = build_read_side_app(
-    _URL, db_url=os.environ.get("LEVERET_SHOP_VIEW_DB_URL", _DB_URL), prefix=_PREFIX
+    _URL, db_url=os.environ.get("LEVERET_SHOP_VIEW_DB_URL", _DB_URL), config=_CONFIG
 )

@@ -30,12 +30,7 @@ from framework.observe import Observer
 from framework.routing import Naming
 from framework.store.base import OutboxRow, Store
 from framework.transport.base import (
-    BindingSpec,
-    ExchangeSpec,
-    ExchangeType,
     OutgoingMessage,
-    QueueSpec,
-    Topology,
     Transport,
 )
 
@@ -302,13 +297,7 @@ class OutboxRelay:
         async with self._delay_lock:
             if name in self._delays:
                 return
-            await self._transport.declare(
-                Topology(
-                    exchanges=(ExchangeSpec(name, ExchangeType.FANOUT),),
-                    queues=(QueueSpec(name, dead_letter_exchange=self._naming.retry),),
-                    bindings=(BindingSpec(name, name, ""),),
-                )
-            )
+            await self._transport.declare(self._naming.delay_topology(ms))
             self._delays.add(name)
 
     def _park(self, refusal: BreakerOpen) -> None:

@@ -76,6 +76,10 @@ class QueueSpec:
             by default (``drop-head``) it drops (or dead-letters) its oldest messages.
         max_length_bytes: ``x-max-length-bytes``: the same bound on the ready messages' bodies.
         quorum: declare a quorum queue; then ``delivery_limit`` must be set (3.x has no default).
+        message_ttl_ms: ``x-message-ttl``: every message expires (dead-letters) after this long.
+            Unlike a per-message TTL, it expires on a quorum queue without waiting for the head.
+        dead_letter_strategy: ``x-dead-letter-strategy``; ``at-least-once`` (quorum queues with
+            ``overflow="reject-publish"``) keeps a dead letter until its target confirms it.
     """
 
     name: str
@@ -88,6 +92,8 @@ class QueueSpec:
     overflow: str | None = None
     quorum: bool = False
     delivery_limit: int | None = None
+    message_ttl_ms: int | None = None
+    dead_letter_strategy: str | None = None
 
     def arguments(self) -> dict[str, Any]:
         """The ``x-`` arguments RabbitMQ expects for this queue."""
@@ -106,6 +112,10 @@ class QueueSpec:
             args["x-queue-type"] = "quorum"
         if self.delivery_limit is not None:
             args["x-delivery-limit"] = self.delivery_limit
+        if self.message_ttl_ms is not None:
+            args["x-message-ttl"] = self.message_ttl_ms
+        if self.dead_letter_strategy is not None:
+            args["x-dead-letter-strategy"] = self.dead_letter_strategy
         return args
 
 

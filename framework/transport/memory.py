@@ -243,8 +243,9 @@ class MemoryBroker:
 
     def _offer(self, queue: _Queue, message: OutgoingMessage, exchange: str, key: str) -> bool:
         entry = _Entry(message, exchange, key, next(self._seq))
-        if message.expiration_ms is not None:
-            entry.deadline = asyncio.get_running_loop().time() + message.expiration_ms / 1000
+        ttls = [t for t in (message.expiration_ms, queue.spec.message_ttl_ms) if t is not None]
+        if ttls:  # the per-message and the queue's TTL: the shorter wins, as on RabbitMQ
+            entry.deadline = asyncio.get_running_loop().time() + min(ttls) / 1000
         return queue.offer(entry)
 
     def dead_letter(self, queue: _Queue, entry: _Entry, reason: str) -> None:
