@@ -20,6 +20,7 @@ __all__ = [
     "check_userinfo",
     "redact",
     "redact_query_passwords",
+    "split_urls",
     "url_passwords",
 ]
 
@@ -63,6 +64,20 @@ def _split(url: str) -> tuple[str, str, str] | None:
     return head, userinfo, rest
 
 
+# Several URLs in one string, one per broker node: split where a comma starts a new URL, so a
+# comma in a password (legal in user info) stays part of it.
+_NEXT_URL = re.compile(r"\s*,\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def split_urls(text: str) -> list[str]:
+    """The URLs of ``text``: one, or several separated by commas (one per broker node).
+
+    >>> split_urls("amqp://a:p@n1/v, amqp://a:p@n2/v")
+    ['amqp://a:p@n1/v', 'amqp://a:p@n2/v']
+    """
+    return [part for part in _NEXT_URL.split(text.strip()) if part]
+
+
 def redact(url: str) -> str:
     """Return ``url`` with its password (and any ``password=`` in its query) as ``***``.
 
@@ -78,6 +93,9 @@ def redact(url: str) -> str:
     >>> redact("amqp://app:pa#ss?w/o@rd@rabbit/shop")
     'amqp://app:***@rabbit/shop'
     """
+    urls = split_urls(url)
+    if len(urls) > 1:
+        return ",".join(redact(one) for one in urls)
     parts = _split(url)
     if parts is None:
         shown = url
@@ -94,8 +112,11 @@ def url_passwords(url: str) -> list[str]:
     """The passwords in ``url`` (its user info's, and its query's), read as ``redact`` does.
 
     For scrubbing them from a library's error text, which may quote them: each as written and,
-    where it differs, percent-decoded.
+    where it differs, percent-decoded. Several URLs (``split_urls``): the passwords of all.
     """
+    urls = split_urls(url)
+    if len(urls) > 1:
+        return list(dict.fromkeys(p for one in urls for p in url_passwords(one)))
     found: list[str] = []
     parts = _split(url)
     if parts is not None:
@@ -152,8 +173,11 @@ def check_broker_url(url: str) -> bool:
     Raises:
         ConfigurationError: the URL needs changing; the message says how.
     """
-    check_userinfo(url, what="broker")
-    return check_tls_options(url)
+    verified = True
+    for one in split_urls(url):  # one per broker node
+        check_userinfo(one, what="broker")
+        verified = check_tls_options(one) and verified
+    return verified
 
 
 def check_tls_options(url: str) -> bool:

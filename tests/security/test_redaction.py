@@ -23,7 +23,7 @@ from framework.cli import main
 from framework.logging import redact_text
 from framework.store.postgres import PostgresStore
 from framework.transport.amqp import AmqpTransport
-from framework.urls import redact, url_passwords
+from framework.urls import redact, split_urls, url_passwords
 
 PROJECT = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t"
@@ -81,6 +81,21 @@ _PRINTABLE = st.text(
 _NAME = st.text(alphabet=string.ascii_letters + string.digits + "._-", min_size=1, max_size=12)
 _PATH = st.text(alphabet=string.ascii_letters + string.digits + "/._-%", max_size=20)
 _QUERY = st.sampled_from(["", "?sslmode=require", "?cafile=/etc/ca.pem&heartbeat=10", "#frag"])
+
+
+@given(user=_NAME, password=_PRINTABLE, nodes=st.integers(min_value=2, max_value=4))
+def test_several_node_urls_are_split_and_redacted_each(
+    user: str, password: str, nodes: int
+) -> None:
+    """A comma-separated list of node URLs (a password may hold commas) is split into its URLs,
+    and each shows its host with the password masked."""
+    assume("://" not in password)
+    urls = [f"amqp://{user}:{password}@node{i}:5672/shop" for i in range(nodes)]
+    joined = ",".join(urls)
+    assert split_urls(joined) == urls
+    assert split_urls(" , ".join(urls)) == urls
+    assert redact(joined) == ",".join(f"amqp://{user}:***@node{i}:5672/shop" for i in range(nodes))
+    assert password in url_passwords(joined)
 
 
 @given(
