@@ -35,7 +35,7 @@ import msgspec
 
 from framework import envelope
 from framework.errors import ConfigurationError, LeveretError, NotEncodable, PublishFailed
-from framework.transport import _lenient
+from framework.transport.amqp import _pamqp
 from framework.transport.base import Delivery, OutgoingMessage, Transport
 
 __all__ = [
@@ -171,9 +171,9 @@ class ReplayResult:
 
 def undecodable_reason(headers: Any) -> str | None:
     """Why the client could not decode a delivery's headers (or properties), or None."""
-    if _lenient.UNDECODABLE_HEADERS not in headers:
+    if _pamqp.UNDECODABLE_HEADERS not in headers:
         return None
-    reason = headers.get(_lenient.UNDECODABLE_REASON)
+    reason = headers.get(_pamqp.UNDECODABLE_REASON)
     if isinstance(reason, str) and reason:
         return _shown(reason)
     return "the header table cannot be decoded"
@@ -272,15 +272,6 @@ class _Scanned:
     incomplete: str | None = None
 
 
-def _channel_of(delivery: Delivery) -> object | None:
-    """The channel a delivery came on, where the transport keeps it (RabbitMQ's does).
-
-    A delivery tag means something on its own channel only: after the channel is lost and
-    reopened, the broker delivers every unacked message again, with new tags.
-    """
-    return getattr(delivery, "_channel", None)
-
-
 async def _scan(
     transport: Transport, dlq: str, visit: _Visit, *, limit: int | None, idle: float
 ) -> _Scanned:
@@ -306,7 +297,7 @@ async def _scan(
     held: list[Delivery] = []
     seen = 0
     incomplete: str | None = None
-    first_channel: object | None = None
+    first_session: object | None = None
     consumer = await transport.consume(dlq, on_delivery, prefetch=total)
     try:
         while seen < total:
@@ -316,10 +307,12 @@ async def _scan(
             except TimeoutError:
                 incomplete = await _short_read(transport, dlq, seen, idle)
                 break
-            channel = _channel_of(delivery)
+            # A delivery tag means something on its own channel only: after the channel is lost
+            # and reopened, the broker delivers every unacked message again, with new tags.
+            session = delivery.session
             if seen == 0:
-                first_channel = channel
-            elif channel is not first_channel:
+                first_session = session
+            elif session is not first_session:
                 # The channel was lost: what the scan held went back to the DLQ, and comes again.
                 held.append(delivery)
                 incomplete = "the connection to the broker was lost during the scan"

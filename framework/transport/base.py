@@ -204,7 +204,13 @@ class OutgoingMessage(msgspec.Struct, kw_only=True, gc=False):
 
 
 class Delivery(abc.ABC):
-    """A received message. Settle it once with ``ack`` or ``nack``; later calls do nothing."""
+    """A received message. Settle it once with ``ack`` or ``nack``; later calls do nothing.
+
+    ``session`` is an opaque token of the channel (or connection) that delivered it, compared
+    by identity: a different one means the channel was lost and reopened in between, so the
+    broker has given back every message still unsettled on the old one and will deliver them
+    again. None when the transport does not say.
+    """
 
     __slots__ = (
         "body",
@@ -216,6 +222,7 @@ class Delivery(abc.ABC):
         "redelivered",
         "reply_to",
         "routing_key",
+        "session",
         "timestamp",
         "type",
         "user_id",
@@ -236,6 +243,7 @@ class Delivery(abc.ABC):
         routing_key: str,
         timestamp: int | None,
         user_id: str | None = None,
+        session: object | None = None,
     ) -> None:
         self.body = body
         self.message_id = message_id
@@ -249,6 +257,7 @@ class Delivery(abc.ABC):
         self.routing_key = routing_key
         self.timestamp = timestamp
         self.user_id = user_id
+        self.session = session
 
     @abc.abstractmethod
     async def ack(self) -> None:

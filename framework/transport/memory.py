@@ -326,6 +326,7 @@ class _MemoryDelivery(base.Delivery):
             routing_key=entry.routing_key,
             timestamp=message.timestamp,
             user_id=message.user_id or None,  # an empty user_id is not on the wire
+            session=consumer,  # a consumer's deliveries are its own, as on a channel of its own
         )
         self._consumer = consumer
         self._entry = entry

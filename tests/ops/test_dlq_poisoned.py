@@ -21,8 +21,7 @@ from pamqp.commands import Basic
 from framework import envelope
 from framework.cli import main
 from framework.dlq import ScanIncomplete, peek
-from framework.transport import _wire
-from framework.transport.amqp import AmqpConfig, AmqpTransport
+from framework.transport.amqp import AmqpConfig, AmqpTransport, _frames
 from framework.transport.base import (
     Consumer,
     DeliveryCallback,
@@ -47,7 +46,7 @@ def content_header(body: bytes, properties: bytes) -> bytes:
 
 async def publish_timestamp_bomb(url: str, dlq: str) -> None:
     """A message whose ``timestamp`` property is 2^64-1: no datetime holds it."""
-    properties = _wire.encode_properties(
+    properties = _frames.encode_properties(
         content_type="application/json",
         headers={envelope.DEAD_REASON: "handler_failed: ValueError"},
         delivery_mode=2,

@@ -26,8 +26,7 @@ from contracts.orders import GetOrder, OrderView, PlaceOrder
 from framework import App, AppConfig, Context, QueryContext, RejectMessage, RetryPolicy, Service
 from framework import envelope as env
 from framework.metrics import PrometheusMetrics
-from framework.transport import _lenient
-from framework.transport.amqp import AmqpTransport
+from framework.transport.amqp import AmqpTransport, _pamqp
 from framework.transport.base import Delivery
 from tests.support import amqp_fields as f
 from tests.support.poll import until
@@ -109,7 +108,7 @@ async def shop(amqp_url: str, prefix: str) -> AsyncIterator[Shop]:
 
 def reason_of(dead: Delivery) -> str:
     """leveret's reason header; else why the client could not decode it; else the broker's."""
-    undecodable = dead.headers.get(_lenient.UNDECODABLE_REASON)
+    undecodable = dead.headers.get(_pamqp.UNDECODABLE_REASON)
     if undecodable is not None:
         return f"undecodable: {undecodable}"
     if env.DEAD_REASON in dead.headers:

@@ -22,8 +22,7 @@ from contracts.orders import PlaceOrder
 from framework import App, AppConfig, Context, Service
 from framework import envelope as env
 from framework.dlq.scan import peek
-from framework.transport import _lenient, _wire
-from framework.transport.amqp import AmqpTransport
+from framework.transport.amqp import AmqpTransport, _frames, _pamqp
 from tests.support.raw_amqp import publish_raw
 
 pytestmark = pytest.mark.rabbitmq
@@ -132,7 +131,7 @@ async def test_properties_that_are_not_utf8_are_dead_lettered_unchanged(
     assert len(dead) == len(CASES)
     for message in dead:
         assert message.body == BODY
-        raw = message.headers.get(_lenient.UNDECODABLE_HEADERS)
+        raw = message.headers.get(_pamqp.UNDECODABLE_HEADERS)
         if isinstance(raw, bytes):  # the header name case: the broker's x-death is in there
             assert b"x-death" in raw
             assert b"rejected" in raw
@@ -146,20 +145,20 @@ async def test_properties_that_are_not_utf8_are_dead_lettered_unchanged(
 
 def test_a_routing_key_that_is_not_utf8_is_named() -> None:
     """A basic.deliver whose routing key is not UTF-8 decodes, and the key is reported."""
-    _lenient.install()
+    _pamqp.install()
     deliver = commands.Basic.Deliver("tag", 1, False, "ex", f"rk-{MARK}")
     _, _, decoded = frame.unmarshal(breaking(frame.marshal(deliver, 1)))
     assert isinstance(decoded, commands.Basic.Deliver)
-    assert _lenient.undecodable(Basic.Properties(), decoded.routing_key) == "routing_key"
-    assert _lenient.undecodable(Basic.Properties(message_id="fine"), "rk") is None
+    assert _pamqp.undecodable(Basic.Properties(), decoded.routing_key) == "routing_key"
+    assert _pamqp.undecodable(Basic.Properties(message_id="fine"), "rk") is None
 
 
 def test_kept_bytes_are_published_back_unchanged() -> None:
     """A short string holding kept bytes encodes to the very bytes it came from, on leveret's
     fast path and through pamqp (a DLQ replay republishes them exactly)."""
-    _lenient.install()
+    _pamqp.install()
     kept = "id-\udcff\udcfe"
-    fast = _wire.encode_properties(
+    fast = _frames.encode_properties(
         content_type=None,
         headers=None,
         delivery_mode=2,

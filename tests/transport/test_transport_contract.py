@@ -383,6 +383,24 @@ async def test_consumers_of_one_queue_share_messages(
         await delivery.ack()
 
 
+async def test_session_is_shared_by_one_consumer_and_not_by_another(
+    transport: Transport, prefix: str
+) -> None:
+    """Deliveries of one consumer carry one ``session``; another consumer's carry another."""
+    queue_a, queue_b = f"{prefix}.a", f"{prefix}.b"
+    await declare_queues(transport, QueueSpec(queue_a), QueueSpec(queue_b))
+    first, second = Inbox(ack=True), Inbox(ack=True)
+    await transport.consume(queue_a, first, prefetch=10)
+    await transport.consume(queue_b, second, prefetch=10)
+    for queue in (queue_a, queue_a, queue_b):
+        await transport.publish(message(), exchange="", routing_key=queue)
+    a1, a2 = await first.take(2)
+    (b,) = await second.take(1)
+    assert a1.session is not None
+    assert a1.session is a2.session
+    assert b.session is not a1.session
+
+
 async def test_close_returns_unacked_messages(make_transport: MakeTransport, prefix: str) -> None:
     """Closing a transport returns its unsettled deliveries to the queue, as redelivered."""
     first, second = await make_transport(), await make_transport()

@@ -16,7 +16,7 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from framework.envelope import new_message_id
-from framework.transport import _wire
+from framework.transport.amqp import _frames
 
 short = st.text(max_size=40)
 header_values = st.one_of(
@@ -68,7 +68,7 @@ def frames_of(payload: bytes) -> list[Any]:
 
 async def flush_turns() -> None:
     """Let the loop run the turns after which a write is flushed (not a wait for time)."""
-    for _ in range(_wire.FLUSH_TURNS):
+    for _ in range(_frames.FLUSH_TURNS):
         await asyncio.sleep(0)
 
 
@@ -122,7 +122,7 @@ def test_properties_encode_like_pamqp(
     user_id: str | None,
 ) -> None:
     """Encoded properties are byte for byte what pamqp's Basic.Properties marshal to."""
-    ours = _wire.encode_properties(
+    ours = _frames.encode_properties(
         content_type=content_type,
         headers=headers,
         delivery_mode=2 if persistent else 1,
@@ -161,7 +161,7 @@ def test_properties_encode_like_pamqp(
 )
 def test_floats_are_sent_as_doubles_and_come_back_unchanged(value: Any) -> None:
     """Unlike pamqp (float32, which overflows at 1e300), header floats travel as doubles."""
-    encoded = _wire.encode_properties(
+    encoded = _frames.encode_properties(
         content_type=None,
         headers={"x": value, "big": 1e300},
         delivery_mode=2,
@@ -181,7 +181,7 @@ def test_floats_are_sent_as_doubles_and_come_back_unchanged(value: Any) -> None:
 def test_header_values_amqp_cannot_carry_raise_type_error(value: Any) -> None:
     """A value with no AMQP encoding is a TypeError, which publish reports as NotEncodable."""
     with pytest.raises(TypeError):
-        _wire.encode_properties(
+        _frames.encode_properties(
             content_type=None,
             headers={"x": value},
             delivery_mode=2,
@@ -199,7 +199,7 @@ async def test_publish_writes_pamqps_frames_and_registers_the_confirm(size: int)
     """A publish is the bytes of pamqp's method, header and body frames (split at frame_max)."""
     connection = FakeConnection()
     channel = FakeChannel(connection, number=3)
-    writer = _wire.FrameWriter(connection, spawn)  # type: ignore[arg-type]
+    writer = _frames.FrameWriter(connection, spawn)  # type: ignore[arg-type]
     fields: dict[str, Any] = {
         "content_type": "application/json",
         "headers": {"leveret-version": 1, "leveret-causation-id": "m-0"},
@@ -209,13 +209,13 @@ async def test_publish_writes_pamqps_frames_and_registers_the_confirm(size: int)
         "message_type": "orders.place_order",
     }
     body = (bytes(range(256)) * 2)[:size]
-    confirmation = _wire.publish(
+    confirmation = _frames.publish(
         writer,
         channel,  # type: ignore[arg-type]
         exchange="x.commands",
         routing_key="orders.place_order",
         mandatory=True,
-        properties=_wire.encode_properties(
+        properties=_frames.encode_properties(
             **fields, reply_to=None, expiration=None, timestamp=1_700_000_000
         ),
         message_id="m-1",
@@ -243,12 +243,12 @@ async def test_frames_of_one_loop_turn_go_out_as_one_chunk() -> None:
     """Publishes and acks made in one turn reach the connection writer as one write."""
     connection = FakeConnection()
     channel = FakeChannel(connection)
-    writer = _wire.FrameWriter(connection, spawn)  # type: ignore[arg-type]
-    acks = _wire.AckBatcher(writer, channel)  # type: ignore[arg-type]
+    writer = _frames.FrameWriter(connection, spawn)  # type: ignore[arg-type]
+    acks = _frames.AckBatcher(writer, channel)  # type: ignore[arg-type]
     for tag in (1, 2, 3):
         acks.delivered(tag)
     for n in range(5):
-        _wire.publish(
+        _frames.publish(
             writer,
             channel,  # type: ignore[arg-type]
             exchange="",
@@ -268,7 +268,7 @@ async def test_frames_of_one_loop_turn_go_out_as_one_chunk() -> None:
 async def test_acks_in_order_become_one_multiple_ack() -> None:
     """A run of acked deliveries with nothing unsettled before it is one multiple ack."""
     connection = FakeConnection()
-    acks = _wire.AckBatcher(_wire.FrameWriter(connection, spawn), FakeChannel(connection))  # type: ignore[arg-type]
+    acks = _frames.AckBatcher(_frames.FrameWriter(connection, spawn), FakeChannel(connection))  # type: ignore[arg-type]
     for tag in range(1, 6):
         acks.delivered(tag)
     for tag in (3, 1, 2):
@@ -282,7 +282,7 @@ async def test_acks_in_order_become_one_multiple_ack() -> None:
 async def test_acks_behind_an_unsettled_delivery_go_out_singly_at_once() -> None:
     """A slow delivery never holds back the acks of later ones, and is never covered by them."""
     connection = FakeConnection()
-    acks = _wire.AckBatcher(_wire.FrameWriter(connection, spawn), FakeChannel(connection))  # type: ignore[arg-type]
+    acks = _frames.AckBatcher(_frames.FrameWriter(connection, spawn), FakeChannel(connection))  # type: ignore[arg-type]
     for tag in range(1, 5):
         acks.delivered(tag)
     acks.ack(2)
@@ -298,7 +298,7 @@ async def test_acks_behind_an_unsettled_delivery_go_out_singly_at_once() -> None
 async def test_nack_goes_out_after_the_acks_asked_for_before_it() -> None:
     """A nack is written after earlier acks, so no multiple ack ever spans a nacked delivery."""
     connection = FakeConnection()
-    acks = _wire.AckBatcher(_wire.FrameWriter(connection, spawn), FakeChannel(connection))  # type: ignore[arg-type]
+    acks = _frames.AckBatcher(_frames.FrameWriter(connection, spawn), FakeChannel(connection))  # type: ignore[arg-type]
     for tag in range(1, 5):
         acks.delivered(tag)
     acks.ack(1)
@@ -316,7 +316,7 @@ async def test_nack_goes_out_after_the_acks_asked_for_before_it() -> None:
 async def test_a_delivery_out_of_sequence_turns_multiple_acks_off() -> None:
     """After a tag we never saw, acks are single: a multiple ack could cover that message."""
     connection = FakeConnection()
-    acks = _wire.AckBatcher(_wire.FrameWriter(connection, spawn), FakeChannel(connection))  # type: ignore[arg-type]
+    acks = _frames.AckBatcher(_frames.FrameWriter(connection, spawn), FakeChannel(connection))  # type: ignore[arg-type]
     acks.delivered(1)
     acks.delivered(3)  # 2 never reached us
     acks.ack(1)
@@ -328,7 +328,7 @@ async def test_frames_of_a_closed_channel_are_dropped() -> None:
     """Frames of a channel that closed before the flush never reach the writer."""
     connection = FakeConnection()
     channel = FakeChannel(connection)
-    acks = _wire.AckBatcher(_wire.FrameWriter(connection, spawn), channel)  # type: ignore[arg-type]
+    acks = _frames.AckBatcher(_frames.FrameWriter(connection, spawn), channel)  # type: ignore[arg-type]
     acks.delivered(1)
     acks.ack(1)
     channel.is_closed = True
@@ -339,8 +339,8 @@ async def test_a_full_write_queue_keeps_frames_in_order() -> None:
     """When aiormq's write queue is full, later turns' frames wait behind earlier ones."""
     connection = FakeConnection()
     channel = FakeChannel(connection)
-    writer = _wire.FrameWriter(connection, spawn)  # type: ignore[arg-type]
-    acks = _wire.AckBatcher(writer, channel)  # type: ignore[arg-type]
+    writer = _frames.FrameWriter(connection, spawn)  # type: ignore[arg-type]
+    acks = _frames.AckBatcher(writer, channel)  # type: ignore[arg-type]
     for _ in range(10):
         connection.write_queue.put_nowait(ChannelFrame(payload=b"", should_close=False))
     for tag in (1, 2, 3):
@@ -363,7 +363,7 @@ async def test_a_full_write_queue_keeps_frames_in_order() -> None:
 async def test_confirm_deadline_cancels_only_late_confirmations() -> None:
     """A confirmation still pending at its deadline is cancelled; a confirmed one is left alone."""
     loop = asyncio.get_running_loop()
-    deadlines = _wire.ConfirmDeadlines(0.05)
+    deadlines = _frames.ConfirmDeadlines(0.05)
     on_time, late = loop.create_future(), loop.create_future()
     deadlines.add(on_time)
     deadline = deadlines.add(late)

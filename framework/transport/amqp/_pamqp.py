@@ -1,7 +1,9 @@
 """No frame a publisher can craft may kill the connection that receives it.
 
-This module patches pamqp (tested against pamqp 4.0.1 under aiormq 7.2 / aio-pika 10.2): it is
-the quarantine for the third-party internals the transport relies on to decode deliveries.
+This module patches pamqp's internals. Tested against pamqp 4.0.x (4.0.1) under aiormq 7.2.x and
+aio-pika 10.2.x (``_compat.TESTED``; ``_compat.require()`` refuses to import the transport when
+what is patched here is missing): it is the quarantine for the third-party internals the
+transport relies on to decode deliveries.
 
 RabbitMQ passes content headers on unchecked: any bytes in a short string or header name, a
 ``timestamp`` of 2^64-1, a header table nested thousands deep or holding a hundred thousand
@@ -43,6 +45,7 @@ from typing import Any
 
 from pamqp import commands, decode, encode, frame, header
 
+from framework.transport.amqp import _compat
 from framework.transport.base import HeaderLimits
 
 __all__ = [
@@ -79,6 +82,8 @@ def header_limits() -> HeaderLimits:
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
 _PROPERTIES = ("message_id", "message_type", "correlation_id", "content_type", "reply_to")
+# Before reading pamqp's internals below: fail with an error naming the versions.
+_compat.require(libraries=("pamqp",))
 _original_header_frame = frame._unmarshal_header_frame
 _CONTENT_HEADER = struct.Struct(">HHQ")
 

@@ -17,6 +17,11 @@ confirmation futures that the channel rejects when it closes, the message-id map
 
 Nothing is acked earlier than before: an ack is only ever written for a delivery whose ack was
 asked for, and a ``multiple`` ack only covers deliveries that were all acked.
+
+Tested against aiormq 7.2.x (7.2.4) and pamqp 4.0.x (4.0.1) under aio-pika 10.2.x
+(``_compat.TESTED``). What it needs of aiormq at import is checked by ``_compat.require()``;
+the channel bookkeeping it writes into is checked per channel by ``supports_fast_path``, and
+without it the transport publishes and acks through aiormq's own methods.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ _FLAGS = struct.Struct(">H")
 _UINT = struct.Struct(">I")
 _BYTE = struct.Struct(">b")
 _DOUBLE = struct.Struct(">d")
-# Deeper than the decoder's bound (``_lenient.HeaderLimits.max_depth`` at most 200): what can be
+# Deeper than the decoder's bound (``HeaderLimits.max_depth`` at most 200): what can be
 # sent can be received, and nothing here recurses without end.
 _MAX_DEPTH = 200
 _ACK, _NACK = 80, 120
@@ -86,7 +91,7 @@ def supports_fast_path(channel: aiormq.abc.AbstractChannel) -> bool:
 
 
 def _short(value: str) -> bytes:
-    # Bytes that were not UTF-8 (kept by transport._lenient) go back exactly as they came.
+    # Bytes that were not UTF-8 (kept by ``_pamqp``) go back exactly as they came.
     data = value.encode("utf-8", "surrogateescape")
     if len(data) > 255:  # pamqp's error, so callers see what they saw before
         raise TypeError("string exceeds maximum length of 255 bytes")

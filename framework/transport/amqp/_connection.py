@@ -1,0 +1,339 @@
+"""The connection to RabbitMQ: connecting, reconnecting, verifying consumers, flow control.
+
+Everything about which broker we are connected to and how we get back to it lives here: aio-pika's
+robust connection with its long-lived channels (one for publishing with confirms, one for
+topology, one for requests), the callbacks of a lost and a restored connection, and the watchdog
+that verifies every consumer afterwards. After a connection loss or a broker-side consumer
+cancel, each consumer must be back (its tag live on an open channel, re-issued if missing, and
+the broker counting a consumer on its queue) within ``AmqpConfig.consumer_verify_timeout``;
+otherwise ``wait_failed()`` returns the error, the worker exits non-zero and its supervisor starts
+afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import aiormq.abc
+import structlog
+from aio_pika import RobustConnection
+from aio_pika.abc import AbstractConnection, AbstractRobustChannel
+from aiormq.exceptions import ChannelInvalidStateError, ChannelNotFoundEntity
+from pamqp.commands import Queue
+
+from framework.errors import ConfigurationError, TransportClosed
+from framework.transport.amqp import _frames, _pamqp
+from framework.transport.amqp._aiormq_flow import hear_flow
+from framework.transport.amqp._config import AmqpConfig, check_url, robust_url
+from framework.transport.amqp._consume import AmqpConsumer
+from framework.transport.amqp._errors import LOST, BrokerErrors
+from framework.transport.base import FlowListener
+
+__all__ = ["AmqpConnection"]
+
+log = structlog.get_logger("framework.transport.amqp")
+
+
+class AmqpConnection:
+    """One robust connection to the broker at ``url``, its channels and its recovery.
+
+    It is the ``ConsumerHost`` of every consumer on it.
+
+    Args:
+        url: the broker URL; only ``errors`` ever shows it, redacted.
+        config: deadlines and intervals.
+        errors: maps (and scrubs) the errors of this URL.
+    """
+
+    def __init__(self, url: str, *, config: AmqpConfig, errors: BrokerErrors) -> None:
+        self.config = config
+        self.errors = errors
+        self._url = url
+        self.connection: RobustConnection | None = None
+        self.closed = False
+        self.fast = False  # aiormq channels support the batched publish and ack path
+        self.publish_channel: AbstractRobustChannel | None = None
+        self.topology_channel: AbstractRobustChannel | None = None
+        self.rpc_channel: AbstractRobustChannel | None = None
+        # Strong references: aio-pika restores only what is still referenced (aio-pika #536).
+        self._consumers: set[AmqpConsumer] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reopened: dict[AbstractRobustChannel, asyncio.Event] = {}
+        self._writer: _frames.FrameWriter | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._trouble = False  # set by every loss signal; the watchdog checks again after it
+        self._failed: asyncio.Future[BaseException] | None = None
+        self._flow_listeners: list[FlowListener] = []
+        self._flow_raw: object | None = None  # the aiormq connection whose flow frames we hear
+        self._blocked = False
+
+    @property
+    def safe_url(self) -> str:
+        return self.errors.safe_url
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the connection and the long-lived channels (see ``AmqpTransport.connect``)."""
+        if self.closed:
+            raise TransportClosed("a closed transport cannot reconnect; create a new one")
+        if self.connection is not None:
+            return
+        check_url(self._url, self.safe_url)
+        cfg = self.config
+        _pamqp.set_header_limits(cfg.header_limits)
+        # connect_robust() without the helper, so a failed attempt can still be closed.
+        connection = RobustConnection(robust_url(self._url, self.safe_url, cfg))
+        try:
+            async with asyncio.timeout(cfg.connect_timeout):
+                await connection.connect(timeout=cfg.connect_timeout)
+                self.publish_channel = await self._open_channel(connection, confirms=True)
+                self.topology_channel = await self._open_channel(connection, confirms=False)
+                self.rpc_channel = await self._open_channel(connection, confirms=True)
+                for channel in (self.publish_channel, self.rpc_channel):
+                    channel.reopen_callbacks.add(self._on_reopen)
+                raw = await self.publish_channel.get_underlay_channel()
+                self.fast = _frames.supports_fast_path(raw)
+        except (TimeoutError, *LOST, OSError) as exc:
+            await self._abandon(connection)
+            raise self.errors.connect_failed(exc, cfg.connect_timeout) from None
+        except BaseException:
+            await self._abandon(connection)
+            raise
+        self.connection = connection
+        self._failed = asyncio.get_running_loop().create_future()
+        connection.close_callbacks.add(self._on_connection_lost)
+        connection.reconnect_callbacks.add(self._on_reconnected)
+        self._watch_flow()
+
+    @staticmethod
+    async def _open_channel(
+        connection: RobustConnection, *, confirms: bool
+    ) -> AbstractRobustChannel:
+        channel = connection.channel(publisher_confirms=confirms, on_return_raises=confirms)
+        await channel.initialize()
+        return channel
+
+    async def _abandon(self, connection: RobustConnection) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.config.connect_timeout):
+                await connection.close()
+
+    async def close(self) -> None:
+        """Close the connection; acks asked for go out first, unsettled deliveries return."""
+        self.closed = True
+        connection, self.connection = self.connection, None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._failed is not None and not self._failed.done():
+            self._failed.set_exception(TransportClosed("the transport was closed"))
+            self._failed.exception()  # retrieved: nobody has to wait for it
+        if self._writer is not None:  # acks asked for before close() still go out
+            with contextlib.suppress(TimeoutError, *LOST):
+                async with asyncio.timeout(self.config.connect_timeout):
+                    await self._writer.drain()
+            self._writer = None
+        tasks = [*self._tasks, *([self._watchdog] if self._watchdog else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._consumers.clear()
+        if connection is not None:
+            try:
+                async with asyncio.timeout(self.config.connect_timeout):
+                    await connection.close()
+            except (TimeoutError, *LOST) as exc:
+                log.warning("broker_close_failed", url=self.safe_url, error=repr(exc))
+
+    async def wait_failed(self) -> BaseException:
+        """Wait until recovery is given up, and return why (see ``AmqpTransport.wait_failed``)."""
+        if self._failed is None:
+            raise TransportClosed("the transport is not connected")
+        return await asyncio.shield(self._failed)
+
+    def require(self) -> RobustConnection:
+        """The open connection.
+
+        Raises:
+            TransportClosed: not connected, or closed.
+        """
+        if self.connection is None:
+            raise TransportClosed("the transport is not connected (or already closed)")
+        return self.connection
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- channels ----------------------------------------------------------------------------
+
+    async def live_channel(self, channel: AbstractRobustChannel) -> aiormq.abc.AbstractChannel:
+        """The open aiormq channel under ``channel``, waiting for aio-pika to reopen it."""
+        reopened = self._reopened.setdefault(channel, asyncio.Event())
+        while True:
+            await channel.ready()
+            raw = await channel.get_underlay_channel()
+            if not raw.is_closed:
+                return raw
+            # Closed, but aio-pika has not noticed yet: wait for its reopen (the caller's
+            # deadline bounds this).
+            reopened.clear()
+            await reopened.wait()
+
+    def _on_reopen(self, channel: AbstractRobustChannel | None) -> None:
+        if channel is not None and channel in self._reopened:
+            self._reopened[channel].set()
+
+    def frame_writer(self, channel: aiormq.abc.AbstractChannel) -> _frames.FrameWriter:
+        """The frame writer of the aiormq connection under ``channel`` (new after a reconnect)."""
+        writer = self._writer
+        if writer is None or writer.connection is not channel.connection:
+            writer = self._writer = _frames.FrameWriter(channel.connection, self.spawn)
+        return writer
+
+    def ack_batcher(self, channel: aiormq.abc.AbstractChannel) -> _frames.AckBatcher | None:
+        if not self.fast:
+            return None
+        return _frames.AckBatcher(self.frame_writer(channel), channel)
+
+    @contextlib.asynccontextmanager
+    async def deadline(self, what: str) -> AsyncIterator[None]:
+        """``declare_timeout`` around ``what``; broker trouble surfaces as BrokerUnreachable."""
+        seconds = self.config.declare_timeout
+        try:
+            async with asyncio.timeout(seconds):
+                yield
+        except (TimeoutError, *LOST) as exc:
+            reason = f"{what}: no answer within {seconds:g}s"
+            if not isinstance(exc, TimeoutError):
+                reason = f"{what}: {exc!r}"
+            raise self.errors.unreachable(reason) from None
+
+    @contextlib.asynccontextmanager
+    async def scratch_channel(self) -> AsyncIterator[aiormq.abc.AbstractChannel]:
+        """A short-lived raw channel that a channel error may kill without harm."""
+        connection = self.require()
+        await connection.ready()
+        if connection.transport is None:
+            raise ChannelInvalidStateError("no connection")
+        channel = await connection.transport.connection.channel(publisher_confirms=False)
+        try:
+            yield channel
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(*LOST):
+                    await channel.close()
+
+    async def probe_queue(self, name: str) -> Queue.DeclareOk:
+        try:
+            async with self.scratch_channel() as channel:
+                return await channel.queue_declare(name, passive=True)
+        except ChannelNotFoundEntity:
+            raise ConfigurationError(f"queue {name!r} does not exist") from None
+
+    # -- consumers ---------------------------------------------------------------------------
+
+    def adopt(self, consumer: AmqpConsumer) -> None:
+        """Verify ``consumer`` after every loss from now on, until it is cancelled."""
+        self._consumers.add(consumer)
+        consumer.watch()
+
+    def consumers_of(self, queue: str) -> list[AmqpConsumer]:
+        return [c for c in self._consumers if c.queue == queue]
+
+    def consumer_cancelled(self, consumer: AmqpConsumer) -> None:
+        self._consumers.discard(consumer)
+
+    def consumer_trouble(self, *_: Any) -> None:
+        self._start_watchdog()
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def _on_connection_lost(self, _: AbstractConnection | None, exc: BaseException | None) -> None:
+        if self.connection is not None:
+            if self._watchdog is None or self._watchdog.done():  # not each failed retry
+                log.warning("broker_connection_lost", url=self.safe_url, error=repr(exc))
+            self._start_watchdog()
+
+    def _on_reconnected(self, _: Any) -> None:
+        log.info("broker_reconnected", url=self.safe_url)
+        self._start_watchdog()
+        self._watch_flow()
+        if self._blocked:  # a new connection starts unblocked; a lasting alarm blocks it again
+            self._on_flow(False, None)
+
+    def _start_watchdog(self) -> None:
+        if self.connection is None or (self._failed is not None and self._failed.done()):
+            return
+        self._trouble = True
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(self._verify_recovery())
+
+    async def _verify_recovery(self) -> None:
+        limit = self.config.consumer_verify_timeout
+        try:
+            async with asyncio.timeout(limit):
+                # Polling: no event says "the broker counts our consumer again".
+                while True:
+                    self._trouble = False
+                    if await self._consumers_back() and not self._trouble:
+                        break
+                    await asyncio.sleep(self.config.reconnect_interval)
+        except TimeoutError:
+            queues = sorted({c.queue for c in self._consumers})
+            log.error("consumers_not_restored", url=self.safe_url, queues=queues, timeout=limit)
+            error = self.errors.unreachable(f"consumers of {queues} not restored within {limit:g}s")
+            if self._failed is not None and not self._failed.done():
+                self._failed.set_result(error)
+            return
+        log.info("consumers_verified", url=self.safe_url, count=len(self._consumers))
+
+    async def _consumers_back(self) -> bool:
+        connection = self.connection
+        if connection is None or not connection.connected.is_set():
+            return False
+        try:
+            for consumer in list(self._consumers):
+                if not await consumer.ensure_consuming():  # re-issues a lost basic.consume
+                    return False
+            for queue in {c.queue for c in self._consumers if not c.cancelled}:
+                if not (await self.probe_queue(queue)).consumer_count:
+                    return False
+        except (ConfigurationError, *LOST):
+            return False
+        return True
+
+    # -- flow control (resource alarms), for circuit breakers --------------------------------
+
+    def add_flow_listener(self, listener: FlowListener) -> None:
+        self._flow_listeners.append(listener)
+
+    def _watch_flow(self) -> None:
+        """Hear connection.blocked / unblocked on the current aiormq connection (again after each
+        reconnect: see ``_aiormq_flow``)."""
+        connection = self.connection
+        underlay = connection.transport if connection is not None else None
+        raw = underlay.connection if underlay is not None else None
+        if raw is None or raw is self._flow_raw:
+            return
+        self._flow_raw = raw
+        missing = hear_flow(raw, self._on_flow)
+        if missing is not None:
+            log.warning("flow_control_unavailable", missing=missing)
+
+    def _on_flow(self, blocked: bool, reason: str | None) -> None:
+        self._blocked = blocked
+        if blocked:
+            log.warning("broker_blocked_connection", url=self.safe_url, reason=reason)
+        else:
+            log.info("broker_unblocked_connection", url=self.safe_url)
+        for listener in list(self._flow_listeners):
+            try:
+                listener(blocked, reason)
+            except Exception:
+                log.exception("flow_listener_failed")

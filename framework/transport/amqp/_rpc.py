@@ -1,0 +1,97 @@
+"""Request/reply over RabbitMQ's direct reply-to (``amq.rabbitmq.reply-to``).
+
+Requests go out on a channel of their own (with confirms) that consumes direct reply-to in
+no-ack mode, as RabbitMQ requires, before the first request on it; after a reopen it consumes
+again before the next one. Replies are matched to their waiting request by correlation id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiormq.abc
+
+from framework.errors import TransportClosed
+from framework.transport.amqp._connection import AmqpConnection
+from framework.transport.amqp._consume import AmqpDelivery
+from framework.transport.amqp._errors import LOST
+from framework.transport.amqp._publish import Publisher
+from framework.transport.base import Delivery, OutgoingMessage
+
+__all__ = ["REPLY_TO", "Requester"]
+
+REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+class Requester:
+    """Sends requests and hands each reply to the request waiting for it.
+
+    Args:
+        link: the connection (its RPC channel carries requests and replies).
+        publisher: publishes the requests with confirms.
+    """
+
+    def __init__(self, link: AmqpConnection, publisher: Publisher) -> None:
+        self._link = link
+        self._publisher = publisher
+        self._raw: aiormq.abc.AbstractChannel | None = None
+        self._lock = asyncio.Lock()
+        self._pending: dict[str, asyncio.Future[Delivery]] = {}
+
+    def close(self) -> None:
+        """Fail every request still waiting: no reply can come any more."""
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(TransportClosed("the transport closed before the reply"))
+        self._raw = None
+
+    async def request(
+        self, message: OutgoingMessage, *, exchange: str, routing_key: str, timeout: float
+    ) -> Delivery:
+        """Publish ``message`` and wait for its reply (see ``AmqpTransport.request``)."""
+        self._link.require()
+        correlation_id = message.correlation_id
+        if not correlation_id:
+            raise ValueError("a request needs a unique correlation_id")
+        publisher = self._publisher
+        if not publisher.knows(exchange):
+            await publisher.check_exchange(exchange, routing_key)
+        future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = future
+        try:
+            async with asyncio.timeout(timeout):
+                channel = await self._reply_channel()
+                try:
+                    await publisher.confirmed(
+                        channel,
+                        message,
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        mandatory=True,
+                        reply_to=REPLY_TO,
+                    )
+                except LOST as exc:
+                    raise publisher.error(exc, exchange, routing_key) from None
+                return await future
+        finally:
+            self._pending.pop(correlation_id, None)
+
+    async def _reply_channel(self) -> aiormq.abc.AbstractChannel:
+        """The RPC channel, consuming direct reply-to (again after every reopen)."""
+        raw = self._raw
+        if raw is not None and not raw.is_closed:
+            return raw
+        async with self._lock:  # only the setup is serialized, never the requests
+            raw = self._raw
+            if raw is None or raw.is_closed:
+                self._link.require()
+                assert self._link.rpc_channel is not None
+                raw = await self._link.live_channel(self._link.rpc_channel)
+                await raw.basic_consume(REPLY_TO, self._on_reply, no_ack=True)
+                self._raw = raw
+            return raw
+
+    async def _on_reply(self, message: aiormq.abc.DeliveredMessage) -> None:
+        future = self._pending.get(message.header.properties.correlation_id or "")
+        if future is not None and not future.done():
+            future.set_result(AmqpDelivery(message, None))
