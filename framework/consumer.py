@@ -43,6 +43,8 @@ from framework.errors import (
     HandlerTimeout,
     LeveretError,
     NotEncodable,
+    PublishFailed,
+    TransportClosed,
 )
 from framework.handlers import HandlerSpec
 from framework.logging import redact_text
@@ -245,6 +247,8 @@ class HandlerPipeline:
             except AccessRefused as exc:
                 await self._refused(delivery, exc)
                 return
+            except (PublishFailed, TransportClosed) as exc:
+                self._reply_lost(delivery, exc)
         await delivery.ack()
         if report is not None:
             report.outcome = Outcome.ACKED
@@ -264,7 +268,19 @@ class HandlerPipeline:
         except AccessRefused as refused:
             await self._refused(delivery, refused, settled=settled)
             return False
+        except (PublishFailed, TransportClosed) as lost:
+            self._reply_lost(delivery, lost)
         return True
+
+    def _reply_lost(self, delivery: Delivery, exc: Exception) -> None:
+        # A reply is sent once: a query changes nothing, so it is acked all the same (a caller
+        # whose connection, or node, is gone could not receive it; see transport.amqp._replies).
+        _log.warning(
+            "query_reply_failed",
+            handler=self.spec.name,
+            message_id=delivery.message_id,
+            error=str(exc)[:_MAX_HEADER_TEXT],
+        )
 
     async def _failed(
         self, delivery: Delivery, exc: Exception, attempt: int, report: Handling | None

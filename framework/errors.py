@@ -22,6 +22,7 @@ __all__ = [
     "QueryFailed",
     "QueryTimeout",
     "RegistrationError",
+    "ReplyLost",
     "TLSVerificationFailed",
     "TransportClosed",
     "Unroutable",
@@ -199,6 +200,24 @@ class QueryTimeout(LeveretError, TimeoutError):
         super().__init__(f"query {query!r} got no reply within {timeout:g}s")
         self.query = query
         self.timeout = timeout
+
+
+class ReplyLost(LeveretError):
+    """The connection a query went out on was lost before its reply came (a broker node went
+    down): no reply can come any more. The query may or may not have been handled; asking again
+    is safe, as queries change nothing.
+
+    Args:
+        query: the query's wire name.
+        node: the broker node (redacted) whose connection was lost.
+    """
+
+    def __init__(self, query: str, node: str) -> None:
+        super().__init__(
+            f"query {query!r}: the connection to {node} was lost before the reply; ask again"
+        )
+        self.query = query
+        self.node = node
 
 
 class QueryFailed(LeveretError):

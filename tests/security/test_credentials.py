@@ -106,6 +106,9 @@ def log_stream(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     handlers, level = list(root.handlers), root.level
     stream = io.StringIO()
     configure_logging(json=True, level="debug", stream=stream)
+    # Not cached: a module's logger first used now would keep this configuration for good,
+    # and later tests' capture_logs would not see its events.
+    structlog.configure(cache_logger_on_first_use=False)
     try:
         yield stream
     finally:

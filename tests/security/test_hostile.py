@@ -14,11 +14,13 @@ consumer, and valid messages published after them are handled.
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiormq
 import pytest
 from structlog.testing import capture_logs
 
@@ -27,7 +29,7 @@ from framework import App, AppConfig, Context, QueryContext, RejectMessage, Retr
 from framework import envelope as env
 from framework.metrics import PrometheusMetrics
 from framework.transport.amqp import AmqpTransport, _pamqp
-from framework.transport.base import Delivery
+from framework.transport.base import DIRECT_REPLY_TO, Delivery
 from tests.support import amqp_fields as f
 from tests.support.poll import until
 from tests.support.raw_amqp import raw_channel
@@ -329,3 +331,80 @@ async def test_the_dlq_bound_drops_the_oldest_dead_letters(amqp_url: str, prefix
     finally:
         await probe.close()
     assert kept == [b"not json %d" % i for i in range(15, 20)]
+
+
+def unknown_node_reply_to(genuine: str) -> str:
+    """A well-formed direct reply-to address whose pid names a node RabbitMQ does not know."""
+    key, _, suffix = genuine.removeprefix(DIRECT_REPLY_TO).partition(".")
+    pid = base64.b64decode(key)
+    node_length = pid[3] * 256 + pid[4]  # NEW_PID_EXT, then the node as an ATOM_UTF8_EXT
+    node = pid[5 : 5 + node_length]
+    forged = pid.replace(node, node[:-1] + (b"1" if node[-1:] != b"1" else b"2"))
+    return DIRECT_REPLY_TO + base64.b64encode(forged).decode() + "." + suffix
+
+
+async def test_a_reply_address_the_broker_cannot_resolve_costs_one_reply(
+    shop: Shop, amqp_url: str
+) -> None:
+    """RabbitMQ closes the connection that publishes to a direct reply-to address of an unknown
+    node (INTERNAL_ERROR): such queries, forged or left over from a dead node, lose their reply
+    only; the worker's consumers stay, each query is handled once and acked, and real queries
+    are answered."""
+    app = shop.app
+    seen: list[str] = []
+    handler = next(p for p in app.pipelines if p.queue == shop.queues[1])
+    with capture_logs() as logs:
+        genuine = await app.request(GetOrder(order_id="o-0"), timeout=5)  # opens the replies
+        assert genuine.order_id == "o-0"
+        address = unknown_node_reply_to(await own_reply_address(amqp_url))
+        async with raw_channel(amqp_url) as channel:
+            for i in range(3):
+                channel.publish(
+                    exchange=app.naming.queries,
+                    routing_key=GET,
+                    body=b'{"order_id":"q-%d"}' % i,
+                    raw_properties=f.properties(
+                        message_id=b"fq-%d" % i, type=GET.encode(), reply_to=address.encode()
+                    ),
+                )
+
+        async def settled() -> bool:
+            seen[:] = [e["message_id"] for e in logs if e["event"] == "query_reply_failed"]
+            info = await shop.probe.queue_info(shop.queues[1])
+            return len(seen) == 3 and info.messages == 0
+
+        await until(settled, timeout=30, what="three lost replies, the queries acked")
+        reply = await app.request(GetOrder(order_id="o-1"), timeout=10)
+        assert reply.order_id == "o-1"
+        await shop.consumers_intact()
+    assert sorted(seen) == ["fq-0", "fq-1", "fq-2"]
+    lost = [e for e in logs if e["event"] == "broker_connection_lost"]
+    assert lost, "the broker did not close the replies connection: nothing was tested"
+    assert {e["connection"] for e in lost} == {"replies"}  # never the consuming connection
+    assert handler.in_flight == set()
+
+
+async def own_reply_address(amqp_url: str) -> str:
+    """A genuine direct reply-to address of this broker (to forge a look-alike from)."""
+    connection = await aiormq.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        declared = await channel.queue_declare(exclusive=True)
+        queue = declared.queue
+        assert queue is not None
+        await channel.basic_consume("amq.rabbitmq.reply-to", _ignore, no_ack=True)
+        await channel.basic_publish(
+            b"",
+            routing_key=queue,
+            properties=aiormq.spec.Basic.Properties(reply_to="amq.rabbitmq.reply-to"),
+        )
+        message = await channel.basic_get(queue, no_ack=True)
+        reply_to = message.header.properties.reply_to
+        assert reply_to
+        return reply_to
+    finally:
+        await connection.close()
+
+
+async def _ignore(_: object) -> None:
+    return None

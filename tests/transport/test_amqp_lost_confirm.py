@@ -27,10 +27,11 @@ from tests.support.fault_proxy import ProxyMode, fault_proxy
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_confirm_lost_with_the_connection_is_a_publish_error(amqp_url: str) -> None:
     """The broker's answers stop (heartbeats too) until the client gives the connection up:
-    the pending publish raises a leveret error and the publishing task is not cancelled."""
+    the publish is tried again on the reconnecting connection until its deadline, then raises
+    a leveret error (its outcome is unknown), and the publishing task is not cancelled."""
     parts = urlsplit(amqp_url)
     queue = f"lost-confirm-{secrets.token_hex(4)}"
-    config = AmqpConfig(connect_timeout=5, publish_timeout=30, heartbeat=1, declare_timeout=5)
+    config = AmqpConfig(connect_timeout=5, publish_timeout=10, heartbeat=1, declare_timeout=5)
     async with fault_proxy(parts.hostname or "127.0.0.1", parts.port or 5672) as proxy:
         transport = AmqpTransport(proxy.url_for(amqp_url), config=config)
         await transport.connect()

@@ -12,7 +12,7 @@ from yarl import URL
 
 from framework.errors import ConfigurationError
 from framework.transport.base import HeaderLimits
-from framework.urls import check_broker_url
+from framework.urls import check_broker_url, split_urls
 
 __all__ = ["AmqpConfig", "check_url", "robust_url", "user_of"]
 
@@ -35,6 +35,8 @@ class AmqpConfig:
         header_limits: bounds on the header tables of deliveries; a delivery past them is
             rejected to its DLQ unread. pamqp decodes every connection's frames, so they are
             process-wide: the transport that connects last sets them.
+        shuffle_nodes: with several node URLs, try them in a random order (workers spread over
+            a cluster's nodes) rather than as listed.
     """
 
     connect_timeout: float = 10.0
@@ -44,11 +46,14 @@ class AmqpConfig:
     reconnect_interval: float = 1.0
     consumer_verify_timeout: float = 15.0
     header_limits: HeaderLimits = field(default_factory=HeaderLimits)
+    shuffle_nodes: bool = True
 
 
 def user_of(url: str) -> str:
-    """The URL's user name (``guest`` when it names none, as aio-pika then logs in)."""
-    return unquote(urlsplit(url).username or "") or "guest"
+    """The URL's user name (``guest`` when it names none, as aio-pika then logs in); of the
+    first node of several (they share their credentials)."""
+    first = split_urls(url)[0] if url.strip() else url
+    return unquote(urlsplit(first).username or "") or "guest"
 
 
 def check_url(url: str, safe_url: str) -> None:

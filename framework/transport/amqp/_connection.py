@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import aiormq.abc
 import structlog
-from aio_pika import RobustConnection
 from aio_pika.abc import AbstractConnection, AbstractRobustChannel
 from aiormq.exceptions import ChannelInvalidStateError, ChannelNotFoundEntity
 from pamqp.commands import Queue
+from yarl import URL
 
 from framework.errors import ConfigurationError, TransportClosed
 from framework.transport.amqp import _frames, _pamqp
@@ -30,7 +31,9 @@ from framework.transport.amqp._aiormq_flow import hear_flow
 from framework.transport.amqp._config import AmqpConfig, check_url, robust_url
 from framework.transport.amqp._consume import AmqpConsumer
 from framework.transport.amqp._errors import LOST, BrokerErrors
+from framework.transport.amqp._failover import FailoverConnection
 from framework.transport.base import FlowListener
+from framework.urls import redact, split_urls
 
 __all__ = ["AmqpConnection"]
 
@@ -46,13 +49,17 @@ class AmqpConnection:
         url: the broker URL; only ``errors`` ever shows it, redacted.
         config: deadlines and intervals.
         errors: maps (and scrubs) the errors of this URL.
+        role: what the connection is for, in its log lines.
     """
 
-    def __init__(self, url: str, *, config: AmqpConfig, errors: BrokerErrors) -> None:
+    def __init__(
+        self, url: str, *, config: AmqpConfig, errors: BrokerErrors, role: str = "main"
+    ) -> None:
         self.config = config
+        self.role = role  # in the connection's log lines: "main", or "replies"
         self.errors = errors
         self._url = url
-        self.connection: RobustConnection | None = None
+        self.connection: FailoverConnection | None = None
         self.closed = False
         self.fast = False  # aiormq channels support the batched publish and ack path
         self.publish_channel: AbstractRobustChannel | None = None
@@ -69,6 +76,9 @@ class AmqpConnection:
         self._flow_listeners: list[FlowListener] = []
         self._flow_raw: object | None = None  # the aiormq connection whose flow frames we hear
         self._blocked = False
+        # Loop time of the last connection loss: a quorum queue whose leader was on the lost
+        # node nacks publishes until a new leader is elected (under a second, RABBITMQ.md).
+        self.lost_at: float | None = None
 
     @property
     def safe_url(self) -> str:
@@ -77,19 +87,54 @@ class AmqpConnection:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open the connection and the long-lived channels (see ``AmqpTransport.connect``)."""
+        """Open the connection and the long-lived channels (see ``AmqpTransport.connect``).
+
+        With several node URLs, the nodes are tried in turn (in a random order with
+        ``AmqpConfig.shuffle_nodes``, so that workers spread over the cluster), each within its
+        share of ``connect_timeout``; the first that answers is used, and a later loss moves the
+        connection on to the next node (``_failover``).
+        """
         if self.closed:
             raise TransportClosed("a closed transport cannot reconnect; create a new one")
         if self.connection is not None:
             return
-        check_url(self._url, self.safe_url)
         cfg = self.config
+        urls = split_urls(self._url)
+        for url in urls:
+            check_url(url, self.safe_url)
         _pamqp.set_header_limits(cfg.header_limits)
-        # connect_robust() without the helper, so a failed attempt can still be closed.
-        connection = RobustConnection(robust_url(self._url, self.safe_url, cfg))
+        nodes = [robust_url(url, self.safe_url, cfg) for url in urls]
+        order = list(range(len(nodes)))
+        if cfg.shuffle_nodes:
+            random.shuffle(order)
+        deadline = asyncio.get_running_loop().time() + cfg.connect_timeout
+        for tried, first in enumerate(order):
+            left = deadline - asyncio.get_running_loop().time()
+            share = max(left / (len(order) - tried), 0.001)
+            try:
+                connection = await self._open(nodes, first, share)
+                break
+            except (TimeoutError, *LOST, OSError) as exc:
+                if tried == len(order) - 1:
+                    raise self.errors.connect_failed(exc, cfg.connect_timeout) from None
+                log.warning(
+                    "broker_node_unreachable",
+                    node=redact(urls[first]),
+                    error=self.errors.scrub(f"{type(exc).__name__}: {exc}"),
+                )
+        self.connection = connection
+        self._failed = asyncio.get_running_loop().create_future()
+        connection.close_callbacks.add(self._on_connection_lost)
+        connection.reconnect_callbacks.add(self._on_reconnected)
+        self._watch_flow()
+
+    async def _open(self, nodes: list[URL], first: int, timeout: float) -> FailoverConnection:
+        """A connection over ``nodes`` starting at ``nodes[first]``, with its channels."""
+        # Not aio-pika's connect_robust() helper, so that a failed attempt can still be closed.
+        connection = FailoverConnection(nodes, first=first)
         try:
-            async with asyncio.timeout(cfg.connect_timeout):
-                await connection.connect(timeout=cfg.connect_timeout)
+            async with asyncio.timeout(timeout):
+                await connection.connect(timeout=timeout)
                 self.publish_channel = await self._open_channel(connection, confirms=True)
                 self.topology_channel = await self._open_channel(connection, confirms=False)
                 self.rpc_channel = await self._open_channel(connection, confirms=True)
@@ -97,27 +142,28 @@ class AmqpConnection:
                     channel.reopen_callbacks.add(self._on_reopen)
                 raw = await self.publish_channel.get_underlay_channel()
                 self.fast = _frames.supports_fast_path(raw)
-        except (TimeoutError, *LOST, OSError) as exc:
-            await self._abandon(connection)
-            raise self.errors.connect_failed(exc, cfg.connect_timeout) from None
         except BaseException:
             await self._abandon(connection)
             raise
-        self.connection = connection
-        self._failed = asyncio.get_running_loop().create_future()
-        connection.close_callbacks.add(self._on_connection_lost)
-        connection.reconnect_callbacks.add(self._on_reconnected)
-        self._watch_flow()
+        return connection
+
+    @property
+    def node(self) -> str:
+        """The node connected to (or being tried), redacted."""
+        connection = self.connection
+        if not isinstance(connection, FailoverConnection):
+            return self.safe_url
+        return redact(str(connection.url.with_query(None)))
 
     @staticmethod
     async def _open_channel(
-        connection: RobustConnection, *, confirms: bool
+        connection: FailoverConnection, *, confirms: bool
     ) -> AbstractRobustChannel:
         channel = connection.channel(publisher_confirms=confirms, on_return_raises=confirms)
         await channel.initialize()
         return channel
 
-    async def _abandon(self, connection: RobustConnection) -> None:
+    async def _abandon(self, connection: FailoverConnection) -> None:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(self.config.connect_timeout):
                 await connection.close()
@@ -154,7 +200,7 @@ class AmqpConnection:
             raise TransportClosed("the transport is not connected")
         return await asyncio.shield(self._failed)
 
-    def require(self) -> RobustConnection:
+    def require(self) -> FailoverConnection:
         """The open connection.
 
         Raises:
@@ -255,13 +301,19 @@ class AmqpConnection:
     # -- recovery ----------------------------------------------------------------------------
 
     def _on_connection_lost(self, _: AbstractConnection | None, exc: BaseException | None) -> None:
+        self.lost_at = asyncio.get_running_loop().time()
         if self.connection is not None:
             if self._watchdog is None or self._watchdog.done():  # not each failed retry
-                log.warning("broker_connection_lost", url=self.safe_url, error=repr(exc))
+                log.warning(
+                    "broker_connection_lost",
+                    node=self.node,
+                    connection=self.role,
+                    error=self.errors.scrub(repr(exc)),
+                )
             self._start_watchdog()
 
     def _on_reconnected(self, _: Any) -> None:
-        log.info("broker_reconnected", url=self.safe_url)
+        log.info("broker_reconnected", node=self.node, connection=self.role)
         self._start_watchdog()
         self._watch_flow()
         if self._blocked:  # a new connection starts unblocked; a lasting alarm blocks it again

@@ -16,16 +16,24 @@ from typing import Any
 
 import aiormq.abc
 import msgspec
+import structlog
 from aiormq.exceptions import ChannelNotFoundEntity
 from pamqp.commands import Basic
 
-from framework.errors import LeveretError, PublishFailed
+from framework.errors import LeveretError, PublishFailed, PublishNacked, PublishTimeout
 from framework.transport.amqp import _frames
 from framework.transport.amqp._connection import AmqpConnection
 from framework.transport.amqp._errors import LOST, UNENCODABLE, not_encodable
 from framework.transport.base import DIRECT_REPLY_TO, OutgoingMessage
 
 __all__ = ["Publisher"]
+
+log = structlog.get_logger("framework.transport.amqp")
+
+# For this long after a connection loss a nack is taken for a quorum queue electing a new leader
+# (under a second on the cluster here) and the publish is tried again, after a short pause.
+_FAILOVER_WINDOW = 15.0
+_NACK_PAUSE = 0.25
 
 _PLAIN = (str, int, bool, float, type(None))
 
@@ -104,40 +112,89 @@ class Publisher:
         self._raw = None
 
     async def publish(
-        self, message: OutgoingMessage, *, exchange: str, routing_key: str, mandatory: bool
+        self,
+        message: OutgoingMessage,
+        *,
+        exchange: str,
+        routing_key: str,
+        mandatory: bool,
+        resend: bool = True,
     ) -> None:
-        """Publish ``message`` and wait for its confirm (see ``AmqpTransport.publish``)."""
+        """Publish ``message`` and wait for its confirm (see ``AmqpTransport.publish``).
+
+        A publish whose connection (or channel) is lost before the confirm has an unknown
+        outcome: it is sent again, with the same message id, on the connection that replaces it
+        (another node of a cluster), as long as ``publish_timeout`` has not passed since the
+        first try; a consumer's inbox drops the copy if both arrived. Past the deadline (or at
+        once with ``resend=False``) it is a ``PublishTimeout``.
+        """
         if exchange not in self._exchanges:
             await self.check_exchange(exchange, routing_key)
         if mandatory and not exchange and routing_key.startswith(DIRECT_REPLY_TO):
             mandatory = False  # RabbitMQ returns every mandatory reply, delivered or not
-        try:
-            channel = self._raw
-            if self._link.fast and channel is not None and not channel.is_closed:
-                await self.confirmed(
-                    channel,
-                    message,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    mandatory=mandatory,
-                    reply_to=message.reply_to,
-                )
+        if not message.message_id:
+            # Set here, so that a copy sent again after a lost connection carries the same one
+            # (aiormq would set one too: a basic.return is matched to its publish by it).
+            message = msgspec.structs.replace(message, message_id=uuid.uuid4().hex)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._link.config.publish_timeout
+        while True:
+            try:
+                await self._publish_once(message, exchange, routing_key, mandatory, deadline)
                 return
-            async with asyncio.timeout(self._link.config.publish_timeout):
-                if channel is None or channel.is_closed:
-                    self._link.require()
-                    assert self._link.publish_channel is not None
-                    channel = self._raw = await self._link.live_channel(self._link.publish_channel)
-                await self.confirmed(
-                    channel,
-                    message,
+            except (TimeoutError, *LOST) as exc:
+                error = self.error(exc, exchange, routing_key, message.user_id)
+                lost = isinstance(error, PublishTimeout) and not isinstance(exc, TimeoutError)
+                if isinstance(error, PublishNacked) and self._after_failover(loop.time()):
+                    lost = True  # a quorum queue without a leader yet: try again shortly
+                    await asyncio.sleep(min(_NACK_PAUSE, max(0.0, deadline - loop.time())))
+                if not (lost and resend) or self._link.closed or loop.time() >= deadline:
+                    raise error from None
+                log.info(
+                    "publish_resent",
+                    message_id=message.message_id,
                     exchange=exchange,
-                    routing_key=routing_key,
-                    mandatory=mandatory,
-                    reply_to=message.reply_to,
+                    reason=self._link.errors.scrub(repr(exc)),
                 )
-        except (TimeoutError, *LOST) as exc:
-            raise self.error(exc, exchange, routing_key, message.user_id) from None
+
+    def _after_failover(self, now: float) -> bool:
+        """Whether the connection was lost a moment ago (nacks may be a leader election)."""
+        lost_at = self._link.lost_at
+        return lost_at is not None and now - lost_at < _FAILOVER_WINDOW
+
+    async def _publish_once(
+        self,
+        message: OutgoingMessage,
+        exchange: str,
+        routing_key: str,
+        mandatory: bool,
+        deadline: float,
+    ) -> None:
+        channel = self._raw
+        if self._link.fast and channel is not None and not channel.is_closed:
+            # The shared confirm timer bounds the wait (publish_timeout from now).
+            await self.confirmed(
+                channel,
+                message,
+                exchange=exchange,
+                routing_key=routing_key,
+                mandatory=mandatory,
+                reply_to=message.reply_to,
+            )
+            return
+        async with asyncio.timeout_at(deadline):
+            if channel is None or channel.is_closed:
+                self._link.require()
+                assert self._link.publish_channel is not None
+                channel = self._raw = await self._link.live_channel(self._link.publish_channel)
+            await self.confirmed(
+                channel,
+                message,
+                exchange=exchange,
+                routing_key=routing_key,
+                mandatory=mandatory,
+                reply_to=message.reply_to,
+            )
 
     def error(
         self, exc: BaseException, exchange: str, routing_key: str, user_id: str | None = None

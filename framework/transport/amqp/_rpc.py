@@ -3,15 +3,19 @@
 Requests go out on a channel of their own (with confirms) that consumes direct reply-to in
 no-ack mode, as RabbitMQ requires, before the first request on it; after a reopen it consumes
 again before the next one. Replies are matched to their waiting request by correlation id.
+A reply can only come on the channel its request went out on: when that channel goes (its
+connection lost, a broker node down), the requests waiting on it fail at once with
+``ReplyLost`` naming the node, instead of waiting out their timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 import aiormq.abc
 
-from framework.errors import TransportClosed
+from framework.errors import ReplyLost, TransportClosed
 from framework.transport.amqp._connection import AmqpConnection
 from framework.transport.amqp._consume import AmqpDelivery
 from framework.transport.amqp._errors import LOST
@@ -37,6 +41,10 @@ class Requester:
         self._raw: aiormq.abc.AbstractChannel | None = None
         self._lock = asyncio.Lock()
         self._pending: dict[str, asyncio.Future[Delivery]] = {}
+        # Correlation ids of the requests sent on each reply channel, by id(channel): when the
+        # channel goes, their replies can no longer come (direct reply-to is per channel).
+        self._sent_on: dict[int, set[str]] = {}
+        self._queries: dict[str, str] = {}  # correlation id -> the query's wire name
 
     def close(self) -> None:
         """Fail every request still waiting: no reply can come any more."""
@@ -57,10 +65,12 @@ class Requester:
         if not publisher.knows(exchange):
             await publisher.check_exchange(exchange, routing_key)
         future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+        self._queries[correlation_id] = message.type or routing_key
         self._pending[correlation_id] = future
         try:
             async with asyncio.timeout(timeout):
                 channel = await self._reply_channel()
+                self._sent_on.setdefault(id(channel), set()).add(correlation_id)
                 try:
                     await publisher.confirmed(
                         channel,
@@ -75,6 +85,9 @@ class Requester:
                 return await future
         finally:
             self._pending.pop(correlation_id, None)
+            self._queries.pop(correlation_id, None)
+            for waiting in self._sent_on.values():
+                waiting.discard(correlation_id)
 
     async def _reply_channel(self) -> aiormq.abc.AbstractChannel:
         """The RPC channel, consuming direct reply-to (again after every reopen)."""
@@ -88,8 +101,18 @@ class Requester:
                 assert self._link.rpc_channel is not None
                 raw = await self._link.live_channel(self._link.rpc_channel)
                 await raw.basic_consume(REPLY_TO, self._on_reply, no_ack=True)
+                raw.closing.add_done_callback(partial(self._reply_channel_lost, id(raw)))
                 self._raw = raw
             return raw
+
+    def _reply_channel_lost(self, channel_id: int, _: object) -> None:
+        """Fail at once the requests waiting for replies on a channel that is gone."""
+        node = self._link.node
+        for correlation_id in self._sent_on.pop(channel_id, set()):
+            future = self._pending.get(correlation_id)
+            if future is not None and not future.done():
+                query = self._queries.get(correlation_id, "?")
+                future.set_exception(ReplyLost(query, node))
 
     async def _on_reply(self, message: aiormq.abc.DeliveredMessage) -> None:
         future = self._pending.get(message.header.properties.correlation_id or "")

@@ -15,9 +15,11 @@ from framework.transport.amqp._connection import AmqpConnection
 from framework.transport.amqp._consume import AmqpConsumer
 from framework.transport.amqp._errors import BrokerErrors
 from framework.transport.amqp._publish import Publisher
+from framework.transport.amqp._replies import ReplyPublisher
 from framework.transport.amqp._rpc import Requester
 from framework.transport.amqp._topology import AmqpTopology
 from framework.transport.base import (
+    DIRECT_REPLY_TO,
     BindingSpec,
     Consumer,
     Delivery,
@@ -52,6 +54,8 @@ class AmqpTransport(Transport):
         self._publisher = Publisher(self._link, exchanges=exchanges)
         self._topology = AmqpTopology(self._link, exchanges=exchanges)
         self._requester = Requester(self._link, self._publisher)
+        # Replies to queries go out on a connection of their own (see _replies).
+        self._replies = ReplyPublisher(url, config=config, errors=errors)
 
     def __repr__(self) -> str:
         link = self._link
@@ -85,6 +89,7 @@ class AmqpTransport(Transport):
         """Close the connection; unsettled deliveries return to their queues."""
         self._requester.close()
         self._publisher.close()
+        await self._replies.close()
         await self._link.close()
 
     async def wait_failed(self) -> BaseException:
@@ -163,6 +168,10 @@ class AmqpTransport(Transport):
         routing_key: str,
         mandatory: bool = True,
     ) -> None:
+        if not exchange and routing_key.startswith(DIRECT_REPLY_TO):
+            self._link.require()
+            await self._replies.publish(message, routing_key=routing_key)
+            return
         await self._publisher.publish(
             message, exchange=exchange, routing_key=routing_key, mandatory=mandatory
         )

@@ -1,0 +1,154 @@
+"""An app on a three-node cluster with quorum queues: a node's loss is a reconnect to another.
+
+The app gets every node's URL (comma-separated) and connects to the first; the node is then
+SIGKILLed or stopped gracefully while commands flow. The app must be back on another node within
+seconds with its consumers verified, every command sent (before, during and after) handled, and
+nothing lost; a query in flight when the node went fails at once with ``ReplyLost``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Callable
+
+import pytest
+from structlog.testing import capture_logs
+
+from contracts.orders import GetOrder, OrderView, PlaceOrder
+from framework import App, AppConfig, Context, PublishFailed, QueryContext, ReplyLost, Service
+from framework.transport.amqp import AmqpConfig, AmqpTransport
+from tests.support.cluster import Cluster, ClusterNode
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
+
+CONFIG = AmqpConfig(
+    connect_timeout=10,
+    publish_timeout=20,
+    heartbeat=2,
+    reconnect_interval=0.5,
+    shuffle_nodes=False,
+)
+
+
+def order(order_id: str) -> PlaceOrder:
+    return PlaceOrder(order_id=order_id, customer_id="c", address="a", items=[])
+
+
+class Handled:
+    """The order ids handled so far, and a way to wait for more."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self._event = asyncio.Event()
+
+    def add(self, order_id: str) -> None:
+        self.ids.add(order_id)
+        self._event.set()
+
+    async def changed(self, timeout: float) -> None:
+        """Wait until another id is handled, or ``timeout`` seconds."""
+        self._event.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+
+    async def all_of(self, ids: list[str]) -> None:
+        while not set(ids) <= self.ids:
+            await self.changed(1.0)
+
+
+def shop(urls: str, handled: Handled, slow_query: float = 0.0) -> App:
+    orders = Service("orders")
+
+    @orders.command
+    async def place(cmd: PlaceOrder, ctx: Context) -> None:
+        handled.add(cmd.order_id)
+
+    @orders.query
+    async def get(q: GetOrder, ctx: QueryContext) -> OrderView:
+        await asyncio.sleep(slow_query)
+        return OrderView(order_id=q.order_id, customer_id="c", status="placed", total_cents=1)
+
+    return App(
+        [orders],
+        transport=AmqpTransport(urls, config=CONFIG),
+        config=AppConfig(prefix="c" + secrets.token_hex(4), queue_type="quorum"),
+    )
+
+
+async def failover(nodes: Cluster, take_down: Callable[[ClusterNode], None]) -> None:
+    handled = Handled()
+    app = shop(nodes.urls, handled)
+    sent: list[str] = []
+    with capture_logs() as logs:
+        await app.start()
+        try:
+            for i in range(20):
+                await app.send(order(f"before-{i}"), message_id=f"before-{i}")
+                sent.append(f"before-{i}")
+            down = nodes.nodes[0]
+            started = time.monotonic()
+            await asyncio.to_thread(take_down, down)
+            # Sends keep going while the client moves to another node: none may fail.
+            for i in range(40):
+                await app.send(order(f"after-{i}"), message_id=f"after-{i}")
+                sent.append(f"after-{i}")
+            async with asyncio.timeout(30):
+                await handled.all_of(sent)
+            recovered = time.monotonic() - started
+            async with asyncio.timeout(30):  # the watchdog's check that consumers are back
+                while "consumers_verified" not in [e["event"] for e in logs]:
+                    await handled.changed(0.2)
+        finally:
+            await app.stop(grace=1)
+    events = [e["event"] for e in logs]
+    assert "broker_reconnected" in events
+    lost = [e for e in logs if e["event"] == "broker_connection_lost"]
+    assert len(lost) == 1
+    assert str(down.port) in lost[0]["node"]
+    back = next(e for e in logs if e["event"] == "broker_reconnected")
+    assert str(down.port) not in back["node"]  # another node
+    assert recovered < 20, f"took {recovered:.1f} s"
+
+
+async def test_sigkill_of_the_connected_node_moves_the_app_to_another(nodes: Cluster) -> None:
+    """SIGKILL of the node the app is on: it reconnects to another node, its consumers are
+    verified, and all 60 commands — 40 sent during the failover — are handled."""
+    await failover(nodes, lambda node: node.kill())
+
+
+async def test_graceful_stop_of_the_connected_node_moves_the_app_to_another(
+    nodes: Cluster,
+) -> None:
+    """``rabbitmqctl stop`` of the node the app is on (the client sees CONNECTION_FORCED): the
+    same as a crash, with nothing lost."""
+    await failover(nodes, lambda node: node.stop())
+
+
+async def test_a_query_in_flight_when_the_node_dies_fails_at_once(nodes: Cluster) -> None:
+    """The reply to a query can only come on the connection it was sent on: when that node
+    dies, the caller gets ReplyLost naming the node, long before its timeout, and the next
+    query is answered through another node."""
+    app = shop(nodes.urls, Handled(), slow_query=3.0)
+    await app.start()
+    try:
+        asking = asyncio.create_task(app.request(GetOrder(order_id="o-1"), timeout=30))
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        await asyncio.to_thread(nodes.nodes[0].kill)
+        with pytest.raises(ReplyLost, match=str(nodes.nodes[0].port)):
+            await asking
+        assert time.monotonic() - started < 10
+        async with asyncio.timeout(30):
+            while True:  # the first tries may land while the app is still reconnecting
+                try:
+                    reply = await app.request(GetOrder(order_id="o-2"), timeout=5)
+                    break
+                except (ReplyLost, TimeoutError, PublishFailed):
+                    await asyncio.sleep(0.5)
+        assert reply.order_id == "o-2"
+    finally:
+        await app.stop(grace=1)
