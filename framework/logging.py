@@ -225,5 +225,24 @@ def _route_stdlib_logging(out: TextIO, *, level: int, formatter: logging.Formatt
     handler = logging.StreamHandler(out)
     setattr(handler, _HANDLER_MARK, True)
     handler.setFormatter(formatter)
+    handler.addFilter(_quiet_reconnects)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+def _quiet_reconnects(record: logging.LogRecord) -> bool:
+    """Drop aio-pika's lines about a lost connection that leveret's transport reports itself.
+
+    On every lost connection aio-pika logs an ERROR with a traceback for each of its channels
+    (``Callback <OneShotCallback ... _on_close> error``) and a WARNING per failed reconnect
+    attempt; the transport logs one ``broker_connection_lost`` and one ``broker_reconnected``
+    naming the node, and fails the worker if its consumers do not come back. Everything else of
+    aio-pika's passes.
+    """
+    if not record.name.startswith("aio_pika."):
+        return True
+    if record.name == "aio_pika.tools":
+        return not str(record.msg).startswith("Callback ")
+    if record.name == "aio_pika.robust_connection":
+        return "Reconnecting after" not in str(record.msg)
+    return True

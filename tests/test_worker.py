@@ -733,6 +733,28 @@ def test_standard_library_records_are_formatted_and_redacted(clean_logging: None
     assert record["level"] == "warning"
 
 
+def test_aio_pikas_own_lines_about_a_lost_connection_are_dropped(clean_logging: None) -> None:
+    """A traceback per channel and a line per reconnect attempt from aio-pika are left out
+    (the transport logs the loss and the recovery once, naming the node); its other warnings
+    pass."""
+    import logging
+
+    stream = io.StringIO()
+    configure_logging(json=True, stream=stream)
+    try:
+        raise RuntimeError("connection closed")
+    except RuntimeError:
+        logging.getLogger("aio_pika.tools").exception(
+            "Callback %r error: %s", "<OneShotCallback _on_close>", "closed"
+        )
+    logging.getLogger("aio_pika.robust_connection").warning(
+        'Connection attempt to "%s" failed: %s. Reconnecting after %r seconds.', "h", "x", 1
+    )
+    logging.getLogger("aio_pika.robust_connection").warning("something else went wrong")
+    (line,) = stream.getvalue().splitlines()
+    assert json.loads(line)["event"] == "something else went wrong"
+
+
 def test_unknown_level_or_format_is_a_configuration_error(
     clean_logging: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
