@@ -185,6 +185,13 @@ class PrometheusMetrics(Observer):
             ["saga", "status"],
             registry=r,
         )
+        self.saga_conflicts = Counter(
+            "leveret_saga_conflicts",
+            "Saga transactions that lost a race with a concurrent update of the same instance "
+            "and were tried again.",
+            ["saga"],
+            registry=r,
+        )
         self.saga_step_duration = Histogram(
             "leveret_saga_step_duration_seconds",
             "Time a saga instance spent in a state (a step or its compensation) before leaving it.",
@@ -279,6 +286,9 @@ class PrometheusMetrics(Observer):
             )
         if step.finished:
             self.sagas_finished.labels(saga=step.saga, status=step.status).inc()
+
+    def saga_conflicted(self, saga: str) -> None:
+        self.saga_conflicts.labels(saga=saga).inc()
 
     # -- breakers and the store --------------------------------------------------------------
 

@@ -127,6 +127,10 @@ class Observer:
     def saga_transitioned(self, step: SagaStep) -> None:
         """A saga instance changed state (the transaction has committed)."""
 
+    def saga_conflicted(self, saga: str) -> None:
+        """A message's transaction on a saga lost a race with a concurrent update of the same
+        instance (a version conflict, or two starts at once) and is tried again."""
+
 
 class Observers(Observer):
     """Several observers behind one: each hook is called on each, in order."""
@@ -171,6 +175,10 @@ class Observers(Observer):
     def saga_transitioned(self, step: SagaStep) -> None:
         for observer in self.observers:
             observer.saga_transitioned(step)
+
+    def saga_conflicted(self, saga: str) -> None:
+        for observer in self.observers:
+            observer.saga_conflicted(saga)
 
 
 def combine(observers: Sequence[Observer]) -> Observer | None:

@@ -118,6 +118,9 @@ class SagaRunner:
         self._timeout_queue = timeout_queue
         self._unknown = unknown
         self._retries = conflict_retries
+        # Transactions of this runner that lost a race with a concurrent update of the same
+        # instance and were tried again (what partitioning by saga id would save).
+        self.conflicts = 0
         self._clock = clock
         self._keys = keys or SagaKeys()
         self._prefix = f"{saga.name}-"
@@ -152,6 +155,9 @@ class SagaRunner:
             try:
                 rows = await self._apply_once(message, ctx, saga_id, signer)
             except (ConcurrencyConflict, SagaExists):
+                self.conflicts += 1
+                if self.observer is not None:
+                    self.observer.saga_conflicted(self.saga.name)
                 continue
             await self._relay.publish(rows)
             return

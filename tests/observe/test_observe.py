@@ -6,6 +6,8 @@ from __future__ import annotations
 import secrets
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -17,6 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
+import contracts
 from contracts.inventory import ReserveInventory
 from contracts.orders import LineItem, PlaceOrder
 from framework import App, BreakerOpen, Context, Service
@@ -24,10 +27,16 @@ from framework.errors import ConfigurationError
 from framework.metrics import PrometheusMetrics, reason_kind
 from framework.observe import Handling, Observer, Outcome, SagaStep
 from framework.resilience import Breakers, Downstream
+from framework.store.base import ConcurrencyConflict, StoreTx
+from framework.store.memory import MemoryStore
 from framework.testing.harness import Harness
 from framework.tracing import Tracing
 from framework.transport.base import OutgoingMessage
+from handlers.app import DEFAULT_STOCK
+from handlers.inventory import build_inventory
+from handlers.orders import build_orders
 from tests.apps.metrics_app import FLAKY_HANDLER, Work, build_app
+from tests.saga.conftest import payment_that_holds
 
 
 class Recorder(Observer):
@@ -269,3 +278,60 @@ async def test_tracing_uses_the_global_tracer_provider_when_given_none(tmp_path:
         await harness.settle()
     names = [s.name for s in exporter.get_finished_spans()]
     assert names == ["send flaky.work", "process flaky.work"]
+
+
+class LosesFirstRace(MemoryStore):
+    """A store on which the first saga step of every instance loses a race, as on PostgreSQL
+    when two workers update one saga at once (a second implementation, not a patch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raced: set[str] = set()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        async with super().transaction() as tx:
+            yield _RacingTx(tx, self.raced)
+
+
+class _RacingTx:
+    """The memory store's transaction, except that it loses each saga's first save."""
+
+    def __init__(self, tx: Any, raced: set[str]) -> None:
+        self._tx = tx
+        self._raced = raced
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tx, name)
+
+    async def save_step(self, record: Any, **kwargs: Any) -> None:
+        if record.saga_id not in self._raced:
+            self._raced.add(record.saga_id)
+            raise ConcurrencyConflict(record.saga_id)
+        await self._tx.save_step(record, **kwargs)
+
+
+StoreTx.register(_RacingTx)  # what the event store and transactional handlers check
+
+
+async def test_saga_conflicts_are_counted_and_retried() -> None:
+    """A saga transaction that loses a race is tried again, and counted (the figure that says
+    whether to partition sagas over workers)."""
+    registry = CollectorRegistry()
+    store = LosesFirstRace()
+    payment, _ = payment_that_holds()  # the saga stops at the charge: its first steps suffice
+    app = App(
+        [build_orders(step_timeout=60.0), build_inventory(DEFAULT_STOCK), payment],
+        store=store,
+        contracts=contracts.ALL,
+    )
+    app.observe(PrometheusMetrics(registry=registry))
+    async with Harness(app) as harness:
+        item = LineItem(sku="apple", qty=1, unit_price_cents=100)
+        await app.send(PlaceOrder(order_id="o-1", customer_id="c", items=[item], address="A, B"))
+        await harness.settle()
+    record = await store.get_saga("order-o-1")
+    assert record is not None
+    assert record.state == "charge"  # started, reserved, charging: the lost race was retried
+    assert app.sagas["order"].conflicts == 1
+    assert registry.get_sample_value("leveret_saga_conflicts_total", {"saga": "order"}) == 1
