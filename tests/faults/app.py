@@ -33,10 +33,13 @@ It is ``handlers.app.build_app`` unchanged, plus what the harness needs to see a
 * ``LEVERET_FAULTS_QUICK_RETRIES=1`` shortens the retry delays to 0.2 s and 0.5 s, so a
   permanently failing handler dead-letters within a second;
 * the connection has short heartbeats and deadlines (``LEVERET_FAULTS_HEARTBEAT``, default 2 s),
-  so a hung broker or a blackholed link is noticed within seconds.
+  so a hung broker or a blackholed link is noticed within seconds;
+* ``LEVERET_FAULTS_SHUFFLE_NODES=0``: with several node URLs, connect to them in the order
+  listed (every worker on the first node that answers) rather than shuffled.
 
-The broker, database and prefix come from ``LEVERET_SHOP_URL``, ``LEVERET_SHOP_DB_URL`` and
-``LEVERET_SHOP_PREFIX`` as for ``handlers.app``.
+The broker, database, prefix and queue type come from ``LEVERET_SHOP_URL`` (one URL, or one per
+node of a cluster, comma-separated), ``LEVERET_SHOP_DB_URL``, ``LEVERET_SHOP_PREFIX`` and
+``LEVERET_SHOP_QUEUE_TYPE`` as for ``handlers.app``.
 """
 
 from __future__ import annotations
@@ -335,6 +338,7 @@ def build_fault_app() -> App:
             heartbeat=heartbeat,
             reconnect_interval=0.5,
             consumer_verify_timeout=float(env.get("LEVERET_FAULTS_VERIFY_TIMEOUT", "10")),
+            shuffle_nodes=env.get("LEVERET_FAULTS_SHUFFLE_NODES", "1") != "0",
         ),
     )
     middleware = FaultMiddleware(
@@ -368,6 +372,7 @@ def build_fault_app() -> App:
         middleware=[middleware],
         config=AppConfig(
             prefix=prefix,
+            queue_type=env.get("LEVERET_SHOP_QUEUE_TYPE", "classic"),
             shutdown_grace=float(env.get("LEVERET_FAULTS_GRACE", "10")),
             handler_timeout=float(env.get("LEVERET_FAULTS_HANDLER_TIMEOUT", "60")),
             retry=RetryPolicy(immediate=2, delays=(0.2, 0.5)) if quick else RetryPolicy(),

@@ -15,7 +15,12 @@ injector while the sagas are in flight, let the system settle, then check:
   invariants check their sums);
 * duplicate deliveries (the same message id handled again by one handler) are counted from the
   workers' delivery logs — allowed, and reported separately;
-* time to recover: after each fault ends, how long until another saga finished (the largest).
+* time to recover: after each fault ends, how long until another saga finished (the largest);
+* longest stall: the longest interval of the run in which no saga finished (reported for the
+  cluster scenarios, where a node's loss must not stop the shop for long).
+
+The broker is a ``Broker``: a node of the suite's own, or a cluster of them
+(``tests/faults/cluster.py``), reached through its first running node.
 """
 
 from __future__ import annotations
@@ -26,10 +31,10 @@ import secrets
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aio_pika
 
@@ -42,10 +47,9 @@ from framework.transport.amqp import AmqpConfig, AmqpTransport
 from handlers.app import build_app
 from tests.support.broker import list_queues
 from tests.support.poll import until
-from tests.support.second_node import SecondNode
 from tests.test_worker import Leveret
 
-__all__ = ["Fault", "Flood", "Harness", "Injector", "Profile", "Row", "Run", "Shop"]
+__all__ = ["Broker", "Fault", "Flood", "Harness", "Injector", "Profile", "Row", "Run", "Shop"]
 
 # Each worker consumes every handler queue of the shop; the client is an App without services.
 WORKERS = 2
@@ -71,6 +75,19 @@ PROFILES = {p.name: p for p in (SHORT, LONG)}
 
 async def _zero(count: Awaitable[int]) -> bool:
     return await count == 0
+
+
+class Broker(Protocol):
+    """What the harness needs of the broker under test (a ``SecondNode``, or a cluster through
+    its first running node): one node's AMQP URL and ``rabbitmqctl -n`` name, and ``ctl``."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    def ctl(self, *args: str) -> str: ...
 
 
 @dataclass(slots=True)
@@ -112,6 +129,7 @@ class Row:
     problems: list[str] = field(default_factory=list)
     notes: str = ""
     flood: Flood | None = None
+    stall_s: float | None = None  # the longest interval of the run with no saga finished
 
     @property
     def ok(self) -> bool:
@@ -145,13 +163,18 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
 
 
-def table(rows: list[Row]) -> str:
-    """The report table in Markdown (and the floods' own table, when there are any)."""
+def table(rows: list[Row], *, stall: bool = False) -> str:
+    """The report table in Markdown (and the floods' own table, when there are any);
+    ``stall`` adds the column of the longest stall in saga progress."""
     lines = [HEADER]
+    if stall:
+        head, rule = HEADER.split("\n")
+        lines = [f"{head} longest stall |\n{rule} ---: |"]
     for r in rows:
         lines.append(
             f"| {r.scenario} | {r.sagas} | {r.faults} | {r.correct_pct:.1f}% | {r.lost} | "
             f"{r.duplicate_effects} | {r.duplicate_deliveries} | {_seconds(r.recover_s)} |"
+            + (f" {_seconds(r.stall_s)} |" if stall else "")
         )
     floods = [(r.scenario, r.flood) for r in rows if r.flood is not None]
     if floods:
@@ -169,19 +192,24 @@ class Shop:
 
     Args:
         directory: where logs, delivery logs and the SQLite file go.
-        node: the suite's own broker node (the client always connects to it directly).
-        worker_url: the broker URL the workers use (the node's, or a fault proxy's).
+        node: the suite's own broker node (the client connects to it directly by default).
+        worker_url: the broker URL the workers use (the node's, a fault proxy's, or every node
+            of a cluster, comma-separated).
+        client_url: the broker URL of the harness's client (the node's by default); with
+            several nodes they are tried in the order listed.
         db_url: the workers' store (SQLite file by default; a proxied PostgreSQL for outages).
         check_db_url: the same database reached directly, for the harness.
-        env: more ``LEVERET_FAULTS_*`` settings for the workers.
+        env: more ``LEVERET_FAULTS_*`` settings for the workers; with
+            ``LEVERET_SHOP_QUEUE_TYPE=quorum`` the checker counts messages by passive declares.
     """
 
     def __init__(
         self,
         directory: Path,
-        node: SecondNode,
+        node: Broker,
         *,
         worker_url: str | None = None,
+        client_url: str | None = None,
         db_url: str | None = None,
         check_db_url: str | None = None,
         env: Mapping[str, str] | None = None,
@@ -202,21 +230,26 @@ class Shop:
             "LEVERET_LOOP": "asyncio",
             **(env or {}),
         }
+        self.quorum = self.env.get("LEVERET_SHOP_QUEUE_TYPE") == "quorum"
         check_db_url = check_db_url or db_url
         if check_db_url.startswith("sqlite"):
             # The checker's reads take the write lock (BEGIN IMMEDIATE) against two busy workers.
             check_db_url += "?busy_timeout=60"
         self.store: Store = store_from_url(check_db_url)
-        self.client = App([], url=node.url, config=AppConfig(prefix=self.prefix))
+        client_url = client_url or node.url
+        # The client declares the base topology (delay queues) too: of the workers' type.
+        config = AppConfig(prefix=self.prefix, queue_type="quorum" if self.quorum else "classic")
+        self.client = App([], url=client_url, config=config)
         self.client.use_transport(
             AmqpTransport(
-                node.url,
+                client_url,
                 config=AmqpConfig(
                     connect_timeout=5.0,
                     publish_timeout=5.0,
                     declare_timeout=5.0,
                     heartbeat=2,
                     reconnect_interval=0.5,
+                    shuffle_nodes=False,
                 ),
             )
         )
@@ -296,6 +329,35 @@ class Shop:
             f"{q}: {queues.get(q, (0, 0, 0))[2]} consumers"
             for q in self.handler_queues()
             if queues.get(q, (0, 0, 0))[2] < expected
+        ]
+
+    async def passive_counts(self, names: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """``{queue: (ready, consumers)}`` by passive declares on the node: exact at once,
+        where ``list_queues`` lags seconds behind on quorum queues (RABBITMQ.md). A queue that
+        does not exist is left out."""
+        found: dict[str, tuple[int, int]] = {}
+        connection = await asyncio.wait_for(aio_pika.connect(self.node.url), 10)
+        try:
+            channel = await connection.channel()
+            for name in names:
+                try:
+                    queue = await asyncio.wait_for(channel.declare_queue(name, passive=True), 10)
+                except aio_pika.exceptions.ChannelClosed:  # no such queue: the channel is gone
+                    channel = await connection.channel()
+                    continue
+                ok = queue.declaration_result
+                found[name] = (ok.message_count or 0, ok.consumer_count or 0)
+        finally:
+            await asyncio.wait_for(connection.close(), 10)
+        return found
+
+    async def consumers_short(self, expected: int) -> list[str]:
+        """Handler queues with fewer than ``expected`` consumers, by passive declares."""
+        counts = await self.passive_counts(self.handler_queues())
+        return [
+            f"{q}: {counts.get(q, (0, 0))[1]} consumers"
+            for q in self.handler_queues()
+            if counts.get(q, (0, 0))[1] < expected
         ]
 
     async def dead_letters(self) -> list[tuple[str, str, str]]:
@@ -407,6 +469,22 @@ class Run:
                 self.samples.append((time.monotonic(), done))
             await asyncio.sleep(0.25)
 
+    def longest_stall(self) -> float | None:
+        """The longest interval from the start of the run until the last saga finished in
+        which no saga finished (to the end of the samples if some never did)."""
+        if not self.samples:
+            return None
+        n = len(self.orders)
+        last_t, last_done = self.samples[0]
+        worst = 0.0
+        for t, done in self.samples:
+            if done > last_done:
+                worst = max(worst, t - last_t)
+                last_t, last_done = t, done
+            if done >= n:
+                return worst
+        return max(worst, self.samples[-1][0] - last_t)
+
     def recovery(self) -> float | None:
         """Longest time from a fault's end until the next saga finished after it."""
         worst: float | None = None
@@ -431,7 +509,7 @@ Injector = Callable[[Run], Awaitable[None]]
 class Harness:
     """Runs scenarios against one broker node, each in a directory of its own."""
 
-    def __init__(self, node: SecondNode, directory: Path, profile: Profile) -> None:
+    def __init__(self, node: Broker, directory: Path, profile: Profile) -> None:
         self.node = node
         self.directory = directory
         self.profile = profile
@@ -557,13 +635,19 @@ class Harness:
 
         left: dict[str, tuple[int, int, int]] = {}
 
-        def drained() -> bool:
+        async def drained() -> bool:
             left.clear()
+            listed = shop.queues()
             left.update(
                 (q, counts)
-                for q, counts in shop.queues().items()
+                for q, counts in listed.items()
                 if not q.endswith(".dlq") and ".delay." not in q and (counts[0] or counts[1])
             )
+            if shop.quorum and not left:  # list_queues may lag: ask the queues themselves
+                names = [q for q in listed if not q.endswith(".dlq") and ".delay." not in q]
+                with contextlib.suppress(Exception):
+                    ready = await shop.passive_counts(names)
+                    left.update((q, (r, 0, c)) for q, (r, c) in ready.items() if r)
             return not left
 
         async def unsent() -> int:
@@ -596,6 +680,7 @@ class Harness:
             recover_s=run.recovery(),
             problems=problems,
             notes="; ".join(run.notes),
+            stall_s=run.longest_stall(),
         )
 
     async def _lost(self, run: Run, dead: list[tuple[str, str, str]]) -> tuple[int, list[str]]:
