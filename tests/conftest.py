@@ -29,6 +29,7 @@ from tests.support.broker import (
     rabbitmqctl,
     with_vhost,
 )
+from tests.support.cluster import Cluster, cluster
 
 MakeTransport = Callable[[], Awaitable[Transport]]
 
@@ -110,6 +111,24 @@ def amqp_url() -> Iterator[str]:
     finally:
         with contextlib.suppress(RabbitmqctlError):
             rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
+def rabbit_cluster() -> Iterator[Cluster]:
+    """A three-node RabbitMQ cluster of the session's own (``tests/support/cluster.py``).
+
+    Started once, for the first test that asks for it, and stopped at the end of the session; a
+    test that takes a node down brings the cluster back whole before the next one starts.
+    Without ``rabbitmq-server`` the tests are skipped, except under ``CI=true``, where they fail.
+    """
+    try:
+        with cluster() as started:
+            yield started
+    except RabbitmqctlError as exc:
+        message = f"cannot start a RabbitMQ cluster of the tests' own: {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 @pytest.fixture

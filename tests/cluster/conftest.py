@@ -1,31 +1,15 @@
-"""A three-node RabbitMQ cluster of the session's own (``tests/support/cluster.py``).
-
-Started once, for the first test that asks for it, and stopped at the end of the session; a test
-that takes a node down brings the cluster back whole before the next one starts. Without
-``rabbitmq-server`` the tests are skipped, except under ``CI=true``, where they fail.
+"""The cluster tests' ``nodes``: the session's three-node cluster (``rabbit_cluster`` in
+``tests/conftest.py``, shared with the fault scenarios on a cluster), whole before and after each
+test.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from tests.support.broker import RabbitmqctlError
-from tests.support.cluster import Cluster, cluster
-
-
-@pytest.fixture(scope="session")
-def rabbit_cluster() -> Iterator[Cluster]:
-    try:
-        with cluster() as started:
-            yield started
-    except RabbitmqctlError as exc:
-        message = f"cannot start a RabbitMQ cluster of the tests' own: {exc}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+from tests.support.cluster import Cluster
 
 
 @pytest.fixture
