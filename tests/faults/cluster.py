@@ -320,10 +320,10 @@ async def cluster_majority_down(h: Harness) -> Row:
                 with run.fault("majority_down"):
                     await asyncio.gather(*(asyncio.to_thread(n.kill) for n in down))
                     await asyncio.sleep(10)
-                    # A majority again once it runs.
-                    await asyncio.to_thread(down[0].boot_until_running)
+                    # A majority again once one of them runs.
+                    first = await _boot_one_of(down)
                 outage = run.faults[-1]
-                await _boot(cluster, down[1:])
+                await _boot(cluster, [n for n in down if n is not first])
                 await _consumers_back(shop, run, timeout=60)
                 await _until_ready(seen, timeout=30)
             finally:
@@ -350,6 +350,22 @@ async def cluster_majority_down(h: Harness) -> Row:
         )
         await _drained(shop, row)
         return row
+
+
+async def _boot_one_of(nodes: list[ClusterNode]) -> ClusterNode:
+    """Boot the first of ``nodes`` that comes up (each given one try; a hung boot is killed).
+
+    After a rolling restart, the first of two killed nodes (c1) hung in its boot step
+    ``rabbit_maintenance_mode_state`` on every try while c2 was down (RabbitMQ 3.10.8).
+    """
+    for node in nodes:
+        try:
+            await asyncio.to_thread(node.boot_until_running, 30.0, 1)
+            return node
+        except RabbitmqctlError:
+            node.stuck_boots += 1
+            await asyncio.to_thread(node.kill)
+    raise RabbitmqctlError(f"none of {[_short(n) for n in nodes]} booted")
 
 
 async def _until_ready(seen: list[tuple[float, int]], *, timeout: float) -> None:
