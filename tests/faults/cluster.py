@@ -376,9 +376,11 @@ async def _until_ready(seen: list[tuple[float, int]], *, timeout: float) -> None
         )
 
 
+# The majority loss before the rolling restart: after one, a killed node of RabbitMQ 3.10.8
+# often hung in its boot (see ``_boot_one_of``) and the scenario failed in the harness.
 CLUSTER_SCENARIOS: dict[str, Scenario] = {
     "cluster_node_killed": cluster_node_killed,
     "cluster_leader_stopped": cluster_leader_stopped,
-    "cluster_rolling_restart": cluster_rolling_restart,
     "cluster_majority_down": cluster_majority_down,
+    "cluster_rolling_restart": cluster_rolling_restart,
 }
