@@ -33,7 +33,7 @@ log = structlog.get_logger("framework.transport.amqp")
 # For this long after a connection loss a nack is taken for a quorum queue electing a new leader
 # (under a second on the cluster here) and the publish is tried again, after a short pause.
 _FAILOVER_WINDOW = 15.0
-_NACK_PAUSE = 0.25
+NACK_PAUSE = 0.25
 
 _PLAIN = (str, int, bool, float, type(None))
 
@@ -145,9 +145,9 @@ class Publisher:
             except (TimeoutError, *LOST) as exc:
                 error = self.error(exc, exchange, routing_key, message.user_id)
                 lost = isinstance(error, PublishTimeout) and not isinstance(exc, TimeoutError)
-                if isinstance(error, PublishNacked) and self._after_failover(loop.time()):
+                if isinstance(error, PublishNacked) and self.after_failover(loop.time()):
                     lost = True  # a quorum queue without a leader yet: try again shortly
-                    await asyncio.sleep(min(_NACK_PAUSE, max(0.0, deadline - loop.time())))
+                    await asyncio.sleep(min(NACK_PAUSE, max(0.0, deadline - loop.time())))
                 if not (lost and resend) or self._link.closed or loop.time() >= deadline:
                     raise error from None
                 log.info(
@@ -157,7 +157,7 @@ class Publisher:
                     reason=self._link.errors.scrub(repr(exc)),
                 )
 
-    def _after_failover(self, now: float) -> bool:
+    def after_failover(self, now: float) -> bool:
         """Whether the connection was lost a moment ago (nacks may be a leader election)."""
         lost_at = self._link.lost_at
         return lost_at is not None and now - lost_at < _FAILOVER_WINDOW

@@ -15,11 +15,11 @@ from functools import partial
 
 import aiormq.abc
 
-from framework.errors import ReplyLost, TransportClosed
+from framework.errors import PublishNacked, ReplyLost, TransportClosed
 from framework.transport.amqp._connection import AmqpConnection
 from framework.transport.amqp._consume import AmqpDelivery
 from framework.transport.amqp._errors import LOST
-from framework.transport.amqp._publish import Publisher
+from framework.transport.amqp._publish import NACK_PAUSE, Publisher
 from framework.transport.base import Delivery, OutgoingMessage
 
 __all__ = ["REPLY_TO", "Requester"]
@@ -69,19 +69,29 @@ class Requester:
         self._pending[correlation_id] = future
         try:
             async with asyncio.timeout(timeout):
-                channel = await self._reply_channel()
-                self._sent_on.setdefault(id(channel), set()).add(correlation_id)
-                try:
-                    await publisher.confirmed(
-                        channel,
-                        message,
-                        exchange=exchange,
-                        routing_key=routing_key,
-                        mandatory=True,
-                        reply_to=REPLY_TO,
-                    )
-                except LOST as exc:
-                    raise publisher.error(exc, exchange, routing_key) from None
+                loop = asyncio.get_running_loop()
+                while True:
+                    channel = await self._reply_channel()
+                    self._sent_on.setdefault(id(channel), set()).add(correlation_id)
+                    try:
+                        await publisher.confirmed(
+                            channel,
+                            message,
+                            exchange=exchange,
+                            routing_key=routing_key,
+                            mandatory=True,
+                            reply_to=REPLY_TO,
+                        )
+                        break
+                    except LOST as exc:
+                        error = publisher.error(exc, exchange, routing_key)
+                        if not (
+                            isinstance(error, PublishNacked)
+                            and publisher.after_failover(loop.time())
+                        ):
+                            raise error from None
+                        # A quorum queue electing a new leader after a node loss: ask again.
+                        await asyncio.sleep(NACK_PAUSE)
                 return await future
         finally:
             self._pending.pop(correlation_id, None)
