@@ -246,7 +246,9 @@ def _handle_loop(with_breaker: bool) -> Callable[[int], Coroutine[Any, Any, floa
     return run
 
 
-async def run_pipeline(n: int, tag: str, *, with_breaker: bool) -> tuple[float, float]:
+async def run_pipeline(
+    n: int, tag: str, *, with_breaker: bool, url: str = URL
+) -> tuple[float, float]:
     """``bench.pipeline``'s leveret contender, optionally with a breaker on its publish.
 
     Returns messages per second and the process's CPU seconds, both over the consuming only
@@ -268,7 +270,7 @@ async def run_pipeline(n: int, tag: str, *, with_breaker: bool) -> tuple[float, 
     # Downstream("bench") gates every bench.* command: the follow-up publish of each message.
     breakers = Breakers([Downstream("bench")], status=False) if with_breaker else None
     app = App(
-        [bench], url=URL, config=AppConfig(prefix=prefix, prefetch=PREFETCH), breakers=breakers
+        [bench], url=url, config=AppConfig(prefix=prefix, prefetch=PREFETCH), breakers=breakers
     )
     sink = f"{prefix}.sink"
     await app.start(consume=False)
@@ -279,7 +281,7 @@ async def run_pipeline(n: int, tag: str, *, with_breaker: bool) -> tuple[float, 
                 bindings=(BindingSpec(sink, app.naming.commands, BenchFollowUp.__wire_name__),),
             )
         )
-        conn = await aio_pika.connect(URL)
+        conn = await aio_pika.connect(url)
         try:
             await fill(await conn.channel(), app.naming.commands, BenchOrder.__wire_name__, n)
         finally:
@@ -348,7 +350,7 @@ async def _run_pipeline_worker(p: Any, with_breaker: bool) -> None:
 
     emit("ready", queues=[])
     await wait_go()
-    rate, cpu = await run_pipeline(p.messages, p.tag, with_breaker=with_breaker)
+    rate, cpu = await run_pipeline(p.messages, p.tag, with_breaker=with_breaker, url=p.url)
     emit("result", rate=rate, cpu_s=cpu)
 
 

@@ -3,7 +3,9 @@
 Contenders of a section run in alternation (A B C A B C ...), each measurement in a fresh
 worker process, and the table reports medians with min-max over the rounds and, for rates, the
 ratio of medians to the section's baseline of the same run. The same figures go to a JSON file
-(and, with ``--markdown``, to a Markdown table for docs/performance.md).
+(and, with ``--markdown``, to a Markdown table for docs/performance.md). The ``cluster``
+section (``bench.cluster``) boots a three-node RabbitMQ cluster of its own and runs only when
+named with ``--only``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -23,11 +26,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
-from bench.harness import ROOT, Broker, WorkerFailed, WorkerProcess
+from bench.harness import ROOT, Broker, SectionFailed, WorkerFailed, WorkerProcess
 from bench.worker import URL
 from bench.workload import FOLLOW_UP_TYPE, ORDER_TYPE, Names
+from framework import RetryPolicy
 
-SECTIONS = ("pipeline", "latency", "publish", "query", "saga", "breaker", "memory")
+SECTIONS = ("pipeline", "latency", "publish", "query", "saga", "breaker", "memory", "cluster")
+# Run only when named with --only: the cluster section boots three RabbitMQ nodes of its own.
+OPT_IN = ("cluster",)
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in OPT_IN)
 PIPELINE = ("leveret", "aio-pika", "aiormq", "faststream", "faststream-msgspec")
 PUBLISH = ("leveret", "aio-pika", "aiormq")
 QUERY = ("leveret", "faststream")
@@ -115,6 +122,14 @@ class Results:
         return row.median / base.median
 
 
+def leveret_leftovers(prefix: str) -> tuple[list[str], list[str]]:
+    """The queues and exchanges a leveret app under ``prefix`` declares besides its handler
+    queues: the five exchanges, and a queue and an exchange per default retry delay."""
+    delays = [f"{prefix}.delay.{ms}" for ms in RetryPolicy().delay_ms()]
+    exchanges = [f"{prefix}.{x}" for x in ("commands", "events", "queries", "dlx", "retry")]
+    return delays, [*exchanges, *delays]
+
+
 class Bench:
     """Runs the sections; holds the orchestrator's broker connection and the log."""
 
@@ -125,6 +140,8 @@ class Bench:
         self.verbose = verbose
         self.results = Results()
         self.memory_series: list[tuple[int, int]] = []
+        self.cluster_info: dict[str, Any] | None = None  # set by the cluster section
+        self.failed_sections: list[str] = []
 
     def pick(self, contenders: tuple[str, ...]) -> tuple[str, ...]:
         """The section's contenders, or those of them named with ``--contenders``."""
@@ -137,38 +154,51 @@ class Bench:
         self.log.write(text + "\n")
         self.log.flush()
 
-    async def _spawn(self, section: str, contender: str, params: dict[str, Any]) -> WorkerProcess:
-        self.log.write(f"--- {section}/{contender} {params}\n")
+    async def _spawn(
+        self,
+        section: str,
+        contender: str,
+        params: dict[str, Any],
+        broker: Broker | None = None,
+    ) -> WorkerProcess:
+        """A worker for one measurement on ``broker`` (default: the shared one)."""
+        broker = broker or self.broker
+        params = {**params, **broker.worker_params()}
+        shown = {**params, "url": broker.safe_url}
+        self.log.write(f"--- {section}/{contender} {shown}\n")
         self.log.flush()
         return await WorkerProcess.spawn(section, contender, params, loop=self.s.loop, log=self.log)
 
-    async def _cleanup(self, names: Names, queues: list[str]) -> None:
-        exchanges = [
-            f"{names.prefix}.{x}" for x in ("commands", "events", "queries", "dlx", "retry")
-        ]
-        await self.broker.delete(queues=[names.input, names.sink, *queues], exchanges=exchanges)
+    async def _cleanup(self, names: Names, queues: list[str], broker: Broker | None = None) -> None:
+        delays, exchanges = leveret_leftovers(names.prefix)
+        await (broker or self.broker).delete(
+            queues=[names.input, names.sink, *queues, *delays], exchanges=exchanges
+        )
 
     # -- pipeline ------------------------------------------------------------------------------
 
-    async def pipeline_once(self, contender: str, mode: str, n: int) -> dict[str, Any]:
+    async def pipeline_once(
+        self, contender: str, mode: str, n: int, *, broker: Broker | None = None
+    ) -> dict[str, Any]:
+        broker = broker or self.broker
         names = Names(uuid.uuid4().hex[:8])
         queues = {names.sink: FOLLOW_UP_TYPE}
         if contender != "leveret":  # leveret declares its own handler queue
             queues[names.input] = ORDER_TYPE
-        await self.broker.declare(names.exchange, queues)
+        await broker.declare(names.exchange, queues)
         worker = await self._spawn(
-            "pipeline", contender, {"tag": names.tag, "messages": n, "mode": mode}
+            "pipeline", contender, {"tag": names.tag, "messages": n, "mode": mode}, broker
         )
         owned: list[str] = []
         try:
             ready = await worker.expect("ready", 60)
             owned = ready["queues"]
             if mode == "throughput":
-                await self.broker.fill(names.exchange, n)
+                await broker.fill(names.exchange, n)
                 await worker.go()
             else:
                 await worker.go()
-                offered = await self.broker.offer(names.exchange, n, self.s.rate)
+                offered = await broker.offer(names.exchange, n, self.s.rate)
             result = await worker.expect("result", max(120.0, n / 100))
             if mode == "latency":
                 result["offered"] = offered
@@ -176,7 +206,7 @@ class Bench:
             return result
         finally:
             worker.kill()
-            await self._cleanup(names, owned)
+            await self._cleanup(names, owned, broker)
 
     async def section_pipeline(self) -> None:
         n = self.s.messages
@@ -300,10 +330,13 @@ class Bench:
 
     # -- later ---------------------------------------------------------------------------------
 
-    async def saga_once(self, store: str, mode: str, n: int) -> dict[str, Any]:
+    async def saga_once(
+        self, store: str, mode: str, n: int, *, broker: Broker | None = None
+    ) -> dict[str, Any]:
+        broker = broker or self.broker
         names = Names(uuid.uuid4().hex[:8])
         params = {"tag": names.tag, "messages": n, "mode": mode, "rate": self.s.saga_rate}
-        worker = await self._spawn("saga", store, params)
+        worker = await self._spawn("saga", store, params, broker)
         queues: list[str] = []
         exchanges: list[str] = []
         try:
@@ -315,7 +348,11 @@ class Bench:
             return result
         finally:
             worker.kill()
-            await self.broker.delete(queues=queues, exchanges=exchanges)
+            # With what the worker declared after ``ready``: delay tiers made on first use.
+            await broker.delete(
+                queues=[*queues, *worker.declared_queues],
+                exchanges=[*exchanges, *worker.declared_exchanges],
+            )
 
     async def section_saga(self) -> None:
         n, rate = self.s.saga_orders, self.s.saga_rate
@@ -414,11 +451,10 @@ class Bench:
             if contender != "micro":
                 prefix = f"bench.{params['tag']}.breaker{int(contender == 'with breaker')}"
                 queue = f"{prefix}.bench.{ORDER_TYPE}"
+                delays, exchanges = leveret_leftovers(prefix)
                 await self.broker.delete(
-                    queues=[f"{prefix}.sink", queue, f"{queue}.dlq"],
-                    exchanges=[
-                        f"{prefix}.{x}" for x in ("commands", "events", "queries", "dlx", "retry")
-                    ],
+                    queues=[f"{prefix}.sink", queue, f"{queue}.dlq", *delays],
+                    exchanges=exchanges,
                 )
 
     async def section_breaker(self) -> None:
@@ -535,6 +571,18 @@ class Bench:
             f"{n} (growth {growth:+.1f} MB; {res['rate']:.0f} msgs/s)"
         )
         self.memory_series = series
+
+    # -- cluster -------------------------------------------------------------------------------
+
+    async def section_cluster(self) -> None:
+        try:
+            from bench.cluster import section_cluster
+        except ImportError as exc:  # tests.support is in the checkout, not in an installed bench
+            raise SectionFailed(
+                f"the cluster section needs the checkout's tests/support ({exc}): run "
+                "python -m bench from the repository root"
+            ) from exc
+        await section_cluster(self)
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -759,7 +807,8 @@ async def measure(
                 section: Callable[[], Awaitable[None]] = getattr(bench, f"section_{name}")
                 try:
                     await section()
-                except WorkerFailed as exc:
+                except SectionFailed as exc:
+                    bench.failed_sections.append(name)
                     bench.results.notes.append(f"{name}: failed: {exc}")
                     bench.say(f"{name}: FAILED: {exc}")
     return bench, info
@@ -779,11 +828,21 @@ def run(args: argparse.Namespace) -> int:
         if v is not None
     }
     settings = replace(settings, **overrides)
-    only = SECTIONS if args.only is None else tuple(s.strip() for s in args.only.split(","))
+    only = DEFAULT_SECTIONS if args.only is None else tuple(s.strip() for s in args.only.split(","))
     unknown = set(only) - set(SECTIONS)
     if unknown:
         print(
             f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}",
+            file=sys.stderr,
+        )
+        return 2
+    if "cluster" in only and not all(
+        shutil.which(tool) for tool in ("rabbitmq-server", "rabbitmqctl")
+    ):
+        print(
+            "the cluster section boots three RabbitMQ nodes on this machine and needs "
+            "rabbitmq-server and rabbitmqctl on the PATH (Debian: apt-get install "
+            "rabbitmq-server); they are not there",
             file=sys.stderr,
         )
         return 2
@@ -804,6 +863,8 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.time() - started
     # The machine may be shared: the load around the run says how much the rates can be trusted.
     info["load_average_at_end"] = os.getloadavg()
+    if bench.cluster_info is not None:
+        info["cluster"] = bench.cluster_info
     targets = check_targets(results)
     print()
     for line in table_lines(results, markdown=False):
@@ -817,6 +878,8 @@ def run(args: argparse.Namespace) -> int:
     end_load = ", ".join(f"{x:.1f}" for x in info["load_average_at_end"])
     print(f"\nload average (1, 5, 15 min) at the start {start_load}, at the end {end_load}")
     print(f"{elapsed / 60:.1f} min; JSON: {out}")
+    if bench.failed_sections:
+        print(f"failed sections: {', '.join(bench.failed_sections)}")
     report = {
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
         "machine": info,
@@ -844,13 +907,20 @@ def run(args: argparse.Namespace) -> int:
             f"- {'met' if t['met'] else '**not met**'}: {t['target']} ({t['value']:g})"
             for t in targets
         ]
+        md += [f"- note: {note}" for note in results.notes]
         Path(args.markdown).write_text("\n".join(md) + "\n")
-    return 0
+    return 1 if bench.failed_sections else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help=f"comma-separated sections of: {', '.join(SECTIONS)}")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated sections of: {', '.join(SECTIONS)} (default: all but "
+        f"{', '.join(OPT_IN)}; '--only cluster' boots a three-node RabbitMQ cluster on this "
+        "machine and runs the leveret pipeline and the saga on it with quorum queues, beside "
+        "the single node with classic queues)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",

@@ -1,9 +1,10 @@
 """Orchestrator side: start worker processes, talk to them, and feed the broker.
 
 ``WorkerProcess`` runs one contender in a fresh interpreter (``bench.worker``) and reads its
-``BENCH`` events. ``Broker`` is the orchestrator's own aiormq connection: it declares and deletes
-the queues of a measurement, fills input queues before a throughput run and offers load at a
-fixed rate for latency runs. Its work is never part of a measurement.
+``BENCH`` events. ``Broker`` is where measurements run (a node, or a cluster and its queue type)
+and the orchestrator's own aiormq connection to it: it declares and deletes the queues of a
+measurement, fills input queues before a throughput run and offers load at a fixed rate for
+latency runs. Its work is never part of a measurement.
 """
 
 from __future__ import annotations
@@ -24,11 +25,16 @@ import aiormq
 from pamqp.commands import Basic
 
 from bench.workload import ORDER_TYPE, SENT_HEADER, order_body
+from framework.urls import redact, split_urls
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class WorkerFailed(RuntimeError):
+class SectionFailed(RuntimeError):
+    """A section could not finish; the others still run."""
+
+
+class WorkerFailed(SectionFailed):
     """A worker exited, timed out or reported something unexpected."""
 
 
@@ -40,6 +46,9 @@ class WorkerProcess:
         self._log = log
         self.label = label
         self.pid = proc.pid
+        # Every queue and exchange the worker said it declares (its ``declared`` events).
+        self.declared_queues: list[str] = []
+        self.declared_exchanges: list[str] = []
 
     @classmethod
     async def spawn(
@@ -62,7 +71,6 @@ class WorkerProcess:
             "bench.worker",
             section,
             contender,
-            json.dumps(params),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
@@ -70,6 +78,10 @@ class WorkerProcess:
             cwd=str(ROOT),
             limit=1 << 20,
         )
+        # On stdin, not on the command line: the params hold the broker URL and its password.
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(params).encode() + b"\n")
+        await proc.stdin.drain()
         return cls(proc, f"{section}/{contender}", log)
 
     async def events(self, timeout: float) -> AsyncIterator[dict[str, Any]]:
@@ -86,7 +98,11 @@ class WorkerProcess:
             text = line.decode(errors="replace")
             if text.startswith("BENCH "):
                 self._log.write(text)
-                yield json.loads(text[6:])
+                event = json.loads(text[6:])
+                if event["event"] == "declared":
+                    self.declared_queues += event["queues"]
+                    self.declared_exchanges += event["exchanges"]
+                yield event
 
     async def expect(self, name: str, timeout: float) -> dict[str, Any]:
         async for event in self.events(timeout):
@@ -123,16 +139,33 @@ def _properties(message_id: str, headers: dict[str, Any]) -> Basic.Properties:
 
 
 class Broker:
-    """The orchestrator's connection: topology, fill, offered load."""
+    """Where measurements run, and the orchestrator's connection to it: topology, fill, load.
 
-    def __init__(self, url: str) -> None:
+    Args:
+        url: the broker's AMQP URL, or a cluster's node URLs separated by commas; the workers
+            get all of them, the orchestrator connects to the first.
+        queue_type: ``"classic"`` or ``"quorum"``: the type of the queues the orchestrator
+            declares, and the ``AppConfig.queue_type`` of the leveret workers.
+    """
+
+    def __init__(self, url: str, *, queue_type: str = "classic") -> None:
         self.url = url
+        self.queue_type = queue_type
         self._conn: aiormq.abc.AbstractConnection | None = None
         self._admin: aiormq.abc.AbstractChannel | None = None
         self._publish: aiormq.abc.AbstractChannel | None = None
 
+    @property
+    def safe_url(self) -> str:
+        """``url`` with its passwords masked, for logs."""
+        return ",".join(redact(u) for u in split_urls(self.url))
+
+    def worker_params(self) -> dict[str, Any]:
+        """What a worker process needs to know of this broker (see ``bench.worker.Params``)."""
+        return {"url": self.url, "queue_type": self.queue_type}
+
     async def __aenter__(self) -> Broker:
-        self._conn = await aiormq.connect(self.url)
+        self._conn = await aiormq.connect(split_urls(self.url)[0])
         self._admin = await self._conn.channel(publisher_confirms=False)
         self._publish = await self._conn.channel(publisher_confirms=True)
         return self
@@ -162,19 +195,26 @@ class Broker:
         *,
         arguments: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        """A durable direct exchange and durable queues bound to it by routing key."""
+        """A durable direct exchange and durable queues (of ``queue_type``) bound to it by
+        routing key."""
         ch = await self._channel()
         await ch.exchange_declare(exchange, exchange_type="direct", durable=True)
         for queue, key in queues.items():
-            await ch.queue_declare(queue, durable=True, arguments=(arguments or {}).get(queue))
+            args = dict((arguments or {}).get(queue) or {})
+            if self.queue_type != "classic":
+                args["x-queue-type"] = self.queue_type
+            await ch.queue_declare(queue, durable=True, arguments=args or None)
             await ch.queue_bind(queue, exchange, routing_key=key)
 
     async def delete(self, *, queues: list[str], exchanges: list[str]) -> None:
-        for queue in queues:
+        """Delete the queues, then the exchanges; one that is not there is skipped."""
+        for queue in dict.fromkeys(queues):
             ch = await self._channel()
             with contextlib.suppress(aiormq.exceptions.AMQPError):
-                await ch.queue_delete(queue)
-        for exchange in exchanges:
+                # A quorum queue closes the connection (540 NOT_IMPLEMENTED) on if-unused or
+                # if-empty: both off, said out loud.
+                await ch.queue_delete(queue, if_unused=False, if_empty=False)
+        for exchange in dict.fromkeys(exchanges):
             ch = await self._channel()
             with contextlib.suppress(aiormq.exceptions.AMQPError):
                 await ch.exchange_delete(exchange)

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from bench.worker import URL, Contender, Params, Tracker, emit, rss_bytes, wait_go
+from bench.worker import Contender, Params, Tracker, emit, rss_bytes, wait_go
 from bench.workload import (
     FOLLOW_UP_TYPE,
     ORDER_TYPE,
@@ -83,7 +83,8 @@ async def run_leveret(p: Params) -> None:
         await ctx.send(BenchFollowUp(order_id=cmd.order_id, items=cmd.items))
         tracker.hit(ctx.headers.get(SENT_HEADER))
 
-    app = App([bench], url=URL, config=AppConfig(prefix=names.prefix, prefetch=PREFETCH))
+    config = AppConfig(prefix=names.prefix, prefetch=PREFETCH, queue_type=p.queue_type)
+    app = App([bench], url=p.url, config=config)
     await app.start(consume=False)
     try:
         (pipeline,) = app.pipelines
@@ -109,7 +110,7 @@ async def run_aio_pika(p: Params) -> None:
 
     names = Names(p.tag)
     tracker = make_tracker(p)
-    conn = await aio_pika.connect(URL)
+    conn = await aio_pika.connect(p.url)
     try:
         publish_ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
         consume_ch = await conn.channel()
@@ -160,7 +161,7 @@ async def run_aiormq(p: Params) -> None:
 
     names = Names(p.tag)
     tracker = make_tracker(p)
-    conn = await aiormq.connect(URL)
+    conn = await aiormq.connect(p.url)
     try:
         publish_ch = await conn.channel(publisher_confirms=True)  # returns raise PublishError
         consume_ch = await conn.channel(publisher_confirms=False)
@@ -229,7 +230,7 @@ async def _run_faststream(p: Params, *, use_msgspec: bool) -> None:
         from fast_depends.msgspec import MsgSpecSerializer
 
         broker = RabbitBroker(
-            URL, logger=None, default_channel=channel, serializer=MsgSpecSerializer()
+            p.url, logger=None, default_channel=channel, serializer=MsgSpecSerializer()
         )
 
         @broker.subscriber(queue, exchange)
@@ -264,7 +265,7 @@ async def _run_faststream(p: Params, *, use_msgspec: bool) -> None:
             order_id: str
             items: list[ItemModel]
 
-        broker = RabbitBroker(URL, logger=None, default_channel=channel)
+        broker = RabbitBroker(p.url, logger=None, default_channel=channel)
 
         @broker.subscriber(queue, exchange)
         async def handle_model(body: OrderModel, message: RabbitMessage) -> None:

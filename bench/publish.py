@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from bench.worker import URL, Contender, Params, emit, wait_go
+from bench.worker import Contender, Params, emit, wait_go
 from bench.workload import ORDER_TYPE, BenchOrder, Names, order
 
 
@@ -36,7 +36,7 @@ async def run_leveret(p: Params) -> None:
     from framework import App, AppConfig
 
     names = Names(p.tag)
-    app = App([], url=URL, config=AppConfig(prefix=names.prefix), contracts=[BenchOrder])
+    app = App([], url=p.url, config=AppConfig(prefix=names.prefix), contracts=[BenchOrder])
     await app.start(consume=False)
     try:
         await _measure(p, app.send)
@@ -49,7 +49,7 @@ async def run_aio_pika(p: Params) -> None:
 
     names = Names(p.tag)
     encoder = msgspec.json.Encoder()
-    conn = await aio_pika.connect(URL)
+    conn = await aio_pika.connect(p.url)
     try:
         channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
         exchange = await channel.get_exchange(names.exchange)
@@ -82,7 +82,7 @@ async def run_aiormq(p: Params) -> None:
 
     names = Names(p.tag)
     encoder = msgspec.json.Encoder()
-    conn = await aiormq.connect(URL)
+    conn = await aiormq.connect(p.url)
     try:
         channel = await conn.channel(publisher_confirms=True)
 

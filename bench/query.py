@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from bench.worker import URL, Contender, Params, emit, wait_go
+from bench.worker import Contender, Params, emit, wait_go
 from bench.workload import PREFETCH, QUERY_TYPE, GetOrderStatus, Names, OrderStatus, status_of
 from framework import App, AppConfig, Service
 
@@ -44,7 +44,7 @@ async def run_leveret(p: Params) -> None:
     async def get_order_status(query: GetOrderStatus) -> OrderStatus:
         return status_of(query.order_id)
 
-    app = App([bench], url=URL, config=AppConfig(prefix=names.prefix, prefetch=PREFETCH))
+    app = App([bench], url=p.url, config=AppConfig(prefix=names.prefix, prefetch=PREFETCH))
 
     async def ask(order_id: str) -> str:
         reply = await app.request(GetOrderStatus(order_id=order_id), timeout=10)
@@ -70,7 +70,7 @@ async def run_faststream(p: Params) -> None:
     # One channel: FastStream publishes on the channel its exchange object was declared on, and
     # direct reply-to needs the request published where the reply consumer is.
     broker = RabbitBroker(
-        URL,
+        p.url,
         logger=None,
         default_channel=Channel(prefetch_count=PREFETCH, on_return_raises=True),
     )

@@ -30,11 +30,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.worker import URL, Contender, Params, emit, wait_go
+from bench.worker import Contender, Params, emit, wait_go
 from contracts.orders import LineItem, PlaceOrder
 from framework import App, AppConfig
 from framework.store import SagaRecord, Store
-from framework.transport.base import Delivery
+from framework.transport.base import Delivery, Topology
 from handlers.app import build_app
 
 POSTGRES_URL = os.environ.get("LEVERET_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -106,6 +106,27 @@ def count_publishes(app: App, stats: Stats) -> None:
     transport.publish = counted  # type: ignore[method-assign]
 
 
+def report_declares(app: App) -> None:
+    """Tell the orchestrator every queue and exchange the app declares, before declaring it.
+
+    Delay tiers are declared on first use (a saga resend's backoff, 2 s, 4 s ..., comes only
+    when a confirmation is late): without this they would be left on the broker. Each is
+    reported before it exists, so the orchestrator can delete it even if this process dies.
+    """
+    transport = app.transport
+    declare = transport.declare
+
+    async def reported(topology: Topology) -> None:
+        emit(
+            "declared",
+            queues=[q.name for q in topology.queues],
+            exchanges=[x.name for x in topology.exchanges],
+        )
+        await declare(topology)
+
+    transport.declare = reported  # type: ignore[method-assign]
+
+
 def store_url(store: str, tag: str) -> tuple[str, str | None]:
     """The run's fresh store URL, and the PostgreSQL schema to drop afterwards."""
     if store == "sqlite":
@@ -134,10 +155,12 @@ async def terminal_records(store: Store, tag: str, n: int) -> list[SagaRecord]:
 async def run_saga(p: Params, store: str) -> None:
     tag = p.tag
     url, schema = store_url(store, tag)
-    app = build_app(URL, db_url=url, config=AppConfig(prefix=f"bench.{tag}"))
+    config = AppConfig(prefix=f"bench.{tag}", queue_type=p.queue_type)
+    app = build_app(p.url, db_url=url, config=config)
     assert app.store is not None
     stats = Stats()
     count_publishes(app, stats)
+    report_declares(app)
     placed: dict[str, float] = {}
     batch = orders(tag, p.messages)
     consumers = []

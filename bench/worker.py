@@ -1,10 +1,12 @@
 """Worker side of the benchmark: one process runs one contender of one section, then exits.
 
-Started by the orchestrator as ``python -m bench.worker SECTION CONTENDER PARAMS_JSON``. It talks
-to the orchestrator with lines on stdout that start with ``BENCH `` (a JSON event: ``ready``,
-``progress``, ``result``); anything else a library prints is passed through to the log. The
-orchestrator answers ``go`` on stdin once the queues are filled, so set-up is never measured.
-A fresh process per measurement keeps contenders from sharing a heap, a loop or a connection.
+Started by the orchestrator as ``python -m bench.worker SECTION CONTENDER``; the first line on
+its stdin is the ``Params`` as JSON (on stdin, not the command line, because they hold the
+broker's URL and its password). It talks to the orchestrator with lines on stdout that start
+with ``BENCH `` (a JSON event: ``ready``, ``declared``, ``progress``, ``result``); anything else a
+library prints is passed through to the log. The orchestrator answers ``go`` on stdin once the
+queues are filled, so set-up is never measured. A fresh process per measurement keeps
+contenders from sharing a heap, a loop or a connection.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class Params:
     warmup: int = 0  # memory
     progress_every: int = 0  # memory
     rate: float = 0.0  # saga latency: orders placed per second
+    # The broker: one AMQP URL, or a cluster's node URLs separated by commas (leveret only).
+    url: str = URL
+    queue_type: str = "classic"  # leveret's AppConfig.queue_type: "quorum" on a cluster
 
 
 Contender = Callable[[Params], Awaitable[None]]
@@ -102,13 +107,13 @@ class Tracker:
 
 
 def main(argv: list[str]) -> int:
-    section, contender, raw = argv
+    section, contender = argv
     from framework.logging import configure_logging
 
     # As a `leveret run` worker does: the orchestrator sets LEVERET_LOG_LEVEL (warning), and
     # leveret's info lines (a saga finished, ...) are neither formatted nor written.
     configure_logging(level="warning")
-    params = Params(**json.loads(raw))
+    params = Params(**json.loads(sys.stdin.readline()))
     module = importlib.import_module(SECTIONS[section])
     run: Contender = module.CONTENDERS[contender]
     loop_factory = None
