@@ -261,13 +261,15 @@ class AmqpConnection:
             raise self.errors.unreachable(reason) from None
 
     @contextlib.asynccontextmanager
-    async def scratch_channel(self) -> AsyncIterator[aiormq.abc.AbstractChannel]:
+    async def scratch_channel(
+        self, *, confirms: bool = False
+    ) -> AsyncIterator[aiormq.abc.AbstractChannel]:
         """A short-lived raw channel that a channel error may kill without harm."""
         connection = self.require()
         await connection.ready()
         if connection.transport is None:
             raise ChannelInvalidStateError("no connection")
-        channel = await connection.transport.connection.channel(publisher_confirms=False)
+        channel = await connection.transport.connection.channel(publisher_confirms=confirms)
         try:
             yield channel
         finally:

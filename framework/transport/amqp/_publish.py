@@ -10,6 +10,7 @@ straight to the connection's frame writer and every pending confirm is watched b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +35,10 @@ log = structlog.get_logger("framework.transport.amqp")
 # (under a second on the cluster here) and the publish is tried again, after a short pause.
 _FAILOVER_WINDOW = 15.0
 NACK_PAUSE = 0.25
+# Otherwise a nacked publish is tried again for this long (pauses of 0.25, 0.5, 0.75 s...): a
+# quorum queue whose leader's node another client saw die, or a full queue's reject-publish
+# (back-pressure, RabbitMQ's advice is to publish again later). Then it is a PublishNacked.
+NACK_PATIENCE = 2.0
 
 _PLAIN = (str, int, bool, float, type(None))
 
@@ -126,7 +131,10 @@ class Publisher:
         outcome: it is sent again, with the same message id, on the connection that replaces it
         (another node of a cluster), as long as ``publish_timeout`` has not passed since the
         first try; a consumer's inbox drops the copy if both arrived. Past the deadline (or at
-        once with ``resend=False``) it is a ``PublishTimeout``.
+        once with ``resend=False``) it is a ``PublishTimeout``. A nacked publish is tried again
+        on a fresh channel at once (``_taken_elsewhere``), then on the publish channel after
+        short pauses, for ``NACK_PATIENCE`` (until the deadline after a connection loss),
+        before it is a ``PublishNacked``.
         """
         if exchange not in self._exchanges:
             await self.check_exchange(exchange, routing_key)
@@ -138,16 +146,31 @@ class Publisher:
             message = msgspec.structs.replace(message, message_id=uuid.uuid4().hex)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._link.config.publish_timeout
+        nacks, first_nack = 0, 0.0
         while True:
             try:
                 await self._publish_once(message, exchange, routing_key, mandatory, deadline)
                 return
             except (TimeoutError, *LOST) as exc:
                 error = self.error(exc, exchange, routing_key, message.user_id)
+                if isinstance(error, PublishNacked) and resend:
+                    stale = self._raw
+                    with contextlib.suppress(TimeoutError, *LOST):  # judged by the nack
+                        if await self._taken_elsewhere(
+                            message, exchange, routing_key, mandatory, deadline
+                        ):
+                            await self._renew(stale)
+                            return
                 lost = isinstance(error, PublishTimeout) and not isinstance(exc, TimeoutError)
-                if isinstance(error, PublishNacked) and self.after_failover(loop.time()):
-                    lost = True  # a quorum queue without a leader yet: try again shortly
-                    await asyncio.sleep(min(NACK_PAUSE, max(0.0, deadline - loop.time())))
+                if isinstance(error, PublishNacked):
+                    now = loop.time()
+                    nacks += 1
+                    first_nack = first_nack or now
+                    if self.after_failover(now) or now - first_nack < NACK_PATIENCE:
+                        # A quorum queue without a leader yet, or a full one: try again soon.
+                        lost = True
+                        pause = min(NACK_PAUSE * nacks, NACK_PATIENCE / 2)
+                        await asyncio.sleep(min(pause, max(0.0, deadline - now)))
                 if not (lost and resend) or self._link.closed or loop.time() >= deadline:
                     raise error from None
                 log.info(
@@ -156,6 +179,54 @@ class Publisher:
                     exchange=exchange,
                     reason=self._link.errors.scrub(repr(exc)),
                 )
+
+    async def _taken_elsewhere(
+        self,
+        message: OutgoingMessage,
+        exchange: str,
+        routing_key: str,
+        mandatory: bool,
+        deadline: float,
+    ) -> bool:
+        """Publish a nacked ``message`` once more, on a fresh channel: whether it was taken.
+
+        A RabbitMQ 3.10 channel whose first publish to a quorum queue finds the queue's leader
+        gone (its node just died, the election not over) nacks every later publish to that
+        queue, for good; a fresh channel is fine once a new leader is elected (RABBITMQ.md). A
+        queue that refuses the message (``reject-publish`` when full) nacks it here too.
+
+        Raises:
+            TimeoutError: no confirm by ``deadline``.
+        """
+        async with asyncio.timeout_at(deadline), self._link.scratch_channel(confirms=True) as raw:
+            try:
+                await self.confirmed(
+                    raw,
+                    message,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    mandatory=mandatory,
+                    reply_to=message.reply_to,
+                )
+            except LOST as exc:
+                if isinstance(self.error(exc, exchange, routing_key), PublishNacked):
+                    return False
+                raise
+        return True
+
+    async def _renew(self, stale: aiormq.abc.AbstractChannel | None) -> None:
+        """Close the publish channel ``stale`` (aio-pika opens it again) if it is still ours:
+        it refused what a fresh channel took. Publishes in flight on it are sent again."""
+        if stale is None or stale is not self._raw or stale.is_closed:
+            return
+        self._raw = None
+        log.warning(
+            "publish_channel_renewed",
+            node=self._link.node,
+            reason="the broker nacked on this channel what it took on a fresh one",
+        )
+        with contextlib.suppress(*LOST):
+            await stale.close()
 
     def after_failover(self, now: float) -> bool:
         """Whether the connection was lost a moment ago (nacks may be a leader election)."""

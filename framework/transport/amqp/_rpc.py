@@ -11,6 +11,7 @@ connection lost, a broker node down), the requests waiting on it fail at once wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from functools import partial
 
 import aiormq.abc
@@ -90,7 +91,10 @@ class Requester:
                             and publisher.after_failover(loop.time())
                         ):
                             raise error from None
-                        # A quorum queue electing a new leader after a node loss: ask again.
+                        # A quorum queue electing a new leader after a node loss: ask again,
+                        # on a fresh channel (a RabbitMQ 3.10 channel that met the queue
+                        # leaderless nacks it for good: ``Publisher._taken_elsewhere``).
+                        await self._renew(channel)
                         await asyncio.sleep(NACK_PAUSE)
                 return await future
         finally:
@@ -114,6 +118,15 @@ class Requester:
                 raw.closing.add_done_callback(partial(self._reply_channel_lost, id(raw)))
                 self._raw = raw
             return raw
+
+    async def _renew(self, stale: aiormq.abc.AbstractChannel) -> None:
+        """Close the RPC channel ``stale`` if it is still the current one (aio-pika opens it
+        again; requests waiting for replies on it fail with ``ReplyLost``)."""
+        if stale is not self._raw or stale.is_closed:
+            return
+        self._raw = None
+        with contextlib.suppress(*LOST):
+            await stale.close()
 
     def _reply_channel_lost(self, channel_id: int, _: object) -> None:
         """Fail at once the requests waiting for replies on a channel that is gone."""
