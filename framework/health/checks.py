@@ -55,6 +55,10 @@ class Readiness(msgspec.Struct, frozen=True, kw_only=True):
     queues: list[QueueStatus]
 
 
+# Seconds without a confirm while publishes wait or fail before ``/ready`` says not ready.
+PUBLISH_STALL = 5.0
+
+
 def _why(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g}s"
@@ -97,13 +101,19 @@ async def _queue(
     return status, Check(name=f"consumer {queue}", ok=ok, detail=detail), True
 
 
-async def readiness(app: App, *, timeout: float = 3.0) -> Readiness:
-    """Ask the broker about every queue ``app`` consumes, and the store for a read.
+async def readiness(
+    app: App, *, timeout: float = 3.0, publish_stall: float = PUBLISH_STALL
+) -> Readiness:
+    """Ask the broker about every queue ``app`` consumes, and the store for a read; and whether
+    the broker confirms what the app publishes.
 
     Args:
         app: a connected app (a worker's, or one connected without consuming by
             ``leveret status``).
         timeout: deadline of each broker or store call.
+        publish_stall: not ready once the broker has confirmed nothing for this long while
+            publishes wait or fail (``Transport.publishing_stalled_for``): a cluster without a
+            majority answers queue declarations, but takes no message.
     """
     checks: list[Check] = []
     queues: list[QueueStatus] = []
@@ -132,6 +142,10 @@ async def readiness(app: App, *, timeout: float = 3.0) -> Readiness:
         if not answered and not unanswered:
             unanswered = check.detail
     checks.insert(0, Check(name="broker", ok=not unanswered, detail=unanswered or "answered"))
+    stalled = max(t.publishing_stalled_for() for t in {app.transport, app.query_transport} if t)
+    if stalled >= publish_stall:
+        detail = f"nothing confirmed for {stalled:.0f}s while publishes wait or fail"
+        checks.insert(1, Check(name="publishing", ok=False, detail=detail))
     if store_check is not None:
         checks.append(store_check)
     return Readiness(ready=all(c.ok for c in checks), checks=checks, queues=queues)

@@ -392,6 +392,14 @@ class Transport(abc.ABC):
         """
         return None
 
+    def publishing_stalled_for(self) -> float:
+        """Seconds the broker has confirmed nothing while publishes wait or keep failing: a
+        publish waiting for its confirm that long, or every publish since then unconfirmed (a
+        cluster without a majority, a blocked connection). 0 while publishing works, or when
+        the transport cannot tell. ``/ready`` says not ready past a few seconds.
+        """
+        return 0.0
+
     # Added for circuit breakers (resilience): a blocked connection is a failure signal.
     def add_flow_listener(self, listener: FlowListener) -> None:  # noqa: B027  # optional hook
         """Call ``listener`` when the broker blocks or unblocks publishing on this connection.

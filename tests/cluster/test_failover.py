@@ -19,7 +19,9 @@ from structlog.testing import capture_logs
 
 from contracts.orders import GetOrder, OrderView, PlaceOrder
 from framework import App, AppConfig, Context, QueryContext, ReplyLost, Service
+from framework.health import readiness
 from framework.transport.amqp import AmqpConfig, AmqpTransport
+from framework.transport.base import OutgoingMessage, QueueSpec, Topology
 from tests.support.cluster import Cluster, ClusterNode
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
@@ -151,8 +153,6 @@ async def test_a_publish_that_meets_a_leaderless_quorum_queue_is_taken_once_it_h
     """A channel whose first publish to a quorum queue comes while the queue's leader node is
     dead (RabbitMQ 3.10 then nacks that queue on it for good) is replaced: the publishes made
     right after the kill are confirmed, and the queue holds each of them once."""
-    from framework.transport.base import OutgoingMessage, QueueSpec, Topology
-
     queue = "c" + secrets.token_hex(4) + ".leaderless"
     leader, other = nodes.nodes[0], nodes.nodes[1]
     declaring = AmqpTransport(leader.url, config=CONFIG)
@@ -182,3 +182,34 @@ async def test_a_publish_that_meets_a_leaderless_quorum_queue_is_taken_once_it_h
         await publisher.close()
     renewed = [e for e in logs if e["event"] == "publish_channel_renewed"]
     assert len(renewed) <= 1  # when the election was not over yet: one new channel, not more
+
+
+async def test_without_a_majority_readiness_says_publishing_is_stalled(nodes: Cluster) -> None:
+    """Two of three nodes down: the app's node still answers queue declarations, but confirms
+    nothing; ``/ready``'s publishing check fails after the stall bound, and all is ready again,
+    the send confirmed, once a majority is back."""
+    handled = Handled()
+    app = shop(nodes.urls, handled)
+    await app.start()
+    try:
+        assert (await readiness(app, timeout=2.0, publish_stall=1.0)).ready
+        await asyncio.gather(*(asyncio.to_thread(n.kill) for n in nodes.nodes[1:]))
+        sending = asyncio.create_task(app.send(order("during"), message_id="during"))
+        async with asyncio.timeout(15):
+            while True:
+                report = await readiness(app, timeout=2.0, publish_stall=1.0)
+                stalled = [c for c in report.checks if c.name == "publishing"]
+                if stalled:
+                    break
+                await asyncio.sleep(0.3)
+        assert not report.ready
+        assert not stalled[0].ok
+        assert "nothing confirmed" in stalled[0].detail
+        assert not sending.done()  # publishes block without a majority
+        await asyncio.to_thread(nodes.ensure_all_running)
+        await sending
+        async with asyncio.timeout(30):
+            await handled.all_of(["during"])
+        assert (await readiness(app, timeout=2.0, publish_stall=1.0)).ready
+    finally:
+        await app.stop(grace=1)

@@ -273,6 +273,11 @@ class Shop:
         self._started.append(self.leveret)
         return self.leveret
 
+    @property
+    def started(self) -> tuple[Leveret, ...]:
+        """Every supervisor started so far, the first first."""
+        return tuple(self._started)
+
     async def ready(self, timeout: float = 90.0) -> None:
         """Wait until the workers have created the schema and answer queries."""
         await wait_ready(self.store, self.client, timeout)

@@ -88,9 +88,9 @@ async def _no_faults(run: Run) -> None:
     return None
 
 
-async def _drained(shop: Shop, row: Row) -> None:
-    """SIGTERM after the run: the supervisor must drain and exit 0."""
-    code = await shop.stop()
+async def _drained(shop: Shop, row: Row, leveret: Leveret | None = None) -> None:
+    """SIGTERM after the run: the supervisor (the latest by default) must drain and exit 0."""
+    code = await shop.stop(leveret=leveret)
     if code != 0:
         row.problems.append(f"leveret run exited {code} on SIGTERM, expected 0")
 

@@ -57,4 +57,5 @@ async def test_cluster_scenario(cluster_harness: Harness, name: str) -> None:
     cluster_harness.rows.append(row)
     assert row.problems == [], f"{name}: {row.notes}\n" + "\n".join(row.problems[:30])
     assert (row.correct, row.lost, row.duplicate_effects) == (row.sagas, 0, 0)
-    assert row.faults > 0, f"{name}: no fault was injected"
+    if name != "cluster_saga_spread":  # a measurement: no fault
+        assert row.faults > 0, f"{name}: no fault was injected"

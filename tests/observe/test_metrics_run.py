@@ -11,23 +11,20 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.orders import LineItem, PlaceOrder
 from framework import App
 from framework.store import SagaStatus
 from framework.transport.base import OutgoingMessage
 from tests.apps.metrics_app import FLAKY_HANDLER, Work, build_app
+from tests.support.prometheus import Samples, scrape, total, value
 from tests.test_worker import Leveret, eventually, run_leveret
 from tests.test_worker import served as served  # the fixture
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def free_port() -> int:
@@ -35,31 +32,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def scrape(port: int) -> Samples | None:
-    """Every sample at ``/metrics``, or None while nothing answers there."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return None
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """One sample's value; 0 when the series does not exist (nothing counted yet)."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    """The sum over every series of ``name`` whose labels include ``labels``."""
-    wanted = set(labels.items())
-    return sum(v for (n, lbls), v in samples.items() if n == name and wanted <= lbls)
 
 
 @pytest.mark.slow

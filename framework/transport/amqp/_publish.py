@@ -106,6 +106,13 @@ class Publisher:
         self._exchanges = exchanges
         self._raw: aiormq.abc.AbstractChannel | None = None
         self._deadlines: _frames.ConfirmDeadlines | None = None
+        # For ``stalled_for``: publishes waiting now, since when some have been, the latest
+        # confirm, and the first and latest failure since it (None: none since).
+        self._waiting = 0
+        self._busy_since = 0.0
+        self._confirmed_at = 0.0
+        self._failing_since: float | None = None
+        self._failed_at = 0.0
 
     def start(self) -> None:
         """Start watching confirm deadlines (the connection is open)."""
@@ -145,7 +152,45 @@ class Publisher:
             # (aiormq would set one too: a basic.return is matched to its publish by it).
             message = msgspec.structs.replace(message, message_id=uuid.uuid4().hex)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._link.config.publish_timeout
+        now = loop.time()
+        if not self._waiting:
+            self._busy_since = now
+        self._waiting += 1
+        try:
+            await self._publish_until(message, exchange, routing_key, mandatory, resend, now)
+        except (PublishTimeout, PublishNacked):  # the broker's trouble, not the message's
+            if self._failing_since is None:
+                self._failing_since = loop.time()
+            self._failed_at = loop.time()
+            raise
+        else:
+            self._confirmed_at = loop.time()
+            self._failing_since = None
+        finally:
+            self._waiting -= 1
+
+    def stalled_for(self, now: float) -> float:
+        """How long publishing has been stuck (``Transport.publishing_stalled_for``): the
+        oldest wait with nothing confirmed since it began, or the time since the first failure
+        after the latest confirm while failures keep coming (the latest within two
+        ``publish_timeout``s)."""
+        stalled = now - max(self._busy_since, self._confirmed_at) if self._waiting else 0.0
+        failing = self._failing_since
+        if failing is not None and now - self._failed_at < 2 * self._link.config.publish_timeout:
+            stalled = max(stalled, now - failing)
+        return stalled
+
+    async def _publish_until(
+        self,
+        message: OutgoingMessage,
+        exchange: str,
+        routing_key: str,
+        mandatory: bool,
+        resend: bool,
+        started: float,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = started + self._link.config.publish_timeout
         nacks, first_nack = 0, 0.0
         while True:
             try:

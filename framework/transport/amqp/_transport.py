@@ -7,6 +7,7 @@ The connection (``_connection``) owns the link to the broker and its recovery; t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from framework.transport.amqp import _pamqp
@@ -66,6 +67,9 @@ class AmqpTransport(Transport):
     def user(self) -> str:
         """The URL's user name (``guest`` when it names none, as aio-pika then logs in)."""
         return user_of(self._url)
+
+    def publishing_stalled_for(self) -> float:
+        return self._publisher.stalled_for(asyncio.get_running_loop().time())
 
     # -- lifecycle -------------------------------------------------------------------------
 
