@@ -52,7 +52,7 @@ async def _run_all(harness: Harness, names: list[str], registry: dict[str, Scena
         except Exception as exc:  # a scenario that breaks is a failed row, not the end
             row = Row(name, 0, 0, 0, 0, 0, 0, None, [f"{type(exc).__name__}: {exc}"])
         print(
-            f"   {'ok' if row.ok else 'FAILED'} in {time.monotonic() - started:.0f}s",
+            f"   {'ok' if row.ok else 'FAILED'} in {time.monotonic() - started:.0f}s: {row.notes}",
             file=sys.stderr,
             flush=True,
         )

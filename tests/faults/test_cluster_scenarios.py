@@ -45,7 +45,11 @@ def cluster_harness(
     yield h
     if h.rows:
         report = table(h.rows, stall=True)
-        print(f"\ncluster fault-injection report (short profile):\n{report}", file=sys.stderr)
+        notes = "\n".join(f"- {row.scenario}: {row.notes}" for row in h.rows)
+        print(
+            f"\ncluster fault-injection report (short profile):\n{report}\n{notes}",
+            file=sys.stderr,
+        )
 
 
 @pytest.mark.timeout(240)
