@@ -4,10 +4,12 @@
   environment, working directory, stdout and stderr.
 * SIGTERM or SIGINT: every worker gets SIGTERM and drains; the supervisor waits up to
   ``stop_timeout`` seconds, then kills the stragglers (exit 1). All drained: exit 0.
-* A worker that exits while the supervisor is not stopping is restarted after a backoff
-  (``RestartBackoff``), except when its first start could not reach the broker or load the app:
-  then every worker is stopped and the supervisor exits with that worker's code (3 or 2). A
-  *restarted* worker that cannot reach the broker is restarted again: that is an outage.
+* A worker that exits while the supervisor is not stopping is restarted (``RestartBackoff``):
+  after 0.5 s if it had run for 2 s, whatever ended it; a crash loop of workers dying
+  sooner waits longer each time, up to 10 s. Not when its first start could not reach the broker
+  or load the app: then every worker is stopped and the supervisor exits with that worker's code
+  (3 or 2). A *restarted* worker that cannot reach the broker is restarted again: that is an
+  outage.
 * With ``health_port``, ``/live`` and ``/ready`` are served on that port, aggregated over the
   workers, each asked on a Unix socket of its own (``framework.health.http``).
 * No orphans: workers are killed if the supervisor fails, and on Linux each worker asks the kernel
@@ -59,18 +61,44 @@ _log = structlog.get_logger("leveret.supervisor")
 
 @dataclass(frozen=True, slots=True)
 class RestartBackoff:
-    """Delay before restarting a worker: ``initial``, doubling up to ``maximum``.
+    """How long a worker that died waits before it is started again.
 
-    A worker that ran at least ``reset_after`` seconds starts the sequence over.
+    A worker that had run ``healthy_after`` seconds had started fine, whatever ended it (a
+    SIGKILL, the OOM killer, a lost connection): it is restarted after ``initial`` seconds, and
+    so the sequence starts over. Only a worker dying sooner than that is in a crash loop: each
+    such death waits twice as long as the one before, up to ``maximum``. The threshold is short,
+    like supervisord's ``startsecs`` rather than Kubernetes' ten minutes: a worker killed from
+    outside every few seconds (an OOM killer, a chaos test) must not wait longer each time.
+
+    Args:
+        initial: seconds before the first restart of a sequence.
+        maximum: the cap of the doubling.
+        healthy_after: seconds from its start after which a worker counts as started fine; past
+            its imports and its connect, well short of the interval of an outside killer.
+
+    Raises:
+        ValueError: a negative delay, a ``maximum`` below ``initial``, or a negative
+            ``healthy_after``.
     """
 
     initial: float = 0.5
     maximum: float = 10.0
-    reset_after: float = 30.0
+    healthy_after: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.initial < 0:
+            raise ValueError(f"initial must be at least 0 seconds, got {self.initial}")
+        if self.maximum < self.initial:
+            raise ValueError(
+                f"maximum ({self.maximum}) must be at least initial ({self.initial}) seconds"
+            )
+        if self.healthy_after < 0:
+            raise ValueError(f"healthy_after must be at least 0 seconds, got {self.healthy_after}")
 
     def next_delay(self, previous: float | None, ran_for: float) -> float:
-        """The delay after a worker that ran ``ran_for`` seconds; ``previous`` was the last one."""
-        if previous is None or ran_for >= self.reset_after:
+        """The delay after a worker that ran ``ran_for`` seconds; ``previous`` was the last one
+        (None: this worker position never waited)."""
+        if previous is None or ran_for >= self.healthy_after:
             return self.initial
         return min(previous * 2, self.maximum)
 

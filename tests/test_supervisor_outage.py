@@ -16,7 +16,7 @@ from framework.supervisor import RestartBackoff, Supervisor, SupervisorConfig
 from framework.worker import EXIT_BROKER_UNREACHABLE, EXIT_OK, EXIT_TRANSPORT_FAILED
 from tests.test_worker import eventually
 
-FAST = RestartBackoff(initial=0.05, maximum=0.05, reset_after=30.0)
+FAST = RestartBackoff(initial=0.05, maximum=0.05, healthy_after=30.0)
 
 
 def scripted_worker(tmp_path: Path, codes: list[int]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import json
 import os
@@ -350,16 +351,105 @@ async def test_workers_stop_when_the_supervisor_is_killed(
     assert [e["exit_code"] for e in leveret.events("worker_stopped")] == [EXIT_OK]
 
 
-def test_restart_backoff_doubles_to_a_cap_and_resets_after_a_long_run() -> None:
-    """Restart delays go 0.5, 1, 2 ... 10 s for quick deaths and back to 0.5 s after a long run."""
-    backoff = RestartBackoff(initial=0.5, maximum=10.0, reset_after=30.0)
+def consuming_workers(
+    leveret: Leveret, *, workers: int, killed: int | None = None
+) -> dict[int, int]:
+    """Index -> pid of every worker position, once each one's latest worker is alive (and not
+    ``killed``, which may not have died yet) and consuming (it logged ``app_started``); empty
+    while any position is not."""
+    spawned: dict[int, list[int]] = {}
+    for event in leveret.events("worker_spawned"):
+        spawned.setdefault(event["index"], []).append(event["pid"])
+    started = [e["worker"] for e in leveret.events("app_started")]
+    up = {
+        index: pids[-1]
+        for index, pids in spawned.items()
+        if started.count(index) == len(pids) and pids[-1] != killed and not process_gone(pids[-1])
+    }
+    return up if len(up) == workers else {}
+
+
+KILLS = 5
+BACK_WITHIN = 3.0  # seconds from a SIGKILL until both workers consume again
+SERVING_BEFORE_KILL = 2.5  # seconds both workers consume before the next SIGKILL
+
+
+@pytest.mark.slow
+@pytest.mark.rabbitmq
+@pytest.mark.timeout(120)
+async def test_worker_killed_again_and_again_is_back_within_seconds_each_time(
+    served: Callable[..., Leveret], amqp_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """Five SIGKILLs of a serving worker: each time both workers consume again within 3 s."""
+    env = slow_env(amqp_url, prefix, tmp_path)
+    leveret = served("tests.apps.slow_app:app", "--workers", "2", "--amqp-url", amqp_url, env=env)
+    up = await eventually(
+        lambda: consuming_workers(leveret, workers=2), timeout=30, what="both workers to consume"
+    )
+    for kill in range(1, KILLS + 1):
+        # The killer's cadence (3-4 s from kill to kill, as in the chaos run of issue 17),
+        # not a wait for anything. The same position every time: the worst case for a backoff.
+        await asyncio.sleep(SERVING_BEFORE_KILL)
+        victim = up[0]
+        os.kill(victim, signal.SIGKILL)
+        up = await eventually(
+            functools.partial(consuming_workers, leveret, workers=2, killed=victim),
+            timeout=BACK_WITHIN,
+            what=f"both workers to consume within {BACK_WITHIN:g}s of kill {kill}",
+        )
+
+    exits = [e for e in leveret.events("worker_exited") if not e.get("stopping")]
+    assert [e["signal"] for e in exits] == ["SIGKILL"] * KILLS, exits
+    # Each victim had been up for seconds: every restart waited the initial delay, none longer.
+    assert [e["restart_in"] for e in exits] == [RestartBackoff().initial] * KILLS, exits
+    assert len(leveret.events("worker_restarted")) == KILLS
+    leveret.send(signal.SIGTERM)
+    assert await leveret.exit_code(timeout=60) == EXIT_OK, leveret.stderr
+
+
+def restart_delays(backoff: RestartBackoff, runs: Sequence[float]) -> list[float]:
+    """The delays the supervisor waits after workers of one position ran ``runs`` seconds each."""
     delays: list[float] = []
     delay: float | None = None
-    for _ in range(7):
-        delay = backoff.next_delay(delay, ran_for=1.0)
+    for ran_for in runs:
+        delay = backoff.next_delay(delay, ran_for)
         delays.append(delay)
+    return delays
+
+
+def test_restart_backoff_doubles_to_a_cap_while_workers_die_young() -> None:
+    """A crash loop (each worker dead within healthy_after) waits 0.5, 1, 2 ... up to 10 s."""
+    backoff = RestartBackoff(initial=0.5, maximum=10.0, healthy_after=2.0)
+    delays = restart_delays(backoff, [0.3] * 7)
     assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
-    assert backoff.next_delay(10.0, ran_for=31.0) == 0.5
+
+
+def test_restart_backoff_starts_over_after_a_worker_that_started_fine() -> None:
+    """One worker up for healthy_after ends a crash loop: the next restart waits ``initial``."""
+    backoff = RestartBackoff(initial=0.5, maximum=10.0, healthy_after=2.0)
+    delays = restart_delays(backoff, [0.3, 0.3, 0.3, 0.3, 2.0, 0.3, 0.3])
+    assert delays == [0.5, 1.0, 2.0, 4.0, 0.5, 1.0, 2.0]
+
+
+def test_restart_backoff_keeps_the_initial_delay_for_workers_killed_every_few_seconds() -> None:
+    """The chaos run of issue 17: workers SIGKILLed 3-4 s after their start never wait longer."""
+    assert restart_delays(RestartBackoff(), [3.5, 3.0, 4.0, 2.5, 3.5] * 4) == [0.5] * 20
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"initial": -1.0}, "initial must be at least 0"),
+        ({"initial": 5.0, "maximum": 1.0}, r"maximum \(1.0\) must be at least initial \(5.0\)"),
+        ({"healthy_after": -0.5}, "healthy_after must be at least 0"),
+    ],
+)
+def test_restart_backoff_refuses_impossible_settings(
+    settings: dict[str, float], message: str
+) -> None:
+    """Negative times and a cap below the first delay are refused when configured."""
+    with pytest.raises(ValueError, match=message):
+        RestartBackoff(**settings)
 
 
 def test_supervisor_config_needs_at_least_one_worker() -> None:
