@@ -30,6 +30,8 @@ from framework.saga.outbox import OutboxRelay, OutboxWriter
 from framework.saga.runner import SagaConflict, SagaRunner
 from framework.saga.signing import SagaKeys, check_secret, env_secret
 from framework.store.base import ConcurrencyConflict, Store, store_from_url
+from framework.store.migrations import Migrations, PendingStep, SchemaBehind
+from framework.store.migrations import collect as collect_migrations
 from framework.transport.base import BindingSpec, Consumer, HeaderLimits, Topology, Transport
 from framework.upcasting import Upcaster
 from framework.urls import redact
@@ -76,6 +78,12 @@ class AppConfig:
             sagas and transactional handlers derive (``framework.saga.signing``). None reads
             ``LEVERET_SECRET``, and without it the workers share a random secret kept in the
             saga store. Never shown.
+        upgrade_db: what a starting app does with its store's schema (``leveret db
+            upgrade``): True applies missing steps under the upgrade lock; False only checks,
+            and refuses to start on a schema that is behind (``SchemaBehind``); None, the
+            default, upgrades an embedded store (SQLite, memory: one file, no other process's
+            live transactions to take DDL locks against) and checks a PostgreSQL one, where
+            the upgrade is a deploy step.
     """
 
     prefix: str = "leveret"
@@ -92,6 +100,7 @@ class AppConfig:
     dlq_max_bytes: int | None = None
     header_limits: HeaderLimits = field(default_factory=HeaderLimits)
     secret: str | None = field(default=None, repr=False)
+    upgrade_db: bool | None = None
 
     def __post_init__(self) -> None:
         size = self.max_body_size
@@ -440,6 +449,42 @@ class App:
         for runner in self.sagas.values():
             runner.use_store(store)
 
+    @property
+    def migrations(self) -> tuple[Migrations, ...]:
+        """The components of the app's versioned schema, besides leveret's own tables.
+
+        Raises:
+            ConfigurationError: two services declare different schemas under one name.
+        """
+        return collect_migrations(self.services)
+
+    async def upgrade_db(self) -> list[PendingStep]:
+        """Apply the steps the store's schema lacks, under the upgrade lock (``leveret db
+        upgrade MODULE:APP``); returns the steps applied, none on a current schema.
+
+        Raises:
+            ConfigurationError: the app has no store, or the store's tables are newer than
+                this leveret.
+            StoreUnreachable: the database server could not be reached.
+        """
+        if self.store is None:
+            raise ConfigurationError("this app has no store: it keeps no tables to upgrade")
+        return await self.store.upgrade(self.migrations)
+
+    async def _check_or_upgrade_db(self) -> None:
+        assert self.store is not None
+        upgrade = self.config.upgrade_db
+        if upgrade is None:  # embedded stores upgrade themselves; PostgreSQL is a deploy step
+            upgrade = not self.store.url.lower().startswith("postgres")
+        if upgrade:
+            applied = await self.upgrade_db()
+            if applied:
+                _log.info("db_upgraded", steps=[str(step) for step in applied])
+            return
+        pending = await self.store.pending_steps(self.migrations)
+        if pending:
+            raise SchemaBehind(self.store.url, pending)
+
     async def __aenter__(self) -> App:
         await self.start()
         return self
@@ -454,7 +499,7 @@ class App:
             BrokerUnreachable: the broker did not answer within the connect deadline.
         """
         if self.store is not None:
-            await self.store.setup([ddl for s in self.services for ddl in s.schema])
+            await self._check_or_upgrade_db()
         await self.transport.connect()
         self._started = True
         self.failure, self._halting = None, None

@@ -11,12 +11,15 @@ supervisor and N workers.
 ``leveret sagas list|show|graph|resume|abort`` lives in ``framework.saga.cli``;
 ``leveret dlq list|show|replay|purge`` lives in ``framework.dlq.cli``;
 ``leveret status`` lives in ``framework.health.cli``;
-``leveret queues migrate`` lives in ``framework.queues.cli``.
+``leveret queues migrate`` lives in ``framework.queues.cli``;
+``leveret db upgrade|check`` lives in ``framework.store.cli``.
 
 Exit codes of ``leveret run``: 0 drained cleanly after SIGTERM/SIGINT; 1 a worker had to be
 killed or failed while draining; 2 a usage or configuration error (bad MODULE:APP, a memory://
 app with several workers, a --metrics-port that cannot be bound); 3 the broker could not be
-reached within the connect deadline.
+reached within the connect deadline. ``--upgrade-db`` upgrades the app's store (``leveret db
+upgrade``) once, before the workers start; without it a worker on PostgreSQL refuses a schema
+that is behind (exit 2).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from importlib import metadata
 
 import structlog
 
+from framework.app import App
 from framework.argtypes import port_number, positive_float, positive_int
 from framework.dlq import cli as dlq_cli
 from framework.errors import ConfigurationError
@@ -39,9 +43,13 @@ from framework.queues import cli as queues_cli
 from framework.resilience import cli as breakers_cli
 from framework.saga import cli as saga_cli
 from framework.schema import cli as schema_cli
+from framework.store import cli as db_cli
+from framework.store.base import StoreUnreachable
+from framework.store.migrations import PendingStep
 from framework.supervisor import Supervisor, SupervisorConfig
 from framework.transport.memory import MemoryTransport
 from framework.worker import (
+    EXIT_BROKER_UNREACHABLE,
     EXIT_CONFIGURATION,
     EXIT_FAILED,
     configure_transport,
@@ -130,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics of every worker, summed, on http://0.0.0.0:PORT/metrics "
         "(needs pip install 'leveret[prometheus]')",
     )
+    run.add_argument(
+        "--upgrade-db",
+        action="store_true",
+        help="apply missing schema steps to the app's store before the workers start (what "
+        "`leveret db upgrade MODULE:APP` does; the embedded SQLite default does it anyway)",
+    )
     run.set_defaults(command=_run)
     schema_cli.register(commands)  # contracts export|check, asyncapi
     breakers_cli.register(commands)  # breakers
@@ -137,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     dlq_cli.register(commands)  # dlq list|show|replay|purge
     status_cli.register(commands)  # status
     queues_cli.register(commands)  # queues migrate
+    db_cli.register(commands)  # db upgrade|check
 
     projections = commands.add_parser("projections", help="inspect and rebuild read models")
     actions = projections.add_subparsers(title="actions", metavar="ACTION")
@@ -177,6 +192,15 @@ def _run(args: argparse.Namespace) -> int:
             f"{args.workers} worker processes: use --workers 1, or "
             "--amqp-url amqp://user:password@host:5672/vhost to serve it from RabbitMQ"
         )
+    if args.upgrade_db and app.store is not None:
+        try:
+            applied = asyncio.run(_upgrade_db(app))
+        except ConfigurationError as exc:
+            return _usage_error(str(exc))
+        except StoreUnreachable as exc:
+            _log.error("store_unreachable", url=exc.url, reason=exc.reason)
+            return EXIT_BROKER_UNREACHABLE
+        _log.info("db_upgraded", steps=[str(step) for step in applied])
     metrics = None
     if args.metrics_port is not None:
         try:
@@ -206,6 +230,15 @@ def _run(args: argparse.Namespace) -> int:
             metrics.close()
 
 
+async def _upgrade_db(app: App) -> list[PendingStep]:
+    """``app.upgrade_db()`` on a store closed afterwards (the workers open their own)."""
+    assert app.store is not None
+    try:
+        return await app.upgrade_db()
+    finally:
+        await app.store.close()
+
+
 def _rebuild_projection(args: argparse.Namespace) -> int:
     from framework.cqrs import find_projection
 
@@ -222,7 +255,7 @@ def _rebuild_projection(args: argparse.Namespace) -> int:
 
     async def rebuild() -> int:
         try:
-            await store.setup([ddl for s in app.services for ddl in s.schema])
+            await app.upgrade_db()
             return await projection.rebuild(store)
         finally:
             await store.close()

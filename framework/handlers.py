@@ -21,6 +21,7 @@ from typing import Any, TypeVar, overload
 from framework.errors import RegistrationError
 from framework.messages import Message, MessageKind, kind_of, reply_type_of, validate_contract
 from framework.retry import RetryPolicy
+from framework.store.migrations import Migrations, Step
 
 __all__ = ["HandlerSpec", "Service", "check_unique_handlers"]
 
@@ -65,8 +66,10 @@ class Service:
         retry: default retry policy for this service's command and event handlers.
         timeout: default handler deadline in seconds.
         prefetch: default unacked deliveries per handler queue.
-        schema: idempotent DDL (``CREATE TABLE IF NOT EXISTS ...``) for the service's own tables,
-            run by the app's store at start-up.
+        schema: the service's own tables, a component of the app's versioned schema named after
+            the service (``framework.store.migrations``): SQL strings are its step 1
+            (``CREATE TABLE IF NOT EXISTS ...``), or a list of ``Step(...)``, oldest first; a
+            later change is a new step. ``leveret db upgrade`` applies them.
         max_length: cap each of the service's queues at this many ready messages; a full queue
             nacks publishes (``reject-publish``), which trips the senders' circuit breakers.
         sends: the commands and events its handlers send or publish; they become the
@@ -85,7 +88,7 @@ class Service:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         prefetch: int | None = None,
-        schema: Sequence[str] = (),
+        schema: Sequence[str] | Sequence[Step] = (),
         sends: Sequence[type[Message]] = (),
         max_length: int | None = None,
     ) -> None:
@@ -98,7 +101,9 @@ class Service:
         self.retry = retry
         self.timeout = timeout
         self.prefetch = prefetch
-        self.schema = tuple(schema)
+        self.migrations: tuple[Migrations, ...] = ()
+        if schema:
+            self.add_schema(Migrations.of(name, schema))
         if max_length is not None and (isinstance(max_length, bool) or max_length < 1):
             raise RegistrationError(f"max_length={max_length!r} must be a positive int or None")
         self.max_length = max_length
@@ -116,6 +121,21 @@ class Service:
 
     def __repr__(self) -> str:
         return f"Service({self.name!r}, handlers={len(self._handlers)})"
+
+    def add_schema(self, migrations: Migrations) -> None:
+        """Add a component to the tables the service needs (a projection adds its own).
+
+        Raises:
+            RegistrationError: the service has a different component of that name already.
+        """
+        for known in self.migrations:
+            if known.name == migrations.name:
+                if known != migrations:
+                    raise RegistrationError(
+                        f"service {self.name!r} has two different schemas named {migrations.name!r}"
+                    )
+                return
+        self.migrations = (*self.migrations, migrations)
 
     @property
     def handlers(self) -> list[HandlerSpec]:

@@ -25,15 +25,16 @@ from framework.errors import ConfigurationError, RegistrationError
 from framework.handlers import Service
 from framework.messages import Event, MessageKind, kind_of
 from framework.store.base import Store, StoreTx
+from framework.store.migrations import Migrations, Step
 
-__all__ = ["EVENT_LOG_SCHEMA", "Projection", "find_projection"]
+__all__ = ["EVENT_LOG_MIGRATIONS", "EVENT_LOG_SCHEMA", "Projection", "find_projection"]
 
 E = TypeVar("E", bound=Event)
 Apply = Callable[[E, StoreTx], Awaitable[None]]
 _log = structlog.get_logger("leveret.projection")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-EVENT_LOG_SCHEMA = (
+EVENT_LOG_SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS leveret_projection (
         name TEXT PRIMARY KEY,
         position BIGINT NOT NULL,
@@ -49,6 +50,9 @@ EVENT_LOG_SCHEMA = (
         UNIQUE (projection, message_id)
     )""",
 )
+
+# The event log's own component of the versioned schema, shared by every projection.
+EVENT_LOG_MIGRATIONS = Migrations("leveret_event_log", (Step(*EVENT_LOG_SCHEMA),))
 
 # ``apply_live`` on PostgreSQL: skip a logged event, else bump the checkpoint and log the event
 # at the new position; returns that position, no row when the event was logged before.
@@ -70,17 +74,23 @@ class Projection:
     Args:
         name: the projection's name (its checkpoint row, its log, ``leveret projections
             rebuild``); a SQL identifier.
-        service: the service whose event handlers feed it; the projection adds its own tables
-            and ``schema`` to the service's schema.
+        service: the service whose event handlers feed it; the projection adds the event log's
+            tables and its own to the service's schema (``Service.add_schema``).
         tables: the read model's tables, emptied by ``rebuild``.
-        schema: DDL of those tables.
+        schema: those tables, a component of the versioned schema named
+            ``projection:<name>``: SQL strings (its step 1) or ``Step(...)`` objects in order.
 
     Raises:
         RegistrationError: a name or table is not a plain SQL identifier.
     """
 
     def __init__(
-        self, name: str, *, service: Service, tables: Sequence[str], schema: Sequence[str] = ()
+        self,
+        name: str,
+        *,
+        service: Service,
+        tables: Sequence[str],
+        schema: Sequence[str] | Sequence[Step] = (),
     ) -> None:
         for identifier in (name, *tables):
             if not _IDENTIFIER.match(identifier):
@@ -94,7 +104,9 @@ class Projection:
         self.service = service
         self.tables = tuple(tables)
         self._appliers: dict[str, tuple[type[Event], Apply[Any]]] = {}
-        service.schema = (*service.schema, *EVENT_LOG_SCHEMA, *schema)
+        service.add_schema(EVENT_LOG_MIGRATIONS)
+        if schema:
+            service.add_schema(Migrations.of(f"projection:{name}", schema))
         service.projections.append(self)
 
     def __repr__(self) -> str:

@@ -1,7 +1,8 @@
 """What the SQLite and PostgreSQL stores share: column lists, row mapping, URL options.
 
 Both stores keep the same tables (``leveret_sagas``, ``leveret_inbox``, ``leveret_outbox``,
-``leveret_history``, ``leveret_meta`` and ``leveret_schema_version``); only the column types and
+``leveret_history``, ``leveret_meta``, and the version tables ``leveret_schema`` and
+``leveret_schema_version``); only the column types and
 placeholders differ. Sent outbox rows stay (with ``sent_at`` set) for ``outbox_retention``
 seconds, so an operator can see what was published and when (``_retention``: pruned from the
 sweeper, found by a partial index on ``sent_at``); pending reads use a partial index on unsent
@@ -19,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from framework.errors import ConfigurationError
-from framework.store.base import SCHEMA_VERSION, HistoryRow, OutboxRow, SagaRecord, SagaStatus
+from framework.store.base import HistoryRow, OutboxRow, SagaRecord, SagaStatus
 
 __all__ = [
     "HISTORY_COLUMNS",
@@ -27,7 +28,6 @@ __all__ = [
     "SAGA_COLUMNS",
     "SECRET",
     "Row",
-    "check_schema_version",
     "emitted_json",
     "history_from_row",
     "history_params",
@@ -166,19 +166,6 @@ def history_from_row(row: Row) -> HistoryRow:
         emitted=_emitted_decoder.decode(row[8]),
         note=row[9],
     )
-
-
-def check_schema_version(found: int | None, where: str) -> None:
-    """Refuse a database whose schema a newer leveret wrote.
-
-    Raises:
-        ConfigurationError: ``found`` is newer than ``SCHEMA_VERSION``.
-    """
-    if found is not None and found > SCHEMA_VERSION:
-        raise ConfigurationError(
-            f"the store at {where} has schema version {found}, newer than this leveret's "
-            f"{SCHEMA_VERSION}: upgrade leveret, or point it at another database"
-        )
 
 
 def query_option(

@@ -8,7 +8,9 @@ the outbox published. Three implementations pass one contract suite (``tests/sto
 
 Service tables: ``StoreTx.execute/fetchone/fetchall`` run SQL with ``?`` placeholders (the
 PostgreSQL store rewrites them to ``$n``), so a service keeps its own tables in the same
-transaction as its inbox and outbox rows. ``Store.setup(ddl)`` creates them on first use.
+transaction as its inbox and outbox rows. Their tables, like leveret's, are versioned steps
+(``framework.store.migrations``) that ``Store.upgrade`` applies, as a deploy step
+(``leveret db upgrade``); a worker only checks them with ``Store.pending_steps``.
 
 The three stores also keep one secret for the sagas of every process that shares them
 (``SecretKeeper``): the key of the ids and timeout tokens the saga runner derives
@@ -21,12 +23,15 @@ import abc
 import enum
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import msgspec
 
 from framework.errors import ConfigurationError, LeveretError
 from framework.urls import redact
+
+if TYPE_CHECKING:
+    from framework.store.migrations import Migrations, PendingStep
 
 __all__ = [
     "ConcurrencyConflict",
@@ -43,6 +48,7 @@ __all__ = [
     "store_from_url",
 ]
 
+# How many steps leveret's own tables (the ``leveret`` component) have.
 SCHEMA_VERSION = 1
 
 
@@ -256,15 +262,39 @@ class StoreTx(abc.ABC):
 
 
 class Store(abc.ABC):
-    """The persistence port. Create with ``store_from_url``; call ``setup()`` before use."""
+    """The persistence port. Create with ``store_from_url``; ``upgrade()`` its schema before
+    use."""
 
     url: str
 
     @abc.abstractmethod
     async def setup(self, ddl: Sequence[str] = ()) -> None:
-        """Create leveret's tables (and the version table) if missing, then run ``ddl``.
+        """``upgrade()`` leveret's tables, then run ``ddl``: for tests and scripts.
 
-        ``ddl`` statements must be idempotent (``CREATE TABLE IF NOT EXISTS ...``).
+        ``ddl`` statements must be idempotent (``CREATE TABLE IF NOT EXISTS ...``); they run
+        on every call, unversioned. An app's workers never call it: they check the schema
+        (``pending_steps``) or, when told to, ``upgrade`` it.
+        """
+
+    @abc.abstractmethod
+    async def upgrade(self, migrations: Sequence[Migrations] = ()) -> list[PendingStep]:
+        """Apply the steps of leveret's tables and of ``migrations`` the database lacks, under
+        a lock (two runners never race; each step runs once); returns those it applied.
+
+        Reads the versions first: on a current schema it takes no lock and runs no DDL.
+
+        Raises:
+            ConfigurationError: leveret's tables are newer than this leveret.
+            StoreUnreachable: the database server could not be reached.
+        """
+
+    @abc.abstractmethod
+    async def pending_steps(self, migrations: Sequence[Migrations] = ()) -> list[PendingStep]:
+        """The steps ``upgrade`` would apply; reads only (no lock, no DDL).
+
+        Raises:
+            ConfigurationError: leveret's tables are newer than this leveret.
+            StoreUnreachable: the database server could not be reached.
         """
 
     @abc.abstractmethod

@@ -29,6 +29,7 @@ from framework.store.base import (
     StoreStats,
     StoreTx,
 )
+from framework.store.migrations import Migrations, PendingStep
 
 __all__ = ["MemoryStore"]
 
@@ -112,6 +113,12 @@ class MemoryStore(Store):
 
     async def setup(self, ddl: Sequence[str] = ()) -> None:
         return None
+
+    async def upgrade(self, migrations: Sequence[Migrations] = ()) -> list[PendingStep]:
+        return []  # no tables: nothing is ever behind
+
+    async def pending_steps(self, migrations: Sequence[Migrations] = ()) -> list[PendingStep]:
+        return []
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[StoreTx]:

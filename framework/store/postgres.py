@@ -42,6 +42,7 @@ from framework.store.base import (
     StoreTx,
     StoreUnreachable,
 )
+from framework.store.migrations import CORE, Migrations, PendingStep, Step, plan
 from framework.urls import check_userinfo, redact, url_passwords
 
 __all__ = ["PostgresConfig", "PostgresStore", "positional_params"]
@@ -82,9 +83,31 @@ _SCHEMA = (
     " emitted JSONB NOT NULL, note TEXT)",
     "CREATE INDEX IF NOT EXISTS leveret_history_saga ON leveret_history (saga_id, seq)",
     "CREATE TABLE IF NOT EXISTS leveret_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # The version table of leveret releases before leveret_schema, which refuse a newer value.
+    "CREATE TABLE IF NOT EXISTS leveret_schema_version (version INTEGER NOT NULL)",
+    "INSERT INTO leveret_schema_version (version)"
+    " SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM leveret_schema_version)",
 )
-# Serializes concurrent setup() calls: CREATE ... IF NOT EXISTS races in PostgreSQL.
+# leveret's own tables, step by step; a later step also sets leveret_schema_version to its number.
+CORE_MIGRATIONS = Migrations(CORE, (Step(postgresql=_SCHEMA),))
+assert len(CORE_MIGRATIONS.steps) == SCHEMA_VERSION
+# Serializes upgrades (and setup()'s DDL): two runners never race, each step runs once.
 _SETUP_LOCK_KEY = 0x6C65766572657401
+_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS leveret_schema ("
+    " component TEXT PRIMARY KEY, version INTEGER NOT NULL,"
+    " upgraded_at DOUBLE PRECISION NOT NULL)"
+)
+_VERSION_SET = (
+    "INSERT INTO leveret_schema (component, version, upgraded_at) VALUES ($1, $2, $3)"
+    " ON CONFLICT (component) DO UPDATE SET version = excluded.version,"
+    " upgraded_at = excluded.upgraded_at"
+)
+# Both version tables as the search_path finds them (NULL when missing): a read, never DDL.
+_VERSION_TABLES = (
+    "SELECT to_regclass('leveret_schema') IS NOT NULL,"
+    " to_regclass('leveret_schema_version') IS NOT NULL"
+)
 
 _INBOX_ADD = (
     "INSERT INTO leveret_inbox (consumer, message_id, created_at) VALUES ($1, $2, $3)"
@@ -375,26 +398,47 @@ class PostgresStore(Store):
         return f"PostgresStore({self.url!r})"
 
     async def setup(self, ddl: Sequence[str] = ()) -> None:
+        await self.upgrade()
+        if not ddl:
+            return
         async with self._connection() as conn, conn.transaction():
+            # CREATE ... IF NOT EXISTS races in PostgreSQL: one runner at a time.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _SETUP_LOCK_KEY)
-            schema = self.config.schema
-            if schema is not None and not await conn.fetchval(
-                "SELECT 1 FROM pg_namespace WHERE nspname = $1", schema
-            ):
-                await conn.execute(f'CREATE SCHEMA "{schema}"')
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS leveret_schema_version (version INTEGER NOT NULL)"
-            )
-            found: int | None = await conn.fetchval(
-                "SELECT max(version) FROM leveret_schema_version"
-            )
-            _sql.check_schema_version(found, self.url)
-            for statement in (*_SCHEMA, *ddl):
+            for statement in ddl:
                 await conn.execute(statement)
-            if found is None:
-                await conn.execute(
-                    "INSERT INTO leveret_schema_version (version) VALUES ($1)", SCHEMA_VERSION
-                )
+
+    async def pending_steps(self, migrations: Sequence[Migrations] = ()) -> list[PendingStep]:
+        async with self._connection() as conn:
+            found = await _versions(conn)
+        return plan(found, (CORE_MIGRATIONS, *migrations), "postgresql", self.url)
+
+    async def upgrade(self, migrations: Sequence[Migrations] = ()) -> list[PendingStep]:
+        if not await self.pending_steps(migrations):
+            return []
+        components = (CORE_MIGRATIONS, *migrations)
+        async with self._connection() as conn:
+            # A session lock around the whole upgrade, each step committed with its version:
+            # a second runner waits here, then reads the versions the first one left.
+            await conn.execute("SELECT pg_advisory_lock($1)", _SETUP_LOCK_KEY)
+            try:
+                schema = self.config.schema
+                if schema is not None and not await conn.fetchval(
+                    "SELECT 1 FROM pg_namespace WHERE nspname = $1", schema
+                ):
+                    await conn.execute(f'CREATE SCHEMA "{schema}"')
+                await conn.execute(_VERSION_TABLE)
+                found = await _versions(conn)
+                steps = plan(found, components, "postgresql", self.url)
+                for step in steps:
+                    async with conn.transaction():
+                        for statement in step.statements:
+                            await conn.execute(statement)
+                        await conn.execute(
+                            _VERSION_SET, step.component, step.version, self._clock()
+                        )
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _SETUP_LOCK_KEY)
+        return steps
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[StoreTx]:
@@ -623,3 +667,21 @@ def _parse_url(url: str, config: PostgresConfig, shown: str) -> tuple[str, Postg
         )
     dsn = urlunsplit(parts._replace(query=urlencode(list(query.items()))))
     return dsn, config
+
+
+async def _versions(conn: _Conn) -> dict[str, int]:
+    """Each component's version; leveret's own from ``leveret_schema_version`` too (a database
+    from before ``leveret_schema``). Reads only."""
+    row = await conn.fetchrow(_VERSION_TABLES)
+    assert row is not None  # a SELECT without FROM returns one row
+    found: dict[str, int] = {}
+    if row[0]:
+        rows = await conn.fetch("SELECT component, version FROM leveret_schema")
+        found = {str(r[0]): int(r[1]) for r in rows}
+    if row[1]:
+        legacy = await conn.fetchval("SELECT max(version) FROM leveret_schema_version")
+        # Only to refuse a newer one: a database from before leveret_schema may lack what
+        # later releases added to step 1 (indexes), so step 1 runs on it once more.
+        if legacy is not None and int(legacy) > SCHEMA_VERSION:
+            found[CORE] = int(legacy)
+    return found

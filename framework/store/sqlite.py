@@ -48,6 +48,7 @@ from framework.store.base import (
     StoreStats,
     StoreTx,
 )
+from framework.store.migrations import CORE, Migrations, PendingStep, Step, plan
 
 __all__ = ["SqliteConfig", "SqliteStore"]
 
@@ -79,6 +80,26 @@ _SCHEMA = (
     " emitted TEXT NOT NULL, note TEXT)",
     "CREATE INDEX IF NOT EXISTS leveret_history_saga ON leveret_history (saga_id, seq)",
     "CREATE TABLE IF NOT EXISTS leveret_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # The version table of leveret releases before leveret_schema, which refuse a newer value.
+    "CREATE TABLE IF NOT EXISTS leveret_schema_version (version INTEGER NOT NULL)",
+    "INSERT INTO leveret_schema_version (version)"
+    " SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM leveret_schema_version)",
+)
+# leveret's own tables, step by step; a later step also sets leveret_schema_version to its number.
+CORE_MIGRATIONS = Migrations(CORE, (Step(sqlite=_SCHEMA),))
+assert len(CORE_MIGRATIONS.steps) == SCHEMA_VERSION
+_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS leveret_schema ("
+    " component TEXT PRIMARY KEY, version INTEGER NOT NULL, upgraded_at REAL NOT NULL)"
+)
+_VERSION_SET = (
+    "INSERT INTO leveret_schema (component, version, upgraded_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (component) DO UPDATE SET version = excluded.version,"
+    " upgraded_at = excluded.upgraded_at"
+)
+_VERSION_TABLES = (
+    "SELECT name FROM sqlite_master WHERE type = 'table'"
+    " AND name IN ('leveret_schema', 'leveret_schema_version')"
 )
 
 _INBOX_ADD = (
@@ -349,27 +370,43 @@ class SqliteStore(Store):
         return f"SqliteStore({self.url!r})"
 
     async def setup(self, ddl: Sequence[str] = ()) -> None:
+        await self.upgrade()
+        if not ddl:
+            return
         async with self._locked("setup") as conn:
             await conn.execute("BEGIN IMMEDIATE")
             try:
-                await conn.execute(
-                    "CREATE TABLE IF NOT EXISTS leveret_schema_version (version INTEGER NOT NULL)"
-                )
-                rows = list(
-                    await conn.execute_fetchall("SELECT max(version) FROM leveret_schema_version")
-                )
-                found: int | None = rows[0][0]
-                _sql.check_schema_version(found, self.url)
-                for statement in (*_SCHEMA, *ddl):
+                for statement in ddl:
                     await conn.execute(statement)
-                if found is None:
-                    await conn.execute(
-                        "INSERT INTO leveret_schema_version (version) VALUES (?)", (SCHEMA_VERSION,)
-                    )
                 await conn.execute("COMMIT")
             except BaseException:
                 await _rollback(conn)
                 raise
+
+    async def pending_steps(self, migrations: Sequence[Migrations] = ()) -> list[PendingStep]:
+        async with self._locked("pending_steps") as conn:
+            found = await _versions(conn)
+        return plan(found, (CORE_MIGRATIONS, *migrations), "sqlite", self.url)
+
+    async def upgrade(self, migrations: Sequence[Migrations] = ()) -> list[PendingStep]:
+        if not await self.pending_steps(migrations):
+            return []
+        # BEGIN IMMEDIATE: the write lock, so a second runner waits and then finds it done.
+        async with self._locked("upgrade") as conn:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                found = await _versions(conn)
+                steps = plan(found, (CORE_MIGRATIONS, *migrations), "sqlite", self.url)
+                await conn.execute(_VERSION_TABLE)
+                for step in steps:
+                    for statement in step.statements:
+                        await conn.execute(statement)
+                    await conn.execute(_VERSION_SET, (step.component, step.version, self._clock()))
+                await conn.execute("COMMIT")
+            except BaseException:
+                await _rollback(conn)
+                raise
+        return steps
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[StoreTx]:
@@ -642,3 +679,20 @@ def _parse_url(url: str, config: SqliteConfig) -> tuple[str, SqliteConfig]:
         config = replace(config, outbox_retention=retention)
     inbox = _retention.inbox_retention_option(query, config.inbox_retention, where=repr(url))
     return path, replace(config, inbox_retention=inbox)
+
+
+async def _versions(conn: _Connection) -> dict[str, int]:
+    """Each component's version; leveret's own from ``leveret_schema_version`` too (a database
+    from before ``leveret_schema``)."""
+    tables = {row[0] for row in await conn.execute_fetchall(_VERSION_TABLES)}
+    found: dict[str, int] = {}
+    if "leveret_schema" in tables:
+        rows = await conn.execute_fetchall("SELECT component, version FROM leveret_schema")
+        found = {str(row[0]): int(row[1]) for row in rows}
+    if "leveret_schema_version" in tables:
+        rows = list(await conn.execute_fetchall("SELECT max(version) FROM leveret_schema_version"))
+        # Only to refuse a newer one: a database from before leveret_schema may lack what
+        # later releases added to step 1 (indexes), so step 1 runs on it once more.
+        if rows[0][0] is not None and int(rows[0][0]) > SCHEMA_VERSION:
+            found[CORE] = int(rows[0][0])
+    return found

@@ -63,6 +63,7 @@ from framework.middleware import Incoming, Next
 from framework.resilience import BreakerConfig, Breakers, Downstream
 from framework.store import Store, store_from_url
 from framework.store.base import OutboxRow, SagaRecord, SagaStatus, StoreTx
+from framework.store.migrations import Migrations, PendingStep
 from framework.transport.amqp import AmqpConfig, AmqpTransport
 from handlers.app import DEFAULT_STOCK, build_app, command_services
 from handlers.inventory import build_inventory
@@ -128,6 +129,12 @@ class CrashingStore(Store):
 
     async def setup(self, ddl: Sequence[str] = ()) -> None:
         await self._inner.setup(ddl)
+
+    async def upgrade(self, migrations: Sequence[Migrations] = ()) -> list[PendingStep]:
+        return await self._inner.upgrade(migrations)
+
+    async def pending_steps(self, migrations: Sequence[Migrations] = ()) -> list[PendingStep]:
+        return await self._inner.pending_steps(migrations)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[StoreTx]:

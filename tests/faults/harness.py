@@ -267,7 +267,9 @@ class Shop:
         directory.mkdir(parents=True, exist_ok=True)
         self.leveret = Leveret(
             directory,
-            ["tests.faults.app:app", "--workers", str(self.workers), *args],
+            # The schema is a deploy step: the supervisor upgrades it once, restarted workers
+            # only check it (on PostgreSQL; SQLite upgrades itself anyway).
+            ["tests.faults.app:app", "--workers", str(self.workers), "--upgrade-db", *args],
             {**self.env, **(env or {})},
         )
         self._started.append(self.leveret)

@@ -30,7 +30,9 @@ async def test_two_hundred_orders_on_rabbitmq_and_postgresql(
 ) -> None:
     """200 orders with stock-outs, declined cards and failed shipments end with the books right."""
     apps = [
-        build_app(amqp_url, db_url=postgres_db_url, config=AppConfig(prefix=prefix))
+        build_app(
+            amqp_url, db_url=postgres_db_url, config=AppConfig(prefix=prefix, upgrade_db=True)
+        )
         for _ in range(2)
     ]
     for app in apps:

@@ -486,7 +486,7 @@ class Bank:
             if cmd.fail_after_save:
                 raise RuntimeError("failed after saving")
 
-        self.app = App([bank], store=store, config=AppConfig(prefix="es"))
+        self.app = App([bank], store=store, config=AppConfig(prefix="es", upgrade_db=True))
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ async def test_projection_log_and_rebuild(store: Store) -> None:
     """Events are applied once each with increasing positions, and a rebuild from the log gives
     back the live read model."""
     service = build_read_side(store)
-    await store.setup(list(service.schema))
+    await store.upgrade(service.migrations)
     projection = find_projection([service], "orders_view")
     assert projection is not None
     events = [
