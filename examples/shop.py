@@ -342,12 +342,14 @@ async def run_workers(args: argparse.Namespace, run: str, orders: list[PlaceOrde
         str(args.workers),
         "--amqp-url",
         args.amqp_url,
+        # The schema is a deploy step; here the supervisor does it, once, before the workers.
+        "--upgrade-db",
         env=env,
     )
     store = store_from_url(db_url)
     client = App([], url=args.amqp_url, config=AppConfig(prefix=prefix))
     try:
-        # The workers create the schema and declare the topology; wait until they have.
+        # The supervisor upgrades the schema, the workers declare the topology: wait for both.
         await wait_ready(store, client, args.deadline)
         started = time.monotonic()
         await place(client, orders)
