@@ -18,7 +18,7 @@ from typing import Any
 import aiormq.abc
 import msgspec
 import structlog
-from aiormq.exceptions import ChannelNotFoundEntity
+from aiormq.exceptions import ChannelInvalidStateError, ChannelNotFoundEntity
 from pamqp.commands import Basic
 
 from framework.errors import LeveretError, PublishFailed, PublishNacked, PublishTimeout
@@ -105,6 +105,9 @@ class Publisher:
         self._link = link
         self._exchanges = exchanges
         self._raw: aiormq.abc.AbstractChannel | None = None
+        # The aiormq channel under aio-pika's publish channel; ``_raw`` differs from it after a
+        # renewal (``_taken_elsewhere``), until the next reconnect.
+        self._pika_raw: aiormq.abc.AbstractChannel | None = None
         self._deadlines: _frames.ConfirmDeadlines | None = None
         # For ``stalled_for``: publishes waiting now, since when some have been, the latest
         # confirm, and the first and latest failure since it (None: none since).
@@ -202,9 +205,8 @@ class Publisher:
                     stale = self._raw
                     with contextlib.suppress(TimeoutError, *LOST):  # judged by the nack
                         if await self._taken_elsewhere(
-                            message, exchange, routing_key, mandatory, deadline
+                            message, exchange, routing_key, mandatory, deadline, stale
                         ):
-                            await self._renew(stale)
                             return
                 lost = isinstance(error, PublishTimeout) and not isinstance(exc, TimeoutError)
                 if isinstance(error, PublishNacked):
@@ -232,18 +234,29 @@ class Publisher:
         routing_key: str,
         mandatory: bool,
         deadline: float,
+        stale: aiormq.abc.AbstractChannel | None,
     ) -> bool:
         """Publish a nacked ``message`` once more, on a fresh channel: whether it was taken.
 
         A RabbitMQ 3.10 channel whose first publish to a quorum queue finds the queue's leader
         gone (its node just died, the election not over) nacks every later publish to that
         queue, for good; a fresh channel is fine once a new leader is elected (RABBITMQ.md). A
-        queue that refuses the message (``reject-publish`` when full) nacks it here too.
+        queue that refuses the message (``reject-publish`` when full) nacks it here too. When
+        the fresh channel takes what ``stale`` refused, it becomes the publish channel (the
+        stale one is left to settle what is in flight on it, then closed: closing it at once
+        raced frames still being written to it).
 
         Raises:
             TimeoutError: no confirm by ``deadline``.
         """
-        async with asyncio.timeout_at(deadline), self._link.scratch_channel(confirms=True) as raw:
+        async with asyncio.timeout_at(deadline):
+            connection = self._link.require()
+            await connection.ready()
+            if connection.transport is None:
+                raise ChannelInvalidStateError("no connection")
+            raw = await connection.transport.connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
             try:
                 await self.confirmed(
                     raw,
@@ -253,25 +266,36 @@ class Publisher:
                     mandatory=mandatory,
                     reply_to=message.reply_to,
                 )
-            except LOST as exc:
-                if isinstance(self.error(exc, exchange, routing_key), PublishNacked):
+            except BaseException as exc:
+                self._retire(raw)
+                if isinstance(exc, LOST) and isinstance(
+                    self.error(exc, exchange, routing_key), PublishNacked
+                ):
                     return False
                 raise
+        if stale is not None and stale is self._raw and not stale.is_closed:
+            self._raw = raw
+            log.warning(
+                "publish_channel_renewed",
+                node=self._link.node,
+                reason="the broker nacked on this channel what it took on a fresh one",
+            )
+            if stale is not self._pika_raw:
+                self._retire(stale)  # a channel of this publisher's own from an earlier renewal
+        else:
+            self._retire(raw)
         return True
 
-    async def _renew(self, stale: aiormq.abc.AbstractChannel | None) -> None:
-        """Close the publish channel ``stale`` (aio-pika opens it again) if it is still ours:
-        it refused what a fresh channel took. Publishes in flight on it are sent again."""
-        if stale is None or stale is not self._raw or stale.is_closed:
-            return
-        self._raw = None
-        log.warning(
-            "publish_channel_renewed",
-            node=self._link.node,
-            reason="the broker nacked on this channel what it took on a fresh one",
-        )
-        with contextlib.suppress(*LOST):
-            await stale.close()
+    def _retire(self, raw: aiormq.abc.AbstractChannel) -> None:
+        """Close ``raw`` once what may be in flight on it is settled (``publish_timeout``)."""
+
+        async def close_later() -> None:
+            await asyncio.sleep(self._link.config.publish_timeout + 1)
+            if not raw.is_closed:
+                with contextlib.suppress(*LOST):
+                    await raw.close()
+
+        self._link.spawn(close_later())
 
     def after_failover(self, now: float) -> bool:
         """Whether the connection was lost a moment ago (nacks may be a leader election)."""
@@ -302,7 +326,8 @@ class Publisher:
             if channel is None or channel.is_closed:
                 self._link.require()
                 assert self._link.publish_channel is not None
-                channel = self._raw = await self._link.live_channel(self._link.publish_channel)
+                channel = await self._link.live_channel(self._link.publish_channel)
+                self._raw = self._pika_raw = channel
             await self.confirmed(
                 channel,
                 message,

@@ -124,9 +124,13 @@ class Requester:
         again; requests waiting for replies on it fail with ``ReplyLost``)."""
         if stale is not self._raw or stale.is_closed:
             return
-        self._raw = None
-        with contextlib.suppress(*LOST):
-            await stale.close()
+        self._raw = None  # from now on requests wait for the new channel (``_reply_channel``)
+        async with self._lock:
+            # Frames already written for it go out before its Channel.Close: one that reached
+            # the broker after the Close-Ok would cost the whole connection (CHANNEL_ERROR).
+            await self._link.frame_writer(stale).drain()
+            with contextlib.suppress(*LOST):
+                await stale.close()
 
     def _reply_channel_lost(self, channel_id: int, _: object) -> None:
         """Fail at once the requests waiting for replies on a channel that is gone."""
