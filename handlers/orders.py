@@ -272,7 +272,8 @@ def build_read_side(store: Store) -> Service:
         )
 
     async def record_refund(tx: StoreTx, order_id: str, cents: int) -> None:
-        # A resent refund answers with 0 (refunded already): the largest amount is the refund.
+        # A refund that overtook its charge answers 0 and a resent one what it refunded; events
+        # come in any order, so the largest amount is the refund.
         await tx.execute(
             "UPDATE order_steps SET refunded_cents = ? WHERE order_id = ? AND refunded_cents < ?",
             cents,
