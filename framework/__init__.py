@@ -10,6 +10,7 @@ from framework.context import Context, MessageContext, QueryContext
 from framework.errors import (
     AccessRefused,
     BreakerOpen,
+    BrokerAccessDenied,
     BrokerUnreachable,
     ConfigurationError,
     ContractError,
@@ -40,6 +41,7 @@ __all__ = [
     "App",
     "AppConfig",
     "BreakerOpen",
+    "BrokerAccessDenied",
     "BrokerUnreachable",
     "Command",
     "ConfigurationError",

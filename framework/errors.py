@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "AccessRefused",
     "BreakerOpen",
+    "BrokerAccessDenied",
     "BrokerUnreachable",
     "ConfigurationError",
     "ContractError",
@@ -75,6 +76,57 @@ class TLSVerificationFailed(BrokerUnreachable):
             "that signed the broker's certificate with ?cafile=/path/to/ca.pem in the URL",
         )
         self.host = host
+        self.detail = detail
+
+
+class BrokerAccessDenied(BrokerUnreachable, ConfigurationError):
+    """The broker answered but refused the connection: wrong credentials, no permission on the
+    vhost, or no such vhost. Retrying cannot help until the URL or the broker's users change.
+
+    A ``BrokerUnreachable`` too (``str()`` is the explanation, not "cannot reach"), so code that
+    handles a failed connect still does; a ``ConfigurationError`` first of all.
+
+    Args:
+        url: the broker URL, password redacted.
+        user: the user that tried to log in.
+        vhost: the vhost it asked for.
+        cause: ``credentials``, ``vhost_permission``, ``vhost_missing``, or ``vhost_refused``
+            (one of the last two, when the broker's text did not say which).
+        detail: what the broker said (``ACCESS_REFUSED - Login was refused ...``).
+    """
+
+    def __init__(self, url: str, *, user: str, vhost: str, cause: str, detail: str) -> None:
+        if cause == "credentials":
+            what = (
+                f"wrong credentials: the broker at {url} refused the login of user {user!r} "
+                f"({detail}); check the user name and password in the broker URL"
+            )
+            if user == "guest":
+                what += " (RabbitMQ lets guest log in from localhost only)"
+        elif cause == "vhost_permission":
+            what = (
+                f"no permission on vhost {vhost!r}: user {user!r} may not use it on the broker "
+                f"at {url} ({detail}); grant it (rabbitmqctl set_permissions -p {vhost} {user} "
+                "...) or name a vhost it may use in the broker URL"
+            )
+        elif cause == "vhost_missing":
+            what = (
+                f"vhost {vhost!r} does not exist on the broker at {url} ({detail}); create it "
+                f"(rabbitmqctl add_vhost {vhost}) or fix the vhost in the broker URL"
+            )
+        else:
+            what = (
+                f"vhost {vhost!r} does not exist on the broker at {url}, or user {user!r} has "
+                f"no permission on it ({detail}); fix the vhost in the broker URL or the "
+                "user's permissions"
+            )
+        # Not BrokerUnreachable.__init__: its message begins "cannot reach the broker".
+        ConfigurationError.__init__(self, what)
+        self.url = url
+        self.reason = what
+        self.user = user
+        self.vhost = vhost
+        self.cause = cause
         self.detail = detail
 
 

@@ -231,18 +231,35 @@ def _route_stdlib_logging(out: TextIO, *, level: int, formatter: logging.Formatt
 
 
 def _quiet_reconnects(record: logging.LogRecord) -> bool:
-    """Drop aio-pika's lines about a lost connection that leveret's transport reports itself.
+    """Drop the client libraries' lines about a lost connection that the transport reports.
 
-    On every lost connection aio-pika logs an ERROR with a traceback for each of its channels
-    (``Callback <OneShotCallback ... _on_close> error``) and a WARNING per failed reconnect
-    attempt; the transport logs one ``broker_connection_lost`` and one ``broker_reconnected``
-    naming the node, and fails the worker if its consumers do not come back. Everything else of
-    aio-pika's passes.
+    On every lost connection aiormq logs an ERROR (``Unexpected connection close from remote``)
+    and a WARNING with a traceback (``Cancelling cause reader exited abnormally``), aio-pika an
+    ERROR with a traceback for each of its channels (``Callback <OneShotCallback ... _on_close>
+    error``), both a line per failed reconnect attempt, and aiormq a WARNING per channel whose
+    opening was cancelled (by the transport's deadlines and ``close()``). The transport logs one
+    ``broker_connection_lost`` (WARNING) and one ``broker_reconnected`` (INFO) per outage,
+    naming the node and the error, an ERROR when the broker refuses the login or the vhost or
+    when the outage outlasts its bound, and fails the worker if its consumers do not come back.
+    Everything else of theirs passes, a reader that died of anything but a lost connection
+    (a malformed frame) among it.
     """
-    if not record.name.startswith("aio_pika."):
+    name = record.name
+    if name.startswith("aiormq."):
+        message = str(record.msg)
+        if message.startswith(("Unexpected connection close from remote", "error when creating")):
+            return False
+        if name == "aiormq.channel" and message.startswith("Closing channel "):
+            return False  # an RPC cancelled: by our deadline, by close(), by a lost connection
+        if message.startswith("Cancelling cause reader exited abnormally"):
+            error = record.exc_info[1] if record.exc_info else None
+            return not isinstance(error, ConnectionError)  # aiormq's AMQPConnectionError too
         return True
-    if record.name == "aio_pika.tools":
+    if not name.startswith("aio_pika."):
+        return True
+    if name == "aio_pika.tools":
         return not str(record.msg).startswith("Callback ")
-    if record.name == "aio_pika.robust_connection":
-        return "Reconnecting after" not in str(record.msg)
+    if name == "aio_pika.robust_connection":
+        message = str(record.msg)
+        return "Reconnecting after" not in message and "Retrying after" not in message
     return True

@@ -7,8 +7,9 @@ The exit code tells the supervisor what to do next:
 
 * ``EXIT_OK`` (0): stopped by a signal after draining.
 * ``EXIT_FAILED`` (1): an unexpected error; the supervisor restarts the worker.
-* ``EXIT_CONFIGURATION`` (2): the app cannot be loaded or set up, or failed on a configuration
-  error while serving (a publish refused for lack of permission); restarting will not help.
+* ``EXIT_CONFIGURATION`` (2): the app cannot be loaded or set up (the broker refused its
+  credentials or vhost among them), or failed on a configuration error while serving (a publish
+  refused for lack of permission); restarting will not help.
 * ``EXIT_BROKER_UNREACHABLE`` (3): no broker within the connect deadline at start-up.
 * ``EXIT_TRANSPORT_FAILED`` (4): the connection failed for good while serving; the supervisor
   restarts the worker, which connects afresh.
@@ -216,7 +217,11 @@ async def _start_within_deadline(app: App) -> None:
             await app.start()
             return
         except BrokerUnreachable as exc:
-            if loop.time() + _START_RETRY_INTERVAL >= deadline:
+            # A refused login or vhost (BrokerAccessDenied) is refused again: not retried.
+            if (
+                isinstance(exc, ConfigurationError)
+                or loop.time() + _START_RETRY_INTERVAL >= deadline
+            ):
                 raise
             _log.info("broker_not_reachable_yet", url=exc.url, reason=exc.reason)
         await asyncio.sleep(_START_RETRY_INTERVAL)
@@ -246,14 +251,14 @@ async def serve(app: App, stop: asyncio.Event) -> int:
         await _close_quietly(app)
         return EXIT_OK
     error = starting.exception()
+    if isinstance(error, ConfigurationError):  # a refused login too (BrokerAccessDenied)
+        _log.error("app_start_failed", error=str(error))
+        await _close_quietly(app)
+        return EXIT_CONFIGURATION
     if isinstance(error, BrokerUnreachable):
         _log.error("broker_unreachable", url=error.url, reason=error.reason)
         await _close_quietly(app)
         return EXIT_BROKER_UNREACHABLE
-    if isinstance(error, ConfigurationError):
-        _log.error("app_start_failed", error=str(error))
-        await _close_quietly(app)
-        return EXIT_CONFIGURATION
     if error is not None:
         await _close_quietly(app)
         raise error

@@ -20,8 +20,9 @@ One module per concern:
 Third-party internals are patched in quarantined modules that name the versions they are tested
 against (``_compat.TESTED``, checked by ``_compat.require()`` when first used): ``_pamqp`` (pamqp's
 content-header decoding made total and bounded), ``_frames`` (publish and ack frames written
-into aiormq's channel bookkeeping) and ``_aiormq_flow`` (aiormq's private blocked/unblocked
-handlers).
+into aiormq's channel bookkeeping), ``_aiormq_flow`` (aiormq's private blocked/unblocked
+handlers), ``_aiormq_handshake`` (the broker's reason for refusing a vhost, which aiormq drops)
+and ``_failover`` (aio-pika's reconnect loop, moved on to the next node and heard failing).
 """
 
 from __future__ import annotations

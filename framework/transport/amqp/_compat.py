@@ -1,14 +1,16 @@
 """The client library versions the transport's patches are tested against, and a check of them.
 
 ``_pamqp`` replaces pamqp's content-header decoding (without it one crafted publish can drop a
-worker's connection for good), ``_frames`` writes frames into aiormq's channel bookkeeping and
-``_aiormq_flow`` wraps two private aiormq methods. Each relies on internals that a release may
+worker's connection for good), ``_frames`` writes frames into aiormq's channel bookkeeping,
+``_aiormq_flow`` and ``_aiormq_handshake`` wrap private aiormq methods and ``_failover`` one of
+aio-pika's. Each relies on internals that a release may
 move. ``require()`` runs when ``framework.transport.amqp`` is imported: what the decoder patch
 and the frame writer cannot do without is checked, and an ``ImportError`` names what is missing,
 the installed versions and the tested ones, instead of an ``AttributeError`` deep in a patch or
 an undecodable header killing a connection later. The fast publish/ack path and flow control
-degrade instead (``_frames.supports_fast_path``, ``_aiormq_flow.hear_flow``): they only cost
-speed or an early warning.
+degrade instead (``_frames.supports_fast_path``, ``_aiormq_flow.hear_flow``,
+``_aiormq_handshake.install``, ``FailoverConnection.on_attempt_failed``): they only cost speed, an
+early warning or detail in a log line.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from framework.errors import ConfigurationError
 from framework.transport.base import HeaderLimits
 from framework.urls import check_broker_url, split_urls
 
-__all__ = ["AmqpConfig", "check_url", "robust_url", "user_of"]
+__all__ = ["AmqpConfig", "check_url", "robust_url", "user_of", "vhost_of"]
 
 # TLS files aiormq reads from an amqps:// URL's query (with capath, cadata and no_verify_ssl).
 _TLS_FILES = ("cafile", "certfile", "keyfile")
@@ -54,6 +54,13 @@ def user_of(url: str) -> str:
     first node of several (they share their credentials)."""
     first = split_urls(url)[0] if url.strip() else url
     return unquote(urlsplit(first).username or "") or "guest"
+
+
+def vhost_of(url: str) -> str:
+    """The vhost the URL asks for (``/`` when its path is empty, as aiormq then opens), of the
+    first node of several (they share their vhost)."""
+    first = split_urls(url)[0] if url.strip() else url
+    return unquote(urlsplit(first).path[1:]) or "/"
 
 
 def check_url(url: str, safe_url: str) -> None:

@@ -8,6 +8,15 @@ cancel, each consumer must be back (its tag live on an open channel, re-issued i
 the broker counting a consumer on its queue) within ``AmqpConfig.consumer_verify_timeout``;
 otherwise ``wait_failed()`` returns the error, the worker exits non-zero and its supervisor starts
 afresh.
+
+An outage is logged as one WARNING (``broker_connection_lost``) and, once every consumer is
+verified back, one INFO (``broker_reconnected``: the node, what was restored, how long it took);
+the client libraries' own lines about it are dropped (``framework.logging``). What is worth
+more than that is an ERROR: a reconnect the broker refused for the credentials or the vhost
+(``broker_access_denied``, at once, then retried: the password may be put back), and an outage
+past its bound (``broker_connection_not_restored`` with the last attempt's error, or
+``consumers_not_restored``). A login or vhost refused on the first connect is raised at once as
+``BrokerAccessDenied``: no other node, no retry.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiormq.abc
@@ -30,7 +40,7 @@ from framework.transport.amqp import _frames, _pamqp
 from framework.transport.amqp._aiormq_flow import hear_flow
 from framework.transport.amqp._config import AmqpConfig, check_url, robust_url
 from framework.transport.amqp._consume import AmqpConsumer
-from framework.transport.amqp._errors import LOST, BrokerErrors
+from framework.transport.amqp._errors import LOST, BrokerErrors, describe
 from framework.transport.amqp._failover import FailoverConnection
 from framework.transport.base import FlowListener
 from framework.urls import redact, split_urls
@@ -38,6 +48,17 @@ from framework.urls import redact, split_urls
 __all__ = ["AmqpConnection"]
 
 log = structlog.get_logger("framework.transport.amqp")
+
+
+@dataclass(slots=True)
+class _Outage:
+    """One outage of the connection, from its loss until every consumer is verified back."""
+
+    started: float  # loop time of the loss
+    error: str  # why the connection was lost, scrubbed
+    failed_attempts: int = 0
+    last_error: BaseException | None = None  # of the last failed reconnect attempt
+    denied: set[str] = field(default_factory=set)  # BrokerAccessDenied causes logged
 
 
 class AmqpConnection:
@@ -76,6 +97,7 @@ class AmqpConnection:
         self._flow_listeners: list[FlowListener] = []
         self._flow_raw: object | None = None  # the aiormq connection whose flow frames we hear
         self._blocked = False
+        self._outage: _Outage | None = None
         # Loop time of the last connection loss: a quorum queue whose leader was on the lost
         # node nacks publishes until a new leader is elected (under a second, RABBITMQ.md).
         self.lost_at: float | None = None
@@ -115,17 +137,21 @@ class AmqpConnection:
                 connection = await self._open(nodes, first, share)
                 break
             except (TimeoutError, *LOST, OSError) as exc:
+                denied = self.errors.access_denied(exc)
+                if denied is not None:  # every node takes the same credentials and vhost
+                    raise denied from None
                 if tried == len(order) - 1:
                     raise self.errors.connect_failed(exc, cfg.connect_timeout) from None
                 log.warning(
                     "broker_node_unreachable",
                     node=redact(urls[first]),
-                    error=self.errors.scrub(f"{type(exc).__name__}: {exc}"),
+                    error=self.errors.scrub(describe(exc)),
                 )
         self.connection = connection
         self._failed = asyncio.get_running_loop().create_future()
         connection.close_callbacks.add(self._on_connection_lost)
         connection.reconnect_callbacks.add(self._on_reconnected)
+        connection.on_attempt_failed = self._on_attempt_failed
         self._watch_flow()
 
     async def _open(self, nodes: list[URL], first: int, timeout: float) -> FailoverConnection:
@@ -303,19 +329,38 @@ class AmqpConnection:
     # -- recovery ----------------------------------------------------------------------------
 
     def _on_connection_lost(self, _: AbstractConnection | None, exc: BaseException | None) -> None:
-        self.lost_at = asyncio.get_running_loop().time()
-        if self.connection is not None:
-            if self._watchdog is None or self._watchdog.done():  # not each failed retry
-                log.warning(
-                    "broker_connection_lost",
-                    node=self.node,
-                    connection=self.role,
-                    error=self.errors.scrub(repr(exc)),
-                )
-            self._start_watchdog()
+        now = asyncio.get_running_loop().time()
+        self.lost_at = now
+        if self.connection is None:
+            return
+        if self._outage is None:  # one line per outage, not per failed attempt or channel
+            error = self.errors.scrub(describe(exc) if exc is not None else "closed")
+            self._outage = _Outage(started=now, error=error)
+            log.warning("broker_connection_lost", node=self.node, connection=self.role, error=error)
+        self._start_watchdog()
+
+    def _on_attempt_failed(self, exc: BaseException) -> None:
+        outage = self._outage
+        if outage is None or self.connection is None:
+            return
+        outage.failed_attempts += 1
+        outage.last_error = exc
+        denied = self.errors.access_denied(exc)
+        if denied is not None and denied.cause not in outage.denied:
+            # Not silent: retrying cannot help until the broker's users or our URL change.
+            outage.denied.add(denied.cause)
+            log.error(
+                "broker_access_denied",
+                node=self.node,
+                connection=self.role,
+                cause=denied.cause,
+                user=denied.user,
+                vhost=denied.vhost,
+                error=str(denied),
+            )
 
     def _on_reconnected(self, _: Any) -> None:
-        log.info("broker_reconnected", node=self.node, connection=self.role)
+        log.debug("broker_connection_reopened", node=self.node, connection=self.role)
         self._start_watchdog()
         self._watch_flow()
         if self._blocked:  # a new connection starts unblocked; a lasting alarm blocks it again
@@ -339,13 +384,61 @@ class AmqpConnection:
                         break
                     await asyncio.sleep(self.config.reconnect_interval)
         except TimeoutError:
+            self._give_up(limit)
+            return
+        self._recovered()
+
+    def _recovered(self) -> None:
+        outage, self._outage = self._outage, None
+        consumers = len(self._consumers)
+        if outage is None:  # a consumer the broker cancelled, on a connection never lost
+            log.info("consumers_verified", url=self.safe_url, count=consumers)
+            return
+        log.debug("consumers_verified", url=self.safe_url, count=consumers)
+        connection = self.connection
+        log.info(
+            "broker_reconnected",
+            node=self.node,
+            connection=self.role,
+            channels=connection.open_channels if connection is not None else 0,
+            consumers=consumers,
+            queues=sorted({c.queue for c in self._consumers}),
+            outage=round(asyncio.get_running_loop().time() - outage.started, 3),
+            attempts=outage.failed_attempts + 1,
+        )
+
+    def _give_up(self, limit: float) -> None:
+        """Recovery took longer than ``limit``: log why and fail the transport."""
+        outage = self._outage
+        connection = self.connection
+        error: BaseException
+        if connection is not None and not connection.connected.is_set():
+            last = outage.last_error if outage is not None else None
+            denied = self.errors.access_denied(last) if last is not None else None
+            if denied is not None:
+                cause = str(denied)
+            elif last is not None:
+                cause = self.errors.scrub(describe(last))
+            else:  # the one attempt still hangs (a blackholed node: until connect_timeout)
+                cause = "no reconnect attempt has finished"
+            log.error(
+                "broker_connection_not_restored",
+                node=self.node,
+                connection=self.role,
+                timeout=limit,
+                attempts=outage.failed_attempts if outage is not None else 0,
+                cause=cause,
+                lost=outage.error if outage is not None else None,
+            )
+            error = denied or self.errors.unreachable(
+                f"no connection within {limit:g}s of its loss; last attempt: {cause}"
+            )
+        else:
             queues = sorted({c.queue for c in self._consumers})
             log.error("consumers_not_restored", url=self.safe_url, queues=queues, timeout=limit)
             error = self.errors.unreachable(f"consumers of {queues} not restored within {limit:g}s")
-            if self._failed is not None and not self._failed.done():
-                self._failed.set_result(error)
-            return
-        log.info("consumers_verified", url=self.safe_url, count=len(self._consumers))
+        if self._failed is not None and not self._failed.done():
+            self._failed.set_result(error)
 
     async def _consumers_back(self) -> bool:
         connection = self.connection

@@ -14,12 +14,16 @@ from aiormq.exceptions import (
     ChannelInvalidStateError,
     ChannelNotFoundEntity,
     ChannelPreconditionFailed,
+    ConnectionNotAllowed,
     DeliveryError,
+    InvalidFrameError,
+    ProbableAuthenticationError,
     PublishError,
 )
 
 from framework.errors import (
     AccessRefused,
+    BrokerAccessDenied,
     BrokerUnreachable,
     LeveretError,
     NotEncodable,
@@ -30,10 +34,17 @@ from framework.errors import (
     TransportClosed,
     Unroutable,
 )
-from framework.transport.amqp._config import user_of
+from framework.transport.amqp._config import user_of, vhost_of
 from framework.urls import redact, url_passwords
 
-__all__ = ["LOST", "UNENCODABLE", "BrokerErrors", "broker_text", "not_encodable"]
+__all__ = [
+    "LOST",
+    "UNENCODABLE",
+    "BrokerErrors",
+    "broker_text",
+    "describe",
+    "not_encodable",
+]
 
 log = structlog.get_logger("framework.transport.amqp")
 
@@ -47,11 +58,22 @@ UNENCODABLE = (TypeError, ValueError, OverflowError, struct.error, RecursionErro
 _REFUSED_EXCHANGE = re.compile(r"access to exchange '([^']*)'")
 # ... and of a user_id that is not the connection's user (it closes the channel, 406).
 _REFUSED_USER_ID = re.compile(r"user_id property set to '([^']*)' but authenticated user was")
+# RabbitMQ's answers (530 NOT_ALLOWED) to connection.open for a vhost that does not exist and
+# for one the user has no permission on. Anchored at the end: "access to vhost 'v' refused for
+# user 'u': connection limit (5) is reached" is a limit, which passes, not a missing permission.
+_VHOST_MISSING = re.compile(r"vhost .* not found$")
+_VHOST_REFUSED = re.compile(r"access to vhost '.*' refused for user '[^']*'$")
 
 
 def broker_text(exc: BaseException) -> str:
     """The broker's own text of an error (``ACCESS_REFUSED - ...``), else its repr."""
     return str(exc.args[0]) if exc.args else repr(exc)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: text`` of an error, for a log line (scrub it before logging)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def not_encodable(exc: BaseException, exchange: str, routing_key: str) -> NotEncodable:
@@ -63,15 +85,43 @@ def not_encodable(exc: BaseException, exchange: str, routing_key: str) -> NotEnc
     )
 
 
-def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate verification failure behind ``exc`` (aiormq wraps it), if any."""
-    seen: set[int] = set()
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the errors behind it (aiormq and aio-pika wrap them), outermost first."""
+    seen: list[BaseException] = []
     current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return current
-        seen.add(id(current))
+    while current is not None and all(current is not e for e in seen):
+        seen.append(current)
         current = current.__cause__ or current.__context__
+    return seen
+
+
+def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind ``exc``, if any."""
+    for error in _chain(exc):
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return error
+    return None
+
+
+def _refusal(exc: BaseException) -> tuple[str, str] | None:
+    """``(cause, broker's text)`` when ``exc`` is the broker refusing the login or the vhost
+    (see ``BrokerAccessDenied``), else None: a refused port, a timeout, a limit are not."""
+    for error in _chain(exc):
+        text = broker_text(error)
+        if isinstance(error, ProbableAuthenticationError):  # 403 in answer to start-ok
+            return "credentials", text
+        if isinstance(error, ConnectionNotAllowed):  # 530, told by _aiormq_handshake
+            if _VHOST_MISSING.search(text):
+                return "vhost_missing", text
+            if _VHOST_REFUSED.search(text):
+                return "vhost_permission", text
+            return None
+        if (
+            isinstance(error, InvalidFrameError)  # an aiormq that _aiormq_handshake cannot patch
+            and "Connection.OpenOk" in text
+            and "Connection.Close" in text
+        ):
+            return "vhost_refused", "NOT_ALLOWED in answer to connection.open"
     return None
 
 
@@ -97,8 +147,27 @@ class BrokerErrors:
     def unreachable(self, reason: str) -> BrokerUnreachable:
         return BrokerUnreachable(self.safe_url, self.scrub(reason))
 
+    def access_denied(self, exc: BaseException) -> BrokerAccessDenied | None:
+        """The error of a login or vhost the broker refused (``exc`` from connecting), else
+        None."""
+        refusal = _refusal(exc)
+        if refusal is None:
+            return None
+        cause, detail = refusal
+        return BrokerAccessDenied(
+            self.safe_url,
+            user=user_of(self._url),
+            vhost=vhost_of(self._url),
+            cause=cause,
+            detail=self.scrub(detail),
+        )
+
     def connect_failed(self, exc: BaseException, timeout: float) -> BrokerUnreachable:
-        """Why connecting failed: an untrusted certificate, a timeout, or what was raised."""
+        """Why connecting failed: a refused login or vhost, an untrusted certificate, a timeout,
+        or what was raised."""
+        denied = self.access_denied(exc)
+        if denied is not None:
+            return denied
         untrusted = _certificate_error(exc)
         if untrusted is not None:
             host = urlsplit(self._url).hostname or ""

@@ -12,11 +12,16 @@ is restored on whichever node answers: on a cluster they are the same everywhere
 
 With a single node nothing changes. Every node must take the same credentials, vhost and
 options: aio-pika reads the connection's options from the first URL.
+
+aio-pika logs a failed reconnect attempt and goes on; ``on_attempt_failed`` hears it (a wrap of
+the private ``__connect_transport``), so that the transport can say why the connection is not
+coming back (a password changed meanwhile) instead of looping silently. Should aio-pika rename
+it, attempts go unheard and only the watchdog's bound reports the outage.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aio_pika import RobustConnection
@@ -42,6 +47,8 @@ class FailoverConnection(RobustConnection):
         self._transport: Any = None
         super().__init__(self._nodes[self._node], **kwargs)
         self._attempts = 0  # Connection.__init__ set transport = None: not an attempt
+        #: Called with the error of each failed connection attempt, the first one included.
+        self.on_attempt_failed: Callable[[BaseException], None] | None = None
 
     @property  # aio-pika declares a plain attribute; every assignment goes through here
     def url(self) -> URL:
@@ -72,3 +79,19 @@ class FailoverConnection(RobustConnection):
     def node(self) -> int:
         """The index in ``nodes`` of the current node."""
         return self._node
+
+    @property
+    def open_channels(self) -> int:
+        """How many of the channels aio-pika restores are open now."""
+        channels = getattr(self, "_RobustConnection__channels", ())
+        return sum(1 for channel in tuple(channels) if not channel.is_closed)
+
+    # aio-pika's reconnect loop calls this name-mangled private method for every attempt; mypy
+    # does not mangle names, hence its ignore below.
+    async def _RobustConnection__connect_transport(self) -> None:
+        try:
+            await super()._RobustConnection__connect_transport()  # type: ignore[misc]
+        except Exception as exc:  # not CancelledError: a close, not a failed attempt
+            if self.on_attempt_failed is not None:
+                self.on_attempt_failed(exc)
+            raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from framework.transport.amqp import _pamqp
+from framework.transport.amqp import _aiormq_handshake, _pamqp
 from framework.transport.amqp._config import AmqpConfig, user_of
 from framework.transport.amqp._connection import AmqpConnection
 from framework.transport.amqp._consume import AmqpConsumer
@@ -35,6 +35,7 @@ from framework.transport.base import (
 __all__ = ["AmqpTransport"]
 
 _pamqp.install()  # no crafted content header may drop the connection (see _pamqp)
+_aiormq_handshake.install()  # a refused vhost says whether it is missing or forbidden
 _DEFAULTS = AmqpConfig()
 
 
@@ -77,8 +78,10 @@ class AmqpTransport(Transport):
         """Open the connection and the long-lived channels.
 
         Raises:
-            BrokerUnreachable: no connection within ``connect_timeout`` (bad host, port,
-                credentials or vhost); the URL in it has its password redacted.
+            BrokerAccessDenied: (a BrokerUnreachable and a ConfigurationError) the broker
+                refused the credentials or the vhost; raised at once, not retried.
+            BrokerUnreachable: no connection within ``connect_timeout`` (bad host or port, no
+                broker there); the URL in it has its password redacted.
             TLSVerificationFailed: (a BrokerUnreachable) the broker's certificate is not
                 trusted.
             ConfigurationError: the URL cannot be parsed, or names a TLS file that cannot be
