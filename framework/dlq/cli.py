@@ -206,10 +206,10 @@ def _run(args: argparse.Namespace, work: Callable[[_Target], Awaitable[int]]) ->
 
     try:
         return asyncio.run(main())
+    except ConfigurationError as exc:  # a refused login or vhost too (BrokerAccessDenied)
+        return _fail(str(exc), EXIT_USAGE)
     except BrokerUnreachable as exc:
         return _fail(str(exc), EXIT_BROKER_UNREACHABLE)
-    except ConfigurationError as exc:
-        return _fail(str(exc), EXIT_USAGE)
 
 
 def _fail(message: str, code: int) -> int:

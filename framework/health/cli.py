@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from framework.argtypes import positive_float
-from framework.errors import BrokerUnreachable, ConfigurationError
+from framework.errors import BrokerAccessDenied, BrokerUnreachable, ConfigurationError
 from framework.health.checks import Readiness, readiness
 
 __all__ = ["register"]
@@ -90,6 +90,9 @@ def _status(args: argparse.Namespace) -> int:
 
     try:
         report = asyncio.run(check())
+    except BrokerAccessDenied as exc:  # a configuration error, not an outage
+        print(f"leveret: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except BrokerUnreachable as exc:
         print(f"leveret: {exc}", file=sys.stderr)
         return EXIT_BROKER_UNREACHABLE

@@ -114,12 +114,12 @@ def _migrate(args: argparse.Namespace) -> int:
 
     try:
         done = asyncio.run(run())
+    except ConfigurationError as exc:  # a refused login or vhost too (BrokerAccessDenied)
+        print(f"leveret queues migrate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except BrokerUnreachable as exc:
         print(f"leveret queues migrate: {exc}", file=sys.stderr)
         return EXIT_BROKER_UNREACHABLE
-    except ConfigurationError as exc:
-        print(f"leveret queues migrate: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     queues = len(topology.queues)
     print(f"{len(done)} of {queues} queue(s) re-created; the others were already as declared")
     return EXIT_OK

@@ -245,7 +245,7 @@ def test_commands_never_show_the_password(secret: Secret, tmp_path: Path) -> Non
                 "--connect-timeout",
                 "5",
             ],
-            3,
+            2,  # a refused login is a configuration error, not an outage
         ),
         "run-nowhere": (
             [
@@ -285,7 +285,7 @@ def test_commands_never_show_the_password(secret: Secret, tmp_path: Path) -> Non
                 "--amqp-url",
                 secret.wrong_url,
             ],
-            3,
+            2,
         ),
         "asyncapi": (
             [
