@@ -1,6 +1,8 @@
-"""Circuit breakers that gate publishing, with fallbacks that never drop a message.
+"""Circuit breakers that gate publishing and calls to external APIs, with fallbacks that never
+drop a message.
 
-Declare one ``Downstream`` per destination and give the app its ``Breakers``::
+Declare one ``Downstream`` per destination (and one ``ExternalCall`` per external API) and give
+the app its ``Breakers``::
 
     from framework.resilience import Breakers, BreakerConfig, CachedReply, Downstream, WhenOpen
 
@@ -10,16 +12,27 @@ Declare one ``Downstream`` per destination and give the app its ``Breakers``::
             [
                 Downstream("inventory", config=BreakerConfig(failure_rate_threshold=50)),
                 Downstream("reports", fallback=CachedReply(max_age=300)),
+                ExternalCall("payment-gateway", timeout=2.0),
             ],
             shared=True,
         ),
     )
+
+Guard a block with ``async with breakers.call("payment-gateway"):``, or a function that returns
+a value with ``@breakers.guard("payment-gateway", fallback=CachedResult(max_age=60))``.
 
 See the README's "Circuit breakers" section for the semantics.
 """
 
 from framework.errors import BreakerOpen
 from framework.resilience.breaker import CircuitBreaker, Clock, Listener, Outcome
+from framework.resilience.calls import (
+    CachedResult,
+    DefaultResult,
+    ExternalCall,
+    GuardedCall,
+    ResultFallback,
+)
 from framework.resilience.config import Backoff, BreakerConfig, WindowType
 from framework.resilience.downstream import (
     CachedReply,
@@ -67,16 +80,21 @@ __all__ = [
     "BreakerReset",
     "Breakers",
     "CachedReply",
+    "CachedResult",
     "CallNotPermitted",
     "CircuitBreaker",
     "Clock",
     "DefaultReply",
+    "DefaultResult",
     "Deferral",
     "Downstream",
+    "ExternalCall",
     "Fallback",
+    "GuardedCall",
     "HandlerGuard",
     "Listener",
     "Outcome",
+    "ResultFallback",
     "State",
     "StateTransition",
     "TransitionReason",

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from framework.errors import AccessRefused, BrokerUnreachable, ConfigurationError, PublishFailed
+from framework.resilience.calls import ExternalCall
 from framework.resilience.control import (
     BreakerStatus,
     ControlSeal,
@@ -221,14 +222,20 @@ def _print_declared(app: App) -> None:
     rows = []
     for breaker in app.breakers:
         m = breaker.metrics()
-        downstream = app.breakers.downstream(breaker.name)
+        declared = app.breakers.declaration(breaker.name)
+        if isinstance(declared, ExternalCall):
+            timeout = "" if declared.timeout is None else f", timeout {declared.timeout:g}s"
+            gates, when_open = f"external calls{timeout}", "raise"
+        else:
+            gates = _target(declared.service, declared.routes, declared.messages)
+            when_open = declared.when_open.value
         rows.append(
             (
                 breaker.name,
-                _target(downstream.service, downstream.routes, downstream.messages),
+                gates,
                 f"{breaker.config.failure_rate_threshold:g}%",
                 m.window,
-                downstream.when_open.value,
+                when_open,
                 m.state.value,
             )
         )

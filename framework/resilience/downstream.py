@@ -49,10 +49,7 @@ class CachedReply:
     max_entries: int = 1024
 
     def __post_init__(self) -> None:
-        if not self.max_age > 0:
-            raise ConfigurationError(f"CachedReply.max_age={self.max_age!r}: use seconds > 0")
-        if self.max_entries < 1:
-            raise ConfigurationError(f"CachedReply.max_entries={self.max_entries!r}: use >= 1")
+        check_cache_bounds(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +116,7 @@ class Downstream:
 
     def __post_init__(self) -> None:
         where = f"Downstream({self.name!r})"
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise ConfigurationError(
-                f"{where}: use a name of letters, digits, '.', '-' and '_' (it is shown in "
-                "logs and used in the control exchange)"
-            )
+        check_breaker_name(where, self.name)
         for name in ("routes", "messages"):
             if not isinstance(getattr(self, name), tuple):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -175,6 +168,32 @@ class Downstream:
             self.service is not None
             and not is_event
             and routing_key.split(".", 1)[0] == self.service
+        )
+
+
+def check_cache_bounds(spec: Any) -> None:
+    """Refuse a cache fallback (``CachedReply``, ``CachedResult``) that could never answer.
+
+    Raises:
+        ConfigurationError: ``max_age`` or ``max_entries`` is not positive.
+    """
+    what = type(spec).__name__
+    if not spec.max_age > 0:
+        raise ConfigurationError(f"{what}.max_age={spec.max_age!r}: use seconds > 0")
+    if spec.max_entries < 1:
+        raise ConfigurationError(f"{what}.max_entries={spec.max_entries!r}: use >= 1")
+
+
+def check_breaker_name(where: str, name: object) -> None:
+    """Refuse a breaker name that cannot travel in control messages and log lines.
+
+    Raises:
+        ConfigurationError: ``name`` is not letters, digits, ``.``, ``-`` and ``_``.
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigurationError(
+            f"{where}: use a name of letters, digits, '.', '-' and '_' (it is shown in "
+            "logs and used in the control exchange)"
         )
 
 

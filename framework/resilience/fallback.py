@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -18,7 +18,10 @@ from framework.bus import Outbound
 from framework.resilience.downstream import CachedReply, DefaultReply, Fallback
 from framework.transport.base import Delivery
 
-__all__ = ["FallbackDelivery", "ReplyCache", "answer_from"]
+__all__ = ["FallbackDelivery", "RecentValues", "ReplyCache", "answer_from"]
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 _encoder = msgspec.json.Encoder()
 
@@ -36,43 +39,71 @@ class FallbackDelivery(Delivery):
 
 
 class _Remembered:
-    __slots__ = ("at", "body", "content_type", "headers", "type")
+    __slots__ = ("body", "content_type", "headers", "type")
 
-    def __init__(self, reply: Delivery, at: float) -> None:
+    def __init__(self, reply: Delivery) -> None:
         self.body = reply.body
         self.type = reply.type
         self.content_type = reply.content_type
         self.headers = dict(reply.headers)
-        self.at = at
 
 
-class ReplyCache:
-    """The last good reply per query (routing key + body), least recently used dropped first."""
+class RecentValues(Generic[K, V]):
+    """The last value stored per key, with its age; the least recently stored go first.
 
-    def __init__(self, spec: CachedReply) -> None:
-        self.spec = spec
-        self._entries: OrderedDict[tuple[str, bytes], _Remembered] = OrderedDict()
+    Args:
+        max_age: seconds a value may be recalled; older ones are not.
+        max_entries: keys remembered.
+    """
+
+    __slots__ = ("_entries", "max_age", "max_entries")
+
+    def __init__(self, *, max_age: float, max_entries: int) -> None:
+        self.max_age = max_age
+        self.max_entries = max_entries
+        self._entries: OrderedDict[K, tuple[V, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    def remember(self, key: K, value: V, now: float) -> None:
+        """Keep ``value`` for ``key``, stored at clock time ``now``."""
+        self._entries[key] = (value, now)
+        self._entries.move_to_end(key)
+        if len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def recall(self, key: K, now: float) -> tuple[V, float] | None:
+        """The value kept for ``key`` and its age, unless older than ``max_age``."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        value, at = entry
+        age = now - at
+        if age > self.max_age:
+            return None
+        return value, age
+
+
+class ReplyCache:
+    """The last good reply per query (routing key + body), least recently stored dropped first."""
+
+    def __init__(self, spec: CachedReply) -> None:
+        self.spec = spec
+        self._recent: RecentValues[tuple[str, bytes], _Remembered] = RecentValues(
+            max_age=spec.max_age, max_entries=spec.max_entries
+        )
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
     def remember(self, out: Outbound, reply: Delivery, now: float) -> None:
         """Keep ``reply`` as the answer to ``out``'s query."""
-        key = (out.routing_key, out.wire.body)
-        self._entries[key] = _Remembered(reply, now)
-        self._entries.move_to_end(key)
-        if len(self._entries) > self.spec.max_entries:
-            self._entries.popitem(last=False)
+        self._recent.remember((out.routing_key, out.wire.body), _Remembered(reply), now)
 
     def recall(self, out: Outbound, now: float) -> tuple[_Remembered, float] | None:
         """The remembered reply to ``out``'s query and its age, unless older than ``max_age``."""
-        entry = self._entries.get((out.routing_key, out.wire.body))
-        if entry is None:
-            return None
-        age = now - entry.at
-        if age > self.spec.max_age:
-            return None
-        return entry, age
+        return self._recent.recall((out.routing_key, out.wire.body), now)
 
 
 def answer_from(

@@ -22,7 +22,7 @@ from framework.resilience.downstream import CachedReply, Downstream, Fallback, W
 from framework.resilience.fallback import ReplyCache, answer_from
 from framework.transport.base import Delivery
 
-__all__ = ["Gate", "fail_fast"]
+__all__ = ["Gate", "LiveBreaker", "fail_fast"]
 
 # True while a handler runs (set by the breakers' consume middleware) or inside ``fail_fast()``:
 # a refused send raises at once, whatever its downstream's ``when_open``.
@@ -48,8 +48,82 @@ def fail_fast() -> Iterator[None]:
 _FAILURE = Outcome.FAILURE
 
 
-class Gate:
-    """The breaker of one ``Downstream`` applied to calls, plus its waiters and reply caches.
+class LiveBreaker:
+    """A breaker in a running app: the timer of its time-driven transitions and the callers
+    waiting for it to change. What publishes and what guards calls to external APIs share.
+
+    Args:
+        breaker: the breaker.
+        clock: the breaker's clock (deadlines of waiting callers are measured on it).
+    """
+
+    __slots__ = ("_timer", "_waiters", "breaker", "clock")
+
+    def __init__(self, breaker: CircuitBreaker, clock: Clock) -> None:
+        self.breaker = breaker
+        self.clock = clock
+        self._waiters: list[asyncio.Future[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def cancelled(self, permit: int) -> None:
+        """The call was cancelled: no outcome to count; its permit goes back."""
+        self.breaker.release(permit)
+        self.wake()
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    async def wait_change(self, until: float) -> None:
+        """Wait for a transition, a permit given back, or a timer of this gate; at most until
+        clock time ``until`` (measured on the gate's clock, so a fake clock wakes it via tick)."""
+        remaining = until - self.clock()
+        if remaining <= 0:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(remaining):
+                await waiter
+        except TimeoutError:
+            pass
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def wake(self) -> None:
+        """Let every waiting send look at the breaker again."""
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def arm_timer(self) -> None:
+        """Schedule ``on_timer`` at the breaker's next time-driven transition (no task)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.breaker.next_deadline()
+        if deadline is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # transitioned outside a loop (tests, tools): tick() does the work
+        self._timer = loop.call_later(max(0.0, deadline - self.clock()), self.on_timer)
+
+    def on_timer(self) -> None:
+        """The deadline passed: transition if due, and let waiting sends try again."""
+        self._timer = None
+        self.breaker.tick()  # a transition re-arms the timer through the breakers' listener
+        self.wake()
+
+    def cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class Gate(LiveBreaker):
+    """The breaker of one ``Downstream`` applied to publishes and queries, plus its reply caches.
 
     Args:
         downstream: the declaration.
@@ -57,33 +131,16 @@ class Gate:
         clock: the breaker's clock (deadlines of waiting sends are measured on it).
     """
 
-    __slots__ = (
-        "_caches",
-        "_fallbacks",
-        "_timer",
-        "_waiters",
-        "breaker",
-        "clock",
-        "downstream",
-        "wait_sends",
-    )
+    __slots__ = ("_caches", "_fallbacks", "downstream", "wait_sends")
 
     def __init__(self, downstream: Downstream, breaker: CircuitBreaker, clock: Clock) -> None:
+        super().__init__(breaker, clock)
         self.downstream = downstream
-        self.breaker = breaker
-        self.clock = clock
         self.wait_sends = downstream.when_open is WhenOpen.WAIT
-        self._waiters: list[asyncio.Future[None]] = []
-        self._timer: asyncio.TimerHandle | None = None
         self._caches: dict[CachedReply, ReplyCache] = {}
         self._fallbacks: dict[type[Any], tuple[Fallback, ...]] = {}
 
     # -- after the call (the call itself is in BreakerMiddleware.__call__) --------------------
-
-    def cancelled(self, permit: int) -> None:
-        """The call was cancelled: no outcome to count; its permit goes back."""
-        self.breaker.release(permit)
-        self.wake()
 
     def replied(self, out: Outbound, permit: int, duration: float, reply: Delivery) -> Delivery:
         """A query got its reply: an error reply is a failure; a good one is remembered."""
@@ -199,57 +256,6 @@ class Gate:
         return answer_from(
             fallbacks, self._caches, out, breaker=self.breaker.name, cause=cause, now=self.clock()
         )
-
-    # -- waiting -----------------------------------------------------------------------------
-
-    async def wait_change(self, until: float) -> None:
-        """Wait for a transition, a permit given back, or a timer of this gate; at most until
-        clock time ``until`` (measured on the gate's clock, so a fake clock wakes it via tick)."""
-        remaining = until - self.clock()
-        if remaining <= 0:
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            async with asyncio.timeout(remaining):
-                await waiter
-        except TimeoutError:
-            pass
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-
-    def wake(self) -> None:
-        """Let every waiting send look at the breaker again."""
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def arm_timer(self) -> None:
-        """Schedule ``on_timer`` at the breaker's next time-driven transition (no task)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.breaker.next_deadline()
-        if deadline is None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # transitioned outside a loop (tests, tools): tick() does the work
-        self._timer = loop.call_later(max(0.0, deadline - self.clock()), self.on_timer)
-
-    def on_timer(self) -> None:
-        """The deadline passed: transition if due, and let waiting sends try again."""
-        self._timer = None
-        self.breaker.tick()  # a transition re-arms the timer through the breakers' listener
-        self.wake()
-
-    def cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
 
 def _text(value: object) -> str:

@@ -4,7 +4,8 @@ Give an app its breakers with ``App(services, breakers=Breakers([...]))``. The a
 every send, publish and query through them (publish middleware, innermost), runs the handlers
 that need it under ``HandlerGuard`` (consume middleware, outermost), and at start-up the
 breakers listen for the broker blocking the connection and, if asked, join the control exchange
-their sibling workers share.
+their sibling workers share. Breakers of external calls (``ExternalCall``) guard whatever the
+app awaits through ``Breakers.call`` and ``Breakers.guard``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import structlog
 
@@ -23,6 +24,7 @@ from framework.errors import BreakerOpen, ConfigurationError
 from framework.messages import MessageKind
 from framework.middleware import Incoming
 from framework.resilience.breaker import CircuitBreaker, Clock
+from framework.resilience.calls import CallGate, ExternalCall, GuardedCall, ResultFallback
 from framework.resilience.control import BreakerControl
 from framework.resilience.downstream import Downstream
 from framework.resilience.events import (
@@ -32,7 +34,7 @@ from framework.resilience.events import (
     StateTransition,
     TransitionReason,
 )
-from framework.resilience.gate import Gate
+from framework.resilience.gate import Gate, LiveBreaker
 from framework.resilience.middleware import (
     BreakerMiddleware,
     Deferral,
@@ -55,12 +57,17 @@ SECRET_ENV = "LEVERET_SECRET"
 _log = structlog.get_logger("leveret.breakers")
 _GROUP_WORD = "app"
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 
 class Breakers:
-    """One circuit breaker per downstream, for one app.
+    """One circuit breaker per downstream and per external call, for one app.
 
     Args:
-        downstreams: the guarded destinations; the first that matches a message gates it.
+        downstreams: the guarded destinations (the first ``Downstream`` that matches a message
+            gates it) and the guarded external calls (``ExternalCall``, used through ``call``
+            and ``guard``).
         shared: share transitions with the other workers of the same service over a fanout
             control exchange (counting stays local to each worker).
         group: who shares: the control exchange is ``<prefix>.breakers.<group>``; by default
@@ -72,12 +79,12 @@ class Breakers:
         clock: monotonic seconds for every breaker (a fake one in tests).
 
     Raises:
-        ConfigurationError: two downstreams share a name, or a delay is not positive.
+        ConfigurationError: two breakers share a name, or a delay is not positive.
     """
 
     def __init__(
         self,
-        downstreams: Sequence[Downstream],
+        downstreams: Sequence[Downstream | ExternalCall],
         *,
         shared: bool = False,
         group: str | None = None,
@@ -85,10 +92,16 @@ class Breakers:
         defer_delays: Sequence[float] = (1.0, 5.0, 30.0),
         clock: Clock = time.monotonic,
     ) -> None:
+        for declared in downstreams:
+            if not isinstance(declared, Downstream | ExternalCall):
+                raise ConfigurationError(
+                    "Breakers takes Downstream(...) and ExternalCall(...) declarations, "
+                    f"got {declared!r}"
+                )
         names = [d.name for d in downstreams]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ConfigurationError(f"two downstreams are named {duplicates[0]!r}: rename one")
+            raise ConfigurationError(f"two breakers are named {duplicates[0]!r}: rename one")
         if not defer_delays or any(not d > 0 for d in defer_delays):
             raise ConfigurationError(f"defer_delays={tuple(defer_delays)!r}: use seconds > 0")
         self.shared = shared
@@ -96,12 +109,19 @@ class Breakers:
         self.clock = clock
         self._group = group
         self._defer_ms = tuple(sorted({max(1, round(d * 1000)) for d in defer_delays}))
-        self._gates: dict[str, Gate] = {}
-        for downstream in downstreams:
-            breaker = CircuitBreaker(downstream.name, downstream.config, clock=clock)
-            gate = self._gates[downstream.name] = Gate(downstream, breaker, clock)
+        self._gates: dict[str, LiveBreaker] = {}
+        for declared in downstreams:
+            breaker = CircuitBreaker(declared.name, declared.config, clock=clock)
+            gate: LiveBreaker
+            if isinstance(declared, ExternalCall):
+                gate = CallGate(declared, breaker, clock)
+            else:
+                gate = Gate(declared, breaker, clock)
+            self._gates[declared.name] = gate
             breaker.subscribe(self._listener(gate), transitions_only=True)
-        self.publish_middleware = BreakerMiddleware(list(self._gates.values()))
+        # Publishes go through downstream gates only; external calls through call() and guard().
+        self._downstreams = [g for g in self._gates.values() if isinstance(g, Gate)]
+        self.publish_middleware = BreakerMiddleware(self._downstreams)
         self.consume_middleware = HandlerGuard(self)
         self.worker_id = f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
         self._bound: object | None = None
@@ -122,16 +142,99 @@ class Breakers:
         return len(self._gates)
 
     def __getitem__(self, name: str) -> CircuitBreaker:
-        """The breaker of downstream ``name``.
+        """The breaker named ``name`` (a downstream's or an external call's).
 
         Raises:
-            KeyError: no downstream has that name.
+            KeyError: no breaker has that name.
         """
         return self._gates[name].breaker
 
     def downstream(self, name: str) -> Downstream:
-        """The declaration of downstream ``name``."""
-        return self._gates[name].downstream
+        """The declaration of downstream ``name``.
+
+        Raises:
+            KeyError: no downstream has that name.
+        """
+        gate = self._gates[name]
+        if not isinstance(gate, Gate):
+            raise KeyError(name)
+        return gate.downstream
+
+    def declaration(self, name: str) -> Downstream | ExternalCall:
+        """The declaration of breaker ``name``: a downstream or an external call.
+
+        Raises:
+            KeyError: no breaker has that name.
+        """
+        gate = self._gates[name]
+        return gate.downstream if isinstance(gate, Gate) else self._call_gate(name).declared
+
+    # -- guarding external calls -------------------------------------------------------------
+
+    def call(self, name: str, *, timeout: float | None = None) -> GuardedCall:
+        """Guard a block by the breaker of external call ``name``::
+
+            async with breakers.call("payment-gateway"):
+                await client.charge(...)
+
+        Entering raises ``BreakerOpen`` while the breaker refuses (the block does not run);
+        leaving counts how the block went. The block is cancelled after ``timeout`` seconds
+        (None: the declaration's) and raises ``TimeoutError``, a failure.
+
+        Raises:
+            ConfigurationError: no ``ExternalCall`` has that name.
+        """
+        return self._call_gate(name).attempt(timeout)
+
+    def guard(
+        self,
+        name: str,
+        *,
+        fallback: ResultFallback | tuple[ResultFallback, ...] | None = None,
+        fallback_on_failure: bool = True,
+        timeout: float | None = None,
+    ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]:
+        """Decorate an async function so that every call goes through breaker ``name``::
+
+            @breakers.guard("payment-gateway", fallback=CachedResult(max_age=60))
+            async def exchange_rate(currency: str) -> Decimal: ...
+
+        While the breaker refuses, the fallbacks answer in order (``CachedResult``: the last
+        good result for the same arguments; ``DefaultResult``: a value); without an answer the
+        call raises ``BreakerOpen``, which a ``defer_when_open`` handler turns into a deferral.
+
+        Args:
+            name: the ``ExternalCall`` whose breaker guards the function.
+            fallback: a fallback, or several tried in order.
+            fallback_on_failure: also answer from the fallbacks when a call fails in a way the
+                breaker counts (exception, timeout), not only when it is refused.
+            timeout: seconds per call (None: the declaration's).
+
+        Raises:
+            ConfigurationError: no ``ExternalCall`` has that name, a bad fallback, or the
+                decorated function is not ``async def``.
+        """
+        gate = self._call_gate(name)
+
+        def decorate(func: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+            return gate.guard(
+                func,
+                fallback=fallback,
+                fallback_on_failure=fallback_on_failure,
+                timeout=timeout,
+            )
+
+        return decorate
+
+    def _call_gate(self, name: str) -> CallGate:
+        gate = self._gates.get(name)
+        if not isinstance(gate, CallGate):
+            what = "a downstream, for publishes" if gate is not None else "not declared"
+            raise ConfigurationError(
+                f"breaker {name!r} is {what}: declare ExternalCall({name!r}, ...) in "
+                "Breakers([...]) to guard calls with it"
+            )
+        return gate
 
     def consume_middleware_for(self, spec: HandlerSpec) -> HandlerGuard | None:
         """The consume middleware handler ``spec`` needs, or None when it would do nothing.
@@ -142,7 +245,7 @@ class Breakers:
         Elsewhere it would be one more layer per delivery for nothing.
         """
         deferred = spec.kind is not MessageKind.QUERY and deferral_of(spec.func) is not None
-        if deferred or any(gate.wait_sends for gate in self._gates.values()):
+        if deferred or any(gate.wait_sends for gate in self._downstreams):
             return self.consume_middleware
         return None
 
@@ -296,7 +399,7 @@ class Breakers:
 
     # -- events ------------------------------------------------------------------------------
 
-    def _listener(self, gate: Gate) -> Callable[[BreakerEvent], None]:
+    def _listener(self, gate: LiveBreaker) -> Callable[[BreakerEvent], None]:
         def on_event(event: BreakerEvent) -> None:
             if not isinstance(event, StateTransition):
                 return
@@ -314,7 +417,7 @@ class Breakers:
         if blocked:
             self._blocked = reason or "resource alarm"
             _log.warning("broker_blocked_publishing", reason=self._blocked)
-            for gate in self._gates.values():
+            for gate in self._downstreams:  # external calls do not go through the broker
                 breaker = gate.breaker
                 if breaker.state not in (State.FORCED_OPEN, State.DISABLED):
                     breaker.transition_to_open(TransitionReason.CONNECTION_BLOCKED, wait=math.inf)
@@ -323,7 +426,7 @@ class Breakers:
             return
         self._blocked = None
         _log.info("broker_unblocked_publishing")
-        for gate in self._gates.values():
+        for gate in self._downstreams:
             breaker = gate.breaker
             if breaker.open_reason is TransitionReason.CONNECTION_BLOCKED:
                 breaker.transition_to_half_open(TransitionReason.CONNECTION_UNBLOCKED)

@@ -482,7 +482,7 @@ def test_downstream_mistakes_say_what_to_change() -> None:
         Downstream("x", routes=("orders..x",))
     with pytest.raises(ConfigurationError, match="max_wait"):
         Downstream("x", max_wait=0)
-    with pytest.raises(ConfigurationError, match="two downstreams are named 'x'"):
+    with pytest.raises(ConfigurationError, match="two breakers are named 'x'"):
         Breakers([Downstream("x"), Downstream("x")])
     assert Downstream("inventory").service == "inventory"
     assert Downstream("feeds", routes=("a.#",)).service is None
