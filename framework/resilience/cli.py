@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from framework.errors import AccessRefused, BrokerUnreachable, ConfigurationError, PublishFailed
+from framework.errors import (
+    AccessRefused,
+    BrokerAccessDenied,
+    BrokerUnreachable,
+    ConfigurationError,
+    PublishFailed,
+)
 from framework.resilience.calls import ExternalCall
 from framework.resilience.control import (
     BreakerStatus,
@@ -101,6 +107,9 @@ def _breakers(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         replies = asyncio.run(ask_workers(app, timeout=args.timeout))
+    except BrokerAccessDenied as exc:  # a configuration error, not an outage
+        print(f"leveret: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except BrokerUnreachable as exc:
         print(f"leveret: {exc}", file=sys.stderr)
         return EXIT_BROKER_UNREACHABLE

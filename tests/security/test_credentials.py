@@ -267,7 +267,7 @@ def test_commands_never_show_the_password(secret: Secret, tmp_path: Path) -> Non
                 "--timeout",
                 "1",
             ],
-            3,
+            2,
         ),
         "breakers-nobody-answers": (
             ["breakers", "tests.apps.breaker_app:app", "--amqp-url", secret.url, "--timeout", "1"],
