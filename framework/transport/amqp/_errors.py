@@ -207,14 +207,22 @@ class BrokerErrors:
         if isinstance(exc, PublishError):
             return Unroutable(f"no queue is bound to {exchange!r} for {routing_key!r}", **where)
         if isinstance(exc, DeliveryError):
-            return PublishNacked(f"the broker refused the message: {exc}", **where)
+            return PublishNacked(f"the broker refused the message (not delivered): {exc}", **where)
         if isinstance(exc, TimeoutError):
-            return PublishTimeout(f"no confirm within {self._publish_timeout:g}s", **where)
+            return PublishTimeout(
+                f"no confirm within {self._publish_timeout:g}s: the message may have been "
+                "delivered; send it again with the same message id",
+                **where,
+            )
         if isinstance(exc, ChannelNotFoundEntity):
             return PublishFailed(f"exchange {exchange!r} does not exist: {exc}", **where)
         if not connected:
             return TransportClosed("the transport is not connected (or already closed)")
-        return PublishTimeout(f"connection lost before the confirm: {exc!r}", **where)
+        return PublishTimeout(
+            f"connection lost before the confirm ({exc!r}): the message may have been "
+            "delivered; send it again with the same message id",
+            **where,
+        )
 
     def _access_refused(self, exc: BaseException, exchange: str, routing_key: str) -> AccessRefused:
         # Not retried: the channel is gone and the same publish would be refused again.
