@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from urllib.parse import urlsplit
 
 import pytest
+import structlog
 
 from framework.transport.base import Transport
 from framework.transport.memory import MemoryBroker, MemoryTransport
@@ -75,6 +76,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "amqp_url" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.rabbitmq)
+
+
+@pytest.fixture(autouse=True)
+def _uncached_loggers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test caches a structlog logger: a module's logger first used after some test
+    configured logging as a worker does (``cache_logger_on_first_use``) would keep that
+    configuration for good, and every later ``capture_logs`` would miss its events."""
+    configure = structlog.configure
+
+    def uncached(*args: object, **kwargs: object) -> None:
+        kwargs["cache_logger_on_first_use"] = False
+        configure(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(structlog, "configure", uncached)
 
 
 @pytest.fixture(scope="session")
