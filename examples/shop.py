@@ -2,11 +2,18 @@
 
     python -m examples.shop                      # in-process broker + a fresh SQLite file
     python -m examples.shop --orders 1000 --seed 7
+    python -m examples.shop --gateway-outage 5       # the payment gateway fails for 5 s mid-run
     python -m examples.shop --amqp-url amqp://guest:guest@127.0.0.1:5672/ \\
         --db-url postgresql://postgres@127.0.0.1:5432/test --workers 2
 
 With ``--amqp-url`` the services run as ``leveret run handlers.app:app`` worker processes and this
 process only places the orders and watches the database. Exit status 1 if an invariant fails.
+
+The payment service charges through an in-process fake payment gateway guarded by the
+``payment-gateway`` circuit breaker. ``--gateway-outage SECONDS`` takes the gateway down (its
+calls fail) once a fifth of the orders are charged: the summary then shows the breaker's
+transitions, the charges deferred while it was open, and checks that every order still ended as
+its contents say and that the gateway's ledger matches the payment service's.
 """
 
 from __future__ import annotations
@@ -22,19 +29,25 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from contracts.inventory import StockReceived, StockReleased, StockReserved
 from contracts.orders import GetOrder, LineItem, ListOrders, PlaceOrder
 from framework import App, AppConfig
-from framework.errors import QueryFailed
+from framework.errors import BreakerOpen, QueryFailed
 from framework.eventsourcing import EventDecoder, event_store
+from framework.middleware import Incoming, Next
+from framework.resilience import BreakerEvent, StateTransition
 from framework.store import SagaRecord, SagaStatus, Store, StoreTx, store_from_url
 from framework.urls import redact
-from handlers.app import build_app
+from handlers.app import DEFAULT_STOCK, build_app
+from handlers.gateway import GATEWAY, FakeGateway, Outage
 from handlers.inventory import Stock
 from handlers.orders import ORDER_STEPS
+from handlers.payment import CARD_LIMIT_CENTS
+from handlers.shipping import UNSERVED
 
 _stock_decoder = EventDecoder([StockReceived, StockReserved, StockReleased])
 
@@ -79,6 +92,130 @@ def make_orders(run: str, n: int, seed: int) -> list[PlaceOrder]:
     return orders
 
 
+def outcome(record: SagaRecord) -> str:
+    """How an order's saga ended: ``completed``, or ``compensated: <cause>``."""
+    if record.status is SagaStatus.COMPENSATED:
+        for text, cause in CAUSES.items():
+            if text in (record.reason or ""):
+                return f"compensated: {cause}"
+        return "compensated: other"
+    return str(record.status)
+
+
+def expected_outcome(order: PlaceOrder) -> str:
+    """The outcome an order's contents call for (``build_app``'s stock and card limit)."""
+    if any(DEFAULT_STOCK.get(item.sku, 0) < item.qty for item in order.items):
+        return "compensated: stock-out"
+    if sum(i.qty * i.unit_price_cents for i in order.items) > CARD_LIMIT_CENTS:
+        return "compensated: card declined"
+    if order.address in UNSERVED:
+        return "compensated: shipping failed"
+    return "completed"
+
+
+class TroubleCounter:
+    """Consume middleware: per handler, the deliveries a breaker refused (and so deferred), the
+    messages among them, and the deliveries that failed (and so were retried)."""
+
+    def __init__(self) -> None:
+        self.refused: Counter[str] = Counter()
+        self.deferred: dict[str, set[str]] = defaultdict(set)
+        self.failed: Counter[str] = Counter()
+
+    async def __call__(self, msg: Incoming, call_next: Next) -> Any:
+        try:
+            return await call_next(msg)
+        except BreakerOpen:
+            self.refused[msg.handler.name] += 1
+            self.deferred[msg.handler.name].add(msg.context.message_id)
+            raise
+        except Exception:
+            self.failed[msg.handler.name] += 1
+            raise
+
+
+@dataclass
+class GatewayOutage:
+    """A payment gateway outage in the middle of a run, and what the shop made of it."""
+
+    seconds: float
+    gateway: FakeGateway = field(default_factory=FakeGateway)
+    trouble: TroubleCounter = field(default_factory=TroubleCounter)
+    transitions: list[StateTransition] = field(default_factory=list)
+    zero: float = 0.0  # the run's start, on the gateway's (and the breaker's) clock
+
+    def plan(self, orders: int, zero: float) -> None:
+        """Take the gateway down once it has charged a fifth of ``orders``."""
+        self.zero = zero
+        self.gateway.fail_for(self.seconds, after_charges=max(1, orders // 5))
+
+    @property
+    def window(self) -> Outage | None:
+        """The outage, once it started."""
+        return self.gateway.outages[0] if self.gateway.outages else None
+
+    def heard(self, event: BreakerEvent) -> None:
+        """Breaker listener: keep the gateway breaker's transitions."""
+        if isinstance(event, StateTransition):
+            self.transitions.append(event)
+
+    async def check(
+        self, store: Store, orders: list[PlaceOrder], records: list[SagaRecord]
+    ) -> list[str]:
+        """Every order ended as its contents say, and the gateway holds what payment stored."""
+        problems: list[str] = []
+        by_order = {r.saga_id.removeprefix("order-"): r for r in records}
+        async with store.transaction() as tx:
+            charges = dict(await tx.fetchall("SELECT order_id, amount_cents FROM payment_charges"))
+            refunds = dict(await tx.fetchall("SELECT order_id, amount_cents FROM payment_refunds"))
+        for order in orders:
+            oid = order.order_id
+            record = by_order.get(oid)
+            ended = "not ended" if record is None else outcome(record)
+            expected = expected_outcome(order)
+            if ended != expected:
+                problems.append(f"{oid}: {ended}, expected {expected}")
+            stored = charges.get(oid, 0) - refunds.get(oid, 0)
+            if self.gateway.net_cents(oid) != stored:
+                problems.append(
+                    f"{oid}: the gateway holds {self.gateway.net_cents(oid)} cents, payment "
+                    f"stored charges - refunds = {stored}"
+                )
+        return problems
+
+    def print(self) -> None:
+        window = self.window
+        if window is None:
+            print("\npayment gateway: the run ended before the outage was due")
+            return
+        how = "calls hanging" if window.hang else "calls failing"
+        print(
+            f"\npayment gateway down {self.seconds:g}s ({how}) from "
+            f"+{window.start - self.zero:.2f}s to +{window.end - self.zero:.2f}s; "
+            f"breaker {GATEWAY}:"
+        )
+        for event in self.transitions:
+            stays = f", stays open {event.wait:.1f}s" if event.wait is not None else ""
+            change = f"{event.from_state} -> {event.to_state}"
+            print(f"  {event.at - self.zero:+7.2f}s  {change:<22} {event.reason}{stays}")
+        calls = self.gateway.calls
+        print(f"\n{'payment commands':<30} {'charge':>7} {'refund':>7}")
+        trouble = self.trouble
+        deferred = Counter({name: len(ids) for name, ids in trouble.deferred.items()})
+        rows = [
+            ("done at the gateway", calls["charge"], calls["refund"]),
+            ("deferred (breaker open)", *self._by_handler(deferred)),
+            ("  times refused, each 1 s", *self._by_handler(trouble.refused)),
+            ("failed at the gateway, retried", *self._by_handler(trouble.failed)),
+        ]
+        for label, charge, refund in rows:
+            print(f"{label:<30} {charge:>7} {refund:>7}")
+
+    @staticmethod
+    def _by_handler(counts: Counter[str]) -> tuple[int, int]:
+        return counts["payment.charge"], counts["payment.refund"]
+
+
 @dataclass
 class Report:
     records: list[SagaRecord]
@@ -86,21 +223,14 @@ class Report:
     problems: list[str] = field(default_factory=list)
     # (status, step) -> orders of this run, as the read side answers ``ListOrders`` queries
     read_model: Counter[tuple[str, str]] = field(default_factory=Counter)
-
-    def outcome(self, record: SagaRecord) -> str:
-        if record.status is SagaStatus.COMPENSATED:
-            for text, cause in CAUSES.items():
-                if text in (record.reason or ""):
-                    return f"compensated: {cause}"
-            return "compensated: other"
-        return str(record.status)
+    gateway: GatewayOutage | None = None
 
     def print(self) -> None:
-        counts = Counter(self.outcome(r) for r in self.records)
+        counts = Counter(outcome(r) for r in self.records)
         latencies = sorted(r.updated_at - r.created_at for r in self.records)
         print(f"\n{'outcome':<30} {'sagas':>7}")
-        for outcome, count in sorted(counts.items()):
-            print(f"{outcome:<30} {count:>7}")
+        for ended, count in sorted(counts.items()):
+            print(f"{ended:<30} {count:>7}")
         print(f"{'total':<30} {len(self.records):>7}")
         if latencies:
             p50 = statistics.median(latencies) * 1000
@@ -114,6 +244,8 @@ class Report:
             print(f"\n{'read model (ListOrders)':<30} {'step':<20} {'orders':>7}")
             for (status, step), count in sorted(self.read_model.items()):
                 print(f"{status:<30} {step:<20} {count:>7}")
+        if self.gateway is not None:
+            self.gateway.print()
         if self.problems:
             print(f"\nINVARIANTS BROKEN ({len(self.problems)}):")
             for problem in self.problems[:50]:
@@ -124,6 +256,11 @@ class Report:
                 "shipped else 0; reserved - released = shipped quantity; one final notification "
                 "per order"
             )
+            if self.gateway is not None:
+                print(
+                    "and through the outage: every order ended as its contents say; the "
+                    "gateway holds charges - refunds of every order"
+                )
 
 
 async def wait_for_sagas(store: Store, run: str, n: int, deadline: float) -> list[SagaRecord]:
@@ -305,16 +442,33 @@ async def place(app: App, orders: list[PlaceOrder], concurrency: int = 50) -> No
 async def run_embedded(args: argparse.Namespace, run: str, orders: list[PlaceOrder]) -> Report:
     db_url = args.db_url or f"sqlite:///{tempfile.mkdtemp(prefix='leveret-shop-')}/shop.sqlite3"
     print(f"shop: {len(orders)} orders on memory:// with {redact(db_url)}", file=sys.stderr)
-    app = build_app("memory://", db_url=db_url, config=AppConfig(prefix="shop"))
+    config = AppConfig(prefix="shop")
+    outage = GatewayOutage(args.gateway_outage) if args.gateway_outage else None
+    if outage is None:
+        app = build_app("memory://", db_url=db_url, config=config)
+    else:
+        app = build_app(
+            "memory://",
+            db_url=db_url,
+            config=config,
+            gateway=outage.gateway,
+            middleware=[outage.trouble],
+        )
+        assert app.breakers is not None
+        app.breakers[GATEWAY].subscribe(outage.heard, transitions_only=True)
     assert app.store is not None
     async with app:
         started = time.monotonic()
+        if outage is not None:
+            outage.plan(len(orders), started)
         await place(app, orders)
         records = await wait_for_sagas(app.store, run, len(orders), args.deadline)
         seconds = time.monotonic() - started
         problems = await check_invariants(app.store, orders, records)
         view, view_problems = await read_model(app, orders, args.deadline)
-    return Report(records, seconds, problems + view_problems, view)
+        if outage is not None:
+            problems += await outage.check(app.store, orders, records)
+    return Report(records, seconds, problems + view_problems, view, outage)
 
 
 async def run_workers(args: argparse.Namespace, run: str, orders: list[PlaceOrder]) -> Report:
@@ -398,7 +552,21 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--deadline", type=float, default=300.0, help="seconds to wait for every saga to finish"
     )
+    parser.add_argument(
+        "--gateway-outage",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="take the payment gateway down for SECONDS once a fifth of the orders are charged",
+    )
     args = parser.parse_args(argv)
+    if args.gateway_outage < 0:
+        parser.error("--gateway-outage: use seconds >= 0")
+    if args.gateway_outage and args.amqp_url:
+        parser.error(
+            "--gateway-outage runs on the in-process broker only: with --amqp-url each worker "
+            "process has a fake gateway of its own, out of this process's reach"
+        )
     run = f"r{uuid.uuid4().hex[:6]}"
     orders = make_orders(run, args.orders, args.seed)
     runner = run_workers if args.amqp_url else run_embedded

@@ -11,6 +11,10 @@ down, its events wait in its durable queues; it catches up when it comes back.
 the database and the name prefix; ``LEVERET_SHOP_VIEW_DB_URL`` (default: the same database)
 gives ``read_side`` a database of its own; ``LEVERET_SHOP_QUEUE_TYPE=quorum`` declares every
 queue the shop owns as a quorum queue (for a RabbitMQ cluster).
+
+The payment service charges through a payment gateway (``handlers.gateway``; an in-process fake
+unless ``build_app`` is given another) guarded by the ``payment-gateway`` call breaker of the
+app's ``Breakers`` (``shop_breakers``): ``leveret breakers handlers.app:app`` lists it.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ from collections.abc import Mapping, Sequence
 import contracts
 from framework import App, AppConfig, Service
 from framework.middleware import Middleware
+from framework.resilience import Breakers, ExternalCall
 from framework.store import Store, store_from_url
 from framework.transport.base import Transport
+from handlers.deferral import DeferRefusedCalls
+from handlers.gateway import GATEWAY, GATEWAY_CALL, PaymentGateway
 from handlers.inventory import build_inventory
 from handlers.notifications import build_notifications
 from handlers.orders import build_orders, build_read_side
@@ -38,6 +45,7 @@ __all__ = [
     "command_services",
     "command_side",
     "read_side",
+    "shop_breakers",
 ]
 
 DEFAULT_STOCK: Mapping[str, int] = {
@@ -48,17 +56,41 @@ DEFAULT_STOCK: Mapping[str, int] = {
 }
 
 
+def shop_breakers(gateway_call: ExternalCall = GATEWAY_CALL) -> Breakers:
+    """The shop's circuit breakers: the payment gateway's call breaker, its transitions shared
+    by the workers of one shop (a gateway down for one is down for all).
+
+    A refused payment command comes back after 1 s, whatever the breaker's wait: asking again
+    costs one refusal, and the commands go soon after the breaker closes rather than up to a
+    whole wait later (a half-open breaker full of probes says "wait until it must decide").
+    """
+    return Breakers([gateway_call], shared=True, defer_delays=(1.0,))
+
+
 def command_services(
-    *, stock: Mapping[str, int] = DEFAULT_STOCK, step_timeout: float | None = 60.0
+    *,
+    stock: Mapping[str, int] = DEFAULT_STOCK,
+    step_timeout: float | None = 60.0,
+    gateway: PaymentGateway | None = None,
+    breakers: Breakers | None = None,
 ) -> list[Service]:
-    """The services of the command side: the order saga and the services it commands."""
+    """The services of the command side: the order saga and the services it commands.
+
+    ``gateway`` and ``breakers`` go to ``build_payment``; give the app the same breakers.
+    """
     return [
         build_orders(step_timeout=step_timeout),
         build_inventory(stock),
-        build_payment(),
+        build_payment(gateway=gateway, breakers=breakers),
         build_shipping(),
         build_notifications(),
     ]
+
+
+def _deferring(breakers: Breakers, middleware: Sequence[Middleware]) -> list[Middleware]:
+    """``middleware`` behind the shim that defers the payment commands the gateway's breaker
+    refused (see ``handlers.deferral``)."""
+    return [DeferRefusedCalls(breakers, [GATEWAY]), *middleware]
 
 
 def build_app(
@@ -72,22 +104,30 @@ def build_app(
     step_timeout: float | None = 60.0,
     transport: Transport | None = None,
     middleware: Sequence[Middleware] = (),
+    gateway: PaymentGateway | None = None,
+    breakers: Breakers | None = None,
 ) -> App:
     """A fresh shop app: five services, the order saga and the read side on one store.
 
     ``transport`` and ``middleware`` go to ``App`` as they are (the fault-injection suite wraps
-    the shop's handlers and tunes its connection this way).
+    the shop's handlers and tunes its connection this way). ``gateway`` is the payment gateway
+    (default: an in-process ``FakeGateway``), ``breakers`` the app's breakers (default:
+    ``shop_breakers()``); they must declare the ``payment-gateway`` call breaker.
     """
     store = store or store_from_url(db_url)
-    services = command_services(stock=stock, step_timeout=step_timeout)
+    breakers = breakers if breakers is not None else shop_breakers()
+    services = command_services(
+        stock=stock, step_timeout=step_timeout, gateway=gateway, breakers=breakers
+    )
     services.insert(1, build_read_side(store))
     return App(
         services,
         url=url,
         transport=transport,
-        middleware=middleware,
+        middleware=_deferring(breakers, middleware),
         config=config or AppConfig(prefix=prefix),
         store=store,
+        breakers=breakers,
         contracts=contracts.ALL,
     )
 
@@ -103,11 +143,14 @@ def build_command_side(
     step_timeout: float | None = 60.0,
 ) -> App:
     """The shop without its read side: what ``build_app`` runs, minus ``order_view``."""
+    breakers = shop_breakers()
     return App(
-        command_services(stock=stock, step_timeout=step_timeout),
+        command_services(stock=stock, step_timeout=step_timeout, breakers=breakers),
         url=url,
+        middleware=_deferring(breakers, ()),
         config=config or AppConfig(prefix=prefix),
         store=store or store_from_url(db_url),
+        breakers=breakers,
         contracts=contracts.ALL,
     )
 

@@ -27,6 +27,7 @@ from framework import App, AppConfig, Service
 from framework.messages import Command, Event
 from framework.middleware import Incoming, Next
 from framework.store import Store, store_from_url
+from handlers.gateway import FakeGateway
 from handlers.inventory import build_inventory
 from handlers.notifications import build_notifications
 from handlers.orders import build_orders, build_read_side
@@ -138,12 +139,14 @@ class Probe:
 
 
 class Services:
-    """The services the order saga commands, running, with a probe and a ledger."""
+    """The services the order saga commands, running, with a probe, a ledger and the payment
+    gateway they charge through."""
 
-    def __init__(self, app: App, probe: Probe, ledger: Ledger) -> None:
+    def __init__(self, app: App, probe: Probe, ledger: Ledger, gateway: FakeGateway) -> None:
         self.app = app
         self.probe = probe
         self.ledger = ledger
+        self.gateway = gateway
         self._settled = 0
 
     @property
@@ -202,17 +205,18 @@ class Rig:
         return app
 
     async def services(self) -> Services:
-        """Inventory (``STOCK``), payment (``CARD_LIMIT``), shipping and notifications."""
-        probe, ledger = Probe(), Ledger()
+        """Inventory (``STOCK``), payment (``CARD_LIMIT``, a ``FakeGateway``), shipping and
+        notifications."""
+        probe, ledger, gateway = Probe(), Ledger(), FakeGateway()
         services = [
             build_inventory(STOCK),
-            build_payment(card_limit_cents=CARD_LIMIT),
+            build_payment(card_limit_cents=CARD_LIMIT, gateway=gateway),
             build_shipping(),
             build_notifications(),
             probe.service,
         ]
         app = await self._start(services, ledger, store_from_url(self.db_url))
-        return Services(app, probe, ledger)
+        return Services(app, probe, ledger, gateway)
 
     async def shop(self) -> tuple[App, Ledger]:
         """The whole shop, the order saga and its read side included."""

@@ -79,7 +79,8 @@ async def test_reserve_and_release_twice_hold_and_give_back_the_stock_once(rig: 
 
 async def test_charge_and_refund_twice_move_the_money_once(rig: Rig) -> None:
     """Two ChargePayment charge once and both answer PaymentCharged; two RefundPayment refund
-    once and both answer PaymentRefunded with the amount refunded, not 0 the second time."""
+    once and both answer PaymentRefunded with the amount refunded, not 0 the second time. The
+    gateway is called once for each: the copies find the stored row."""
     shop = await rig.services()
     await shop.twice(ChargePayment(order_id="o-2", customer_id="c-2", amount_cents=700), "charge")
     charged = PaymentCharged(order_id="o-2", amount_cents=700, payment_id="pay-o-2")
@@ -88,6 +89,8 @@ async def test_charge_and_refund_twice_move_the_money_once(rig: Rig) -> None:
     await shop.twice(RefundPayment(order_id="o-2", amount_cents=700), "refund")
     assert shop.probe.of("o-2")[2:] == [PaymentRefunded(order_id="o-2", amount_cents=700)] * 2
     assert await money(shop, "o-2") == (700, 700, ["pay-o-2"])
+    assert shop.gateway.calls == {"charge": 1, "refund": 1}
+    assert shop.gateway.refunded == {"pay-o-2": 700}
     assert shop.ledger.failures == []
 
 
@@ -110,6 +113,7 @@ async def test_refund_before_its_charge_twice_then_the_charge_twice_takes_nothin
     declined = PaymentDeclined(order_id="o-4", reason="card declined: over limit")
     assert shop.probe.of("o-4") == [declined] * 2
     assert await money(shop, "o-4") == (0, 0, [])
+    assert shop.gateway.calls == {}  # neither a void charge nor a declined one asks it
     assert shop.ledger.failures == []
 
 
@@ -148,6 +152,7 @@ async def test_charges_and_refunds_of_the_same_orders_at_once_never_keep_the_mon
         else:
             cancelled = PaymentDeclined(order_id=order_id, reason="cancelled: refunded already")
             assert cancelled in replies
+        assert shop.gateway.net_cents(order_id) == 0, order_id  # the gateway gave it back
     assert shop.ledger.failures == []
 
 
