@@ -49,6 +49,12 @@ M = TypeVar("M", bound=Message)
 
 START = "start"
 
+# The least wait for a compensation's confirmation (``Saga.compensation_timeout``). A burst's
+# compensations wait behind the work queued before them: with 300 orders placed at once (queues
+# full, then two workers) their round trips reached 1.1 s on SQLite and 5.8 s on PostgreSQL.
+# Five sends must also end in ``compensation_failed`` soon enough to be seen (here 56 s).
+DEFAULT_COMPENSATION_TIMEOUT = 10.0
+
 
 class SagaDefinitionError(RegistrationError):
     """A saga definition is incomplete or inconsistent; the message says what to add."""
@@ -165,6 +171,9 @@ class _Rule:
 class RetryBackoff:
     """Resend policy for retriable steps and compensations.
 
+    For a compensation the wait after each send is also at least the step's
+    ``compensation_timeout`` (see ``Saga.step``).
+
     Args:
         attempts: sends in all before giving up.
         first: seconds before the first resend; each next one waits ``factor`` times longer,
@@ -194,6 +203,7 @@ class Step:
     timeout: float | None
     on_success: Callable[[Any, Any], Any] | None
     retry: RetryBackoff
+    compensation_timeout: float | None = None
 
 
 @dataclass
@@ -212,6 +222,11 @@ class Saga(Generic[S]):
         on_compensated: messages to emit once every compensation is done, given the state and
             the reason.
         compensation_retry: how compensations are resent when their confirmation is late.
+        compensation_timeout: the least seconds to wait for a compensation's confirmation
+            before resending it, for the steps that do not set their own (``Saga.step``). The
+            default, 10 s, outlasts the queues of a burst: with 300 orders placed at once every
+            confirmation came within 6 s, where the former 1 s sent a quarter of the
+            compensations twice.
     """
 
     name: str
@@ -223,6 +238,7 @@ class Saga(Generic[S]):
     on_completed: Callable[[S], Sequence[Message]] | None = None
     on_compensated: Callable[[S, str], Sequence[Message]] | None = None
     compensation_retry: RetryBackoff = field(default_factory=RetryBackoff)
+    compensation_timeout: float = DEFAULT_COMPENSATION_TIMEOUT
     steps: list[Step] = field(default_factory=list)
     rules: list[_Rule] = field(default_factory=list)
     timeout_type: type[SagaTimeout] = field(init=False)
@@ -233,6 +249,11 @@ class Saga(Generic[S]):
         if not self.name.replace("_", "").isalnum() or not self.name[:1].isalpha():
             raise SagaDefinitionError(
                 f"saga name {self.name!r} must be lowercase letters, digits and '_'"
+            )
+        if not self.compensation_timeout > 0:
+            raise SagaDefinitionError(
+                f"saga {self.name!r}: compensation_timeout={self.compensation_timeout!r} must be "
+                "a number of seconds above 0"
             )
         if self.key not in self.start.__struct_fields__:
             raise SagaDefinitionError(
@@ -263,6 +284,7 @@ class Saga(Generic[S]):
         timeout: float | None = None,
         on_success: Callable[[S, Any], S] | None = None,
         retry: RetryBackoff | None = None,
+        compensation_timeout: float | None = None,
     ) -> None:
         """Add the next step of the linear flow.
 
@@ -283,6 +305,13 @@ class Saga(Generic[S]):
                 its late arrival cannot happen, or is handled downstream.
             on_success: folds the success reply into the state.
             retry: resend policy of a retriable step.
+            compensation_timeout: the least seconds to wait for the ``compensated`` reply
+                before resending the compensation (default: the saga's). Each resend waits
+                this long or the saga's ``compensation_retry`` backoff, whichever is longer,
+                and after ``compensation_retry.attempts`` sends the saga ends
+                ``compensation_failed``. Make it longer than the compensation's round trip
+                when the queues are full: a reply later than this is not lost, but its
+                compensation is sent again.
         """
         self._check_open()
         if any(s.name == name for s in self.steps):
@@ -299,6 +328,7 @@ class Saga(Generic[S]):
                 timeout=timeout,
                 on_success=on_success,
                 retry=retry or RetryBackoff(),
+                compensation_timeout=compensation_timeout,
             )
         )
 
@@ -417,7 +447,7 @@ class Saga(Generic[S]):
                 return instance.goto(
                     _compensating(step),
                     emit=[step.compensate(instance.data)],
-                    timeout=self.compensation_retry.delay(1),
+                    timeout=self._compensation_wait(step, 1),
                     attempt=1,
                     status=SagaStatus.COMPENSATING,
                 )
@@ -429,6 +459,19 @@ class Saga(Generic[S]):
             )
         timeout = self.timeout_type(saga_id=instance.saga_id, state=instance.state, armed_version=0)
         return rule.fn(instance, timeout)
+
+    def _compensation_wait(self, step: Step, attempt: int) -> float:
+        """Seconds to wait for the confirmation of ``step``'s compensation after send ``attempt``.
+
+        The step's ``compensation_timeout`` (else the saga's), or the ``compensation_retry``
+        backoff once it grows longer.
+        """
+        least = (
+            self.compensation_timeout
+            if step.compensation_timeout is None
+            else step.compensation_timeout
+        )
+        return max(least, self.compensation_retry.delay(attempt))
 
     def key_of(self, message: Message) -> str | None:
         """The instance key carried in a message's fields, if it has the key field."""
@@ -465,6 +508,17 @@ class Saga(Generic[S]):
                 pass  # a retriable step before the pivot simply never fails
             if step.compensated and step.compensate is None:
                 raise SagaDefinitionError(f"{where}: compensated= given without compensate=")
+            if step.compensation_timeout is not None:
+                if not step.compensated:
+                    raise SagaDefinitionError(
+                        f"{where}: compensation_timeout= given without compensated=: name the "
+                        "reply that confirms the compensation, or drop the timeout"
+                    )
+                if not step.compensation_timeout > 0:
+                    raise SagaDefinitionError(
+                        f"{where}: compensation_timeout={step.compensation_timeout!r} must be a "
+                        "number of seconds above 0"
+                    )
             seen_pivot = seen_pivot or step.kind is StepKind.PIVOT
             _check_replies(where, step)
         _StepCompiler(self).compile()
@@ -737,7 +791,7 @@ class _StepCompiler(Generic[S]):
                     _compensating(step),
                     emit=emit,
                     completed=tuple(remaining),
-                    timeout=self.saga.compensation_retry.delay(1),
+                    timeout=self.saga._compensation_wait(step, 1),
                     attempt=1,
                     reason=reason,
                     status=SagaStatus.COMPENSATING,
@@ -760,11 +814,11 @@ class _StepCompiler(Generic[S]):
 
     def _compensation_late(self, i: int) -> Handler:
         step = self.steps[i]
-        policy = self.saga.compensation_retry
+        saga = self.saga
 
         def late(inst: Instance[Any], msg: Any) -> Transition[Any]:
             assert step.compensate is not None
-            if inst.attempt >= policy.attempts:
+            if inst.attempt >= saga.compensation_retry.attempts:
                 # Stays in this compensating state so that a resume resends this compensation.
                 return inst.goto(
                     _compensating(step),
@@ -776,7 +830,7 @@ class _StepCompiler(Generic[S]):
             return inst.goto(
                 _compensating(step),
                 emit=[step.compensate(inst.data)],
-                timeout=policy.delay(inst.attempt + 1),
+                timeout=saga._compensation_wait(step, inst.attempt + 1),
                 attempt=inst.attempt + 1,
                 status=SagaStatus.COMPENSATING,
             )

@@ -167,6 +167,7 @@ def test_compensation_that_keeps_failing_ends_in_compensation_failed() -> None:
     """Unconfirmed compensations are resent with backoff, then the saga says it failed."""
     saga = order_saga()
     saga.compensation_retry = RetryBackoff(attempts=3, first=1.0, factor=2.0)
+    saga.compensation_timeout = 1.0  # the least wait: below it the backoff alone decides
     steps = run(
         saga, InventoryReserved(order_id="o-1"), PaymentDeclined(order_id="o-1", reason="x")
     )
