@@ -71,6 +71,7 @@ def command_services(
     *,
     stock: Mapping[str, int] = DEFAULT_STOCK,
     step_timeout: float | None = 60.0,
+    compensation_timeout: float | None = None,
     gateway: PaymentGateway | None = None,
     breakers: Breakers | None = None,
 ) -> list[Service]:
@@ -79,7 +80,7 @@ def command_services(
     ``gateway`` and ``breakers`` go to ``build_payment``; give the app the same breakers.
     """
     return [
-        build_orders(step_timeout=step_timeout),
+        build_orders(step_timeout=step_timeout, compensation_timeout=compensation_timeout),
         build_inventory(stock),
         build_payment(gateway=gateway, breakers=breakers),
         build_shipping(),

@@ -48,6 +48,7 @@ from framework import QueryContext, Service
 from framework.cqrs import Projection
 from framework.messages import Message
 from framework.saga import Saga, StepKind
+from framework.saga.definition import DEFAULT_COMPENSATION_TIMEOUT
 from framework.store import Store, StoreTx
 
 __all__ = ["ORDER_STEPS", "OrderState", "build_orders", "build_read_side", "order_saga"]
@@ -123,7 +124,10 @@ def cancelled(s: OrderState, reason: str) -> list[Message]:
 
 
 def order_saga(
-    *, step_timeout: float | None = 60.0, ship_timeout: float | None = None
+    *,
+    step_timeout: float | None = 60.0,
+    ship_timeout: float | None = None,
+    compensation_timeout: float | None = None,
 ) -> Saga[OrderState]:
     """The order saga definition (pure: no I/O).
 
@@ -131,6 +135,8 @@ def order_saga(
     by default: the pivot has no compensation, so a shipment arriving after its deadline would
     ship an order the saga has cancelled and refunded (the fault suite saw this after a broker
     outage longer than the deadline). Its command is in the outbox and cannot be lost; it waits.
+    ``compensation_timeout`` is how long a compensation waits for its reply before it is sent
+    again (the saga's default when None).
     """
     saga = Saga(
         "order",
@@ -141,6 +147,7 @@ def order_saga(
         on_started=placed,
         on_completed=completed,
         on_compensated=cancelled,
+        compensation_timeout=compensation_timeout or DEFAULT_COMPENSATION_TIMEOUT,
     )
     saga.step(
         "reserve",
@@ -200,7 +207,10 @@ _STEP_RANK = {step: rank for rank, step in enumerate(ORDER_STEPS)}
 
 
 def build_orders(
-    *, step_timeout: float | None = 60.0, ship_timeout: float | None = None
+    *,
+    step_timeout: float | None = 60.0,
+    ship_timeout: float | None = None,
+    compensation_timeout: float | None = None,
 ) -> Service:
     """The orders service: runs the order saga (deadlines as in ``order_saga``)."""
     orders = Service(
@@ -217,7 +227,13 @@ def build_orders(
             NotifyCustomer,
         ],
     )
-    orders.saga(order_saga(step_timeout=step_timeout, ship_timeout=ship_timeout))
+    orders.saga(
+        order_saga(
+            step_timeout=step_timeout,
+            ship_timeout=ship_timeout,
+            compensation_timeout=compensation_timeout,
+        )
+    )
     return orders
 
 

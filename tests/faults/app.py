@@ -30,7 +30,8 @@ It is ``handlers.app.build_app`` unchanged, plus what the harness needs to see a
 * ``LEVERET_FAULTS_SERVICES=inventory`` serves only the named services, ``-inventory`` all but
   them; ``LEVERET_FAULTS_INVENTORY_MAX=N`` caps the inventory's queues at N messages
   (``reject-publish``) and guards sends to it with a circuit breaker;
-* ``LEVERET_FAULTS_QUICK_RETRIES=1`` shortens the retry delays to 0.2 s and 0.5 s, so a
+* ``LEVERET_FAULTS_QUICK_RETRIES=1`` shortens the retry delays to 0.2 s and 0.5 s (and the
+  saga's wait for a compensation's reply to 1 s), so a
   permanently failing handler dead-letters within a second;
 * the connection has short heartbeats and deadlines (``LEVERET_FAULTS_HEARTBEAT``, default 2 s),
   so a hung broker or a blackholed link is noticed within seconds;
@@ -365,7 +366,10 @@ def build_fault_app() -> App:
     quick = env.get("LEVERET_FAULTS_QUICK_RETRIES") == "1"
     step_timeout = float(env.get("LEVERET_FAULTS_STEP_TIMEOUT", "60"))
     inventory_max = int(env.get("LEVERET_FAULTS_INVENTORY_MAX", "0")) or None
-    services = command_services(step_timeout=step_timeout)
+    # Quick retries: a compensation's reply is awaited 1 s too, as before the 10 s default.
+    services = command_services(
+        step_timeout=step_timeout, compensation_timeout=1.0 if quick else None
+    )
     services.insert(1, build_read_side(store))
     if inventory_max is not None:
         services = [
