@@ -761,6 +761,8 @@ def transactional(
             return
         raise SagaConflict(f"{consumer}: {ctx.message_id} kept conflicting")
 
-    # The handler's name is in its logs and in the ids of the messages it sends, not "run".
+    # The handler's name is in its logs and in the ids of the messages it sends, not "run";
+    # its markings (``defer_when_open``) hold for the wrapper the app runs.
     run.__name__, run.__qualname__ = handler.__name__, handler.__qualname__
+    run.__dict__.update(getattr(handler, "__dict__", {}))
     return run

@@ -28,8 +28,7 @@ from framework.middleware import Middleware
 from framework.resilience import Breakers, ExternalCall
 from framework.store import Store, store_from_url
 from framework.transport.base import Transport
-from handlers.deferral import DeferRefusedCalls
-from handlers.gateway import GATEWAY, GATEWAY_CALL, PaymentGateway
+from handlers.gateway import GATEWAY_CALL, PaymentGateway
 from handlers.inventory import build_inventory
 from handlers.notifications import build_notifications
 from handlers.orders import build_orders, build_read_side
@@ -88,12 +87,6 @@ def command_services(
     ]
 
 
-def _deferring(breakers: Breakers, middleware: Sequence[Middleware]) -> list[Middleware]:
-    """``middleware`` behind the shim that defers the payment commands the gateway's breaker
-    refused (see ``handlers.deferral``)."""
-    return [DeferRefusedCalls(breakers, [GATEWAY]), *middleware]
-
-
 def build_app(
     url: str = "memory://",
     *,
@@ -125,7 +118,7 @@ def build_app(
         services,
         url=url,
         transport=transport,
-        middleware=_deferring(breakers, middleware),
+        middleware=middleware,
         config=config or AppConfig(prefix=prefix),
         store=store,
         breakers=breakers,
@@ -148,7 +141,6 @@ def build_command_side(
     return App(
         command_services(stock=stock, step_timeout=step_timeout, breakers=breakers),
         url=url,
-        middleware=_deferring(breakers, ()),
         config=config or AppConfig(prefix=prefix),
         store=store or store_from_url(db_url),
         breakers=breakers,

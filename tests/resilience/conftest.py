@@ -7,6 +7,7 @@ from typing import Any
 
 from framework import App, AppConfig, Service
 from framework.resilience import Breakers
+from framework.store import Store
 from tests.app.conftest import Backend, backend, next_item
 
 __all__ = ["Backend", "backend", "next_item", "start_app"]
@@ -18,12 +19,17 @@ async def start_app(
     *,
     breakers: Breakers | None = None,
     start: bool = True,
+    store: Store | None = None,
     **config: Any,
 ) -> App:
-    """An app with ``breakers`` on the test's backend, stopped after the test."""
+    """An app with ``breakers`` (and ``store``) on the test's backend, stopped after the test."""
     config.setdefault("prefix", backend.prefix)
     app = App(
-        services, transport=backend.transport(), config=AppConfig(**config), breakers=breakers
+        services,
+        transport=backend.transport(),
+        config=AppConfig(**config),
+        breakers=breakers,
+        store=store,
     )
     backend._apps.append(app)
     if start:

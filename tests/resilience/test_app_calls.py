@@ -23,6 +23,7 @@ from framework.resilience import (
     defer_when_open,
 )
 from framework.resilience.cli import ask_workers
+from framework.store import store_from_url
 from framework.testing.harness import Harness
 from tests.resilience.conftest import Backend, next_item, start_app
 
@@ -38,22 +39,27 @@ def order(i: int) -> PlaceOrder:
     return PlaceOrder(order_id=f"o-{i}", customer_id="c", items=ITEMS, address="a")
 
 
-async def test_a_refused_call_defers_the_message_and_nothing_is_lost(backend: Backend) -> None:
+@pytest.mark.parametrize("transactional", [False, True], ids=["plain", "transactional"])
+async def test_a_refused_call_defers_the_message_and_nothing_is_lost(
+    backend: Backend, transactional: bool
+) -> None:
     """While the gateway's breaker refuses, each order is deferred (no attempt used up); once it
-    closes every order is charged exactly once and nothing reaches the DLQ."""
+    closes every order is charged exactly once and nothing reaches the DLQ — also for a
+    ``transactional=True`` handler, which the app runs inside a wrapper of its own."""
     orders = Service("orders")
     breakers = Breakers([ExternalCall(GATEWAY, timeout=5)], defer_delays=(0.3,), status=False)
     runs: asyncio.Queue[tuple[str, int, int]] = asyncio.Queue()
     charged: asyncio.Queue[str] = asyncio.Queue()
 
-    @orders.command(retry=RetryPolicy.none())
+    @orders.command(retry=RetryPolicy.none(), transactional=transactional)
     @defer_when_open
     async def place_order(cmd: PlaceOrder, ctx: Context) -> None:
         await runs.put((cmd.order_id, ctx.attempt, ctx.headers.get(DEFERRALS, 0)))
         async with breakers.call(GATEWAY):
             await charged.put(cmd.order_id)  # the gateway call
 
-    app = await start_app(backend, [orders], breakers=breakers)
+    store = store_from_url("memory://") if transactional else None
+    app = await start_app(backend, [orders], breakers=breakers, store=store)
     breakers[GATEWAY].transition_to_forced_open()
     for i in range(3):
         await app.send(order(i))
