@@ -263,6 +263,8 @@ def cluster(
             raise RabbitmqctlError(f"the {size} nodes did not form one cluster")
         yield started
     finally:
+        # Killed, not stopped: the cluster and its data are thrown away, and a graceful stop
+        # of three nodes took about 16 s of every test session.
         for node in reversed(nodes):
-            node.stop()
+            node.kill()
         shutil.rmtree(base, ignore_errors=True)
