@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from structlog.testing import capture_logs
 
-from framework.errors import BrokerUnreachable, ConfigurationError, PublishTimeout
+from framework.errors import BrokerUnreachable, ConfigurationError, PublishNacked, PublishTimeout
 from framework.transport.amqp import AmqpConfig, AmqpTransport
 from framework.transport.base import Delivery, OutgoingMessage, QueueSpec, Topology
 from tests.support.broker import close_all_connections, rabbitmqctl_available, vhost_of
@@ -255,3 +255,28 @@ async def test_declare_conflict_keeps_long_lived_channels(amqp: AmqpTransport, p
         second = await received.get()
     assert not second.redelivered
     await second.ack()
+
+
+async def test_a_flood_of_nacked_publishes_leaves_no_channels_behind(
+    amqp: AmqpTransport, prefix: str
+) -> None:
+    """Each nacked publish is tried again on a fresh channel of its own, which is closed at once
+    once the broker has answered: 200 concurrent publishes to a full queue all end as
+    ``PublishNacked``, and the connection keeps only its usual channels."""
+    queue = f"{prefix}.full"
+    await amqp.declare(
+        Topology(queues=(QueueSpec(queue, max_length=1, overflow="reject-publish"),))
+    )
+    await amqp.publish(message(), exchange="", routing_key=queue)
+    connection = amqp._link.require().transport
+    assert connection is not None
+    before = len(connection.connection.channels)
+    results = await asyncio.gather(
+        *(amqp.publish(message(), exchange="", routing_key=queue) for _ in range(200)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, PublishNacked) for r in results), {type(r) for r in results}
+    await asyncio.sleep(0.5)  # the closes of the last fresh channels
+    assert len(connection.connection.channels) <= before
+    assert await amqp.queue_depth(queue) == 1
+    await amqp.delete_queue(queue)

@@ -267,7 +267,7 @@ class Publisher:
                     reply_to=message.reply_to,
                 )
             except BaseException as exc:
-                self._retire(raw)
+                self._retire(raw, settled=True)
                 if isinstance(exc, LOST) and isinstance(
                     self.error(exc, exchange, routing_key), PublishNacked
                 ):
@@ -283,14 +283,17 @@ class Publisher:
             if stale is not self._pika_raw:
                 self._retire(stale)  # a channel of this publisher's own from an earlier renewal
         else:
-            self._retire(raw)
+            self._retire(raw, settled=True)
         return True
 
-    def _retire(self, raw: aiormq.abc.AbstractChannel) -> None:
-        """Close ``raw`` once what may be in flight on it is settled (``publish_timeout``)."""
+    def _retire(self, raw: aiormq.abc.AbstractChannel, *, settled: bool = False) -> None:
+        """Close ``raw``: at once when its one publish is ``settled`` (a flood of nacks must not
+        pile up channels), else once what others may have in flight on it is settled
+        (``publish_timeout``)."""
 
         async def close_later() -> None:
-            await asyncio.sleep(self._link.config.publish_timeout + 1)
+            if not settled:
+                await asyncio.sleep(self._link.config.publish_timeout + 1)
             if not raw.is_closed:
                 with contextlib.suppress(*LOST):
                     await raw.close()
