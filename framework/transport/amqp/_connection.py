@@ -286,16 +286,22 @@ class AmqpConnection:
                 reason = f"{what}: {exc!r}"
             raise self.errors.unreachable(reason) from None
 
-    @contextlib.asynccontextmanager
-    async def scratch_channel(
-        self, *, confirms: bool = False
-    ) -> AsyncIterator[aiormq.abc.AbstractChannel]:
-        """A short-lived raw channel that a channel error may kill without harm."""
+    async def raw_channel(self, *, confirms: bool = False) -> aiormq.abc.AbstractChannel:
+        """A new raw aiormq channel on the open connection (with confirms, a return fails its
+        publish); the caller closes it."""
         connection = self.require()
         await connection.ready()
         if connection.transport is None:
             raise ChannelInvalidStateError("no connection")
-        channel = await connection.transport.connection.channel(publisher_confirms=confirms)
+        channel: aiormq.abc.AbstractChannel = await connection.transport.connection.channel(
+            publisher_confirms=confirms, on_return_raises=confirms
+        )
+        return channel
+
+    @contextlib.asynccontextmanager
+    async def scratch_channel(self) -> AsyncIterator[aiormq.abc.AbstractChannel]:
+        """A short-lived raw channel that a channel error may kill without harm."""
+        channel = await self.raw_channel()
         try:
             yield channel
         finally:

@@ -18,7 +18,7 @@ from typing import Any
 import aiormq.abc
 import msgspec
 import structlog
-from aiormq.exceptions import ChannelInvalidStateError, ChannelNotFoundEntity
+from aiormq.exceptions import ChannelNotFoundEntity
 from pamqp.commands import Basic
 
 from framework.errors import LeveretError, PublishFailed, PublishNacked, PublishTimeout
@@ -250,13 +250,7 @@ class Publisher:
             TimeoutError: no confirm by ``deadline``.
         """
         async with asyncio.timeout_at(deadline):
-            connection = self._link.require()
-            await connection.ready()
-            if connection.transport is None:
-                raise ChannelInvalidStateError("no connection")
-            raw = await connection.transport.connection.channel(
-                publisher_confirms=True, on_return_raises=True
-            )
+            raw = await self._link.raw_channel(confirms=True)
             try:
                 await self.confirmed(
                     raw,
