@@ -3,6 +3,7 @@
     python -m examples.shop                      # in-process broker + a fresh SQLite file
     python -m examples.shop --orders 1000 --seed 7
     python -m examples.shop --gateway-outage 5       # the payment gateway fails for 5 s mid-run
+    python -m examples.shop --choreography           # both order flows on the same orders
     python -m examples.shop --amqp-url amqp://guest:guest@127.0.0.1:5672/ \\
         --db-url postgresql://postgres@127.0.0.1:5432/test --workers 2
 
@@ -14,6 +15,14 @@ The payment service charges through an in-process fake payment gateway guarded b
 calls fail) once a fifth of the orders are charged: the summary then shows the breaker's
 transitions, the charges deferred while it was open, and checks that every order still ended as
 its contents say and that the gateway's ledger matches the payment service's.
+
+``--choreography`` runs the same orders through the orchestrated shop (``handlers.app``) and
+then through the choreographed one (``handlers.choreography``: no saga, services react to each
+other's events), each on a fresh database, checks both with the same invariants, shows an order's
+trail (what replaces ``leveret sagas`` there), and ends with a table comparing the two flows:
+messages per order, latency, orders per second. With ``--amqp-url`` each flow runs as
+``leveret run`` worker processes of its own (``handlers.app:app``, then
+``handlers.choreography:app``).
 """
 
 from __future__ import annotations
@@ -30,24 +39,32 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import contracts
 from contracts.inventory import StockReceived, StockReleased, StockReserved
 from contracts.orders import GetOrder, LineItem, ListOrders, PlaceOrder
-from framework import App, AppConfig
+from contracts.trail import GetOrderTrail, ListOrderTrails, OrderTrail
+from framework import App, AppConfig, Command, Query, Reply
 from framework.errors import BreakerOpen, QueryFailed
 from framework.eventsourcing import EventDecoder, event_store
+from framework.messages import MessageKind
 from framework.middleware import Incoming, Next
+from framework.observe import Handling, Observer
 from framework.resilience import BreakerEvent, StateTransition
 from framework.store import SagaRecord, SagaStatus, Store, StoreTx, store_from_url
 from framework.urls import redact
 from handlers.app import DEFAULT_STOCK, build_app
+from handlers.choreography import build_choreography_app
 from handlers.gateway import GATEWAY, FakeGateway, Outage
 from handlers.inventory import Stock
 from handlers.orders import ORDER_STEPS
 from handlers.payment import CARD_LIMIT_CENTS
 from handlers.shipping import UNSERVED
+
+T = TypeVar("T")
 
 _stock_decoder = EventDecoder([StockReceived, StockReserved, StockReleased])
 
@@ -92,14 +109,69 @@ def make_orders(run: str, n: int, seed: int) -> list[PlaceOrder]:
     return orders
 
 
+def compensated(reason: str | None) -> str:
+    """``compensated: <cause>`` for a flow that undid its steps for ``reason``."""
+    for text, cause in CAUSES.items():
+        if text in (reason or ""):
+            return f"compensated: {cause}"
+    return "compensated: other"
+
+
 def outcome(record: SagaRecord) -> str:
     """How an order's saga ended: ``completed``, or ``compensated: <cause>``."""
     if record.status is SagaStatus.COMPENSATED:
-        for text, cause in CAUSES.items():
-            if text in (record.reason or ""):
-                return f"compensated: {cause}"
-        return "compensated: other"
+        return compensated(record.reason)
     return str(record.status)
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """Where one order's flow stands, whichever flow ran it (a saga, or the choreography).
+
+    ``outcome`` is ``completed``, ``compensated: <cause>`` or, for a saga, its other status;
+    ``started`` and ``finished`` are Unix seconds (the order taken, its last change).
+    """
+
+    order_id: str
+    outcome: str
+    terminal: bool
+    completed: bool
+    reason: str | None
+    started: float
+    finished: float
+
+    @classmethod
+    def of_saga(cls, record: SagaRecord) -> Ending:
+        """The ending of an orchestrated order: its saga's."""
+        return cls(
+            order_id=record.saga_id.removeprefix("order-"),
+            outcome=outcome(record),
+            terminal=record.status.terminal,
+            completed=record.status is SagaStatus.COMPLETED,
+            reason=record.reason,
+            started=record.created_at,
+            finished=record.updated_at,
+        )
+
+    @classmethod
+    def of_flow(cls, row: Sequence[Any]) -> Ending:
+        """The ending of a choreographed order: its ``order_flow`` row (order id, status,
+        reason, placed at, ended at)."""
+        order_id, status, reason, placed_at, ended_at = row
+        return cls(
+            order_id=order_id,
+            outcome="completed" if status == "completed" else compensated(reason),
+            terminal=status != "placed",
+            completed=status == "completed",
+            reason=reason,
+            started=placed_at,
+            finished=ended_at if ended_at is not None else placed_at,
+        )
+
+
+def endings(records: Sequence[SagaRecord | Ending]) -> list[Ending]:
+    """Sagas and endings alike, as endings."""
+    return [r if isinstance(r, Ending) else Ending.of_saga(r) for r in records]
 
 
 def expected_outcome(order: PlaceOrder) -> str:
@@ -160,18 +232,18 @@ class GatewayOutage:
             self.transitions.append(event)
 
     async def check(
-        self, store: Store, orders: list[PlaceOrder], records: list[SagaRecord]
+        self, store: Store, orders: list[PlaceOrder], records: Sequence[SagaRecord | Ending]
     ) -> list[str]:
         """Every order ended as its contents say, and the gateway holds what payment stored."""
         problems: list[str] = []
-        by_order = {r.saga_id.removeprefix("order-"): r for r in records}
+        by_order = {e.order_id: e for e in endings(records)}
         async with store.transaction() as tx:
             charges = dict(await tx.fetchall("SELECT order_id, amount_cents FROM payment_charges"))
             refunds = dict(await tx.fetchall("SELECT order_id, amount_cents FROM payment_refunds"))
         for order in orders:
             oid = order.order_id
-            record = by_order.get(oid)
-            ended = "not ended" if record is None else outcome(record)
+            ending = by_order.get(oid)
+            ended = "not ended" if ending is None else ending.outcome
             expected = expected_outcome(order)
             if ended != expected:
                 problems.append(f"{oid}: {ended}, expected {expected}")
@@ -216,34 +288,104 @@ class GatewayOutage:
         return counts["payment.charge"], counts["payment.refund"]
 
 
+class MessageCounter(Observer):
+    """Observer: the messages an app published (commands and events, by wire name; retries and
+    dead letters apart) and the deliveries its handlers took (by service), queries left out."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = f"{prefix}."
+        self.queries = {c.__wire_name__ for c in contracts.ALL if issubclass(c, Query | Reply)}
+        self.commands = {c.__wire_name__ for c in contracts.ALL if issubclass(c, Command)}
+        self.published: Counter[str] = Counter()
+        self.resent: Counter[str] = Counter()
+        self.delivered: Counter[str] = Counter()
+
+    def publish_finished(self, state: Any, destination: str, error: BaseException | None) -> None:
+        if error is not None or destination in self.queries:
+            return
+        if destination.startswith(self.prefix):  # a retry, a delay or a dead letter
+            self.resent[destination] += 1
+        else:
+            self.published[destination] += 1
+
+    def handling_started(self, handling: Handling) -> None:
+        if handling.handler.kind is not MessageKind.QUERY:
+            self.delivered[handling.handler.service] += 1
+
+    def figures(self) -> dict[str, int]:
+        """Messages published (commands, events), saga deadline timers, retries and deferrals,
+        deliveries (to the read side, to the order trail)."""
+        commands = sum(n for name, n in self.published.items() if name in self.commands)
+        timers = sum(n for name, n in self.resent.items() if ".saga." in name)
+        return {
+            "published": sum(self.published.values()),
+            "commands": commands,
+            "events": sum(self.published.values()) - commands,
+            "timers": timers,
+            "retries": sum(self.resent.values()) - timers,
+            "delivered": sum(self.delivered.values()),
+            "read side": self.delivered["order_view"],
+            "trail": self.delivered["order_trail"],
+        }
+
+    def snapshot(self) -> MessageCounter:
+        """A copy of the counts so far."""
+        copy = MessageCounter(self.prefix.removesuffix("."))
+        copy.published, copy.resent = self.published.copy(), self.resent.copy()
+        copy.delivered = self.delivered.copy()
+        return copy
+
+
 @dataclass
 class Report:
-    records: list[SagaRecord]
+    """One flow's run: how its orders ended, how fast, and what its checks found."""
+
+    endings: list[Ending]
     seconds: float
     problems: list[str] = field(default_factory=list)
     # (status, step) -> orders of this run, as the read side answers ``ListOrders`` queries
     read_model: Counter[tuple[str, str]] = field(default_factory=Counter)
     gateway: GatewayOutage | None = None
+    flow: str = "orchestrated"
+    messages: MessageCounter | None = None
+    trail: OrderTrail | None = None
+
+    @property
+    def unit(self) -> str:
+        return "sagas" if self.flow == "orchestrated" else "orders"
+
+    def latency_ms(self, quantile: float) -> float:
+        """The ``quantile`` of the orders' latencies (taken to ended), in milliseconds."""
+        latencies = sorted(e.finished - e.started for e in self.endings)
+        if not latencies:
+            return 0.0
+        if quantile == 0.5:
+            return statistics.median(latencies) * 1000
+        return latencies[min(len(latencies) - 1, int(len(latencies) * quantile))] * 1000
+
+    @property
+    def rate(self) -> float:
+        return len(self.endings) / self.seconds if self.seconds else 0.0
 
     def print(self) -> None:
-        counts = Counter(outcome(r) for r in self.records)
-        latencies = sorted(r.updated_at - r.created_at for r in self.records)
-        print(f"\n{'outcome':<30} {'sagas':>7}")
+        unit = self.unit
+        counts = Counter(e.outcome for e in self.endings)
+        print(f"\n{self.flow + ' outcome':<30} {unit:>7}")
         for ended, count in sorted(counts.items()):
             print(f"{ended:<30} {count:>7}")
-        print(f"{'total':<30} {len(self.records):>7}")
-        if latencies:
-            p50 = statistics.median(latencies) * 1000
-            p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+        print(f"{'total':<30} {len(self.endings):>7}")
+        if self.endings:
             print(
-                f"\nsaga latency p50 {p50:.0f} ms, p99 {p99:.0f} ms; "
-                f"{len(self.records) / self.seconds:.1f} sagas/s "
-                f"({len(self.records)} in {self.seconds:.1f}s)"
+                f"\n{unit[:-1]} latency p50 {self.latency_ms(0.5):.0f} ms, "
+                f"p99 {self.latency_ms(0.99):.0f} ms; {self.rate:.1f} {unit}/s "
+                f"({len(self.endings)} in {self.seconds:.1f}s)"
             )
         if self.read_model:
             print(f"\n{'read model (ListOrders)':<30} {'step':<20} {'orders':>7}")
             for (status, step), count in sorted(self.read_model.items()):
                 print(f"{status:<30} {step:<20} {count:>7}")
+        if self.trail is not None:
+            print_trail(self.trail)
         if self.gateway is not None:
             self.gateway.print()
         if self.problems:
@@ -263,50 +405,121 @@ class Report:
                 )
 
 
+def print_trail(trail: OrderTrail) -> None:
+    """An order's trail as ``python -m handlers.choreography show`` prints it."""
+    print(f"\norder trail of {trail.order_id} ({trail.status}), from the order_trail service:")
+    zero = trail.entries[0].at if trail.entries else 0.0
+    for entry in trail.entries:
+        print(f"  {1000 * (entry.at - zero):+8.1f} ms  {entry.event:<34} {entry.detail}")
+
+
+def print_comparison(orchestrated: Report, choreographed: Report) -> None:
+    """The two flows side by side, on the same orders."""
+    flows = (orchestrated, choreographed)
+    n = len(orchestrated.endings)
+
+    def per_order(figure: str) -> tuple[str, str]:
+        def one(report: Report) -> str:
+            if report.messages is None or not report.endings:
+                return "n/a (workers)"
+            return f"{report.messages.figures()[figure] / len(report.endings):.1f}"
+
+        return one(orchestrated), one(choreographed)
+
+    rows = [
+        ("messages published per order", *per_order("published")),
+        ("  commands", *per_order("commands")),
+        ("  events", *per_order("events")),
+        ("saga deadline timers per order", *per_order("timers")),
+        ("retries and deferrals per order", *per_order("retries")),
+        ("deliveries per order", *per_order("delivered")),
+        ("  to the read side (orders_view)", *per_order("read side")),
+        ("  to the order trail", *per_order("trail")),
+        ("latency p50 (ms)", *(f"{r.latency_ms(0.5):.0f}" for r in flows)),
+        ("latency p99 (ms)", *(f"{r.latency_ms(0.99):.0f}" for r in flows)),
+        ("orders/s (sagas/s)", *(f"{r.rate:.1f}" for r in flows)),
+        ("invariants", *("hold" if not r.problems else f"{len(r.problems)} broken" for r in flows)),
+        ("operator's view", "leveret sagas", "order trail"),
+    ]
+    print(f"\n{f'the same {n} orders':<34} {'orchestrated':>14} {'choreographed':>14}")
+    for label, left, right in rows:
+        print(f"{label:<34} {left:>14} {right:>14}")
+    print(
+        "\norchestrated: `leveret sagas list|show` reads each order's saga (state, history).\n"
+        "choreographed: no saga holds an order; the order_trail service records every event of\n"
+        "each order: `python -m handlers.choreography list|show` (or the GetOrderTrail and\n"
+        "ListOrderTrails queries) shows an order's trail and the orders that stopped moving."
+    )
+
+
 async def wait_for_sagas(store: Store, run: str, n: int, deadline: float) -> list[SagaRecord]:
     """Poll until all ``n`` sagas of ``run`` are terminal, drawing a progress bar."""
+
+    async def ended() -> list[SagaRecord]:
+        records = await store.list_sagas(saga="order", limit=10 * n + 1000)
+        return [r for r in records if r.saga_id.startswith(f"order-{run}") and r.status.terminal]
+
+    return await _wait_for(ended, n, deadline, "sagas")
+
+
+async def wait_for_orders(store: Store, run: str, n: int, deadline: float) -> list[Ending]:
+    """Poll until all ``n`` choreographed orders of ``run`` ended (their ``order_flow`` rows),
+    drawing a progress bar."""
+
+    async def ended() -> list[Ending]:
+        async with store.transaction() as tx:
+            rows = await tx.fetchall(
+                "SELECT order_id, status, reason, placed_at, ended_at FROM order_flow "
+                "WHERE order_id LIKE ? AND status <> 'placed'",
+                f"{run}-%",
+            )
+        return [Ending.of_flow(row) for row in rows]
+
+    return await _wait_for(ended, n, deadline, "orders")
+
+
+async def _wait_for(
+    ended: Callable[[], Awaitable[list[T]]], n: int, deadline: float, unit: str
+) -> list[T]:
     started = time.monotonic()
-    done: list[SagaRecord] = []
     shown = -1
     while True:
-        records = [
-            r
-            for r in await store.list_sagas(saga="order", limit=10 * n + 1000)
-            if r.saga_id.startswith(f"order-{run}")
-        ]
-        done = [r for r in records if r.status.terminal]
+        done = await ended()
         if len(done) != shown:
             shown = len(done)
             width = 40
             filled = width * shown // max(n, 1)
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {shown}/{n} sagas")
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {shown}/{n} {unit}")
             sys.stderr.flush()
         if len(done) >= n:
             sys.stderr.write("\n")
             return done
         if time.monotonic() - started > deadline:
             sys.stderr.write("\n")
-            raise TimeoutError(f"only {len(done)} of {n} sagas finished within {deadline:.0f}s")
+            raise TimeoutError(f"only {len(done)} of {n} {unit} finished within {deadline:.0f}s")
         await asyncio.sleep(0.2)
 
 
 async def check_invariants(
-    store: Store, orders: list[PlaceOrder], records: list[SagaRecord], settle: float = 30.0
+    store: Store,
+    orders: list[PlaceOrder],
+    records: Sequence[SagaRecord | Ending],
+    settle: float = 30.0,
 ) -> list[str]:
-    """The shop's invariants; retried until ``settle`` seconds pass (the read side lags)."""
+    """The shop's invariants, for either flow (``records``: the orchestrated shop's sagas, or
+    ``Ending``s); retried until ``settle`` seconds pass (the read side lags)."""
     started = time.monotonic()
+    ends = endings(records)
     while True:
-        problems = await _invariants(store, orders, records)
+        problems = await _invariants(store, orders, ends)
         if not problems or time.monotonic() - started > settle:
             return problems
         await asyncio.sleep(0.25)
 
 
-async def _invariants(
-    store: Store, orders: list[PlaceOrder], records: list[SagaRecord]
-) -> list[str]:
+async def _invariants(store: Store, orders: list[PlaceOrder], ends: list[Ending]) -> list[str]:
     problems: list[str] = []
-    by_order = {r.saga_id.removeprefix("order-"): r for r in records}
+    by_order = {e.order_id: e for e in ends}
     async with store.transaction() as tx:
         charges = dict(await tx.fetchall("SELECT order_id, amount_cents FROM payment_charges"))
         refunds = dict(await tx.fetchall("SELECT order_id, amount_cents FROM payment_refunds"))
@@ -329,14 +542,14 @@ async def _invariants(
         }
     for order in orders:
         oid = order.order_id
-        record = by_order.get(oid)
-        if record is None or not record.status.terminal:
-            problems.append(f"{oid}: no terminal saga")
+        ending = by_order.get(oid)
+        if ending is None or not ending.terminal:
+            problems.append(f"{oid}: no terminal saga or order flow")
             continue
         total = sum(i.qty * i.unit_price_cents for i in order.items)
         is_shipped = oid in shipped
-        if (record.status is SagaStatus.COMPLETED) != is_shipped:
-            problems.append(f"{oid}: saga {record.status} but shipped={is_shipped}")
+        if ending.completed != is_shipped:
+            problems.append(f"{oid}: {ending.outcome} but shipped={is_shipped}")
         net = charges.get(oid, 0) - refunds.get(oid, 0)
         if net != (total if is_shipped else 0):
             problems.append(
@@ -350,17 +563,17 @@ async def _invariants(
             )
         if finals[oid] != 1:
             problems.append(f"{oid}: {finals[oid]} final notifications, expected 1")
-        # The read model: the final status, the step the saga stopped at (shipped, or a failure
+        # The read model: the final status, the step the flow stopped at (shipped, or a failure
         # or compensation step) and what the payment service charged and refunded.
-        is_completed = record.status is SagaStatus.COMPLETED
+        is_completed = ending.completed
         view = views.get(oid)
         expected_status = "completed" if is_completed else "cancelled"
         if view is None or view[0] != expected_status:
-            problems.append(f"{oid}: read model says {view!r}, saga {record.status}")
+            problems.append(f"{oid}: read model says {view!r}, flow {ending.outcome}")
             continue
         _, step, charged, refunded = view
         if is_completed != (step == "shipped") or step not in _FINAL_STEPS:
-            problems.append(f"{oid}: read model step {step!r}, saga {record.status}")
+            problems.append(f"{oid}: read model step {step!r}, flow {ending.outcome}")
         if (charged, refunded) != (charges.get(oid, 0), refunds.get(oid, 0)):
             problems.append(
                 f"{oid}: read model charged {charged} refunded {refunded}, payment "
@@ -439,12 +652,23 @@ async def place(app: App, orders: list[PlaceOrder], concurrency: int = 50) -> No
         await asyncio.gather(*(app.send(o) for o in orders[start : start + concurrency]))
 
 
-async def run_embedded(args: argparse.Namespace, run: str, orders: list[PlaceOrder]) -> Report:
+async def run_embedded(
+    args: argparse.Namespace, run: str, orders: list[PlaceOrder], *, choreographed: bool = False
+) -> Report:
+    """Run the shop in this process (memory broker, a fresh SQLite file unless ``--db-url``):
+    the orchestrated one, or with ``choreographed`` the choreographed one."""
     db_url = args.db_url or f"sqlite:///{tempfile.mkdtemp(prefix='leveret-shop-')}/shop.sqlite3"
-    print(f"shop: {len(orders)} orders on memory:// with {redact(db_url)}", file=sys.stderr)
-    config = AppConfig(prefix="shop")
+    flow = "choreographed" if choreographed else "orchestrated"
+    print(
+        f"shop ({flow}): {len(orders)} orders on memory:// with {redact(db_url)}", file=sys.stderr
+    )
+    prefix = "shop-choreography" if choreographed else "shop"
+    config = AppConfig(prefix=prefix)
     outage = GatewayOutage(args.gateway_outage) if args.gateway_outage else None
-    if outage is None:
+    counter = MessageCounter(prefix)
+    if choreographed:
+        app = build_choreography_app("memory://", db_url=db_url, config=config)
+    elif outage is None:
         app = build_app("memory://", db_url=db_url, config=config)
     else:
         app = build_app(
@@ -456,27 +680,66 @@ async def run_embedded(args: argparse.Namespace, run: str, orders: list[PlaceOrd
         )
         assert app.breakers is not None
         app.breakers[GATEWAY].subscribe(outage.heard, transitions_only=True)
+    app.observe(counter)
     assert app.store is not None
+    trail = None
     async with app:
         started = time.monotonic()
         if outage is not None:
             outage.plan(len(orders), started)
         await place(app, orders)
-        records = await wait_for_sagas(app.store, run, len(orders), args.deadline)
+        if choreographed:
+            ends: list[Ending] = await wait_for_orders(app.store, run, len(orders), args.deadline)
+        else:
+            records = await wait_for_sagas(app.store, run, len(orders), args.deadline)
+            ends = endings(records)
         seconds = time.monotonic() - started
-        problems = await check_invariants(app.store, orders, records)
+        problems = await check_invariants(app.store, orders, ends)
+        # Counted now: every order ended and notified; the read side's queries are not counted.
+        messages = counter.snapshot()
         view, view_problems = await read_model(app, orders, args.deadline)
         if outage is not None:
-            problems += await outage.check(app.store, orders, records)
-    return Report(records, seconds, problems + view_problems, view, outage)
+            problems += await outage.check(app.store, orders, ends)
+        if choreographed:
+            trail, trail_problems = await trail_of_one(app, orders, ends, args.deadline)
+            problems += trail_problems
+    return Report(ends, seconds, problems + view_problems, view, outage, flow, messages, trail)
 
 
-async def run_workers(args: argparse.Namespace, run: str, orders: list[PlaceOrder]) -> Report:
+async def trail_of_one(
+    client: App, orders: list[PlaceOrder], ends: list[Ending], deadline: float
+) -> tuple[OrderTrail | None, list[str]]:
+    """The trail of an order that failed at shipping (the longest path), and what the trail
+    service got wrong: an order it does not list as ended."""
+    undelivered = [e.order_id for e in ends if e.outcome == "compensated: shipping failed"]
+    give_up = time.monotonic() + deadline
+    while True:
+        # The trail trails the flow by an event or two: asked until it saw every order end.
+        unfinished = await client.request(ListOrderTrails(status="placed", limit=1000))
+        ids = {o.order_id for o in orders}
+        stuck = [o.order_id for o in unfinished.orders if o.order_id in ids]
+        if not stuck or time.monotonic() > give_up:
+            break
+        await asyncio.sleep(0.2)
+    problems = [f"{oid}: the order trail shows it still placed" for oid in stuck]
+    if not undelivered:
+        return None, problems
+    return await client.request(GetOrderTrail(order_id=min(undelivered))), problems
+
+
+async def run_workers(
+    args: argparse.Namespace, run: str, orders: list[PlaceOrder], *, choreographed: bool = False
+) -> Report:
+    """Run the shop as ``leveret run`` worker processes on RabbitMQ (``handlers.app:app``, or
+    with ``choreographed`` ``handlers.choreography:app``); this process places the orders and
+    watches the database."""
     db_url = args.db_url or f"sqlite:///{tempfile.mkdtemp(prefix='leveret-shop-')}/shop.sqlite3"
-    prefix = f"shop-{run}"
+    flow = "choreographed" if choreographed else "orchestrated"
+    prefix = f"shop-{run}-choreography" if choreographed else f"shop-{run}"
+    target = "handlers.choreography:app" if choreographed else "handlers.app:app"
     print(
-        f"shop: {len(orders)} orders on {redact(args.amqp_url)} with {redact(db_url)}, "
-        f"{args.workers} workers",
+        f"shop ({flow}): {len(orders)} orders on {redact(args.amqp_url)} with {redact(db_url)}, "
+        f"{args.workers} workers of {target}",
         file=sys.stderr,
     )
     env = {
@@ -491,7 +754,7 @@ async def run_workers(args: argparse.Namespace, run: str, orders: list[PlaceOrde
         "-m",
         "framework",
         "run",
-        "handlers.app:app",
+        target,
         "--workers",
         str(args.workers),
         "--amqp-url",
@@ -501,17 +764,24 @@ async def run_workers(args: argparse.Namespace, run: str, orders: list[PlaceOrde
         env=env,
     )
     store = store_from_url(db_url)
-    client = App([], url=args.amqp_url, config=AppConfig(prefix=prefix))
+    client = App([], url=args.amqp_url, config=AppConfig(prefix=prefix), contracts=contracts.ALL)
     try:
         # The supervisor upgrades the schema, the workers declare the topology: wait for both.
         await wait_ready(store, client, args.deadline)
         started = time.monotonic()
         await place(client, orders)
-        records = await wait_for_sagas(store, run, len(orders), args.deadline)
+        if choreographed:
+            ends: list[Ending] = await wait_for_orders(store, run, len(orders), args.deadline)
+        else:
+            ends = endings(await wait_for_sagas(store, run, len(orders), args.deadline))
         seconds = time.monotonic() - started
-        problems = await check_invariants(store, orders, records)
+        problems = await check_invariants(store, orders, ends)
         view, view_problems = await read_model(client, orders, args.deadline)
-        return Report(records, seconds, problems + view_problems, view)
+        trail = None
+        if choreographed:
+            trail, trail_problems = await trail_of_one(client, orders, ends, args.deadline)
+            problems += trail_problems
+        return Report(ends, seconds, problems + view_problems, view, None, flow, None, trail)
     finally:
         await client.stop(grace=0)
         if workers.returncode is None:
@@ -553,6 +823,12 @@ async def main(argv: list[str] | None = None) -> int:
         "--deadline", type=float, default=300.0, help="seconds to wait for every saga to finish"
     )
     parser.add_argument(
+        "--choreography",
+        action="store_true",
+        help="run the orders through the orchestrated shop, then through the choreographed one "
+        "(handlers.choreography), and compare the two",
+    )
+    parser.add_argument(
         "--gateway-outage",
         type=float,
         default=0.0,
@@ -567,12 +843,24 @@ async def main(argv: list[str] | None = None) -> int:
             "--gateway-outage runs on the in-process broker only: with --amqp-url each worker "
             "process has a fake gateway of its own, out of this process's reach"
         )
+    if args.gateway_outage and args.choreography:
+        parser.error("--gateway-outage runs the orchestrated shop only: drop --choreography")
+    if args.db_url and args.choreography:
+        parser.error(
+            "--choreography runs each flow on a fresh SQLite file of its own (their services "
+            "share table names): drop --db-url"
+        )
     run = f"r{uuid.uuid4().hex[:6]}"
     orders = make_orders(run, args.orders, args.seed)
     runner = run_workers if args.amqp_url else run_embedded
     report = await runner(args, run, orders)
     report.print()
-    return 1 if report.problems else 0
+    if not args.choreography:
+        return 1 if report.problems else 0
+    choreographed = await runner(args, run, orders, choreographed=True)
+    choreographed.print()
+    print_comparison(report, choreographed)
+    return 1 if report.problems or choreographed.problems else 0
 
 
 def cli() -> None:
