@@ -670,13 +670,14 @@ class App:
             return result if isinstance(result, BaseException) else RuntimeError(str(result))
         return None
 
-    async def send(self, command: Command, **meta: Any) -> str:
-        """Send a command; see ``Bus.send``."""
-        return await self.bus.send(command, **meta)
+    async def send(self, command: Command, *, timeout: float | None = None, **meta: Any) -> str:
+        """Send a command and wait for the broker's confirm, sending it again after a lost
+        connection until ``timeout``; see ``Bus.send``."""
+        return await self.bus.send(command, timeout=timeout, **meta)
 
-    async def publish(self, event: Event, **meta: Any) -> str:
-        """Publish an event; see ``Bus.publish``."""
-        return await self.bus.publish(event, **meta)
+    async def publish(self, event: Event, *, timeout: float | None = None, **meta: Any) -> str:
+        """Publish an event (deadline ``timeout``, as for ``send``); see ``Bus.publish``."""
+        return await self.bus.publish(event, timeout=timeout, **meta)
 
     @overload
     async def request(

@@ -33,7 +33,9 @@ R = TypeVar("R", bound=Reply)
 class Outbound:
     """A message on its way out: the contract, its wire form and where it goes.
 
-    ``timeout`` is set for a query: the seconds its caller waits for the reply.
+    ``timeout`` is set for a query: the seconds its caller waits for the reply;
+    ``publish_timeout`` for a send or publish given a deadline of its own (``send(...,
+    timeout=)``).
     """
 
     message: Message
@@ -42,6 +44,7 @@ class Outbound:
     routing_key: str
     mandatory: bool
     timeout: float | None = None
+    publish_timeout: float | None = None
 
 
 # Returns None for a send or publish, the reply Delivery for a query.
@@ -130,26 +133,42 @@ class Bus:
                 out.wire, exchange=out.exchange, routing_key=out.routing_key, timeout=out.timeout
             )
         await self.transport.publish(
-            out.wire, exchange=out.exchange, routing_key=out.routing_key, mandatory=out.mandatory
+            out.wire,
+            exchange=out.exchange,
+            routing_key=out.routing_key,
+            mandatory=out.mandatory,
+            timeout=out.publish_timeout,
         )
         return None
 
-    async def send(self, command: Command, **meta: Any) -> str:
+    async def send(self, command: Command, *, timeout: float | None = None, **meta: Any) -> str:
         """Send a command to the one service that handles it; returns its message id.
+
+        Returns once the broker confirmed it. If the connection is lost before the confirm (or
+        is down when called), the send waits for it to come back and sends the message again
+        with the same message id, until ``timeout`` seconds have passed (the transport's
+        ``publish_timeout`` by default, 10 s); a consumer's inbox drops a copy that arrives
+        twice.
 
         Raises:
             WrongBus: ``command`` is not a Command.
             Unroutable: no service handles it (nothing is bound to its name).
+            PublishTimeout: not confirmed within ``timeout``; its ``may_be_delivered`` is False
+                when nothing went out, else send it again with the same ``message_id``.
         """
-        return await self._emit(command, MessageKind.COMMAND, "send", meta)
+        return await self._emit(command, MessageKind.COMMAND, "send", meta, timeout)
 
-    async def publish(self, event: Event, **meta: Any) -> str:
+    async def publish(self, event: Event, *, timeout: float | None = None, **meta: Any) -> str:
         """Publish an event to every subscribed service; returns its message id.
+
+        ``timeout`` bounds the wait for the broker's confirm, re-sends after a lost connection
+        included, as for ``send``.
 
         Raises:
             WrongBus: ``event`` is not an Event.
+            PublishTimeout: not confirmed within ``timeout`` (see ``send``).
         """
-        return await self._emit(event, MessageKind.EVENT, "publish", meta)
+        return await self._emit(event, MessageKind.EVENT, "publish", meta, timeout)
 
     def check_bus(self, message: Message, verb: str) -> None:
         """Raise WrongBus unless ``verb`` (send/publish) carries ``message``'s kind."""
@@ -158,7 +177,12 @@ class Bus:
             raise WrongBus(_wrong_bus(message, verb))
 
     async def _emit(
-        self, message: Message, kind: MessageKind, verb: str, meta: dict[str, Any]
+        self,
+        message: Message,
+        kind: MessageKind,
+        verb: str,
+        meta: dict[str, Any],
+        timeout: float | None = None,
     ) -> str:
         cls = type(message)
         if getattr(cls, "__kind__", None) is not kind:
@@ -166,7 +190,16 @@ class Bus:
         wire = envelope.build(message, self._codec.encode(message), **meta)
         # A command nobody handles is an error; an event nobody subscribes to is not.
         mandatory = kind is MessageKind.COMMAND
-        out = Outbound(message, wire, self._exchanges[kind], cls.__wire_name__, mandatory)
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        out = Outbound(
+            message,
+            wire,
+            self._exchanges[kind],
+            cls.__wire_name__,
+            mandatory,
+            publish_timeout=timeout,
+        )
         if self.observer is None:
             await self._publish(out)
         else:

@@ -60,8 +60,11 @@ class BrokerUnreachable(LeveretError):
         self.reason = reason
 
 
-class TLSVerificationFailed(BrokerUnreachable):
+class TLSVerificationFailed(BrokerUnreachable, ConfigurationError):
     """The broker's TLS certificate was not trusted (unknown CA, wrong host name, expired).
+
+    Also a ``ConfigurationError``: trying again fails the same way until the URL's CA (or the
+    broker's certificate) is changed, so ``leveret run`` exits 2 at once.
 
     Args:
         url: the broker URL, password redacted.
@@ -178,7 +181,18 @@ class NotEncodable(PublishFailed, ValueError):
 
 
 class PublishTimeout(PublishFailed):
-    """No confirm arrived within the deadline; the outcome is unknown, so retry with the same id."""
+    """No confirm arrived within the deadline: send the message again with the same message id.
+
+    Args:
+        may_be_delivered: False when the message never reached a channel (no connection came
+            back in time), so nothing was delivered; True when the outcome is unknown.
+    """
+
+    def __init__(
+        self, message: str, *, exchange: str, routing_key: str, may_be_delivered: bool = True
+    ) -> None:
+        super().__init__(message, exchange=exchange, routing_key=routing_key)
+        self.may_be_delivered = may_be_delivered
 
 
 class BreakerOpen(PublishFailed):

@@ -246,10 +246,20 @@ class _CapturingTransport(Transport):
         await self.inner.delete_queue(name)
 
     async def publish(
-        self, message: OutgoingMessage, *, exchange: str, routing_key: str, mandatory: bool = True
+        self,
+        message: OutgoingMessage,
+        *,
+        exchange: str,
+        routing_key: str,
+        mandatory: bool = True,
+        timeout: float | None = None,
     ) -> None:
         await self.inner.publish(
-            message, exchange=exchange, routing_key=routing_key, mandatory=mandatory
+            message,
+            exchange=exchange,
+            routing_key=routing_key,
+            mandatory=mandatory,
+            timeout=timeout,
         )
         self.harness._capture(message, exchange, routing_key)
 

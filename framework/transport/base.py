@@ -342,13 +342,19 @@ class Transport(abc.ABC):
         exchange: str,
         routing_key: str,
         mandatory: bool = True,
+        timeout: float | None = None,
     ) -> None:
         """Publish and wait for the broker's confirm.
+
+        ``timeout`` is this publish's deadline in seconds (the transport's own by default): a
+        broker transport that loses its connection meanwhile sends the message again, with the
+        same message id, once the connection is back, until the deadline passes.
 
         Raises:
             Unroutable: mandatory and no queue took it.
             PublishNacked: the broker refused it.
-            PublishTimeout: no confirm within the publish deadline.
+            PublishTimeout: no confirm by the deadline (its ``may_be_delivered`` says whether
+                the message may have reached the broker).
         """
 
     @abc.abstractmethod

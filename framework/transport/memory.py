@@ -462,8 +462,15 @@ class MemoryTransport(base.Transport):
         self.broker.delete_queue(name)
 
     async def publish(
-        self, message: OutgoingMessage, *, exchange: str, routing_key: str, mandatory: bool = True
+        self,
+        message: OutgoingMessage,
+        *,
+        exchange: str,
+        routing_key: str,
+        mandatory: bool = True,
+        timeout: float | None = None,
     ) -> None:
+        # In memory a publish is taken or refused at once: there is nothing to wait for.
         self._check_open()
         self._check_user_id(message, exchange, routing_key)
         self.broker.publish(message, exchange, routing_key, mandatory)

@@ -202,7 +202,8 @@ class BrokerErrors:
             return PublishTimeout(
                 f"the publish channel closed before the confirm ({broker_text(exc)}); "
                 "retry with the same message id",
-                **where,
+                exchange=exchange,
+                routing_key=routing_key,
             )
         if isinstance(exc, PublishError):
             return Unroutable(f"no queue is bound to {exchange!r} for {routing_key!r}", **where)
@@ -212,7 +213,8 @@ class BrokerErrors:
             return PublishTimeout(
                 f"no confirm within {self._publish_timeout:g}s: the message may have been "
                 "delivered; send it again with the same message id",
-                **where,
+                exchange=exchange,
+                routing_key=routing_key,
             )
         if isinstance(exc, ChannelNotFoundEntity):
             return PublishFailed(f"exchange {exchange!r} does not exist: {exc}", **where)
@@ -221,7 +223,8 @@ class BrokerErrors:
         return PublishTimeout(
             f"connection lost before the confirm ({exc!r}): the message may have been "
             "delivered; send it again with the same message id",
-            **where,
+            exchange=exchange,
+            routing_key=routing_key,
         )
 
     def _access_refused(self, exc: BaseException, exchange: str, routing_key: str) -> AccessRefused:

@@ -92,6 +92,41 @@ def _wire_properties(message: OutgoingMessage, reply_to: str | None) -> bytes:
     )
 
 
+class _Attempt:
+    """One publish's deadline, and whether its message was written to a channel yet."""
+
+    __slots__ = ("confirm_wait", "deadline", "limit", "written")
+
+    def __init__(self, deadline: float, limit: float, confirm_wait: float) -> None:
+        self.deadline = deadline
+        self.limit = limit
+        self.confirm_wait = confirm_wait
+        self.written = False
+
+    def timed_out(
+        self, exchange: str, routing_key: str, exc: BaseException | None = None
+    ) -> PublishTimeout:
+        """The error of a publish whose deadline passed (``exc``: the last try's failure)."""
+        if not self.written:
+            return PublishTimeout(
+                f"not sent: no connection to the broker within {self.limit:g}s, so nothing was "
+                "delivered; send it again",
+                may_be_delivered=False,
+                exchange=exchange,
+                routing_key=routing_key,
+            )
+        if exc is None or isinstance(exc, TimeoutError):
+            why = "no confirm"
+        else:
+            why = f"connection lost before the confirm ({exc!r}), not back"
+        return PublishTimeout(
+            f"{why} within {self.limit:g}s: the message may have been delivered; send it again "
+            "with the same message id",
+            exchange=exchange,
+            routing_key=routing_key,
+        )
+
+
 class Publisher:
     """Publishes on the connection's publish channel (and, for requests, on any channel).
 
@@ -134,14 +169,18 @@ class Publisher:
         routing_key: str,
         mandatory: bool,
         resend: bool = True,
+        timeout: float | None = None,
     ) -> None:
         """Publish ``message`` and wait for its confirm (see ``AmqpTransport.publish``).
 
         A publish whose connection (or channel) is lost before the confirm has an unknown
         outcome: it is sent again, with the same message id, on the connection that replaces it
-        (another node of a cluster), as long as ``publish_timeout`` has not passed since the
-        first try; a consumer's inbox drops the copy if both arrived. Past the deadline (or at
-        once with ``resend=False``) it is a ``PublishTimeout``. A nacked publish is tried again
+        (another node of a cluster), as long as its deadline (``timeout``, ``publish_timeout``
+        by default) has not passed since the first try; a consumer's inbox drops the copy if
+        both arrived. A confirm that does not come within ``publish_timeout`` is sent again
+        too while the deadline leaves time. Past the deadline (or at once with
+        ``resend=False``) it is a ``PublishTimeout`` that says whether the message may have
+        been delivered (``may_be_delivered``). A nacked publish is tried again
         on a fresh channel at once (``_taken_elsewhere``), then on the publish channel after
         short pauses, for ``NACK_PATIENCE`` (until the deadline after a connection loss),
         before it is a ``PublishNacked``.
@@ -159,8 +198,22 @@ class Publisher:
         if not self._waiting:
             self._busy_since = now
         self._waiting += 1
+        limit = self._link.config.publish_timeout if timeout is None else timeout
+        attempt = _Attempt(now + limit, limit, self._link.config.publish_timeout)
         try:
-            await self._publish_until(message, exchange, routing_key, mandatory, resend, now)
+            if limit < self._link.config.publish_timeout:
+                # Shorter than one confirm's wait (the shared timer's): bounded from outside.
+                try:
+                    async with asyncio.timeout_at(attempt.deadline):
+                        await self._publish_until(
+                            message, exchange, routing_key, mandatory, resend, attempt
+                        )
+                except TimeoutError:
+                    raise attempt.timed_out(exchange, routing_key) from None
+            else:
+                await self._publish_until(
+                    message, exchange, routing_key, mandatory, resend, attempt
+                )
         except (PublishTimeout, PublishNacked):  # the broker's trouble, not the message's
             if self._failing_since is None:
                 self._failing_since = loop.time()
@@ -190,16 +243,18 @@ class Publisher:
         routing_key: str,
         mandatory: bool,
         resend: bool,
-        started: float,
+        attempt: _Attempt,
     ) -> None:
         loop = asyncio.get_running_loop()
-        deadline = started + self._link.config.publish_timeout
+        deadline = attempt.deadline
         nacks, first_nack = 0, 0.0
         while True:
             try:
-                await self._publish_once(message, exchange, routing_key, mandatory, deadline)
+                await self._publish_once(message, exchange, routing_key, mandatory, attempt)
                 return
             except (TimeoutError, *LOST) as exc:
+                if isinstance(exc, TimeoutError) and loop.time() >= deadline:
+                    raise attempt.timed_out(exchange, routing_key) from None
                 error = self.error(exc, exchange, routing_key, message.user_id)
                 if isinstance(error, PublishNacked) and resend:
                     stale = self._raw
@@ -208,7 +263,9 @@ class Publisher:
                             message, exchange, routing_key, mandatory, deadline, stale
                         ):
                             return
-                lost = isinstance(error, PublishTimeout) and not isinstance(exc, TimeoutError)
+                # A lost connection, or no confirm within publish_timeout while the deadline
+                # leaves time (the connection may be dead before its heartbeat says so).
+                lost = isinstance(error, PublishTimeout)
                 if isinstance(error, PublishNacked):
                     now = loop.time()
                     nacks += 1
@@ -219,7 +276,11 @@ class Publisher:
                         pause = min(NACK_PAUSE * nacks, NACK_PATIENCE / 2)
                         await asyncio.sleep(min(pause, max(0.0, deadline - now)))
                 if not (lost and resend) or self._link.closed or loop.time() >= deadline:
+                    if isinstance(error, PublishTimeout):
+                        raise attempt.timed_out(exchange, routing_key, exc) from None
                     raise error from None
+                if not attempt.written:
+                    continue  # nothing went out: wait for the channel again
                 log.info(
                     "publish_resent",
                     message_id=message.message_id,
@@ -305,11 +366,18 @@ class Publisher:
         exchange: str,
         routing_key: str,
         mandatory: bool,
-        deadline: float,
+        attempt: _Attempt,
     ) -> None:
         channel = self._raw
-        if self._link.fast and channel is not None and not channel.is_closed:
-            # The shared confirm timer bounds the wait (publish_timeout from now).
+        if (
+            self._link.fast
+            and channel is not None
+            and not channel.is_closed
+            and not attempt.written
+        ):
+            # The shared confirm timer bounds the wait (publish_timeout from now, no later than
+            # the deadline on a first try); a copy sent again takes the path below.
+            attempt.written = True
             await self.confirmed(
                 channel,
                 message,
@@ -319,12 +387,17 @@ class Publisher:
                 reply_to=message.reply_to,
             )
             return
-        async with asyncio.timeout_at(deadline):
-            if channel is None or channel.is_closed:
-                self._link.require()
-                assert self._link.publish_channel is not None
+        if channel is None or channel.is_closed:
+            # Reconnecting: wait for the channel until the deadline.
+            self._link.require()
+            assert self._link.publish_channel is not None
+            async with asyncio.timeout_at(attempt.deadline):
                 channel = await self._link.live_channel(self._link.publish_channel)
-                self._raw = self._pika_raw = channel
+            self._raw = self._pika_raw = channel
+        attempt.written = True
+        # One confirm's wait at most (the rest of the deadline is for sending it again).
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout_at(min(attempt.deadline, loop.time() + attempt.confirm_wait)):
             await self.confirmed(
                 channel,
                 message,

@@ -174,13 +174,18 @@ class AmqpTransport(Transport):
         exchange: str,
         routing_key: str,
         mandatory: bool = True,
+        timeout: float | None = None,
     ) -> None:
         if not exchange and routing_key.startswith(DIRECT_REPLY_TO):
             self._link.require()
             await self._replies.publish(message, routing_key=routing_key)
             return
         await self._publisher.publish(
-            message, exchange=exchange, routing_key=routing_key, mandatory=mandatory
+            message,
+            exchange=exchange,
+            routing_key=routing_key,
+            mandatory=mandatory,
+            timeout=timeout,
         )
 
     async def consume(self, queue: str, callback: DeliveryCallback, *, prefetch: int) -> Consumer:
