@@ -138,8 +138,9 @@ async def test_a_missing_ca_file_is_a_configuration_error(tls_broker: TlsBroker)
     await transport.close()
 
 
-def test_leveret_run_with_the_wrong_ca_exits_3_naming_tls(tls_broker: TlsBroker) -> None:
-    """``leveret run`` against an untrusted certificate exits 3; its log says why."""
+def test_leveret_run_with_the_wrong_ca_exits_2_at_once_naming_tls(tls_broker: TlsBroker) -> None:
+    """``leveret run`` against an untrusted certificate exits 2 (a configuration error) without
+    waiting out its connect deadline; its log says why."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEVERET_")}
     done = subprocess.run(
         [
@@ -151,7 +152,7 @@ def test_leveret_run_with_the_wrong_ca_exits_3_naming_tls(tls_broker: TlsBroker)
             "--amqp-url",
             tls_broker.url(f"?cafile={tls_broker.certs.other_ca}"),
             "--connect-timeout",
-            "5",  # every attempt fails the same way: the first one's reason is the one checked
+            "60",  # not waited out: the first refusal ends it
             "--log-format",
             "json",
         ],
@@ -160,18 +161,19 @@ def test_leveret_run_with_the_wrong_ca_exits_3_naming_tls(tls_broker: TlsBroker)
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=40,  # well below the 60 s connect deadline
         check=False,
         start_new_session=True,
     )
-    assert done.returncode == 3, done.stderr
-    reasons = [
-        json.loads(line)["reason"]
+    assert done.returncode == 2, done.stderr
+    errors = [
+        json.loads(line)["error"]
         for line in done.stderr.splitlines()
-        if '"broker_unreachable"' in line
+        if '"app_start_failed"' in line
     ]
-    assert reasons
-    assert reasons[0].startswith("TLS certificate verification failed for host '127.0.0.1'")
+    assert errors
+    assert "TLS certificate verification failed for host '127.0.0.1'" in errors[0]
+    assert '"broker_not_reachable_yet"' not in done.stderr
 
 
 @pytest.mark.parametrize("value", ["false", "", "yes"])
