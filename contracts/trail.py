@@ -37,7 +37,8 @@ class TrailEntry(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TrailSummary(msgspec.Struct, frozen=True, kw_only=True):
-    """An order's trail in one line: its status, its latest event and when it came."""
+    """An order's trail in one line: its status, the furthest event of the flow it reached,
+    when the trail saw its first and its latest event, and how many it saw."""
 
     order_id: str
     status: TrailStatus
@@ -48,7 +49,7 @@ class TrailSummary(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class OrderTrail(Reply):
-    """Every event of one order, in the order the trail saw them."""
+    """Every event of one order, in the order of the flow's steps."""
 
     __wire_name__ = "orders.order_trail"
 
@@ -70,8 +71,8 @@ class OrderTrailList(Reply):
 
 
 class ListOrderTrails(Query[OrderTrailList]):
-    """Orders by status, and those whose latest event is at least ``idle_seconds`` old (a flow
-    that stopped moving), oldest latest event first."""
+    """Orders by status, and those that saw no event for ``idle_seconds`` (a flow that stopped
+    moving), the longest idle first."""
 
     __wire_name__ = "orders.list_order_trails"
 

@@ -27,7 +27,7 @@ from framework.urls import redact
 from handlers.choreography import DEFAULT_DB_URL
 from handlers.choreography.trail import list_trails, load_trail
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
 
 
 def _stamp(at: float) -> str:
@@ -41,7 +41,7 @@ async def _list(db_url: str, query: ListOrderTrails) -> int:
             found = await list_trails(tx, query, now=time.time())
     finally:
         await store.close()
-    print(f"{'order':<24} {'status':<10} {'events':>6}  {'latest event':<34} {'idle':>8}")
+    print(f"{'order':<24} {'status':<10} {'events':>6}  {'furthest event':<34} {'idle':>8}")
     now = time.time()
     for order in found.orders:
         print(
@@ -72,8 +72,7 @@ async def _show(db_url: str, order_id: str) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv``, print the trail asked for, return the exit code."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m handlers.choreography",
         description="The choreographed shop's order trail: list orders, show one order's events.",
@@ -92,16 +91,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     listing.add_argument("--limit", type=int, default=100)
     show = actions.add_parser("show", help="every event of one order, as the trail saw them")
     show.add_argument("order_id", metavar="ORDER_ID")
-    args = parser.parse_args(argv)
+    return parser
+
+
+async def run(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, print the trail asked for, return the exit code (``main`` in a loop
+    that runs already)."""
+    args = _parser().parse_args(argv)
     try:
         if args.action == "show":
-            return asyncio.run(_show(args.db_url, args.order_id))
+            return await _show(args.db_url, args.order_id)
         status: TrailStatus | None = args.status
         query = ListOrderTrails(status=status, idle_seconds=args.idle, limit=args.limit)
-        return asyncio.run(_list(args.db_url, query))
+        return await _list(args.db_url, query)
     except Exception as exc:  # no such table, no such database: say which and stop
         print(f"cannot read the order trail at {redact(args.db_url)}: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (``sys.argv[1:]`` by default), print the trail asked for, return the exit
+    code."""
+    return asyncio.run(run(argv))
 
 
 if __name__ == "__main__":

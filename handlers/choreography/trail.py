@@ -4,15 +4,17 @@ An orchestrated order is a saga instance: ``leveret sagas list`` and ``show`` re
 history. A choreographed order is nowhere in one piece — each service holds its own part — so
 the ``order_trail`` service subscribes to every event of the flow and records, per order, each
 event with when it saw it and what it said (``order_trail``), and one summary row
-(``order_trail_head``: status, latest event, first and latest time). It answers
+(``order_trail_head``: status, furthest event, first and latest time). It answers
 ``GetOrderTrail`` (an order's timeline, like ``leveret sagas show``) and ``ListOrderTrails`` (by
 status, and the orders whose flow stopped moving: no event for ``idle_seconds``, like
 ``leveret sagas list --state running`` with their age); ``python -m handlers.choreography``
 prints the same from the database, without a broker.
 
 The trail sees each event once per message id (the inbox of its queues, and the message id as the
-row's key); events of one order may reach it in another order than they happened, so the
-timeline is ordered by when the trail saw them.
+row's key). Each kind of event comes on a queue of its own, so the trail may see an event before
+the one that caused it (its queue was shorter): a timeline is ordered by the event's step in the
+flow (``FLOW_STEPS``: every path through the flow visits them in that order), then by when the
+trail saw it, and an order's latest event is the furthest step it reached.
 """
 
 from __future__ import annotations
@@ -38,21 +40,37 @@ from framework import Context, QueryContext, Service
 from framework.messages import Event
 from framework.store import Store, StoreTx
 
-__all__ = ["TRAIL_SCHEMA", "build_trail", "list_trails", "load_trail"]
+__all__ = ["FLOW_STEPS", "TRAIL_SCHEMA", "build_trail", "list_trails", "load_trail"]
+
+# The flow's events in causal order: on any path an order takes, an event of a later group is
+# caused (through the others) by one of an earlier group.
+FLOW_STEPS: tuple[tuple[type[Event], ...], ...] = (
+    (OrderPlaced,),
+    (InventoryReserved, InventoryRejected),
+    (PaymentCharged, PaymentDeclined),
+    (OrderShipped, ShippingFailed),
+    (PaymentRefunded,),
+    (InventoryReleased,),
+    (OrderCompleted, OrderCancelled),
+    (CustomerNotified,),
+)
+_RANK = {event.__wire_name__: rank for rank, group in enumerate(FLOW_STEPS) for event in group}
 
 TRAIL_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS order_trail (
         message_id TEXT PRIMARY KEY,
         order_id TEXT NOT NULL,
         seen_at DOUBLE PRECISION NOT NULL,
+        step INTEGER NOT NULL,
         event TEXT NOT NULL,
         detail TEXT NOT NULL
     )""",
-    "CREATE INDEX IF NOT EXISTS order_trail_by_order ON order_trail (order_id, seen_at)",
+    "CREATE INDEX IF NOT EXISTS order_trail_by_order ON order_trail (order_id, step, seen_at)",
     """CREATE TABLE IF NOT EXISTS order_trail_head (
         order_id TEXT PRIMARY KEY,
         status TEXT NOT NULL,
         last_event TEXT NOT NULL,
+        last_step INTEGER NOT NULL,
         first_at DOUBLE PRECISION NOT NULL,
         last_at DOUBLE PRECISION NOT NULL,
         events INTEGER NOT NULL
@@ -61,9 +79,17 @@ TRAIL_SCHEMA = (
 )
 
 _HEAD = (
-    "INSERT INTO order_trail_head (order_id, status, last_event, first_at, last_at, events) "
-    "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (order_id) DO UPDATE SET "
-    "last_event = excluded.last_event, last_at = excluded.last_at, "
+    "INSERT INTO order_trail_head "
+    "(order_id, status, last_event, last_step, first_at, last_at, events) "
+    "VALUES (?, ?, ?, ?, ?, ?, 1) ON CONFLICT (order_id) DO UPDATE SET "
+    "last_event = CASE WHEN excluded.last_step >= order_trail_head.last_step "
+    "THEN excluded.last_event ELSE order_trail_head.last_event END, "
+    "last_step = CASE WHEN excluded.last_step >= order_trail_head.last_step "
+    "THEN excluded.last_step ELSE order_trail_head.last_step END, "
+    "first_at = CASE WHEN excluded.first_at < order_trail_head.first_at "
+    "THEN excluded.first_at ELSE order_trail_head.first_at END, "
+    "last_at = CASE WHEN excluded.last_at > order_trail_head.last_at "
+    "THEN excluded.last_at ELSE order_trail_head.last_at END, "
     "events = order_trail_head.events + 1, "
     # An ended order stays ended: the notification comes after its end.
     "status = CASE WHEN order_trail_head.status = 'placed' THEN excluded.status "
@@ -78,7 +104,7 @@ async def load_trail(tx: StoreTx, order_id: str) -> OrderTrail | None:
         return None
     rows = await tx.fetchall(
         "SELECT seen_at, event, detail FROM order_trail WHERE order_id = ? "
-        "ORDER BY seen_at, message_id",
+        "ORDER BY step, seen_at, message_id",
         order_id,
     )
     return OrderTrail(
@@ -139,16 +165,17 @@ def build_trail(store: Store, *, clock: Callable[[], float] = time.time) -> Serv
         now = clock()
         event = type(evt).__wire_name__
         inserted = await ctx.tx.fetchone(
-            "INSERT INTO order_trail (message_id, order_id, seen_at, event, detail) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
+            "INSERT INTO order_trail (message_id, order_id, seen_at, step, event, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
             ctx.message_id,
             order_id,
             now,
+            _RANK[event],
             event,
             detail,
         )
         if inserted is not None:
-            await ctx.tx.execute(_HEAD, order_id, status, event, now, now)
+            await ctx.tx.execute(_HEAD, order_id, status, event, _RANK[event], now, now)
 
     @trail.event(transactional=True)
     async def placed(evt: OrderPlaced, ctx: Context) -> None:
