@@ -65,3 +65,24 @@ def test_main_job() -> None:
     rejected = rows[("cancelled", "inventory_rejected")]
     released = rows[("cancelled", "inventory_released")]
     assert completed + rejected + released == 60
+
+
+def test_main_job_compares_the_two_flows() -> None:
+    """`python -m examples.shop --choreography` runs the same orders through the orchestrated
+    and the choreographed shop, checks both, and prints the comparison from that run."""
+    result = run(["-m", "examples.shop", "--orders", "60", "--choreography"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("invariants hold") == 2
+    assert "choreographed outcome" in result.stdout
+    assert "order trail of" in result.stdout
+    table = result.stdout.split("the same 60 orders")[1].split("\n\n")[0]
+    rows = {line[:34].strip(): line[34:].split() for line in table.splitlines()[1:]}
+    published = [float(n) for n in rows["messages published per order"]]
+    commands = [float(n) for n in rows["commands"]]
+    # The saga commands each service; the choreography sends PlaceOrder and NotifyCustomer only.
+    assert commands[1] == 2.0
+    assert commands[0] > commands[1]
+    assert published[0] > published[1]
+    assert float(rows["to the order trail"][1]) > 0
+    assert rows["invariants"] == ["hold", "hold"]
+    assert all(float(n) > 0 for n in rows["orders/s (sagas/s)"])
