@@ -47,7 +47,7 @@ from contracts.shipping import OrderShipped, ShipOrder, ShippingFailed
 from framework import QueryContext, Service
 from framework.cqrs import Projection
 from framework.messages import Message
-from framework.saga import Saga, StepKind
+from framework.saga import RetryBackoff, Saga, StepKind
 from framework.saga.definition import DEFAULT_COMPENSATION_TIMEOUT
 from framework.store import Store, StoreTx
 
@@ -128,6 +128,7 @@ def order_saga(
     step_timeout: float | None = 60.0,
     ship_timeout: float | None = None,
     compensation_timeout: float | None = None,
+    compensation_retry: RetryBackoff | None = None,
 ) -> Saga[OrderState]:
     """The order saga definition (pure: no I/O).
 
@@ -136,7 +137,8 @@ def order_saga(
     ship an order the saga has cancelled and refunded (the fault suite saw this after a broker
     outage longer than the deadline). Its command is in the outbox and cannot be lost; it waits.
     ``compensation_timeout`` is how long a compensation waits for its reply before it is sent
-    again (the saga's default when None).
+    again (the saga's default when None), ``compensation_retry`` how often it is sent before
+    the saga ends ``compensation_failed`` (the saga's default, 5 sends, when None).
     """
     saga = Saga(
         "order",
@@ -148,6 +150,7 @@ def order_saga(
         on_completed=completed,
         on_compensated=cancelled,
         compensation_timeout=compensation_timeout or DEFAULT_COMPENSATION_TIMEOUT,
+        compensation_retry=compensation_retry or RetryBackoff(),
     )
     saga.step(
         "reserve",
@@ -211,8 +214,9 @@ def build_orders(
     step_timeout: float | None = 60.0,
     ship_timeout: float | None = None,
     compensation_timeout: float | None = None,
+    compensation_retry: RetryBackoff | None = None,
 ) -> Service:
-    """The orders service: runs the order saga (deadlines as in ``order_saga``)."""
+    """The orders service: runs the order saga (deadlines and resends as in ``order_saga``)."""
     orders = Service(
         "orders",
         sends=[
@@ -232,6 +236,7 @@ def build_orders(
             step_timeout=step_timeout,
             ship_timeout=ship_timeout,
             compensation_timeout=compensation_timeout,
+            compensation_retry=compensation_retry,
         )
     )
     return orders

@@ -30,6 +30,8 @@ It is ``handlers.app.build_app`` unchanged, plus what the harness needs to see a
 * ``LEVERET_FAULTS_SERVICES=inventory`` serves only the named services, ``-inventory`` all but
   them; ``LEVERET_FAULTS_INVENTORY_MAX=N`` caps the inventory's queues at N messages
   (``reject-publish``) and guards sends to it with a circuit breaker;
+* ``LEVERET_FAULTS_COMPENSATION_ATTEMPTS=N``: the saga sends a compensation N times (5 by
+  default) before it ends ``compensation_failed``;
 * ``LEVERET_FAULTS_QUICK_RETRIES=1`` shortens the retry delays to 0.2 s and 0.5 s (and the
   saga's wait for a compensation's reply to 1 s), so a
   permanently failing handler dead-letters within a second;
@@ -62,13 +64,14 @@ from framework import App, AppConfig, RetryPolicy, Service
 from framework.messages import MessageKind
 from framework.middleware import Incoming, Next
 from framework.resilience import BreakerConfig, Breakers, Downstream
+from framework.saga import RetryBackoff
 from framework.store import Store, store_from_url
 from framework.store.base import OutboxRow, SagaRecord, SagaStatus, StoreTx
 from framework.store.migrations import Migrations, PendingStep
 from framework.transport.amqp import AmqpConfig, AmqpTransport
 from handlers.app import DEFAULT_STOCK, build_app, command_services
 from handlers.inventory import build_inventory
-from handlers.orders import build_read_side
+from handlers.orders import build_orders, build_read_side
 
 __all__ = [
     "CRASH_POINTS",
@@ -370,6 +373,14 @@ def build_fault_app() -> App:
     services = command_services(
         step_timeout=step_timeout, compensation_timeout=1.0 if quick else None
     )
+    attempts = env.get("LEVERET_FAULTS_COMPENSATION_ATTEMPTS")
+    if attempts is not None:
+        assert services[0].name == "orders"
+        services[0] = build_orders(
+            step_timeout=step_timeout,
+            compensation_timeout=1.0 if quick else None,
+            compensation_retry=RetryBackoff(attempts=int(attempts)),
+        )
     services.insert(1, build_read_side(store))
     if inventory_max is not None:
         services = [

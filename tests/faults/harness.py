@@ -49,7 +49,18 @@ from tests.support.broker import list_queues
 from tests.support.poll import until
 from tests.test_worker import Leveret
 
-__all__ = ["Broker", "Fault", "Flood", "Harness", "Injector", "Profile", "Row", "Run", "Shop"]
+__all__ = [
+    "Broker",
+    "Chaos",
+    "Fault",
+    "Flood",
+    "Harness",
+    "Injector",
+    "Profile",
+    "Row",
+    "Run",
+    "Shop",
+]
 
 # Each worker consumes every handler queue of the shop; the client is an App without services.
 WORKERS = 2
@@ -114,6 +125,22 @@ class Flood:
     p99_outside_s: float | None = None
 
 
+@dataclass(slots=True)
+class Chaos:
+    """What an operator sees of repeated faults: worker restarts, deadlocks the database counted
+    (``pg_stat_database``, a database of the scenario's own), ERROR log lines per fault (the
+    supervisor's and the workers'), the longest time from a worker's SIGKILL until its
+    replacement consumed again, client sends that failed (each tried once), and commands the
+    saga sent again after a deadline (a compensation or step whose reply was late)."""
+
+    restarts: int = 0
+    deadlocks: int | None = None
+    error_lines: int = 0
+    workers_back_s: float | None = None
+    send_failures: int = 0
+    resent: int = 0
+
+
 @dataclass
 class Row:
     """One scenario's line in the report table."""
@@ -129,6 +156,7 @@ class Row:
     problems: list[str] = field(default_factory=list)
     notes: str = ""
     flood: Flood | None = None
+    chaos: Chaos | None = None
     stall_s: float | None = None  # the longest interval of the run with no saga finished
 
     @property
@@ -159,6 +187,13 @@ FLOOD_HEADER = (
 )
 
 
+CHAOS_HEADER = (
+    "| repeated faults | faults | worker restarts | deadlocks | ERROR lines per fault | "
+    "workers back (slowest) | client sends failed | sent again by the saga |\n"
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+)
+
+
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
 
@@ -183,6 +218,16 @@ def table(rows: list[Row], *, stall: bool = False) -> str:
             lines.append(
                 f"| {name} | {f.messages:,} | {f.dead_lettered:,} | {f.restarts} | "
                 f"{f.consumers_lost} | {_seconds(f.p99_during_s)} | {_seconds(f.p99_outside_s)} |"
+            )
+    chaos = [(r.scenario, r.faults, r.chaos) for r in rows if r.chaos is not None]
+    if chaos:
+        lines += ["", CHAOS_HEADER]
+        for name, faults, c in chaos:
+            deadlocks = "-" if c.deadlocks is None else str(c.deadlocks)
+            lines.append(
+                f"| {name} | {faults} | {c.restarts} | {deadlocks} | "
+                f"{c.error_lines / max(faults, 1):.1f} | {_seconds(c.workers_back_s)} | "
+                f"{c.send_failures} | {c.resent} |"
             )
     return "\n".join(lines)
 
@@ -441,6 +486,7 @@ class Run:
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     extra_faults: int = 0
+    send_failures: int = 0
 
     @property
     def done(self) -> int:
@@ -549,19 +595,24 @@ class Harness:
         rate: float | None = None,
         allowed_dead_letters: Callable[[tuple[str, str, str]], bool] | None = None,
         must_fail: Callable[[PlaceOrder], bool] | None = None,
+        send_once: float | None = None,
     ) -> Row:
         """Place the orders while ``inject`` runs, settle, check: the scenario's row.
 
         ``must_fail`` picks orders whose compensation cannot succeed: their sagas must end
         ``compensation_failed`` (never "compensated"), and the money and stock invariants are
-        not asked of them.
+        not asked of them. ``send_once`` sends each order once, with that deadline, as a client
+        that trusts ``app.send`` would: a send that fails is counted (``run.send_failures``)
+        and is a problem of the run.
         """
         n = orders or self.profile.orders
         run_id = "o" + secrets.token_hex(3)
         run = Run(shop, make_orders(run_id, n, seed), run_id)
         started = time.monotonic()
         sampler = asyncio.create_task(run.sample())
-        placing = asyncio.create_task(self._place(run, concurrency, rate or self.profile.rate))
+        placing = asyncio.create_task(
+            self._place(run, concurrency, rate or self.profile.rate, send_once)
+        )
         try:
             await inject(run)
             await placing
@@ -585,9 +636,11 @@ class Harness:
         row.notes = "; ".join([*run.notes, f"checked in {time.monotonic() - checking:.0f} s"])
         return row
 
-    async def _place(self, run: Run, concurrency: int, rate: float) -> None:
+    async def _place(
+        self, run: Run, concurrency: int, rate: float, send_once: float | None = None
+    ) -> None:
         """Send the orders at ``rate`` a second; an unconfirmed send is retried with the same
-        message id."""
+        message id (or, with ``send_once``, sent once with that deadline)."""
         gate = asyncio.Semaphore(concurrency)
         started = time.monotonic()
 
@@ -595,6 +648,15 @@ class Harness:
             message_id = f"place-{order.order_id}"
             await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
             async with gate:
+                if send_once is not None:
+                    try:
+                        await run.shop.client.send(order, message_id=message_id, timeout=send_once)
+                    except Exception as exc:
+                        run.send_failures += 1
+                        run.problems.append(f"send of {message_id} failed: {exc!r}")
+                    else:
+                        run.confirmed.add(message_id)
+                    return
                 deadline = time.monotonic() + self.profile.settle
                 while True:
                     try:

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import secrets
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from contracts.orders import PlaceOrder
 from tests.faults.app import CRASH_POINTS, LATE_SUFFIX
-from tests.faults.harness import Flood, Harness, Injector, Row, Run, Shop
+from tests.faults.harness import Chaos, Flood, Harness, Injector, Row, Run, Shop
 from tests.support import amqp_fields
 from tests.support.broker import RabbitmqctlError
 from tests.support.fault_proxy import ProxyMode, fault_proxy
@@ -429,6 +431,8 @@ async def compensation_permanent(h: Harness) -> Row:
     env = {
         "LEVERET_FAULTS_COMPENSATION": f"permanent:{digits}",
         "LEVERET_FAULTS_QUICK_RETRIES": "1",
+        # Three sends (waits of 1, 2 and 4 s) end them compensation_failed after 7 s, not 31.
+        "LEVERET_FAULTS_COMPENSATION_ATTEMPTS": "3",
     }
 
     def refund_refused(order: PlaceOrder) -> bool:
@@ -625,6 +629,214 @@ def _inventory_queues(shop: Shop) -> list[str]:
     return [p.queue for p in shop.model.pipelines if p.spec.service == "inventory"]
 
 
+# -- repeated faults, as an operator sees them ------------------------------------------------
+#
+# The chaos run of issue 17: the shop on PostgreSQL while faults keep coming. Besides the
+# checker's row, each reports what an operator would trip over (``Chaos``): restarts, deadlocks
+# the database counted, ERROR lines per fault, how long a killed worker's slot stayed empty,
+# client sends that failed, compensations the saga had to send again.
+
+# A killed worker's replacement consumes again within this (restart backoff 0.5 s after a
+# healthy run, at most 10 s after a run of crashes, plus its start).
+WORKERS_BACK_BOUND = 15.0
+
+
+@contextlib.asynccontextmanager
+async def _database() -> AsyncIterator[tuple[str, Callable[[], Awaitable[int]]]]:
+    """A PostgreSQL database of the scenario's own, dropped after: its URL, and a reader of
+    the deadlocks PostgreSQL counted in it (``pg_stat_database``)."""
+    import asyncpg
+
+    base = os.environ.get("LEVERET_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    name = f"leveret_chaos_{secrets.token_hex(4)}"
+    url = urlunsplit(urlsplit(base)._replace(path="/" + name))
+    admin = await asyncpg.connect(base, timeout=10)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+
+        async def deadlocks() -> int:
+            await admin.execute("SELECT pg_stat_clear_snapshot()")
+            found = await admin.fetchval(
+                "SELECT deadlocks FROM pg_stat_database WHERE datname = $1", name
+            )
+            return int(found or 0)
+
+        yield url, deadlocks
+    finally:
+        with contextlib.suppress(OSError, asyncpg.PostgresError):
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def _error_lines(leveret: Leveret) -> int:
+    """The supervisor's and its workers' lines an operator reads as errors: ERROR (or worse)
+    log events, and any line that is not a log event at all (a stray traceback)."""
+    count = 0
+    for line in leveret.stderr.splitlines():
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            count += 1
+            continue
+        if not isinstance(event, dict) or event.get("level") in ("error", "critical"):
+            count += 1
+    return count
+
+
+def _workers_back(leveret: Leveret, kills: list[tuple[float, int]]) -> float | None:
+    """The longest time from a worker's SIGKILL (wall time, slot) until a process in its slot
+    started consuming again (its ``app_started``); None if one never did."""
+    started = [
+        (datetime.fromisoformat(e["timestamp"]).timestamp(), e.get("worker"))
+        for e in leveret.events("app_started")
+    ]
+    worst = 0.0
+    for killed_at, slot in kills:
+        back = [t for t, worker in started if worker == slot and t > killed_at]
+        if not back:
+            return None
+        worst = max(worst, min(back) - killed_at)
+    return worst
+
+
+async def _compensations_resent(shop: Shop) -> int:
+    """Compensations the order saga sent again because their reply was late (each a
+    transition on the saga's timeout from a compensating state to itself)."""
+    async with shop.store.transaction() as tx:
+        found = await tx.fetchone(
+            "SELECT COUNT(*) FROM leveret_history WHERE message_type = 'saga.order.timeout'"
+            " AND from_state = to_state AND to_state LIKE '%:compensating'"
+        )
+    return int(found[0]) if found else 0
+
+
+async def _chaos(
+    shop: Shop,
+    row: Row,
+    kills: list[tuple[float, int]],
+    deadlocks: Callable[[], Awaitable[int]] | None,
+) -> Chaos:
+    """The operator's figures of a run whose supervisor has stopped (``row.chaos``)."""
+    assert shop.leveret is not None
+    chaos = row.chaos or Chaos()
+    chaos.restarts = max(0, len(shop.leveret.events("worker_spawned")) - shop.workers)
+    chaos.error_lines = _error_lines(shop.leveret)
+    chaos.resent = await _compensations_resent(shop)
+    if deadlocks is not None:
+        chaos.deadlocks = await deadlocks()
+        if chaos.deadlocks:
+            row.problems.append(f"PostgreSQL counted {chaos.deadlocks} deadlocks")
+    if kills:
+        chaos.workers_back_s = _workers_back(shop.leveret, kills)
+        if chaos.workers_back_s is None or chaos.workers_back_s > WORKERS_BACK_BOUND:
+            row.problems.append(
+                f"a killed worker's slot was empty for {_seconds(chaos.workers_back_s)}, "
+                f"bound {WORKERS_BACK_BOUND:g} s"
+            )
+    row.chaos = chaos
+    return chaos
+
+
+def _seconds(value: float | None) -> str:
+    return "ever" if value is None else f"{value:.1f} s"
+
+
+async def repeated_kills(h: Harness) -> Row:
+    """Every 2 s while orders arrive, alternately the broker closes every connection and one
+    worker is SIGKILLed, on PostgreSQL: no deadlock, a killed worker's slot is back within the
+    bound each time, a couple of ERROR lines per fault at most."""
+    orders, rate, most = (100, 10.0, 5) if h.profile.name == "short" else (300, 300 / 36, 18)
+    rng = random.Random(5)
+    kills: list[tuple[float, int]] = []
+    async with _database() as (db_url, deadlocks), h.shop("repeated-kills", db_url=db_url) as shop:
+        shop.start()
+        await shop.ready()
+
+        async def inject(run: Run) -> None:
+            for k in range(most):
+                await asyncio.sleep(2)
+                if len(run.confirmed) >= len(run.orders):
+                    break
+                if k % 2 == 0:
+                    shop.node.ctl("close_all_connections", "fault injection")
+                    run.instant("close_all_connections")
+                    continue
+                slot, pid = rng.choice(sorted(shop.worker_pids().items()))
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    kills.append((time.time(), slot))
+                    run.instant("sigkill")
+            await _consumers_back(shop, run, timeout=30)
+
+        row = await h.workload(
+            "connections closed and workers killed, alternately (PostgreSQL)",
+            shop,
+            inject,
+            orders=orders,
+            rate=rate,
+        )
+        await _drained(shop, row)
+        await _chaos(shop, row, kills, deadlocks)
+        return row
+
+
+async def client_sends_during_closes(h: Harness) -> Row:
+    """Orders sent once each by a client that trusts ``app.send`` (a 30 s deadline, no retry
+    of its own) while the broker closes every connection, the client's among them, every
+    1.5 s: no send fails, nothing is lost or done twice."""
+    closes = 5 if h.profile.name == "short" else 20
+    async with h.shop("client-sends") as shop:
+        shop.start()
+        await shop.ready()
+
+        async def inject(run: Run) -> None:
+            for _ in range(closes):
+                await asyncio.sleep(1.5)
+                if len(run.confirmed) + run.send_failures >= len(run.orders):
+                    break
+                shop.node.ctl("close_all_connections", "fault injection")
+                run.instant("close_all_connections")
+            await _consumers_back(shop, run, timeout=30)
+
+        row = await h.workload(
+            "connections closed under client sends (each sent once)",
+            shop,
+            inject,
+            orders=closes * 20,
+            rate=10.0,
+            send_once=30.0,
+        )
+        await _drained(shop, row)
+        await _chaos(shop, row, [], None)
+        return row
+
+
+async def burst(h: Harness) -> Row:
+    """300 orders placed at once on PostgreSQL: every queue full before the workers catch up,
+    compensation waits long enough that none is sent again, no deadlock, no effect twice."""
+    async with _database() as (db_url, deadlocks), h.shop("burst", db_url=db_url) as shop:
+        shop.start()
+        await shop.ready()
+
+        async def inject(run: Run) -> None:
+            run.instant("burst")  # the fault is the load itself
+
+        row = await h.workload(
+            "300 orders placed at once (PostgreSQL)",
+            shop,
+            inject,
+            orders=300,
+            rate=1e6,
+            concurrency=300,
+        )
+        await _drained(shop, row)
+        chaos = await _chaos(shop, row, [], deadlocks)
+        row.notes += f"; compensations sent again: {chaos.resent}"
+        return row
+
+
 # -- floods of hostile input ------------------------------------------------------------------
 #
 # Messages an attacker with publish rights sends below every client, thrown at the queue the
@@ -786,6 +998,9 @@ SCENARIOS: dict[str, Scenario] = {
     "slow_handlers": slow_handlers,
     "reordered": reordered,
     "queue_full": queue_full,
+    "repeated_kills": repeated_kills,
+    "client_sends_during_closes": client_sends_during_closes,
+    "burst": burst,
     "flood_poison_frames": flood_poison_frames,
     "flood_big_headers": flood_big_headers,
     "flood_invalid_bodies": flood_invalid_bodies,
