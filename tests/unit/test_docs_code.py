@@ -188,3 +188,38 @@ def test_leveret_commands_exist(block: Block) -> None:
         for problem in check_command(words)
     ]
     assert not problems, "\n".join(problems)
+
+
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$")
+
+
+def anchors(page: Path) -> set[str]:
+    """The anchors MkDocs gives the headings of ``page`` (outside code blocks)."""
+    from markdown.extensions.toc import slugify
+
+    found: set[str] = set()
+    fenced = False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if _FENCE.match(line):
+            fenced = not fenced
+        elif not fenced and (heading := _HEADING.match(line)):
+            found.add(slugify(re.sub(r"`([^`]*)`", r"\1", heading[1]), "-"))
+    return found
+
+
+def test_readme_links_resolve() -> None:
+    """Every relative link of the README names a file that exists, and a heading of it when it
+    has an anchor (``mkdocs build --strict`` checks the links inside docs/, not the README's)."""
+    readme = ROOT / "README.md"
+    problems = []
+    for target in _LINK.findall(readme.read_text(encoding="utf-8")):
+        if "://" in target or target.startswith("mailto:"):
+            continue
+        path, _, anchor = target.partition("#")
+        page = ROOT / path if path else readme
+        if not page.exists():
+            problems.append(f"{target}: no such file")
+        elif anchor and page.suffix == ".md" and anchor not in anchors(page):
+            problems.append(f"{target}: no heading with that anchor in {path or 'README.md'}")
+    assert not problems, "README.md links:\n" + "\n".join(problems)
