@@ -21,10 +21,11 @@ from examples.shop import (
     make_orders,
     place,
     wait_for_orders,
+    wait_ready,
 )
 from framework import App, AppConfig
 from framework.schema import ContractSet
-from framework.store import Store
+from framework.store import Store, store_from_url
 from handlers.app import build_app
 from handlers.choreography import build_choreography_app
 from handlers.choreography.__main__ import run as trail_cli
@@ -34,6 +35,7 @@ from handlers.gateway import FakeGateway
 from tests.app.conftest import Backend
 from tests.handlers.conftest import UPGRADE_DB
 from tests.saga.conftest import eventually
+from tests.test_worker import Leveret
 
 
 def choreographed(backend: Backend, db_url: str, gateway: FakeGateway | None = None) -> App:
@@ -167,6 +169,40 @@ async def test_joins_act_once_whichever_event_comes_first(tmp_path: Path, prefix
 async def _row(store: Store, sql: str) -> tuple[Any, ...] | None:
     async with store.transaction() as tx:
         return await tx.fetchone(sql)
+
+
+@pytest.mark.slow
+async def test_leveret_run_serves_the_choreography_on_rabbitmq(
+    amqp_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """`leveret run handlers.choreography:app --workers 2` on RabbitMQ: orders placed from
+    another process all end as their contents say, and the invariants hold."""
+    db_url = f"sqlite:///{tmp_path / 'shop.db'}"
+    env = {
+        "LEVERET_SHOP_DB_URL": db_url,
+        "LEVERET_SHOP_PREFIX": prefix,
+        "LEVERET_LOG_LEVEL": "warning",
+    }
+    args = ["handlers.choreography:app", "--workers", "2", "--amqp-url", amqp_url, "--upgrade-db"]
+    leveret = Leveret(tmp_path, args, env)
+    store = store_from_url(db_url)
+    client = App([], url=amqp_url, config=AppConfig(prefix=prefix), contracts=contracts.ALL)
+    orders = make_orders("w", 30, seed=3)
+    try:
+        await wait_ready(store, client, deadline=30)
+        await place(client, orders)
+        ends = await wait_for_orders(store, "w", len(orders), deadline=60)
+        problems = await check_invariants(store, orders, ends, settle=20)
+        trail = await client.request(ListOrderTrails(limit=1000))
+    finally:
+        await client.stop(grace=0)
+        await store.close()
+        leveret.kill_everything()
+    assert problems == []
+    assert {e.order_id: e.outcome for e in ends} == {
+        o.order_id: expected_outcome(o) for o in orders
+    }
+    assert {o.order_id for o in trail.orders} >= {o.order_id for o in orders}
 
 
 def test_the_shop_snapshots_cover_the_choreographed_contracts() -> None:
