@@ -1,7 +1,7 @@
 """Event sourcing: an event store port (memory, SQLite, PostgreSQL) and aggregates on top of it.
 
 Events are appended in the handler's store transaction, next to its inbox and outbox rows, and
-released through the outbox as the events they are. See the README's "Event sourcing" section.
+released through the outbox as the events they are. See docs/event-sourcing.md.
 """
 
 from framework.eventsourcing.aggregate import Aggregate, EventDecoder, applies, save

@@ -21,7 +21,7 @@ the app its ``Breakers``::
 Guard a block with ``async with breakers.call("payment-gateway"):``, or a function that returns
 a value with ``@breakers.guard("payment-gateway", fallback=CachedResult(max_age=60))``.
 
-See the README's "Circuit breakers" section for the semantics.
+See docs/breakers.md for the semantics.
 """
 
 from framework.errors import BreakerOpen
