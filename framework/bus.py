@@ -23,6 +23,7 @@ from framework.messages import Command, Event, Message, MessageKind, Query, Repl
 from framework.observe import Observer
 from framework.routing import Naming
 from framework.transport.base import Delivery, OutgoingMessage, Transport
+from framework.transport.wire import check_encodable
 
 __all__ = ["Answer", "Bus", "Outbound", "PublishMiddleware"]
 
@@ -152,6 +153,8 @@ class Bus:
 
         Raises:
             WrongBus: ``command`` is not a Command.
+            NotEncodable: AMQP cannot carry it (a ``message_id`` or ``correlation_id`` over 255
+                bytes, a header value such as a UUID or a set); nothing was sent.
             Unroutable: no service handles it (nothing is bound to its name).
             PublishTimeout: not confirmed within ``timeout``; its ``may_be_delivered`` is False
                 when nothing went out, else send it again with the same ``message_id``.
@@ -192,10 +195,14 @@ class Bus:
         mandatory = kind is MessageKind.COMMAND
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        exchange = self._exchanges[kind]
+        # A caller's mistake (a message id over 255 bytes, a header AMQP cannot carry), refused
+        # before publish middleware: a circuit breaker must not count it against the receiver.
+        check_encodable(wire, exchange=exchange, routing_key=cls.__wire_name__)
         out = Outbound(
             message,
             wire,
-            self._exchanges[kind],
+            exchange,
             cls.__wire_name__,
             mandatory,
             publish_timeout=timeout,
@@ -262,6 +269,8 @@ class Bus:
             del self._cache[key]
         wire = envelope.build(query, body, **meta)
         wait = self._query_timeout if timeout is None else timeout
+        # A caller's mistake, refused before publish middleware (a breaker must not count it).
+        check_encodable(wire, exchange=self._naming.queries, routing_key=cls.__wire_name__)
         out = Outbound(query, wire, self._naming.queries, cls.__wire_name__, True, timeout=wait)
         try:
             reply: Delivery | None = await (

@@ -6,9 +6,11 @@ suite (``tests/transport``) runs unchanged against both.
 
 Semantics every implementation keeps:
 
-* ``publish`` returns only once the broker has taken responsibility for the message (publisher
-  confirm). A mandatory message that no queue receives raises ``Unroutable``; a nack raises
-  ``PublishNacked``; a missing confirm raises ``PublishTimeout``.
+* ``publish`` refuses, before sending anything, a message AMQP cannot carry (``NotEncodable``,
+  the same check and text on every transport: ``framework.transport.wire``), and returns only
+  once the broker has taken responsibility for the message (publisher confirm). A mandatory
+  message that no queue receives raises ``Unroutable``; a nack raises ``PublishNacked``; a
+  missing confirm raises ``PublishTimeout``.
 * ``consume`` calls the callback once per delivery, concurrently up to ``prefetch`` unacked
   deliveries. Each delivery is settled exactly once with ``ack`` or ``nack``; settling again is a
   no-op, never a channel error.
@@ -351,6 +353,8 @@ class Transport(abc.ABC):
         same message id, once the connection is back, until the deadline passes.
 
         Raises:
+            NotEncodable: AMQP cannot carry it (``framework.transport.wire.check_encodable``);
+                nothing was sent, and sending it again fails the same way.
             Unroutable: mandatory and no queue took it.
             PublishNacked: the broker refused it.
             PublishTimeout: no confirm by the deadline (its ``may_be_delivered`` says whether

@@ -4,7 +4,9 @@
 connection. Routing (default, direct, topic, fanout), mandatory returns, publisher nacks of full
 ``reject-publish`` queues, prefetch, round-robin between consumers, requeue, dead-lettering with
 ``x-death`` headers, per-message TTL, quorum delivery limits and direct reply-to follow RabbitMQ
-3.10. Nothing here touches the network, and no state lives outside a broker object.
+3.10. A publish is refused for what AMQP cannot carry, with the AMQP transport's error, and
+headers reach consumers as the wire returns them (``framework.transport.wire``). Nothing here
+touches the network, and no state lives outside a broker object.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from framework.errors import (
 )
 from framework.transport import base
 from framework.transport.base import Delivery, ExchangeType, OutgoingMessage, QueueSpec, Topology
+from framework.transport.wire import as_delivered, check_encodable
 
 __all__ = ["MemoryBroker", "MemoryTransport"]
 
@@ -237,7 +240,8 @@ class MemoryBroker:
             raise PublishFailed(f"exchange {exchange!r} does not exist; declare it first", **where)
         if not queues and mandatory:
             raise Unroutable(f"no queue is bound to {exchange!r} for {routing_key!r}", **where)
-        message = msgspec.structs.replace(message, headers=dict(message.headers))
+        # As a consumer on RabbitMQ reads them (tuples as lists...), and not the caller's dict.
+        message = msgspec.structs.replace(message, headers=as_delivered(message.headers))
         if not all([self._offer(q, message, exchange, routing_key) for q in queues]):
             raise PublishNacked(f"a full queue refused the message for {routing_key!r}", **where)
 
@@ -472,6 +476,7 @@ class MemoryTransport(base.Transport):
     ) -> None:
         # In memory a publish is taken or refused at once: there is nothing to wait for.
         self._check_open()
+        check_encodable(message, exchange=exchange, routing_key=routing_key)  # as on RabbitMQ
         self._check_user_id(message, exchange, routing_key)
         self.broker.publish(message, exchange, routing_key, mandatory)
 
@@ -495,6 +500,7 @@ class MemoryTransport(base.Transport):
         correlation_id = message.correlation_id
         if not correlation_id:
             raise ValueError("a request needs a unique correlation_id")
+        check_encodable(message, exchange=exchange, routing_key=routing_key)
         self._check_user_id(message, exchange, routing_key)
         future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future

@@ -31,6 +31,7 @@ from framework.transport.base import (
     Topology,
     Transport,
 )
+from framework.transport.wire import check_encodable
 
 __all__ = ["AmqpTransport"]
 
@@ -176,6 +177,7 @@ class AmqpTransport(Transport):
         mandatory: bool = True,
         timeout: float | None = None,
     ) -> None:
+        check_encodable(message, exchange=exchange, routing_key=routing_key)
         if not exchange and routing_key.startswith(DIRECT_REPLY_TO):
             self._link.require()
             await self._replies.publish(message, routing_key=routing_key)
@@ -216,6 +218,7 @@ class AmqpTransport(Transport):
     async def request(
         self, message: OutgoingMessage, *, exchange: str, routing_key: str, timeout: float
     ) -> Delivery:
+        check_encodable(message, exchange=exchange, routing_key=routing_key)
         return await self._requester.request(
             message, exchange=exchange, routing_key=routing_key, timeout=timeout
         )
