@@ -205,6 +205,13 @@ class PrometheusMetrics(Observer):
             registry=r,
             multiprocess_mode="livemostrecent",
         )
+        self.outbox_failed = Gauge(
+            "leveret_outbox_failed_rows",
+            "Outbox rows that can never be published (NotEncodable); their sagas are failed "
+            "(sampled).",
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self.outbox_oldest_age = Gauge(
             "leveret_outbox_oldest_pending_age_seconds",
             "Age of the oldest unpublished outbox row, 0 when there is none (sampled).",
@@ -347,6 +354,7 @@ class PrometheusMetrics(Observer):
         async with asyncio.timeout(_STORE_DEADLINE):
             stats = await app.store.stats()
         self.outbox_pending.set(stats.outbox_pending)
+        self.outbox_failed.set(stats.outbox_failed)
         oldest = stats.oldest_pending_at
         self.outbox_oldest_age.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
         self.inbox_rows.set(stats.inbox_rows)

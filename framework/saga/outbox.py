@@ -10,6 +10,13 @@ A row the broker refuses for lack of permission (``AccessRefused``) stops the re
 cannot help until the deployment changes, and every retry would cost a channel. The row, and
 every row after it, stays pending; the relay logs ``outbox_relay_stopped`` once and calls
 ``on_refused`` (the app fails with that error). A relay started afresh publishes them.
+
+A row AMQP cannot carry (``NotEncodable``: the writer refuses such messages, so only a row
+written by an older leveret or by hand) can never be published, whatever the deployment: it
+leaves the pending rows for good (``StoreTx.fail_outbox``), its saga becomes ``failed`` with the
+reason, and the relay logs ``outbox_row_failed`` once, at ERROR. Any other failure
+(``Unroutable`` while the receiving service is not deployed yet, a lost connection, a timeout)
+can pass, so the row stays pending and the sweeper tries it again.
 """
 
 from __future__ import annotations
@@ -24,15 +31,16 @@ import structlog
 
 from framework import envelope
 from framework.codec import Codec
-from framework.errors import AccessRefused, BreakerOpen
+from framework.errors import AccessRefused, BreakerOpen, NotEncodable
 from framework.messages import Message, MessageKind
 from framework.observe import Observer
 from framework.routing import Naming
-from framework.store.base import OutboxRow, Store
+from framework.store.base import HistoryRow, OutboxRow, SagaStatus, Store, StoreTx
 from framework.transport.base import (
     OutgoingMessage,
     Transport,
 )
+from framework.transport.wire import check_encodable
 
 if TYPE_CHECKING:
     from framework.resilience.registry import Breakers
@@ -82,7 +90,12 @@ class OutboxWriter:
         delay_ms: int | None = None,
         queue: str | None = None,
     ) -> OutboxRow:
-        """A row for ``message``; with ``delay_ms`` it goes through the delay queue to ``queue``."""
+        """A row for ``message``; with ``delay_ms`` it goes through the delay queue to ``queue``.
+
+        Raises:
+            NotEncodable: AMQP cannot carry the message (``framework.transport.wire``): it
+                could never be published, so it is refused before it is written.
+        """
         cls = type(message)
         wire = envelope.build(
             message,
@@ -101,6 +114,12 @@ class OutboxWriter:
             kind = cls.__kind__
             exchange, routing_key = self._exchanges[kind], cls.__wire_name__
             mandatory = kind is MessageKind.COMMAND
+        # Refused here, in the transaction that writes it, rather than by the relay forever after.
+        check_encodable(
+            wire if delay_ms is None else msgspec.structs.replace(wire, expiration_ms=delay_ms),
+            exchange=exchange,
+            routing_key=routing_key,
+        )
         props = _Properties(
             type=wire.type,
             correlation_id=wire.correlation_id,
@@ -231,6 +250,9 @@ class OutboxRelay:
         observer = self.observer
         state = None if observer is None else observer.publish_started(row.destination, None)
         try:
+            # Before the breaker: a row that can never be published says nothing about its
+            # destination, and must not be tried again (see ``_fail``).
+            check_encodable(message, exchange=row.exchange, routing_key=row.routing_key)
             if props.expiration_ms is not None:
                 await self._ensure_delay(props.expiration_ms)
             if self._breakers is None:
@@ -258,6 +280,11 @@ class OutboxRelay:
                 observer.publish_finished(state, row.destination, exc)
             await self._stop(exc, row)
             return False
+        except NotEncodable as exc:
+            if observer is not None:
+                observer.publish_finished(state, row.destination, exc)
+            await self._fail(row, exc)
+            return False
         except Exception as exc:
             if observer is not None:
                 observer.publish_finished(state, row.destination, exc)
@@ -272,6 +299,33 @@ class OutboxRelay:
         if observer is not None:
             observer.publish_finished(state, row.destination, None)
         return True
+
+    async def _fail(self, row: OutboxRow, exc: NotEncodable) -> None:
+        """Take a row that can never be published out of the outbox's pending rows, and fail
+        its saga, in one transaction; log it once, at ERROR.
+
+        The saga (unless it ended already) becomes ``failed`` (``compensation_failed`` while
+        compensating) with the reason, and its timeline says which message: it waits for an
+        operator (``leveret sagas resume`` or ``abort``), as after a step past the pivot failed.
+        The row stays in the store (``Store.failed_outbox``; ``StoreStats.outbox_failed``).
+        """
+        error = f"{type(exc).__name__}: {exc}"
+        now = self._clock()
+        status: SagaStatus | None = None
+        async with self._store.transaction() as tx:
+            if not await tx.fail_outbox(row.message_id, error, at=now):
+                return  # another sweep or worker failed it first, or it was sent meanwhile
+            if row.saga_id is not None:
+                status = await _fail_saga(tx, row, error, now)
+        _log.error(
+            "outbox_row_failed",
+            message_id=row.message_id,
+            saga_id=row.saga_id,
+            saga_status=None if status is None else str(status),
+            exchange=row.exchange,
+            routing_key=row.routing_key,
+            error=error,
+        )
 
     async def _stop(self, refusal: AccessRefused, row: OutboxRow) -> None:
         """Stop publishing for good: the deployment must change before any retry can work."""
@@ -377,6 +431,46 @@ class OutboxRelay:
             await _prune(self._store.prune_inbox, "inbox_pruned", "inbox_prune_failed")
             await _prune(self._store.prune_outbox, "outbox_pruned", "outbox_prune_failed")
             await asyncio.sleep(self._interval)
+
+
+async def _fail_saga(tx: StoreTx, row: OutboxRow, error: str, now: float) -> SagaStatus | None:
+    """Mark the saga of a row that can never be published as failed, with a timeline row;
+    returns its status after (None when there is no such saga)."""
+    assert row.saga_id is not None
+    record = await tx.load(row.saga_id)
+    if record is None:
+        return None
+    note = (
+        f"outbox: {row.routing_key} message {row.message_id} can never be published ({error}); "
+        "resume or abort the saga"
+    )
+    status, version = record.status, record.version
+    if not status.terminal:
+        status = (
+            SagaStatus.COMPENSATION_FAILED
+            if status is SagaStatus.COMPENSATING
+            else SagaStatus.FAILED
+        )
+        version += 1
+        failed = msgspec.structs.replace(
+            record, status=status, version=version, updated_at=now, deadline_at=None, reason=note
+        )
+        await tx.update(failed, expected_version=record.version)
+    # On a saga that ended already, the timeline alone says it.
+    await tx.add_history(
+        HistoryRow(
+            saga_id=record.saga_id,
+            version=version,
+            at=now,
+            message_id=row.message_id,
+            message_type="outbox.failed",
+            from_state=record.state,
+            to_state=record.state,
+            status=status,
+            note=note,
+        )
+    )
+    return status
 
 
 async def _prune(prune: Callable[[], Awaitable[int]], pruned_event: str, failed_event: str) -> None:

@@ -5,7 +5,10 @@ message type) does, in one store transaction:
 
 1. record the message id in the inbox — a duplicate stops here and is acked;
 2. find the instance, creating it for the start message — the insert is unique per saga id, so
-   of two racing starts one wins and the other is retried against the winner's instance;
+   of two racing starts one wins and the other is retried against the winner's instance (a key
+   whose saga id would pass ``MAX_SAGA_ID_BYTES`` is dead-lettered before, as
+   ``saga_key_too_long``, and so is a transition that would emit a message AMQP cannot carry,
+   as ``not_encodable``);
 3. apply the pure transition;
 4. save state (version-checked), a history row and the emitted messages as outbox rows with
    ids ``<saga id>/<version>/<n>/<tag>``, deterministic for the framework and unguessable to
@@ -28,7 +31,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 import structlog
@@ -36,7 +39,7 @@ import structlog
 from framework import envelope
 from framework.consumer import RejectMessage
 from framework.context import Context
-from framework.errors import LeveretError
+from framework.errors import LeveretError, NotEncodable
 from framework.messages import Message
 from framework.observe import Observer, SagaStep
 from framework.saga.definition import Instance, Saga, SagaDefinitionError, SagaTimeout, Transition
@@ -52,10 +55,16 @@ from framework.store.base import (
     Store,
     StoreTx,
 )
+from framework.transport.wire import MAX_SHORT_STRING_BYTES
 
-__all__ = ["SagaActionRefused", "SagaConflict", "SagaRunner"]
+__all__ = ["MAX_SAGA_ID_BYTES", "SagaActionRefused", "SagaConflict", "SagaRunner"]
 
 _log = structlog.get_logger("leveret.saga")
+
+#: A saga id (``<saga name>-<key>``) is at most this many bytes of UTF-8: an AMQP short string,
+#: since it is the correlation id of the saga's messages when its start message has none; and
+#: what an operator types in ``leveret sagas show``. A longer key is refused at the start.
+MAX_SAGA_ID_BYTES: Final = MAX_SHORT_STRING_BYTES
 
 
 class SagaConflict(LeveretError):
@@ -154,6 +163,11 @@ class SagaRunner:
         for _ in range(self._retries):
             try:
                 rows = await self._apply_once(message, ctx, saga_id, signer)
+            except NotEncodable as exc:
+                # A message the transition emits could never be published: nothing is written
+                # (the transaction rolled back), and trying again would end the same way.
+                reason = f"not_encodable: saga {_shown(saga_id)} would emit {exc}"
+                raise RejectMessage(reason, reason=reason) from exc
             except (ConcurrencyConflict, SagaExists):
                 self.conflicts += 1
                 if self.observer is not None:
@@ -236,7 +250,8 @@ class SagaRunner:
 
         Raises:
             RejectMessage: ``saga_key_mismatch`` — the header names another instance of this
-                saga than the body's key; ``uncorrelated`` — neither says which instance.
+                saga than the body's key; ``uncorrelated`` — neither says which instance;
+                ``saga_key_too_long`` — the key makes a saga id over ``MAX_SAGA_ID_BYTES``.
         """
         if isinstance(message, SagaTimeout):
             return message.saga_id
@@ -244,6 +259,8 @@ class SagaRunner:
         key = self.saga.key_of(message)
         if key is not None:
             saga_id = prefix + key
+            if not (saga_id.isascii() and len(saga_id) <= MAX_SAGA_ID_BYTES):
+                self._check_length(message, saga_id)
             if header is not None and header != saga_id and header.startswith(prefix):
                 reason = (
                     f"saga_key_mismatch: the {envelope.SAGA_ID} header names {_shown(header)} "
@@ -258,6 +275,29 @@ class SagaRunner:
         reason = (
             f"uncorrelated: {type(message).__qualname__} carries neither a saga id "
             f"header nor a {self.saga.key!r} field"
+        )
+        raise RejectMessage(reason, reason=reason)
+
+    def _check_length(self, message: Message, saga_id: str) -> None:
+        """Refuse a key whose saga id AMQP could not carry as a correlation id.
+
+        Raises:
+            RejectMessage: ``saga_key_too_long``, or ``saga_key_invalid`` for text UTF-8 cannot
+                hold (a lone surrogate).
+        """
+        what = f"the {self.saga.key!r} of {type(message).__qualname__}"
+        try:
+            size = len(saga_id.encode())
+        except UnicodeEncodeError:
+            reason = f"saga_key_invalid: {what} is not valid text (it holds a lone surrogate)"
+            raise RejectMessage(reason, reason=reason) from None
+        if size <= MAX_SAGA_ID_BYTES:
+            return
+        room = MAX_SAGA_ID_BYTES - len(self._prefix.encode())
+        reason = (
+            f"saga_key_too_long: {what} makes the saga id {_shown(saga_id)} of {size} bytes; "
+            f"saga ids ({self._prefix}<{self.saga.key}>) hold at most {MAX_SAGA_ID_BYTES} bytes "
+            f"of UTF-8, so the key at most {room}: use a shorter key (a hash of a long one)"
         )
         raise RejectMessage(reason, reason=reason)
 

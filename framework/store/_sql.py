@@ -6,7 +6,8 @@ Both stores keep the same tables (``leveret_sagas``, ``leveret_inbox``, ``levere
 placeholders differ. Sent outbox rows stay (with ``sent_at`` set) for ``outbox_retention``
 seconds, so an operator can see what was published and when (``_retention``: pruned from the
 sweeper, found by a partial index on ``sent_at``); pending reads use a partial index on unsent
-rows.
+rows. A row that can never be published (``StoreTx.fail_outbox``) moves to
+``leveret_outbox_failed`` (schema step 2) with ``failed_at`` and ``error``, and stays there.
 Inbox rows stay for ``inbox_retention`` seconds (``_retention``), found by an index on
 ``created_at``.
 """
@@ -29,6 +30,7 @@ __all__ = [
     "SECRET",
     "Row",
     "emitted_json",
+    "failed_from_row",
     "history_from_row",
     "history_params",
     "outbox_from_row",
@@ -129,6 +131,11 @@ def outbox_from_row(row: Row) -> OutboxRow:
         created_at=row[9],
         attempts=row[10],
     )
+
+
+def failed_from_row(row: Row) -> OutboxRow:
+    """A row selected with ``position, OUTBOX_COLUMNS, failed_at, error``."""
+    return msgspec.structs.replace(outbox_from_row(row), failed_at=row[11], error=row[12])
 
 
 def emitted_json(emitted: Sequence[str]) -> str:

@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 # How many steps leveret's own tables (the ``leveret`` component) have.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class SagaStatus(enum.StrEnum):
@@ -103,7 +103,8 @@ class OutboxRow(msgspec.Struct, kw_only=True):
     """A message to publish once its transaction has committed.
 
     ``position`` orders rows (assigned by the store); ``properties`` is the JSON of the
-    OutgoingMessage minus its body.
+    OutgoingMessage minus its body. ``failed_at`` and ``error`` are set on a row that can never
+    be published (``StoreTx.fail_outbox``), as ``Store.failed_outbox`` lists them.
     """
 
     message_id: str
@@ -117,6 +118,8 @@ class OutboxRow(msgspec.Struct, kw_only=True):
     created_at: float = 0.0
     position: int = 0
     attempts: int = 0
+    failed_at: float | None = None
+    error: str | None = None
 
 
 class HistoryRow(msgspec.Struct, kw_only=True):
@@ -141,11 +144,13 @@ class StoreStats(msgspec.Struct, kw_only=True, frozen=True):
         outbox_pending: outbox rows not yet published.
         oldest_pending_at: ``created_at`` of the oldest of them, None when there is none.
         inbox_rows: message ids recorded in the inbox (every consumer's).
+        outbox_failed: outbox rows that can never be published (``StoreTx.fail_outbox``).
     """
 
     outbox_pending: int
     oldest_pending_at: float | None
     inbox_rows: int
+    outbox_failed: int = 0
 
 
 class SagaExists(LeveretError):
@@ -203,6 +208,15 @@ class StoreTx(abc.ABC):
     @abc.abstractmethod
     async def add_outbox(self, rows: Sequence[OutboxRow]) -> None:
         """Queue messages for publication after commit (positions are assigned in order)."""
+
+    @abc.abstractmethod
+    async def fail_outbox(self, message_id: str, error: str, *, at: float) -> bool:
+        """Take an unsent outbox row out of the pending ones for good: it can never be
+        published (``NotEncodable``), so no sweep tries it again. It stays, with ``error`` and
+        ``at``, for ``Store.failed_outbox`` and an operator.
+
+        Returns False when the row is not pending (sent, failed already, or unknown).
+        """
 
     async def inbox_add_and_load(
         self, consumer: str, message_id: str, saga_id: str
@@ -304,6 +318,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
         """Unsent outbox rows, oldest first."""
+
+    @abc.abstractmethod
+    async def failed_outbox(self, limit: int = 100) -> list[OutboxRow]:
+        """Outbox rows that can never be published (``StoreTx.fail_outbox``), newest first,
+        with ``failed_at`` and ``error``."""
 
     @abc.abstractmethod
     async def stats(self) -> StoreStats:

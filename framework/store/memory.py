@@ -43,6 +43,7 @@ class _MemoryTx(StoreTx):
         self.sagas: dict[str, SagaRecord] = {}
         self.history: list[HistoryRow] = []
         self.outbox: list[OutboxRow] = []
+        self.failed: dict[str, OutboxRow] = {}
         self.scratch: dict[str, Any] = {}
         self.on_commit: list[Callable[[], None]] = []
 
@@ -79,6 +80,13 @@ class _MemoryTx(StoreTx):
     async def add_outbox(self, rows: Sequence[OutboxRow]) -> None:
         self.outbox.extend(rows)
 
+    async def fail_outbox(self, message_id: str, error: str, *, at: float) -> bool:
+        row = self._store._outbox.get(message_id)
+        if row is None or message_id in self.failed:
+            return False
+        self.failed[message_id] = msgspec.structs.replace(row, failed_at=at, error=error)
+        return True
+
 
 class MemoryStore(Store):
     """Keeps everything in dicts; one transaction at a time.
@@ -107,6 +115,7 @@ class MemoryStore(Store):
         self._sagas: dict[str, SagaRecord] = {}
         self._history: dict[str, list[HistoryRow]] = {}
         self._outbox: dict[str, OutboxRow] = {}
+        self._failed: dict[str, OutboxRow] = {}
         self._positions = itertools.count(1)
         self._secret: str | None = None
         self.extensions: dict[str, Any] = {}
@@ -133,6 +142,9 @@ class MemoryStore(Store):
                 self._outbox[out.message_id] = msgspec.structs.replace(
                     out, position=next(self._positions)
                 )
+            for message_id, failed in tx.failed.items():
+                if self._outbox.pop(message_id, None) is not None:
+                    self._failed.setdefault(message_id, failed)  # the first failure stays
             for apply in tx.on_commit:
                 apply()
 
@@ -152,7 +164,12 @@ class MemoryStore(Store):
             outbox_pending=len(pending),
             oldest_pending_at=min((r.created_at for r in pending), default=None),
             inbox_rows=len(self._inbox),
+            outbox_failed=len(self._failed),
         )
+
+    async def failed_outbox(self, limit: int = 100) -> list[OutboxRow]:
+        rows = sorted(self._failed.values(), key=lambda r: (r.failed_at, r.position), reverse=True)
+        return rows[:limit]
 
     async def mark_sent(self, message_ids: Sequence[str]) -> None:
         for message_id in message_ids:

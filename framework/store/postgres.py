@@ -88,8 +88,19 @@ _SCHEMA = (
     "INSERT INTO leveret_schema_version (version)"
     " SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM leveret_schema_version)",
 )
+# Step 2: outbox rows that can never be published (``fail_outbox``) move here, with why; the
+# outbox table and its pending reads stay as they were. Idempotent, as step 1 is.
+_FAILED_OUTBOX = (
+    "CREATE TABLE IF NOT EXISTS leveret_outbox_failed ("
+    " position BIGINT NOT NULL, message_id TEXT PRIMARY KEY, exchange TEXT NOT NULL,"
+    " routing_key TEXT NOT NULL, body BYTEA NOT NULL, properties BYTEA NOT NULL,"
+    " mandatory BOOLEAN NOT NULL, destination TEXT NOT NULL, saga_id TEXT,"
+    " created_at DOUBLE PRECISION NOT NULL, attempts INTEGER NOT NULL,"
+    " failed_at DOUBLE PRECISION NOT NULL, error TEXT NOT NULL)",
+    "UPDATE leveret_schema_version SET version = 2",
+)
 # leveret's own tables, step by step; a later step also sets leveret_schema_version to its number.
-CORE_MIGRATIONS = Migrations(CORE, (Step(postgresql=_SCHEMA),))
+CORE_MIGRATIONS = Migrations(CORE, (Step(postgresql=_SCHEMA), Step(postgresql=_FAILED_OUTBOX)))
 assert len(CORE_MIGRATIONS.steps) == SCHEMA_VERSION
 # Serializes upgrades (and setup()'s DDL): two runners never race, each step runs once.
 _SETUP_LOCK_KEY = 0x6C65766572657401
@@ -180,10 +191,24 @@ _PENDING = (
     f"SELECT position, {_sql.OUTBOX_COLUMNS} FROM leveret_outbox"
     " WHERE sent_at IS NULL ORDER BY position LIMIT $1"
 )
+# Moves the row in one statement; returns 1 when it was pending.
+_FAIL = (
+    "WITH d AS (DELETE FROM leveret_outbox WHERE message_id = $3 AND sent_at IS NULL"
+    f" RETURNING position, {_sql.OUTBOX_COLUMNS}),"
+    f" k AS (INSERT INTO leveret_outbox_failed (position, {_sql.OUTBOX_COLUMNS}, failed_at,"
+    f" error) SELECT position, {_sql.OUTBOX_COLUMNS}, $1, $2 FROM d"
+    " ON CONFLICT (message_id) DO NOTHING)"
+    " SELECT count(*) FROM d"
+)
+_FAILED = (
+    f"SELECT position, {_sql.OUTBOX_COLUMNS}, failed_at, error FROM leveret_outbox_failed"
+    " ORDER BY failed_at DESC, position DESC LIMIT $1"
+)
 _STATS = (
     "SELECT (SELECT count(*) FROM leveret_outbox WHERE sent_at IS NULL),"
     " (SELECT min(created_at) FROM leveret_outbox WHERE sent_at IS NULL),"
-    " (SELECT count(*) FROM leveret_inbox)"
+    " (SELECT count(*) FROM leveret_inbox),"
+    " (SELECT count(*) FROM leveret_outbox_failed)"
 )
 _MARK_SENT = (
     "UPDATE leveret_outbox SET sent_at = $1 WHERE message_id = ANY($2::text[]) AND sent_at IS NULL"
@@ -346,6 +371,10 @@ class _PostgresTx(StoreTx):
         if rows:
             await self._conn.executemany(_OUTBOX_ADD, [_sql.outbox_params(row) for row in rows])
 
+    async def fail_outbox(self, message_id: str, error: str, *, at: float) -> bool:
+        moved = await self._conn.fetchval(_FAIL, at, error, message_id)
+        return bool(moved)
+
     async def execute(self, sql: str, *args: Any) -> None:
         await self._conn.execute(positional_params(sql), *args)
 
@@ -465,7 +494,14 @@ class PostgresStore(Store):
         async with self._connection() as conn:
             row = await conn.fetchrow(_STATS)
         assert row is not None  # a SELECT without FROM returns one row
-        return StoreStats(outbox_pending=row[0], oldest_pending_at=row[1], inbox_rows=row[2])
+        return StoreStats(
+            outbox_pending=row[0], oldest_pending_at=row[1], inbox_rows=row[2], outbox_failed=row[3]
+        )
+
+    async def failed_outbox(self, limit: int = 100) -> list[OutboxRow]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(_FAILED, limit)
+        return [_sql.failed_from_row(row) for row in rows]
 
     async def mark_sent(self, message_ids: Sequence[str]) -> None:
         if not message_ids:

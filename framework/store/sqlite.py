@@ -85,8 +85,20 @@ _SCHEMA = (
     "INSERT INTO leveret_schema_version (version)"
     " SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM leveret_schema_version)",
 )
+# Step 2: outbox rows that can never be published (``fail_outbox``) move here, with why; the
+# outbox table and its pending reads stay as they were. Idempotent, as step 1 is: a database
+# from before leveret_schema runs leveret's steps once more.
+_FAILED_OUTBOX = (
+    "CREATE TABLE IF NOT EXISTS leveret_outbox_failed ("
+    " position INTEGER NOT NULL, message_id TEXT PRIMARY KEY, exchange TEXT NOT NULL,"
+    " routing_key TEXT NOT NULL, body BLOB NOT NULL, properties BLOB NOT NULL,"
+    " mandatory INTEGER NOT NULL, destination TEXT NOT NULL, saga_id TEXT,"
+    " created_at REAL NOT NULL, attempts INTEGER NOT NULL, failed_at REAL NOT NULL,"
+    " error TEXT NOT NULL)",
+    "UPDATE leveret_schema_version SET version = 2",
+)
 # leveret's own tables, step by step; a later step also sets leveret_schema_version to its number.
-CORE_MIGRATIONS = Migrations(CORE, (Step(sqlite=_SCHEMA),))
+CORE_MIGRATIONS = Migrations(CORE, (Step(sqlite=_SCHEMA), Step(sqlite=_FAILED_OUTBOX)))
 assert len(CORE_MIGRATIONS.steps) == SCHEMA_VERSION
 _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS leveret_schema ("
@@ -128,10 +140,21 @@ _PENDING = (
     f"SELECT position, {_sql.OUTBOX_COLUMNS} FROM leveret_outbox"
     " WHERE sent_at IS NULL ORDER BY position LIMIT ?"
 )
+_FAIL_KEEP = (
+    f"INSERT INTO leveret_outbox_failed (position, {_sql.OUTBOX_COLUMNS}, failed_at, error)"
+    f" SELECT position, {_sql.OUTBOX_COLUMNS}, ?, ? FROM leveret_outbox"
+    " WHERE message_id = ? AND sent_at IS NULL ON CONFLICT (message_id) DO NOTHING"
+)
+_FAIL_DROP = "DELETE FROM leveret_outbox WHERE message_id = ? AND sent_at IS NULL"
+_FAILED = (
+    f"SELECT position, {_sql.OUTBOX_COLUMNS}, failed_at, error FROM leveret_outbox_failed"
+    " ORDER BY failed_at DESC, position DESC LIMIT ?"
+)
 _STATS = (
     "SELECT (SELECT count(*) FROM leveret_outbox WHERE sent_at IS NULL),"
     " (SELECT min(created_at) FROM leveret_outbox WHERE sent_at IS NULL),"
-    " (SELECT count(*) FROM leveret_inbox)"
+    " (SELECT count(*) FROM leveret_inbox),"
+    " (SELECT count(*) FROM leveret_outbox_failed)"
 )
 _MARK_SENT = "UPDATE leveret_outbox SET sent_at = ? WHERE message_id = ? AND sent_at IS NULL"
 _DELETE_SENT = "DELETE FROM leveret_outbox WHERE message_id = ?"
@@ -317,6 +340,11 @@ class _SqliteTx(StoreTx):
         if rows:
             await self._conn.tx_executemany(_OUTBOX_ADD, [_sql.outbox_params(row) for row in rows])
 
+    async def fail_outbox(self, message_id: str, error: str, *, at: float) -> bool:
+        await self._conn.tx_execute(_FAIL_KEEP, (at, error, message_id))
+        cursor = await self._conn.tx_execute(_FAIL_DROP, (message_id,))
+        return cursor.rowcount == 1
+
     async def execute(self, sql: str, *args: Any) -> None:
         await self._conn.tx_execute(sql, args)
 
@@ -500,8 +528,15 @@ class SqliteStore(Store):
     async def stats(self) -> StoreStats:
         async with self._locked("stats") as conn:
             rows = list(await conn.execute_fetchall(_STATS))
-        pending, oldest, inbox = rows[0]
-        return StoreStats(outbox_pending=pending, oldest_pending_at=oldest, inbox_rows=inbox)
+        pending, oldest, inbox, failed = rows[0]
+        return StoreStats(
+            outbox_pending=pending, oldest_pending_at=oldest, inbox_rows=inbox, outbox_failed=failed
+        )
+
+    async def failed_outbox(self, limit: int = 100) -> list[OutboxRow]:
+        async with self._locked("failed_outbox") as conn:
+            rows = await conn.execute_fetchall(_FAILED, (limit,))
+        return [_sql.failed_from_row(row) for row in rows]
 
     async def mark_sent(self, message_ids: Sequence[str]) -> None:
         if not message_ids:

@@ -35,6 +35,8 @@ TICKETS = Migrations(
     ),
 )
 STEP_ONE = Migrations("tickets", TICKETS.steps[:1])
+# leveret's own steps, before any component's.
+LEVERET = ["leveret 1", "leveret 2"]
 
 
 def steps(found: list[PendingStep]) -> list[str]:
@@ -52,11 +54,11 @@ async def test_upgrade_from_empty_applies_every_step_once(make_store: MakeStore)
     """An empty database gets leveret's step and each component's, recorded; a second run
     applies nothing."""
     store = await make_store(setup=False)
-    assert steps(await store.pending_steps([TICKETS])) == ["leveret 1", "tickets 1", "tickets 2"]
-    assert steps(await store.upgrade([TICKETS])) == ["leveret 1", "tickets 1", "tickets 2"]
+    assert steps(await store.pending_steps([TICKETS])) == [*LEVERET, "tickets 1", "tickets 2"]
+    assert steps(await store.upgrade([TICKETS])) == [*LEVERET, "tickets 1", "tickets 2"]
     assert await store.pending_steps([TICKETS]) == []
     assert await store.upgrade([TICKETS]) == []
-    assert await versions(store) == {"leveret": 1, "tickets": 2}
+    assert await versions(store) == {"leveret": 2, "tickets": 2}
     async with store.transaction() as tx:
         await tx.execute("INSERT INTO tickets (id, seat) VALUES (?, ?)", "t1", "12A")
 
@@ -85,12 +87,13 @@ async def test_upgrade_from_a_database_from_before_versioning(make_store: MakeSt
         await tx.execute("INSERT INTO tickets (id) VALUES (?)", "t1")
         await tx.execute("INSERT INTO leveret_inbox VALUES (?, ?, ?)", "c", "m1", 1.0)
         await tx.execute("DROP TABLE leveret_schema")
-    assert steps(await store.pending_steps([TICKETS])) == ["leveret 1", "tickets 1", "tickets 2"]
-    assert steps(await store.upgrade([TICKETS])) == ["leveret 1", "tickets 1", "tickets 2"]
+        await tx.execute("UPDATE leveret_schema_version SET version = 1")
+    assert steps(await store.pending_steps([TICKETS])) == [*LEVERET, "tickets 1", "tickets 2"]
+    assert steps(await store.upgrade([TICKETS])) == [*LEVERET, "tickets 1", "tickets 2"]
     async with store.transaction() as tx:
         assert await tx.fetchall("SELECT id FROM tickets") == [("t1",)]
         assert await tx.fetchall("SELECT message_id FROM leveret_inbox") == [("m1",)]
-        assert await tx.fetchall("SELECT version FROM leveret_schema_version") == [(1,)]
+        assert await tx.fetchall("SELECT version FROM leveret_schema_version") == [(2,)]
 
 
 @sql_kinds
@@ -105,7 +108,8 @@ async def test_an_app_on_postgresql_refuses_a_schema_that_is_behind(
     app = App([service], store=store, config=AppConfig(prefix="mig"))
     if store_kind == "postgres":
         with pytest.raises(
-            SchemaBehind, match=r"\(leveret 1, tickets 1, tickets 2\): run `leveret db upgrade"
+            SchemaBehind,
+            match=r"\(leveret 1, leveret 2, tickets 1, tickets 2\): run `leveret db upgrade",
         ):
             await app.start()
         assert await store.pending_steps(app.migrations) != []
@@ -135,7 +139,7 @@ async def test_two_concurrent_upgrades_apply_each_step_once(
     )
     first, second = await make_store(setup=False), await make_store(setup=False)
     results = await asyncio.gather(first.upgrade([slow]), second.upgrade([slow]))
-    assert sorted(len(r) for r in results) == [0, 2]  # leveret 1 + slow 1, by one of them
+    assert sorted(len(r) for r in results) == [0, 3]  # leveret 1, 2 + slow 1, by one of them
     async with first.transaction() as tx:
         assert await tx.fetchall("SELECT n FROM slow_runs") == [(1,)]
 
