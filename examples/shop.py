@@ -7,8 +7,20 @@
     python -m examples.shop --amqp-url amqp://guest:guest@127.0.0.1:5672/ \\
         --db-url postgresql://postgres@127.0.0.1:5432/test --workers 2
 
-With ``--amqp-url`` the services run as ``leveret run handlers.app:app`` worker processes and this
-process only places the orders and watches the database. Exit status 1 if an invariant fails.
+With ``--amqp-url`` (default: ``LEVERET_SHOP_URL`` when it is an ``amqp://`` URL) the services run
+as ``leveret run handlers.app:app`` worker processes and this process only places the orders and
+watches the database. Their queues and exchanges are named after ``--prefix`` (default:
+``LEVERET_SHOP_PREFIX``, else ``shop``), which the run prints. At the end the run deletes them
+(messages included: saga timeouts still waiting, dead letters) and its temporary database, also
+after a failure or Ctrl-C; ``--keep`` leaves both for inspection with the ``leveret`` commands and
+prints how. ``--reset`` first deletes what an earlier run with that prefix left. A prefix whose
+queues have consumers is in use (another run, or workers of ``handlers.app:app``): the run
+refuses it rather than share its queues, or delete them under it.
+
+Exit status: 0 every order ended and the invariants hold; 1 an invariant broke (named); 2 a usage
+or configuration error (the prefix in use, the broker refused the login); 3 the broker cannot be
+reached (its URL named, password redacted). Progress is a bar on a terminal, else a line every
+few seconds.
 
 The payment service charges through an in-process fake payment gateway guarded by the
 ``payment-gateway`` circuit breaker. ``--gateway-outage SECONDS`` takes the gateway down (its
@@ -32,6 +44,7 @@ import asyncio
 import contextlib
 import os
 import random
+import shutil
 import signal
 import statistics
 import sys
@@ -41,21 +54,25 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import contracts
 from contracts.inventory import StockReceived, StockReleased, StockReserved
-from contracts.orders import GetOrder, LineItem, ListOrders, PlaceOrder
+from contracts.orders import LineItem, ListOrders, PlaceOrder
 from contracts.trail import GetOrderTrail, ListOrderTrails, OrderTrail
 from framework import App, AppConfig, Command, Query, Reply
-from framework.errors import BreakerOpen, QueryFailed
+from framework.errors import BreakerOpen, BrokerUnreachable, ConfigurationError, QueryFailed
 from framework.eventsourcing import EventDecoder, event_store
 from framework.messages import MessageKind
 from framework.middleware import Incoming, Next
 from framework.observe import Handling, Observer
+from framework.queues import delete_topology
 from framework.resilience import BreakerEvent, StateTransition
+from framework.routing import Naming
 from framework.store import SagaRecord, SagaStatus, Store, StoreTx, store_from_url
 from framework.urls import redact
+from framework.worker import EXIT_BROKER_UNREACHABLE, EXIT_CONFIGURATION, EXIT_FAILED, EXIT_OK
 from handlers.app import DEFAULT_STOCK, build_app
 from handlers.choreography import build_choreography_app
 from handlers.gateway import GATEWAY, FakeGateway, Outage
@@ -484,25 +501,43 @@ async def wait_for_orders(store: Store, run: str, n: int, deadline: float) -> li
     return await _wait_for(ended, n, deadline, "orders")
 
 
+class OrdersNotEnded(TimeoutError):
+    """Not every order ended within the deadline: the first invariant, broken."""
+
+
+# A plain progress line this often when stderr is not a terminal (a pipe, a CI log).
+PROGRESS_EVERY = 5.0
+
+
 async def _wait_for(
     ended: Callable[[], Awaitable[list[T]]], n: int, deadline: float, unit: str
 ) -> list[T]:
     started = time.monotonic()
-    shown = -1
+    # On a terminal a bar redrawn in place; in a pipe or a log, \r frames would pile up.
+    bar = sys.stderr.isatty()
+    shown, said = -1, started
     while True:
         done = await ended()
-        if len(done) != shown:
+        now = time.monotonic()
+        if bar and len(done) != shown:
             shown = len(done)
             width = 40
             filled = width * shown // max(n, 1)
             sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {shown}/{n} {unit}")
             sys.stderr.flush()
+        elif not bar and (len(done) >= n or now - said >= PROGRESS_EVERY):
+            said = now
+            print(f"{len(done)}/{n} {unit} ended ({now - started:.1f}s)", file=sys.stderr)
         if len(done) >= n:
-            sys.stderr.write("\n")
+            if bar:
+                sys.stderr.write("\n")
             return done
-        if time.monotonic() - started > deadline:
-            sys.stderr.write("\n")
-            raise TimeoutError(f"only {len(done)} of {n} {unit} finished within {deadline:.0f}s")
+        if now - started > deadline:
+            if bar:
+                sys.stderr.write("\n")
+            raise OrdersNotEnded(
+                f"every order ends: only {len(done)} of {n} {unit} ended within {deadline:.0f}s"
+            )
         await asyncio.sleep(0.2)
 
 
@@ -658,17 +693,36 @@ async def place(app: App, orders: list[PlaceOrder], concurrency: int = 50) -> No
         await asyncio.gather(*(app.send(o) for o in orders[start : start + concurrency]))
 
 
+def flow_prefix(prefix: str, *, choreographed: bool) -> str:
+    """The name prefix of one flow's run: ``prefix``, or ``<prefix>-choreography``."""
+    return f"{prefix}-choreography" if choreographed else prefix
+
+
+def flow_db_url(args: argparse.Namespace, workdir: Path | None, *, choreographed: bool) -> str:
+    """``--db-url``, else a fresh SQLite file per flow in the run's temporary directory."""
+    if args.db_url:
+        return str(args.db_url)
+    assert workdir is not None
+    name = "shop-choreography" if choreographed else "shop"
+    return f"sqlite:///{workdir}/{name}.sqlite3"
+
+
 async def run_embedded(
-    args: argparse.Namespace, run: str, orders: list[PlaceOrder], *, choreographed: bool = False
+    args: argparse.Namespace,
+    run: str,
+    orders: list[PlaceOrder],
+    *,
+    choreographed: bool = False,
+    workdir: Path | None = None,
 ) -> Report:
-    """Run the shop in this process (memory broker, a fresh SQLite file unless ``--db-url``):
-    the orchestrated one, or with ``choreographed`` the choreographed one."""
-    db_url = args.db_url or f"sqlite:///{tempfile.mkdtemp(prefix='leveret-shop-')}/shop.sqlite3"
+    """Run the shop in this process (memory broker, a fresh SQLite file in ``workdir`` unless
+    ``--db-url``): the orchestrated one, or with ``choreographed`` the choreographed one."""
+    db_url = flow_db_url(args, workdir, choreographed=choreographed)
     flow = "choreographed" if choreographed else "orchestrated"
     print(
         f"shop ({flow}): {len(orders)} orders on memory:// with {redact(db_url)}", file=sys.stderr
     )
-    prefix = "shop-choreography" if choreographed else "shop"
+    prefix = flow_prefix(getattr(args, "prefix", "shop"), choreographed=choreographed)
     config = AppConfig(prefix=prefix)
     outage = GatewayOutage(args.gateway_outage) if args.gateway_outage else None
     counter = MessageCounter(prefix)
@@ -733,21 +787,115 @@ async def trail_of_one(
     return await client.request(GetOrderTrail(order_id=min(undelivered))), problems
 
 
+class PrefixInUse(ConfigurationError):
+    """Another run's workers consume the queues of the prefix this run was given."""
+
+
+class WorkersExited(Exception):
+    """The ``leveret run`` supervisor ended before the shop was ready or done."""
+
+    def __init__(self, target: str, code: int) -> None:
+        super().__init__(
+            f"the workers (leveret run {target}) exited with status {code} before the run "
+            "ended; their log is above"
+        )
+        self.code = code
+
+
+async def check_prefix_free(shop: App) -> None:
+    """Refuse a prefix whose handler queues have consumers: sharing them would mix two runs'
+    messages, and either run's end would delete the other's queues.
+
+    Raises:
+        PrefixInUse: a queue of the prefix has consumers.
+    """
+    for queue in shop.topology.queues:
+        try:
+            info = await shop.transport.queue_info(queue.name)
+        except ConfigurationError:  # no such queue: nobody serves it
+            continue
+        if info.consumers:
+            prefix = shop.naming.prefix
+            raise PrefixInUse(
+                f"prefix {prefix!r} is in use on {redact(shop.url)}: queue {queue.name} has "
+                f"{info.consumers} consumer(s) (another shop run, or workers of the shop with "
+                f"LEVERET_SHOP_PREFIX={prefix}); let it end, or give this run another --prefix"
+            )
+
+
+async def remove_topology(shop: App, what: str) -> None:
+    """Delete ``shop``'s queues and exchanges, and say so (``what``: why)."""
+    deleted = await delete_topology(shop)
+    print(
+        f"shop: {what} prefix {shop.naming.prefix!r} on {redact(shop.url)}: "
+        f"{len(deleted.queues)} queues and {len(deleted.exchanges)} exchanges deleted",
+        file=sys.stderr,
+    )
+
+
+def workers_app(args: argparse.Namespace, db_url: str, *, choreographed: bool) -> App:
+    """The workers' app as this process sees it: never started, it names their queues and
+    exchanges, and its connection checks, resets and removes them."""
+    config = AppConfig(prefix=flow_prefix(args.prefix, choreographed=choreographed))
+    if choreographed:
+        return build_choreography_app(args.amqp_url, db_url=db_url, config=config)
+    return build_app(args.amqp_url, db_url=db_url, config=config)
+
+
 async def run_workers(
-    args: argparse.Namespace, run: str, orders: list[PlaceOrder], *, choreographed: bool = False
+    args: argparse.Namespace,
+    run: str,
+    orders: list[PlaceOrder],
+    *,
+    choreographed: bool = False,
+    workdir: Path | None = None,
 ) -> Report:
     """Run the shop as ``leveret run`` worker processes on RabbitMQ (``handlers.app:app``, or
     with ``choreographed`` ``handlers.choreography:app``); this process places the orders and
-    watches the database."""
-    db_url = args.db_url or f"sqlite:///{tempfile.mkdtemp(prefix='leveret-shop-')}/shop.sqlite3"
+    watches the database.
+
+    The run's prefix must be free (``check_prefix_free``); with ``--reset`` its leftovers are
+    deleted first. At the end, unless ``--keep``, the workers' queues and exchanges are deleted,
+    whichever way the run ends.
+    """
+    db_url = flow_db_url(args, workdir, choreographed=choreographed)
     flow = "choreographed" if choreographed else "orchestrated"
-    prefix = f"shop-{run}-choreography" if choreographed else f"shop-{run}"
+    prefix = flow_prefix(args.prefix, choreographed=choreographed)
     target = "handlers.choreography:app" if choreographed else "handlers.app:app"
-    print(
-        f"shop ({flow}): {len(orders)} orders on {redact(args.amqp_url)} with {redact(db_url)}, "
-        f"{args.workers} workers of {target}",
-        file=sys.stderr,
-    )
+    shop = workers_app(args, db_url, choreographed=choreographed)
+    try:
+        await shop.transport.connect()
+        await check_prefix_free(shop)
+        if args.reset:
+            await remove_topology(shop, "reset")
+        if not orders:  # --reset --orders 0: nothing to run
+            return Report([], 0.0, flow=flow)
+        print(
+            f"shop ({flow}): {len(orders)} orders on {redact(args.amqp_url)}, prefix {prefix}, "
+            f"with {redact(db_url)}, {args.workers} workers of {target}",
+            file=sys.stderr,
+        )
+        try:
+            return await _serve_and_check(args, run, orders, choreographed, db_url, prefix, target)
+        finally:
+            if not args.keep and orders:
+                await remove_topology(shop, "removed")
+    finally:
+        await shop.transport.close()
+        if shop.store is not None:
+            await shop.store.close()
+
+
+async def _serve_and_check(
+    args: argparse.Namespace,
+    run: str,
+    orders: list[PlaceOrder],
+    choreographed: bool,
+    db_url: str,
+    prefix: str,
+    target: str,
+) -> Report:
+    flow = "choreographed" if choreographed else "orchestrated"
     env = {
         **os.environ,
         "LEVERET_SHOP_URL": "memory://",
@@ -772,8 +920,9 @@ async def run_workers(
     store = store_from_url(db_url)
     client = App([], url=args.amqp_url, config=AppConfig(prefix=prefix), contracts=contracts.ALL)
     try:
-        # The supervisor upgrades the schema, the workers declare the topology: wait for both.
-        await wait_ready(store, client, args.deadline)
+        # The supervisor upgrades the schema, the workers declare the topology: wait for both,
+        # unless the workers give up first (a refused login, a broken app).
+        await _unless_exited(workers, target, wait_ready(store, client, args.deadline))
         started = time.monotonic()
         await place(client, orders)
         if choreographed:
@@ -792,11 +941,36 @@ async def run_workers(
         await client.stop(grace=0)
         if workers.returncode is None:
             workers.send_signal(signal.SIGTERM)
-            await workers.wait()
+        await workers.wait()
         await store.close()
 
 
+async def _unless_exited(
+    workers: asyncio.subprocess.Process, target: str, ready: Awaitable[None]
+) -> None:
+    """Await ``ready``, or raise ``WorkersExited`` if the workers end first."""
+    waiting = asyncio.ensure_future(ready)
+    exited = asyncio.ensure_future(workers.wait())
+    try:
+        await asyncio.wait({waiting, exited}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (waiting, exited):
+            task.cancel()
+        await asyncio.gather(waiting, exited, return_exceptions=True)
+    if not waiting.cancelled() and waiting.exception() is None:
+        return
+    if exited.done() and not exited.cancelled():
+        raise WorkersExited(target, exited.result())
+    waiting.result()  # wait_ready's own error (its deadline passed)
+
+
 async def wait_ready(store: Store, client: App, deadline: float) -> None:
+    """Wait until the store has its tables and the read side answers a query.
+
+    The probe is a ``ListOrders`` query, which answers (an empty list will do) once a worker
+    serves it; a ``GetOrder`` of an order that does not exist would be a failed query, and the
+    worker would log it as one.
+    """
     started = time.monotonic()
     await client.start(consume=False)
     while True:
@@ -806,9 +980,9 @@ async def wait_ready(store: Store, client: App, deadline: float) -> None:
                 await tx.fetchone("SELECT 1 FROM orders_view")
             # A worker answers only once it has declared the whole topology (queues, then their
             # bindings) and consumes; a queue that exists may not be bound yet. Until then this
-            # raises Unroutable or QueryTimeout; an answer, even "no such order", means ready.
+            # raises Unroutable or QueryTimeout.
             with contextlib.suppress(QueryFailed):
-                await client.request(GetOrder(order_id="readiness-probe"), timeout=2.0)
+                await client.request(ListOrders(limit=1), timeout=2.0)
             return
         except Exception:  # not ready yet: no tables, no queue (each driver has its own errors)
             if time.monotonic() - started > deadline:
@@ -816,11 +990,40 @@ async def wait_ready(store: Store, client: App, deadline: float) -> None:
             await asyncio.sleep(0.5)
 
 
-async def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m examples.shop", description=__doc__)
-    parser.add_argument("--orders", type=int, default=300)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.shop",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--orders", type=int, default=300, help="orders to place (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--amqp-url", help="run the services as worker processes on RabbitMQ")
+    shop_url = os.environ.get("LEVERET_SHOP_URL", "")
+    parser.add_argument(
+        "--amqp-url",
+        default=shop_url if shop_url.startswith(("amqp://", "amqps://")) else None,
+        help="run the services as worker processes on RabbitMQ (default: LEVERET_SHOP_URL when "
+        "it is an amqp:// URL, else the in-process broker)",
+    )
+    parser.add_argument(
+        "--prefix",
+        default=os.environ.get("LEVERET_SHOP_PREFIX") or "shop",
+        help="the first part of every queue and exchange name (default: LEVERET_SHOP_PREFIX, "
+        "else %(default)s)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the run's queues, exchanges and database for inspection (default: delete "
+        "them at the end)",
+    )
+    parser.add_argument(
+        "--reset",
+        action="store_true",
+        help="with --amqp-url: first delete what an earlier run with this prefix left",
+    )
     parser.add_argument(
         "--db-url", help="sqlite:///file.db or postgresql://... (default: a fresh SQLite file)"
     )
@@ -856,24 +1059,111 @@ async def main(argv: list[str] | None = None) -> int:
             "--choreography runs each flow on a fresh SQLite file of its own (their services "
             "share table names): drop --db-url"
         )
+    if args.reset and not args.amqp_url:
+        parser.error("--reset deletes a prefix's queues on RabbitMQ: give --amqp-url too")
+    if args.orders < 0 or (args.orders == 0 and not args.reset):
+        parser.error("--orders: use 1 or more (--orders 0 with --reset only deletes leftovers)")
+    try:
+        Naming(prefix=flow_prefix(args.prefix, choreographed=True))
+    except ConfigurationError as exc:
+        parser.error(f"--prefix: {exc}")
+    return args
+
+
+async def main(argv: list[str] | None = None) -> int:
+    """Run the shop as the arguments say; the exit status (see the module docstring)."""
+    args = parse_args(argv)
+    # The run's temporary files (its SQLite databases), removed at the end unless --keep.
+    workdir = None if args.db_url else Path(tempfile.mkdtemp(prefix="leveret-shop-"))
+    try:
+        return await _main(args, workdir)
+    except ConfigurationError as exc:  # before BrokerUnreachable: a refused login is both
+        print(f"shop: {exc}", file=sys.stderr)
+        return EXIT_CONFIGURATION
+    except BrokerUnreachable as exc:
+        print(f"shop: {exc}", file=sys.stderr)
+        return EXIT_BROKER_UNREACHABLE
+    except WorkersExited as exc:
+        print(f"shop: {exc}", file=sys.stderr)
+        passed_on = (EXIT_CONFIGURATION, EXIT_BROKER_UNREACHABLE)
+        return exc.code if exc.code in passed_on else EXIT_FAILED
+    except OrdersNotEnded as exc:
+        print(f"shop: invariant broken: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if args.keep:
+            print_kept(args, workdir)
+        elif workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def print_kept(args: argparse.Namespace, workdir: Path | None) -> None:
+    """How to look at what ``--keep`` left, and how to remove it."""
+    db_url = flow_db_url(args, workdir, choreographed=False)
+    lines = ["shop: kept for inspection (--keep):"]
+    if args.amqp_url:
+        lines += [
+            f"  export LEVERET_SHOP_URL='{redact(args.amqp_url)}'  # the password as you gave it",
+            f"  export LEVERET_SHOP_PREFIX={args.prefix} LEVERET_SHOP_DB_URL={db_url}",
+            "  .venv/bin/leveret status handlers.app:app",
+            "  .venv/bin/leveret sagas list handlers.app:app",
+            "then remove the queues and exchanges: python -m examples.shop --reset --orders 0",
+        ]
+    else:
+        lines.append(f"  export LEVERET_SHOP_DB_URL={db_url}")
+    if workdir is not None:
+        lines.append(f"and the database: rm -r {workdir}")
+    print("\n".join(lines), file=sys.stderr)
+
+
+async def _main(args: argparse.Namespace, workdir: Path | None) -> int:
     run = f"r{uuid.uuid4().hex[:6]}"
     orders = make_orders(run, args.orders, args.seed)
     runner = run_workers if args.amqp_url else run_embedded
-    report = await runner(args, run, orders)
-    report.print()
-    if not args.choreography:
-        return 1 if report.problems else 0
-    choreographed = await runner(args, run, orders, choreographed=True)
-    choreographed.print()
-    print_comparison(report, choreographed)
-    return 1 if report.problems or choreographed.problems else 0
+    if not orders:  # --reset --orders 0: delete the prefix's leftovers, run nothing
+        for choreographed in (False, True) if args.choreography else (False,):
+            await runner(args, run, orders, choreographed=choreographed, workdir=workdir)
+        return EXIT_OK
+    reports = [await runner(args, run, orders, workdir=workdir)]
+    reports[0].print()
+    if args.choreography:
+        reports.append(await runner(args, run, orders, choreographed=True, workdir=workdir))
+        reports[1].print()
+        print_comparison(*reports)
+    problems = [p for report in reports for p in report.problems]
+    if not problems:
+        return EXIT_OK
+    more = f" (and {len(problems) - 1} more, listed above)" if len(problems) > 1 else ""
+    print(f"shop: invariant broken: {problems[0]}{more}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+async def _main_until_sigterm() -> int:
+    """``main()``, with SIGTERM cancelling it as Ctrl-C does, so that the run cleans up."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await main()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def cli() -> None:
     from framework.logging import configure_logging
 
     configure_logging(level=os.environ.get("LEVERET_LOG_LEVEL", "warning"))
-    raise SystemExit(asyncio.run(main()))
+    # Interrupted, main() cleans up on its way out; the status is the shell's for the signal.
+    try:
+        code = asyncio.run(_main_until_sigterm())
+    except KeyboardInterrupt:
+        print("shop: interrupted", file=sys.stderr)
+        code = 128 + signal.SIGINT
+    except asyncio.CancelledError:
+        print("shop: terminated", file=sys.stderr)
+        code = 128 + signal.SIGTERM
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

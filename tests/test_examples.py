@@ -47,10 +47,12 @@ def test_hello_example_on_rabbitmq(amqp_url: str) -> None:
     assert "Hello, leveret!" in result.stdout
 
 
-def test_main_job() -> None:
-    """`python -m examples.shop` runs the shop in memory, reports, and checks its invariants."""
-    result = run(["-m", "examples.shop", "--orders", "60"])
+def test_main_job(tmp_path: Path) -> None:
+    """`python -m examples.shop` runs the shop in memory, reports, checks its invariants, and
+    removes its temporary database."""
+    result = run(["-m", "examples.shop", "--orders", "60"], {"TMPDIR": str(tmp_path)})
     assert result.returncode == 0, result.stdout + result.stderr
+    assert list(tmp_path.iterdir()) == []
     assert "completed" in result.stdout
     assert "compensated: stock-out" in result.stdout
     assert "compensated: card declined" in result.stdout
@@ -67,11 +69,13 @@ def test_main_job() -> None:
     assert completed + rejected + released == 60
 
 
-def test_main_job_compares_the_two_flows() -> None:
+def test_main_job_compares_the_two_flows(tmp_path: Path) -> None:
     """`python -m examples.shop --choreography` runs the same orders through the orchestrated
     and the choreographed shop, checks both, and prints the comparison from that run."""
-    result = run(["-m", "examples.shop", "--orders", "60", "--choreography"])
+    args = ["-m", "examples.shop", "--orders", "60", "--choreography"]
+    result = run(args, {"TMPDIR": str(tmp_path)})
     assert result.returncode == 0, result.stdout + result.stderr
+    assert list(tmp_path.iterdir()) == []
     assert result.stdout.count("invariants hold") == 2
     assert "choreographed outcome" in result.stdout
     assert "order trail of" in result.stdout

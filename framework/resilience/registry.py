@@ -259,6 +259,11 @@ class Breakers:
         return [gate.breaker.metrics() for gate in self._gates.values()]
 
     @property
+    def defer_tiers_ms(self) -> tuple[int, ...]:
+        """The delay tiers (milliseconds) that messages deferred by ``defer_when_open`` wait in."""
+        return self._defer_ms
+
+    @property
     def group(self) -> str:
         """The name shared by the workers whose transitions are shared."""
         return self._group or _GROUP_WORD

@@ -336,6 +336,14 @@ class Transport(abc.ABC):
     async def delete_queue(self, name: str) -> None:
         """Delete a queue and its messages (tests and tooling)."""
 
+    async def delete_exchange(self, name: str) -> None:  # noqa: B027  # optional, see below
+        """Delete an exchange and its bindings; one that does not exist is nothing to delete.
+
+        For tooling that removes an app's topology (``framework.queues.delete_topology``). Not
+        abstract: the default does nothing, which is right for a transport whose broker does not
+        outlive the process; a transport on a persistent broker overrides it.
+        """
+
     @abc.abstractmethod
     async def publish(
         self,

@@ -128,6 +128,16 @@ class AmqpTopology:
         self._queues.pop(name, None)
         self._declared.pop(f"queue:{name}", None)
 
+    async def delete_exchange(self, name: str) -> None:
+        """Delete exchange ``name`` (RabbitMQ answers delete-ok when there is none)."""
+        self._link.require()
+        channel = self._link.topology_channel
+        assert channel is not None
+        async with self._link.deadline(f"deleting exchange {name!r}"):
+            await channel.exchange_delete(name)
+        self._exchanges.discard(name)
+        self._declared.pop(f"exchange:{name}", None)
+
     async def queue_info(self, name: str) -> QueueInfo:
         """Ready messages and consumers of ``name`` (see ``AmqpTransport.queue_info``)."""
         self._link.require()

@@ -149,6 +149,11 @@ class AmqpTransport(Transport):
             await consumer.cancel(queue_deleted=True)  # their messages go with the queue
         await self._topology.delete_queue(name)
 
+    async def delete_exchange(self, name: str) -> None:
+        """Delete exchange ``name`` and its bindings; a missing one is nothing to delete."""
+        self._link.require()
+        await self._topology.delete_exchange(name)
+
     async def queue_depth(self, name: str) -> int:
         """Ready messages in ``name``.
 
