@@ -536,7 +536,7 @@ async def _wait_for(
             if bar:
                 sys.stderr.write("\n")
             raise OrdersNotEnded(
-                f"every order ends: only {len(done)} of {n} {unit} ended within {deadline:.0f}s"
+                f"every order ends: only {len(done)} of {n} {unit} ended within {deadline:g}s"
             )
         await asyncio.sleep(0.2)
 
@@ -791,6 +791,10 @@ class PrefixInUse(ConfigurationError):
     """Another run's workers consume the queues of the prefix this run was given."""
 
 
+class NotReady(Exception):
+    """The workers did not answer within the deadline."""
+
+
 class WorkersExited(Exception):
     """The ``leveret run`` supervisor ended before the shop was ready or done."""
 
@@ -961,7 +965,14 @@ async def _unless_exited(
         return
     if exited.done() and not exited.cancelled():
         raise WorkersExited(target, exited.result())
-    waiting.result()  # wait_ready's own error (its deadline passed)
+    try:
+        waiting.result()
+    except (BrokerUnreachable, ConfigurationError):
+        raise
+    except Exception as exc:  # wait_ready's deadline passed: its last error says why
+        raise NotReady(
+            f"the workers (leveret run {target}) were not ready within the deadline: {exc!r}"
+        ) from exc
 
 
 async def wait_ready(store: Store, client: App, deadline: float) -> None:
@@ -1089,6 +1100,9 @@ async def main(argv: list[str] | None = None) -> int:
         return exc.code if exc.code in passed_on else EXIT_FAILED
     except OrdersNotEnded as exc:
         print(f"shop: invariant broken: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except NotReady as exc:
+        print(f"shop: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         if args.keep:
