@@ -100,6 +100,8 @@ def fake_engine(path: Path, status: bytes) -> Iterator[list[bytes]]:
     try:
         yield requests
     finally:
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)  # wakes the accept() below; close() alone does not
         server.close()
         thread.join(timeout=5)
 
