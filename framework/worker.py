@@ -3,7 +3,8 @@
 ``leveret run`` starts these under a supervisor (``framework.supervisor``); run one by hand with
 ``python -m framework.worker MODULE:APP [--url URL] [--index I]``.
 
-The exit code tells the supervisor what to do next:
+The exit code tells the supervisor what to do next (the codes every ``leveret`` command uses,
+defined in ``framework.cli.exits``):
 
 * ``EXIT_OK`` (0): stopped by a signal after draining.
 * ``EXIT_FAILED`` (1): an unexpected error; the supervisor restarts the worker.
@@ -34,12 +35,20 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
 import structlog
 
 from framework.app import App
+from framework.cli.exits import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
 from framework.errors import BrokerUnreachable, ConfigurationError
 from framework.logging import configure_logging, redact_text
 from framework.urls import redact
@@ -59,11 +68,10 @@ __all__ = [
     "serve",
 ]
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIGURATION = 2
-EXIT_BROKER_UNREACHABLE = 3
-EXIT_TRANSPORT_FAILED = 4
+# The worker's names for the codes every ``leveret`` command shares (``framework.cli.exits``).
+EXIT_CONFIGURATION = EXIT_USAGE
+EXIT_BROKER_UNREACHABLE = EXIT_UNREACHABLE
+EXIT_TRANSPORT_FAILED = EXIT_INTERRUPTED
 
 #: The supervisor hands a ``--amqp-url`` to its workers here rather than on their command line,
 #: where any local user could read the password in ``ps``.
@@ -87,8 +95,9 @@ class AppLoadError(ConfigurationError):
 def load_app(spec: str) -> App:
     """Import ``module:attribute`` (the attribute may be dotted) and return the App it names.
 
-    The current directory is put on ``sys.path`` first, as ``python -m`` would, so that
-    ``leveret run handlers.app:app`` finds the project's modules.
+    The current directory is put at the front of ``sys.path``, as ``python -m`` would, so that
+    ``leveret run handlers.app:app`` finds the project's modules. A file path
+    (``examples/hello.py:app``) is refused with the dotted module path to write instead.
 
     Raises:
         AppLoadError: the spec is malformed, the import fails, the attribute is missing or the
@@ -99,6 +108,8 @@ def load_app(spec: str) -> App:
         raise AppLoadError(
             spec, f"{spec!r} is not MODULE:APP; name the module and its App, e.g. handlers.app:app"
         )
+    if module_name.endswith(".py") or "/" in module_name or "\\" in module_name:
+        raise AppLoadError(spec, _file_path_hint(spec, module_name, attribute))
     _put_cwd_on_path()
     module = _import(spec, module_name)
     target: Any = module
@@ -120,10 +131,28 @@ def load_app(spec: str) -> App:
     return target
 
 
+def _file_path_hint(spec: str, path: str, attribute: str) -> str:
+    """What to write instead of a file path: the dotted module path, from where to run it."""
+    file = Path(path.replace("\\", "/"))
+    if file.is_absolute() and file.is_relative_to(Path.cwd()):
+        file = file.relative_to(Path.cwd())
+    parts = [part for part in file.with_suffix("").parts if part not in ("", ".", "/")]
+    where = f"{parts[0]}/" if len(parts) > 1 else f"{parts[0]}.py"
+    return (
+        f"{spec!r} is a file path: use the dotted module path: {'.'.join(parts)}:{attribute} "
+        f"(run from the directory that holds {where})"
+    )
+
+
 def _put_cwd_on_path() -> None:
+    """The current directory first on ``sys.path``: the project's ``handlers`` package wins over
+    an installed one of the same name (``python -m`` does the same)."""
     cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
+    if sys.path[:1] in ([cwd], [""]):
+        return
+    if cwd in sys.path:
+        sys.path.remove(cwd)
+    sys.path.insert(0, cwd)
 
 
 def _import(spec: str, module_name: str) -> ModuleType:

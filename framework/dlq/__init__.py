@@ -1,6 +1,6 @@
 """Dead-letter queues: read, count, replay and purge them without losing or reordering messages.
 
-``leveret dlq list|show|replay|purge`` (``framework.dlq.cli``) is the command line over these.
+``leveret dlq list|show|replay|purge`` (``framework.cli.dlq``) is the command line over these.
 """
 
 from framework.dlq.scan import (

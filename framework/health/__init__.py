@@ -2,7 +2,7 @@
 
 ``leveret run --health-port PORT`` serves ``/live`` and ``/ready`` (``framework.health.http``);
 ``leveret status MODULE:APP`` prints the same readiness from the command line
-(``framework.health.cli``).
+(``framework.cli.status``).
 """
 
 from framework.health.checks import Check, QueueStatus, Readiness, readiness

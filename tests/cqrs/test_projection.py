@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import logging
 import tempfile
 import typing
@@ -153,7 +154,7 @@ def test_cli_rebuild_restores_the_live_read_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`leveret projections rebuild MODULE:APP orders_view` replaces a damaged read model with
-    the one the live projection built."""
+    the one the live projection built; `projections list` shows how many events it reflects."""
     db = tmp_path / "shop.db"
     module = tmp_path / "rebuild_shop_app.py"
     module.write_text(
@@ -203,6 +204,12 @@ def test_cli_rebuild_restores_the_live_read_model(
             await store.close()
 
     assert asyncio.run(after()) == before
+    code, out, _ = cli("projections", "list", "rebuild_shop_app:app", "--json")
+    assert code == 0
+    [listed] = json.loads(out)
+    assert (listed["name"], listed["position"]) == ("orders_view", len(events))
+    code, out, _ = cli("projections", "list", "rebuild_shop_app:app")
+    assert out.split("\n")[1].split()[:3] == ["orders_view", "order_view", str(len(events))]
     code, out, err = cli("projections", "rebuild", "rebuild_shop_app:app", "nope")
     assert code == 2
     assert "no projection named 'nope'; this app's projections: orders_view" in err

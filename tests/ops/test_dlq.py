@@ -130,13 +130,13 @@ async def test_poison_messages_are_listed_shown_fixed_and_replayed_once(
     poison, dlq = await dead_letter_three(module)
     spec = f"{module.__name__}:app"
 
-    code, out, _ = await leveret(capsys, "dlq", "list", "--app", spec)
+    code, out, _ = await leveret(capsys, "dlq", "list", spec)
     assert code == 0
     assert dlq in out
     assert "3  handler_failed: ValueError" in out
     assert "3 dead letter(s) in 1 queue(s)" in out
 
-    code, out, _ = await leveret(capsys, "dlq", "show", dlq, "--url", amqp_url, "--limit", "2")
+    code, out, _ = await leveret(capsys, "dlq", "show", dlq, "--amqp-url", amqp_url, "--limit", "2")
     assert code == 0
     assert f"{dlq}: 3 message(s), showing 2" in out
     assert out.index(poison[0]) < out.index(poison[1])
@@ -149,7 +149,7 @@ async def test_poison_messages_are_listed_shown_fixed_and_replayed_once(
     assert '"order_id": "o-1"' in out  # pretty-printed body
 
     # Reading changed nothing: all three are still there, in the same order.
-    code, out, _ = await leveret(capsys, "dlq", "show", dlq, "--url", amqp_url, "--json")
+    code, out, _ = await leveret(capsys, "dlq", "show", dlq, "--amqp-url", amqp_url, "--json")
     shown = json.loads(out)
     assert [m["message_id"] for m in shown] == poison
     assert [m["position"] for m in shown] == [1, 2, 3]
@@ -159,23 +159,25 @@ async def test_poison_messages_are_listed_shown_fixed_and_replayed_once(
 
     module.fixed = True  # the fix is deployed
     code, out, _ = await leveret(
-        capsys, "dlq", "replay", "--app", spec, "orders.place_order", "--id", poison[1]
+        capsys, "dlq", "replay", spec, "orders.place_order", "--id", poison[1]
     )
     assert code == 2  # not a queue of this broker: a usage error, nothing replayed
-    code, out, _ = await leveret(capsys, "dlq", "replay", dlq, "--url", amqp_url, "--id", poison[1])
+    code, out, _ = await leveret(
+        capsys, "dlq", "replay", dlq, "--amqp-url", amqp_url, "--id", poison[1]
+    )
     assert code == 0, out
     assert f"replayed {poison[1]} -> {dlq[: -len('.dlq')]}" in out
-    code, out, _ = await leveret(capsys, "dlq", "replay", dlq, "--url", amqp_url, "--all")
+    code, out, _ = await leveret(capsys, "dlq", "replay", dlq, "--amqp-url", amqp_url, "--all")
     assert code == 0
     assert "2 message(s) replayed" in out
 
     await eventually(lambda: len(module.handled) == 5, what="the replayed orders to be handled")
-    code, out, _ = await leveret(capsys, "dlq", "list", dlq, "--url", amqp_url, "--json")
+    code, out, _ = await leveret(capsys, "dlq", "list", dlq, "--amqp-url", amqp_url, "--json")
     assert json.loads(out) == [{"queue": dlq, "messages": 0, "reasons": {}}]
     handled_ids = [mid for mid, _ in module.handled]
     assert sorted(handled_ids[2:]) == sorted(poison)  # the same message ids, once each
     assert len(set(handled_ids)) == 5
-    code, out, _ = await leveret(capsys, "dlq", "replay", dlq, "--url", amqp_url, "--all")
+    code, out, _ = await leveret(capsys, "dlq", "replay", dlq, "--amqp-url", amqp_url, "--all")
     assert code == 1
     assert "0 message(s) replayed" in out
 
@@ -237,24 +239,28 @@ async def test_purge_asks_first_and_deletes_only_what_it_names(
     """Purge deletes nothing unless confirmed; --id deletes that message only; --yes skips."""
     poison, dlq = await dead_letter_three(running)
     monkeypatch.setattr(sys, "stdin", _Lines("n\n"))
-    code, out, _ = await leveret(capsys, "dlq", "purge", dlq, "--url", amqp_url, "--all")
+    code, out, _ = await leveret(capsys, "dlq", "purge", dlq, "--amqp-url", amqp_url, "--all")
     assert code == 1
     assert "nothing deleted" in out
     monkeypatch.setattr(sys, "stdin", _Lines("y\n"))
-    code, out, _ = await leveret(capsys, "dlq", "purge", dlq, "--url", amqp_url, "--id", poison[1])
+    code, out, _ = await leveret(
+        capsys, "dlq", "purge", dlq, "--amqp-url", amqp_url, "--id", poison[1]
+    )
     assert code == 0
     assert "1 message(s) deleted" in out
-    code, out, _ = await leveret(capsys, "dlq", "show", dlq, "--url", amqp_url, "--json")
+    code, out, _ = await leveret(capsys, "dlq", "show", dlq, "--amqp-url", amqp_url, "--json")
     assert [m["message_id"] for m in json.loads(out)] == [poison[0], poison[2]]
-    code, out, _ = await leveret(capsys, "dlq", "purge", dlq, "--url", amqp_url, "--all", "--yes")
+    code, out, _ = await leveret(
+        capsys, "dlq", "purge", dlq, "--amqp-url", amqp_url, "--all", "--yes"
+    )
     assert code == 0
     assert "2 message(s) deleted" in out
-    code, _, err = await leveret(capsys, "dlq", "purge", dlq, "--url", amqp_url)
+    code, _, err = await leveret(capsys, "dlq", "purge", dlq, "--amqp-url", amqp_url)
     assert code == 2
     assert "--id" in err
     code, _, err = await leveret(capsys, "dlq", "list")
     assert code == 2
-    assert "--url" in err
+    assert "--amqp-url" in err
 
 
 class _Lines:

@@ -116,7 +116,7 @@ async def test_list_and_show_read_each_message_once_and_name_the_undecodable_one
     """``list`` and ``show`` keep their connection, read all five messages once each, show the
     timestamp bomb as undecodable with its reason, exit 0, and leave the DLQ as it was."""
     transport, _, dlq = poisoned
-    code, out, err = await leveret(capsys, "dlq", "list", dlq, "--url", amqp_url, "--json")
+    code, out, err = await leveret(capsys, "dlq", "list", dlq, "--amqp-url", amqp_url, "--json")
     assert code == 0, err
     [row] = json.loads(out)
     assert row["messages"] == 5
@@ -127,7 +127,7 @@ async def test_list_and_show_read_each_message_once_and_name_the_undecodable_one
     assert undecodable.startswith("undecodable: ")
     assert "timestamp" in undecodable or "properties" in undecodable
 
-    code, out, err = await leveret(capsys, "dlq", "show", dlq, "--url", amqp_url, "--json")
+    code, out, err = await leveret(capsys, "dlq", "show", dlq, "--amqp-url", amqp_url, "--json")
     assert code == 0, err
     shown = json.loads(out)
     assert [m["position"] for m in shown] == [1, 2, 3, 4, 5]
@@ -138,7 +138,7 @@ async def test_list_and_show_read_each_message_once_and_name_the_undecodable_one
     assert [m["undecodable"] is not None for m in shown] == [False, True, False, False, False]
     assert "broker_connection_lost" not in err
 
-    code, out, err = await leveret(capsys, "dlq", "show", dlq, "--url", amqp_url)
+    code, out, err = await leveret(capsys, "dlq", "show", dlq, "--amqp-url", amqp_url)
     assert code == 0, err
     assert "undecodable  its headers could not be read; it cannot be replayed" in out
     assert await transport.queue_depth(dlq) == 5
@@ -152,7 +152,7 @@ async def test_replay_goes_only_to_the_dlqs_queue_and_skips_what_it_cannot_repla
     undecodable message and the one whose copy cannot be encoded in the DLQ, in order, says
     why, and exits 1."""
     transport, queue, dlq = poisoned
-    code, out, err = await leveret(capsys, "dlq", "replay", dlq, "--url", amqp_url, "--all")
+    code, out, err = await leveret(capsys, "dlq", "replay", dlq, "--amqp-url", amqp_url, "--all")
     assert code == 1, (out, err)
     assert f"replayed m-forged -> {queue}" in out
     assert f"replayed m-double -> {queue}" in out

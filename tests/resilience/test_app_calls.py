@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from contracts.orders import LineItem, PlaceOrder
 from framework import App, BreakerOpen, Context, RetryPolicy, Service, cli
+from framework.cli.breakers import ask_workers
 from framework.metrics import PrometheusMetrics
 from framework.resilience import (
     DEFERRALS,
@@ -22,7 +23,6 @@ from framework.resilience import (
     TransitionReason,
     defer_when_open,
 )
-from framework.resilience.cli import ask_workers
 from framework.store import store_from_url
 from framework.testing.harness import Harness
 from tests.resilience.conftest import Backend, next_item, start_app

@@ -22,7 +22,8 @@ import contracts
 from contracts.orders import LineItem, PlaceOrder
 from contracts.shipping import ShipOrder
 from framework import App, AppConfig
-from framework.saga.cli import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
+from framework.cli.exits import EXIT_FAILED as EXIT_REFUSED
+from framework.cli.exits import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from framework.store import SagaStatus, store_from_url
 from framework.transport.amqp import AmqpTransport
 from framework.transport.memory import MemoryTransport
@@ -55,8 +56,8 @@ def sagas(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 
 
 def show_json(db_url: str, saga_id: str) -> dict[str, Any]:
-    """``sagas show ID --format json``, parsed."""
-    shown = sagas("show", "handlers.app:app", saga_id, "--db-url", db_url, "--format", "json")
+    """``sagas show ID --json``, parsed."""
+    shown = sagas("show", "handlers.app:app", saga_id, "--db-url", db_url, "--json")
     assert shown.returncode == EXIT_OK, shown.stderr
     detail: dict[str, Any] = json.loads(shown.stdout)
     return detail
@@ -126,14 +127,14 @@ def test_list_shows_the_newest_first_and_filters_by_status_or_state(db_url: str)
     ]
     shipping = sagas(
         "list", "handlers.app:app", "--db-url", db_url, "--state", "ship", "--limit", "1",
-        "--format", "json",
+        "--json",
     )  # fmt: skip
     assert shipping.returncode == EXIT_OK, shipping.stderr
     (only,) = json.loads(shipping.stdout)
     assert (only["saga_id"], only["status"], only["state"]) == ("order-stuck2", "running", "ship")
     compensated = sagas(
         "list", "handlers.app:app", "--db-url", db_url, "--state", "compensated",
-        "--saga", "order", "--format", "json",
+        "--saga", "order", "--json",
     )  # fmt: skip
     (gone,) = json.loads(compensated.stdout)
     assert gone["reason"] == "charge failed: card declined: over limit"
@@ -170,9 +171,7 @@ def test_show_prints_state_data_and_the_timeline(db_url: str) -> None:
     assert re.search(r"out order-gone/1/0/[0-9a-f]{16}, order-gone/1/1/[0-9a-f]{16}\n", out)
 
     detail = json.loads(
-        sagas(
-            "show", "handlers.app:app", "order-done", "--db-url", db_url, "--format", "json"
-        ).stdout
+        sagas("show", "handlers.app:app", "order-done", "--db-url", db_url, "--json").stdout
     )
     assert detail["status"] == "completed"
     assert detail["completed"] == ["reserve", "charge", "ship"]
@@ -239,9 +238,7 @@ def test_abort_and_resume_on_a_memory_app_keep_messages_in_the_outbox(db_url: st
     assert "in the outbox: order-stuck/" in resumed.stdout
     assert "--amqp-url" in resumed.stdout
     shown = json.loads(
-        sagas(
-            "show", "handlers.app:app", "order-stuck2", "--db-url", db_url, "--format", "json"
-        ).stdout
+        sagas("show", "handlers.app:app", "order-stuck2", "--db-url", db_url, "--json").stdout
     )
     assert (shown["status"], shown["reason"]) == ("aborted", "customer called")
     assert shown["history"][-1]["message_type"] == "operator.abort"
@@ -284,9 +281,7 @@ def test_unreachable_broker_exits_3_and_changes_nothing(db_url: str) -> None:
     assert "cannot reach the broker" in resumed.stderr
     assert "secret" not in resumed.stderr
     shown = json.loads(
-        sagas(
-            "show", "handlers.app:app", "order-stuck", "--db-url", db_url, "--format", "json"
-        ).stdout
+        sagas("show", "handlers.app:app", "order-stuck", "--db-url", db_url, "--json").stdout
     )
     assert shown["history"][-1]["to_state"] == "ship"
     assert all(h["message_type"] != "operator.resume" for h in shown["history"])

@@ -195,7 +195,7 @@ def test_leveret_dlq_never_prints_the_password(
     """``leveret dlq list/show/replay`` with such a broker URL fail without the password."""
     url = f"amqp://app:{password}@127.0.0.1:1/shop"
     for action in (("list", "q"), ("show", "q"), ("replay", "q", "--all")):
-        code, printed = _leveret(capsys, "dlq", *action, "--url", url, "--timeout", "1")
+        code, printed = _leveret(capsys, "dlq", *action, "--amqp-url", url, "--timeout", "1")
         assert code in (2, 3), printed
         assert not leaked(password, printed), printed
         assert "app:***@" in printed

@@ -1,14 +1,17 @@
-"""``leveret dlq list|show|replay|purge``: registered by ``framework.cli``.
+"""``leveret dlq list|show|replay|purge``: an app's dead-letter queues on RabbitMQ.
 
-The broker is named by ``--url`` or by ``--app MODULE:APP`` (the app's own URL, which ``--url``
-overrides). Without the management plugin a client cannot list queues, so ``list`` needs
-``--app`` (every handler queue's ``<queue>.dlq``) or the queues by name. A QUEUE argument is a
-DLQ (``leveret.orders.orders.place_order.dlq``) or the handler queue it belongs to.
+``leveret dlq ACTION MODULE:APP [QUEUE]``: the app names the broker (its own URL, which
+``--amqp-url`` overrides) and, for ``list``, the DLQs (every handler queue's ``<queue>.dlq``).
+Without MODULE:APP, ``--amqp-url`` names the broker and the queues are named one by one: a client
+cannot list a broker's queues without the management plugin. A QUEUE argument is a DLQ
+(``leveret.orders.orders.place_order.dlq``) or the handler queue it belongs to. ``--app`` and
+``--url`` are the old, deprecated spellings of MODULE:APP and ``--amqp-url``.
 
 Exit codes: 0 done; 1 nothing matched, a replay stopped on a failed publish or left messages it
 cannot replay in the DLQ, or a purge was not confirmed; 2 usage or configuration error (no broker
-named, a missing queue, a bad MODULE:APP); 3 the broker could not be reached; 4 a DLQ could not be
-read whole (a lost connection, messages that did not arrive): what was read is printed, once each.
+named, a missing queue, a bad MODULE:APP, a memory:// app); 3 the broker could not be reached; 4
+a DLQ could not be read whole (a lost connection, messages that did not arrive): what was read is
+printed, once each.
 
 A message whose headers the client could not decode is listed and shown as ``undecodable`` with
 the reason; ``replay`` leaves it in the DLQ. ``replay`` republishes only to the queue the DLQ
@@ -25,9 +28,22 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import msgspec
-
 from framework.argtypes import positive_float, positive_int
+from framework.cli._common import (
+    AMQP_EXAMPLE,
+    add_amqp_url,
+    add_app,
+    add_deprecated,
+    add_json,
+    is_amqp,
+    load,
+    note,
+    print_json,
+    require_broker,
+    table,
+    usage_error,
+)
+from framework.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from framework.dlq.scan import (
     DLQ_SUFFIX,
     MAX_SCAN,
@@ -39,16 +55,10 @@ from framework.dlq.scan import (
     purge,
     replay,
 )
-from framework.errors import BrokerUnreachable, ConfigurationError
+from framework.errors import ConfigurationError
 from framework.transport.base import Transport
 
-__all__ = ["register"]
-
-EXIT_OK = 0
-EXIT_NOTHING = 1
-EXIT_USAGE = 2
-EXIT_BROKER_UNREACHABLE = 3
-EXIT_INCOMPLETE = 4
+__all__ = ["dlq_name", "register"]
 
 
 def register(commands: Any) -> None:
@@ -71,13 +81,14 @@ def register(commands: Any) -> None:
         help="count dead letters per queue and per reason",
         description=(
             "Count the messages of each DLQ, per dead-letter reason. Without QUEUE, every DLQ of "
-            "--app's handlers. Messages stay in place, in order."
+            "the app's handlers. Messages stay in place, in order."
         ),
     )
+    add_app(listing, optional=True)
     listing.add_argument("queues", nargs="*", metavar="QUEUE", help="DLQs or handler queues")
     _broker_options(listing)
-    listing.add_argument("--json", action="store_true", help="print JSON")
-    listing.set_defaults(command=_list)
+    add_json(listing)
+    listing.set_defaults(command=_list, action="list")
 
     show = actions.add_parser(
         "show",
@@ -87,13 +98,13 @@ def register(commands: Any) -> None:
             "and last failure time, body. Messages stay in place, in order."
         ),
     )
-    show.add_argument("queue", metavar="QUEUE")
+    _app_and_queue(show)
     show.add_argument(
         "--limit", type=positive_int, default=10, metavar="N", help="at most N (default 10)"
     )
     _broker_options(show)
-    show.add_argument("--json", action="store_true", help="print JSON")
-    show.set_defaults(command=_show)
+    add_json(show)
+    show.set_defaults(command=_show, action="show")
 
     again = actions.add_parser(
         "replay",
@@ -104,34 +115,31 @@ def register(commands: Any) -> None:
             "after the broker confirmed its copy."
         ),
     )
-    again.add_argument("queue", metavar="QUEUE")
+    _app_and_queue(again)
     _selection_options(again, reason=True)
     _broker_options(again)
-    again.set_defaults(command=_replay)
+    again.set_defaults(command=_replay, action="replay")
 
     drop = actions.add_parser(
         "purge",
         help="delete dead letters for good",
         description="Delete the chosen messages of a DLQ for good, after a confirmation.",
     )
-    drop.add_argument("queue", metavar="QUEUE")
+    _app_and_queue(drop)
     _selection_options(drop, reason=False)
     drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     _broker_options(drop)
-    drop.set_defaults(command=_purge)
+    drop.set_defaults(command=_purge, action="purge")
+
+
+def _app_and_queue(parser: argparse.ArgumentParser) -> None:
+    add_app(parser, optional=True)
+    parser.add_argument("queue", metavar="QUEUE", help="a DLQ or the handler queue it belongs to")
 
 
 def _broker_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url",
-        "--amqp-url",
-        dest="url",
-        metavar="URL",
-        help="RabbitMQ URL, e.g. amqp://user:password@host:5672/vhost (default: --app's)",
-    )
-    parser.add_argument(
-        "--app", metavar="MODULE:APP", help="the App: its broker URL and its handlers' DLQs"
-    )
+    add_amqp_url(parser, old_url=True)
+    add_deprecated(parser, "--app", dest="app_option", instead="MODULE:APP before the queues")
     parser.add_argument(
         "--timeout",
         type=positive_float,
@@ -152,34 +160,39 @@ def _selection_options(parser: argparse.ArgumentParser, *, reason: bool) -> None
     parser.add_argument("--all", action="store_true", help="every message of the DLQ")
 
 
+def _looks_like_app(word: str) -> bool:
+    return ":" in word and "://" not in word
+
+
 def dlq_name(queue: str) -> str:
     """``queue`` if it names a DLQ, else the DLQ of that handler queue."""
     return queue if queue.endswith(DLQ_SUFFIX) else f"{queue}{DLQ_SUFFIX}"
 
 
 class _Target:
-    """The transport to use and the DLQs an app knows, from ``--url`` and ``--app``."""
+    """The transport to use and the DLQs an app knows, from MODULE:APP and ``--amqp-url``."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         from framework.transport.amqp import AmqpConfig, AmqpTransport
 
+        spec, self.queues = _app_and_queues(args)
         self.app_dlqs: list[str] = []
-        url: str | None = args.url
-        if args.app:
-            from framework.worker import load_app
-
-            app = load_app(args.app)
+        url: str | None = args.amqp_url
+        if spec is not None:
+            app = load(spec)
             self.app_dlqs = sorted({app.naming.dlq(p.queue) for p in app.pipelines})
+            if url is None:
+                require_broker(app, spec, what="leveret dlq")
             url = url or app.url
         if not url:
             raise ConfigurationError(
-                "name the broker: --url amqp://user:password@host:5672/vhost, or --app "
-                "MODULE:APP to use the app's own URL"
+                "name the app (leveret dlq ACTION MODULE:APP ...: its broker and its DLQs) or the "
+                f"broker (--amqp-url {AMQP_EXAMPLE})"
             )
-        if url.split("://", 1)[0].lower() not in ("amqp", "amqps"):
+        if not is_amqp(url):
             raise ConfigurationError(
                 f"the DLQ tools work on RabbitMQ (amqp:// or amqps://), not {url.split(':', 1)[0]}"
-                ": a memory:// app's queues live in the process that runs it"
+                f": pass --amqp-url {AMQP_EXAMPLE}"
             )
         timeout = args.timeout
         self.transport: Transport = AmqpTransport(
@@ -191,11 +204,25 @@ class _Target:
         self.idle = timeout
 
 
+def _app_and_queues(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """MODULE:APP (positional, or the old ``--app``) and the QUEUE arguments."""
+    spec: str | None = args.app_option
+    words: list[str] = [args.app] if args.app is not None else []
+    words += args.queues if hasattr(args, "queues") else [args.queue]
+    if words and _looks_like_app(words[0]):
+        if spec is not None:
+            raise usage_error(f"the app is named twice: {words[0]} and --app {spec}; drop --app")
+        spec = words.pop(0)
+    if not hasattr(args, "queues") and len(words) != 1:
+        raise usage_error(
+            f"{' '.join(words) or 'no queue'}: write leveret dlq {args.action} MODULE:APP QUEUE, "
+            "e.g. handlers.app:app shop.orders.orders.place_order"
+        )
+    return spec, words
+
+
 def _run(args: argparse.Namespace, work: Callable[[_Target], Awaitable[int]]) -> int:
-    try:
-        target = _Target(args)
-    except ConfigurationError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+    target = _Target(args)
 
     async def main() -> int:
         await target.transport.connect()
@@ -204,16 +231,7 @@ def _run(args: argparse.Namespace, work: Callable[[_Target], Awaitable[int]]) ->
         finally:
             await target.transport.close()
 
-    try:
-        return asyncio.run(main())
-    except ConfigurationError as exc:  # a refused login or vhost too (BrokerAccessDenied)
-        return _fail(str(exc), EXIT_USAGE)
-    except BrokerUnreachable as exc:
-        return _fail(str(exc), EXIT_BROKER_UNREACHABLE)
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"leveret: {message}", file=sys.stderr)
+    code: int = asyncio.run(main())  # a refused login is a ConfigurationError: exit 2
     return code
 
 
@@ -230,18 +248,19 @@ async def _existing(transport: Transport, dlq: str) -> int | None:
 
 def _list(args: argparse.Namespace) -> int:
     async def work(target: _Target) -> int:
-        queues = [dlq_name(q) for q in args.queues] or target.app_dlqs
+        queues = [dlq_name(q) for q in target.queues] or target.app_dlqs
         if not queues:
             raise ConfigurationError(
-                "which DLQs? name them (leveret dlq list QUEUE...) or give --app MODULE:APP; "
-                "a client cannot list a broker's queues without the management plugin"
+                "which DLQs? name the app (leveret dlq list MODULE:APP) or the queues (leveret "
+                "dlq list QUEUE... --amqp-url URL): a client cannot list a broker's queues "
+                "without the management plugin"
             )
         rows: list[dict[str, Any]] = []
         unread: list[str] = []
         for dlq in queues:
             depth = await _existing(target.transport, dlq)
             if depth is None:
-                if args.queues:
+                if target.queues:
                     raise ConfigurationError(f"queue {dlq!r} does not exist")
                 continue  # the app's handler has not declared its queues yet
             reasons: Counter[str] = Counter()
@@ -253,26 +272,24 @@ def _list(args: argparse.Namespace) -> int:
                     unread.append(str(exc))
             rows.append({"queue": dlq, "messages": depth, "reasons": dict(reasons.most_common())})
         if args.json:
-            print(msgspec.json.encode(rows).decode())
+            print_json(rows)
         else:
             _print_counts(rows, skipped=len(queues) - len(rows))
         for problem in unread:
-            print(f"leveret: reasons counted over part of a DLQ only: {problem}", file=sys.stderr)
-        return EXIT_INCOMPLETE if unread else EXIT_OK
+            note(f"reasons counted over part of a DLQ only: {problem}")
+        return EXIT_INTERRUPTED if unread else EXIT_OK
 
     return _run(args, work)
 
 
 def _print_counts(rows: Sequence[dict[str, Any]], *, skipped: int) -> None:
     total = sum(r["messages"] for r in rows)
-    table = [("queue", "messages", "reason")]
+    cells: list[tuple[str, str, str]] = []
     for row in rows:
-        table.append((row["queue"], str(row["messages"]), ""))
-        for reason, count in row["reasons"].items():
-            table.append(("", str(count), reason))
-    widths = [max(len(r[i]) for r in table) for i in range(2)]
-    for queue, count, reason in table:
-        print(f"{queue.ljust(widths[0])}  {count.rjust(widths[1])}  {reason}".rstrip())
+        cells.append((row["queue"], str(row["messages"]), ""))
+        cells += [("", str(count), reason) for reason, count in row["reasons"].items()]
+    for line in table(("queue", "messages", "reason"), cells, right={1}):
+        print(line)
     print(f"{total} dead letter(s) in {len(rows)} queue(s)")
     if any(r["messages"] > MAX_SCAN for r in rows):
         print(f"reasons are counted over the first {MAX_SCAN} messages of each queue")
@@ -285,7 +302,7 @@ def _print_counts(rows: Sequence[dict[str, Any]], *, skipped: int) -> None:
 
 def _show(args: argparse.Namespace) -> int:
     async def work(target: _Target) -> int:
-        dlq = dlq_name(args.queue)
+        dlq = dlq_name(target.queues[0])
         depth = await _existing(target.transport, dlq)
         if depth is None:
             raise ConfigurationError(f"queue {dlq!r} does not exist")
@@ -295,15 +312,15 @@ def _show(args: argparse.Namespace) -> int:
         except ScanIncomplete as exc:
             found, problem = exc.partial, str(exc)
         if args.json:
-            print(msgspec.json.encode(found).decode())
+            print_json(found)
         else:
             print(f"{dlq}: {depth} message(s), showing {len(found)}")
             for info in found:
                 print()
                 _print_message(info, depth)
         if problem is not None:
-            print(f"leveret: not every message could be shown: {problem}", file=sys.stderr)
-            return EXIT_INCOMPLETE
+            note(f"not every message could be shown: {problem}")
+            return EXIT_INTERRUPTED
         return EXIT_OK
 
     return _run(args, work)
@@ -356,13 +373,10 @@ def _selection(args: argparse.Namespace) -> Selection:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    try:
-        selection = _selection(args)
-    except ConfigurationError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+    selection = _selection(args)
 
     async def work(target: _Target) -> int:
-        dlq = dlq_name(args.queue)
+        dlq = dlq_name(target.queues[0])
         if await _existing(target.transport, dlq) is None:
             raise ConfigurationError(f"queue {dlq!r} does not exist")
 
@@ -373,10 +387,10 @@ def _replay(args: argparse.Namespace) -> int:
             target.transport, dlq, selection, idle=target.idle, on_replayed=replayed
         )
         print(f"{len(result.replayed)} message(s) replayed from {dlq} ({result.scanned} scanned)")
-        for label, note in result.notes:
-            print(f"leveret: {label}: {note}", file=sys.stderr)
+        for label, text in result.notes:
+            note(f"{label}: {text}")
         for label, why in result.skipped:
-            print(f"leveret: not replayed {label}: {why}; it stays in the DLQ", file=sys.stderr)
+            note(f"not replayed {label}: {why}; it stays in the DLQ")
         if result.error is not None:
             print(
                 f"leveret: replay stopped: {result.error}; it and the rest stay in the DLQ",
@@ -388,10 +402,10 @@ def _replay(args: argparse.Namespace) -> int:
                 "messages not read are still in the DLQ, run it again",
                 file=sys.stderr,
             )
-            return EXIT_INCOMPLETE
+            return EXIT_INTERRUPTED
         if result.error is not None or result.skipped:
-            return EXIT_NOTHING
-        return EXIT_OK if result.replayed else EXIT_NOTHING
+            return EXIT_FAILED
+        return EXIT_OK if result.replayed else EXIT_FAILED
 
     return _run(args, work)
 
@@ -400,10 +414,10 @@ def _purge(args: argparse.Namespace) -> int:
     try:
         selection = Selection(ids=frozenset(args.id), everything=args.all)
     except ConfigurationError as exc:
-        return _fail(str(exc).replace("--reason and ", ""), EXIT_USAGE)
+        raise usage_error(str(exc).replace("--reason and ", "")) from None
 
     async def work(target: _Target) -> int:
-        dlq = dlq_name(args.queue)
+        dlq = dlq_name(target.queues[0])
         depth = await _existing(target.transport, dlq)
         if depth is None:
             raise ConfigurationError(f"queue {dlq!r} does not exist")
@@ -414,15 +428,15 @@ def _purge(args: argparse.Namespace) -> int:
         )
         if not args.yes and not await _confirm(f"delete {what} from {dlq} for good? [y/N] "):
             print("nothing deleted")
-            return EXIT_NOTHING
+            return EXIT_FAILED
         try:
             deleted = await purge(target.transport, dlq, selection, idle=target.idle)
         except ScanIncomplete as exc:
             print(f"{len(exc.partial)} message(s) deleted from {dlq}")
-            print(f"leveret: purge did not read the whole DLQ: {exc}", file=sys.stderr)
-            return EXIT_INCOMPLETE
+            note(f"purge did not read the whole DLQ: {exc}")
+            return EXIT_INTERRUPTED
         print(f"{len(deleted)} message(s) deleted from {dlq}")
-        return EXIT_OK if deleted else EXIT_NOTHING
+        return EXIT_OK if deleted else EXIT_FAILED
 
     return _run(args, work)
 

@@ -1,4 +1,4 @@
-"""``leveret db upgrade|check TARGET``: registered by ``framework.cli``.
+"""``leveret db upgrade|check TARGET``: the store's versioned schema.
 
 ``TARGET`` is ``MODULE:APP`` (the app's store with every component of its services' schemas;
 ``--db-url`` names another database) or a store URL (leveret's own tables only). ``upgrade``
@@ -9,7 +9,8 @@ nothing left to do. ``check`` only reads the versions.
 Exit codes: 0 done (also when nothing was missing; ``check``: the schema is current); 1
 ``check``: steps are missing, or ``upgrade``: a step failed (those before it stay applied); 2
 a usage or configuration error (a bad TARGET, an app without a store, tables newer than this
-leveret); 3 the database could not be reached.
+leveret); 3 the database could not be reached. ``check`` never creates a SQLite file: one that
+does not exist lacks every step (exit 1).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import asyncio
 import sys
 from typing import Any
 
+from framework.cli._common import CommandError, add_db_url, load, missing_sqlite_file
+from framework.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from framework.errors import ConfigurationError
 from framework.logging import redact_text
 from framework.store.base import Store, StoreUnreachable, store_from_url
@@ -26,11 +29,6 @@ from framework.store.migrations import Migrations, PendingStep
 from framework.urls import redact
 
 __all__ = ["register"]
-
-EXIT_OK = 0
-EXIT_BEHIND = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
 
 
 def register(commands: Any) -> None:
@@ -57,9 +55,7 @@ def register(commands: Any) -> None:
             metavar="TARGET",
             help="MODULE:APP (its store and services' tables) or a store URL (leveret's tables)",
         )
-        action.add_argument(
-            "--db-url", metavar="URL", help="with MODULE:APP: this database instead of the app's"
-        )
+        add_db_url(action, help="with MODULE:APP: this database instead of the app's")
         action.set_defaults(command=command)
 
 
@@ -77,10 +73,19 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     async def run(store: Store, migrations: tuple[Migrations, ...]) -> int:
-        pending = await store.pending_steps(migrations)
+        reader, where = store, ""
+        if missing_sqlite_file(store) is not None:  # what a new file lacks, without creating it
+            reader, where = store_from_url("sqlite://:memory:"), " (no database file yet)"
+        try:
+            pending = await reader.pending_steps(migrations)
+        finally:
+            if reader is not store:
+                await reader.close()
         if pending:
-            print(f"{redact(store.url)}: missing {_steps(pending)}: run `leveret db upgrade`")
-            return EXIT_BEHIND
+            print(
+                f"{redact(store.url)}{where}: missing {_steps(pending)}: run `leveret db upgrade`"
+            )
+            return EXIT_FAILED
         print(f"{redact(store.url)}: the schema is current")
         return EXIT_OK
 
@@ -89,50 +94,40 @@ def _check(args: argparse.Namespace) -> int:
 
 def _with_store(args: argparse.Namespace, run: Any) -> int:
     from framework.logging import configure_logging
-    from framework.worker import load_app
 
     migrations: tuple[Migrations, ...] = ()
-    try:
-        configure_logging()
-        if "://" in args.target:
-            if args.db_url is not None:
-                raise ConfigurationError("--db-url goes with MODULE:APP, not with a store URL")
-            store = store_from_url(args.target)
+    configure_logging()
+    if "://" in args.target:
+        if args.db_url is not None:
+            raise ConfigurationError("--db-url goes with MODULE:APP, not with a store URL")
+        store = store_from_url(args.target)
+    else:
+        app = load(args.target)
+        if args.db_url is not None:
+            store = store_from_url(args.db_url)
+        elif app.store is not None:
+            store = app.store
         else:
-            app = load_app(args.target)
-            if args.db_url is not None:
-                store = store_from_url(args.db_url)
-            elif app.store is not None:
-                store = app.store
-            else:
-                raise ConfigurationError(
-                    f"{args.target} has no store (no saga, no transactional handler): "
-                    "give its database with --db-url"
-                )
-            migrations = app.migrations
-    except ConfigurationError as exc:
-        return _fail(EXIT_USAGE, str(exc))
+            raise ConfigurationError(
+                f"{args.target} has no store (no saga, no transactional handler): "
+                "give its database with --db-url"
+            )
+        migrations = app.migrations
 
     async def main() -> int:
         try:
             return int(await run(store, migrations))
         finally:
-            await store.close()
+            if missing_sqlite_file(store) is None:  # closing a SQLite store creates its file
+                await store.close()
 
     try:
         return asyncio.run(main())
-    except StoreUnreachable as exc:
-        return _fail(EXIT_UNREACHABLE, str(exc))
-    except ConfigurationError as exc:
-        return _fail(EXIT_USAGE, str(exc))
+    except (StoreUnreachable, ConfigurationError):
+        raise  # exit 3 and 2, by ``framework.cli.main``
     except Exception as exc:  # a step failed: the database's error, for the operator
-        return _fail(EXIT_BEHIND, redact_text(f"{type(exc).__name__}: {exc}"))
+        raise CommandError(EXIT_FAILED, redact_text(f"{type(exc).__name__}: {exc}")) from None
 
 
 def _steps(steps: list[PendingStep]) -> str:
     return ", ".join(str(step) for step in steps)
-
-
-def _fail(code: int, message: str) -> int:
-    print(f"leveret db: {message}", file=sys.stderr)
-    return code

@@ -1,4 +1,4 @@
-"""``leveret breakers MODULE:APP``: registered by ``framework.cli``.
+"""``leveret breakers MODULE:APP``: the circuit breakers of a running app.
 
 Shows the state and metrics of every circuit breaker, per worker.
 
@@ -18,20 +18,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import uuid
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from framework.errors import (
-    AccessRefused,
-    BrokerAccessDenied,
-    BrokerUnreachable,
-    ConfigurationError,
-    PublishFailed,
+from framework.argtypes import positive_float
+from framework.cli._common import (
+    add_amqp_url,
+    add_app,
+    add_json,
+    check_amqp_url,
+    load,
+    print_json,
+    print_table,
 )
+from framework.cli.exits import EXIT_FAILED, EXIT_OK
+from framework.errors import AccessRefused, PublishFailed
 from framework.resilience.calls import ExternalCall
 from framework.resilience.control import (
     BreakerStatus,
@@ -53,11 +56,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ask_workers", "register"]
 
-EXIT_OK = 0
-EXIT_NO_ANSWER = 1
-EXIT_USAGE = 2
-EXIT_BROKER_UNREACHABLE = 3
-
 
 def register(commands: Any) -> None:
     """Add the ``breakers`` command to the ``leveret`` subparsers."""
@@ -69,29 +67,27 @@ def register(commands: Any) -> None:
             "breakers (over the breakers' control exchange) and print them."
         ),
     )
-    parser.add_argument("app", metavar="MODULE:APP", help="the App, e.g. handlers.app:app")
-    parser.add_argument("--amqp-url", metavar="URL", help="RabbitMQ URL instead of the app's own")
+    add_app(parser)
+    add_amqp_url(
+        parser, help="RabbitMQ URL instead of the app's own, logged in as the workers' user"
+    )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=positive_float,
         default=2.0,
         metavar="SECONDS",
         help="how long to collect answers from workers (default 2)",
     )
-    parser.add_argument("--json", action="store_true", help="print the answers as JSON")
+    add_json(parser)
     parser.set_defaults(command=_breakers)
 
 
 def _breakers(args: argparse.Namespace) -> int:
-    # The command sits above the app layer; imported here so resilience never imports it.
-    from framework.worker import configure_transport, load_app
+    from framework.worker import configure_transport
 
-    try:
-        app = load_app(args.app)
-        configure_transport(app, url=args.amqp_url)
-    except ConfigurationError as exc:
-        print(f"leveret: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    check_amqp_url(args.amqp_url)
+    app = load(args.app)
+    configure_transport(app, url=args.amqp_url)
     if app.breakers is None or not len(app.breakers):
         print(f"{args.app} declares no circuit breakers")
         return EXIT_OK
@@ -102,29 +98,17 @@ def _breakers(args: argparse.Namespace) -> int:
         )
         _print_declared(app)
         return EXIT_OK
-    if not args.timeout > 0:
-        print("leveret: --timeout must be more than 0 seconds", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        replies = asyncio.run(ask_workers(app, timeout=args.timeout))
-    except BrokerAccessDenied as exc:  # a configuration error, not an outage
-        print(f"leveret: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except BrokerUnreachable as exc:
-        print(f"leveret: {exc}", file=sys.stderr)
-        return EXIT_BROKER_UNREACHABLE
-    except AccessRefused as exc:
-        print(f"leveret: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    # A refused login or request (BrokerAccessDenied, AccessRefused) is a ConfigurationError.
+    replies = asyncio.run(ask_workers(app, timeout=args.timeout))
     if args.json:
-        print(msgspec.json.encode(replies).decode())
-        return EXIT_OK if replies else EXIT_NO_ANSWER
+        print_json(replies)
+        return EXIT_OK if replies else EXIT_FAILED
     if not replies:
         print(
             f"no worker of {args.app} answered within {args.timeout:g}s on "
             f"{redact(app.url)} (is `leveret run {args.app}` serving there?)"
         )
-        return EXIT_NO_ANSWER
+        return EXIT_FAILED
     _print_replies(app, replies, args.timeout)
     return EXIT_OK
 
@@ -193,7 +177,7 @@ def _print_replies(app: App, replies: list[StatusReply], timeout: float) -> None
     for reply in replies:
         blocked = f", BLOCKED by the broker: {reply.blocked}" if reply.blocked else ""
         print(f"\nworker {reply.worker} (pid {reply.pid}){blocked}")
-        _print_table([_row(b) for b in reply.breakers])
+        print_table(_HEADER, [_row(b) for b in reply.breakers], indent="  ")
 
 
 _HEADER = (
@@ -248,20 +232,13 @@ def _print_declared(app: App) -> None:
                 m.state.value,
             )
         )
-    _print_table(rows, header=("breaker", "gates", "opens at", "window", "when open", "state"))
+    print_table(("breaker", "gates", "opens at", "window", "when open", "state"), rows, indent="  ")
 
 
 def _target(service: str | None, routes: tuple[str, ...], messages: tuple[Any, ...]) -> str:
     parts = [f"service {service}"] if service else []
     parts += list(routes) + [m.__wire_name__ for m in messages]
     return ", ".join(parts)
-
-
-def _print_table(rows: Sequence[tuple[str, ...]], *, header: tuple[str, ...] = _HEADER) -> None:
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        print(("  " + "  ".join(cells)).rstrip())
 
 
 def _percent(value: float | None) -> str:

@@ -1,4 +1,7 @@
-"""``leveret contracts export|check`` and ``leveret asyncapi``: registered by ``framework.cli``.
+"""``leveret contracts export|check`` and ``leveret asyncapi``: message contracts as documents.
+
+``contracts check --json`` is machine output (``--format text|json`` is its old, deprecated
+spelling); ``asyncapi --format yaml|json`` is the document's format, not a choice of output.
 
 Exit codes: 0 done (``check``: no breaking change), 1 ``check`` found breaking changes, 2 a usage
 or configuration error (the source does not load, no snapshots, PyYAML missing for YAML).
@@ -12,13 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from framework.cli._common import add_amqp_url, add_app, add_json, load
+from framework.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from framework.errors import ConfigurationError
 
-__all__ = ["EXIT_BREAKING", "register"]
-
-EXIT_OK = 0
-EXIT_BREAKING = 1
-EXIT_USAGE = 2
+__all__ = ["register"]
 
 _SOURCE_HELP = (
     "MODULE:APP (every contract and upcaster of the app, e.g. handlers.app:app) or MODULE "
@@ -85,9 +86,7 @@ def register(commands: Any) -> None:
         action="store_true",
         help="check against every snapshot version, not only the newest of each contract",
     )
-    check.add_argument(
-        "--format", choices=("text", "json"), default="text", help="output (default text)"
-    )
+    add_json(check, old_format=("text",))
     check.set_defaults(command=_check)
 
     asyncapi = commands.add_parser(
@@ -99,7 +98,7 @@ def register(commands: Any) -> None:
             "schemas, AMQP bindings."
         ),
     )
-    asyncapi.add_argument("app", metavar="MODULE:APP", help="the App, e.g. handlers.app:app")
+    add_app(asyncapi)
     asyncapi.add_argument(
         "-o", "--output", metavar="FILE", help="write here instead of standard output"
     )
@@ -112,9 +111,8 @@ def register(commands: Any) -> None:
     asyncapi.add_argument(
         "--api-version", default="1.0.0", metavar="VERSION", help="info.version (default 1.0.0)"
     )
-    asyncapi.add_argument(
-        "--amqp-url",
-        metavar="URL",
+    add_amqp_url(
+        asyncapi,
         help="the broker to list under servers (default: the app's URL); no password is written",
     )
     asyncapi.set_defaults(command=_asyncapi)
@@ -125,19 +123,11 @@ def _help(parser: argparse.ArgumentParser) -> int:
     return EXIT_USAGE
 
 
-def _usage_error(message: str) -> int:
-    print(f"leveret: {message}", file=sys.stderr)
-    return EXIT_USAGE
-
-
 def _export(args: argparse.Namespace) -> int:
     from framework.schema.snapshot import export
     from framework.schema.source import load_contracts
 
-    try:
-        result = export(load_contracts(args.source), args.dir)
-    except ConfigurationError as exc:
-        return _usage_error(str(exc))
+    result = export(load_contracts(args.source), args.dir)
     for name in result.written:
         print(f"wrote   {Path(args.dir) / name}")
     for name in result.removed:
@@ -151,33 +141,26 @@ def _check(args: argparse.Namespace) -> int:
     from framework.schema.snapshot import read_snapshots
     from framework.schema.source import load_contracts
 
-    try:
-        contracts = load_contracts(args.source)
-        snapshots = read_snapshots(args.dir)
-    except ConfigurationError as exc:
-        return _usage_error(str(exc))
+    contracts = load_contracts(args.source)
+    snapshots = read_snapshots(args.dir)
     report = check(contracts, snapshots, mode=args.mode, transitive=args.transitive)
-    if args.format == "json":
+    if args.json:
         sys.stdout.buffer.write(report.to_json())
         sys.stdout.flush()
     else:
         sys.stdout.write(report.text())
-    return EXIT_OK if report.ok else EXIT_BREAKING
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _asyncapi(args: argparse.Namespace) -> int:
     from framework.schema.asyncapi import asyncapi_document
-    from framework.worker import load_app
 
     output: str | None = args.output
     fmt: str = args.format or (
         "yaml" if output and output.lower().endswith((".yaml", ".yml")) else "json"
     )
-    try:
-        dump = _yaml_dump() if fmt == "yaml" else _json_dump
-        app = load_app(args.app)
-    except ConfigurationError as exc:
-        return _usage_error(str(exc))
+    dump = _yaml_dump() if fmt == "yaml" else _json_dump
+    app = load(args.app)
     document = asyncapi_document(
         app, title=args.title, version=args.api_version, server_url=args.amqp_url
     )

@@ -1,4 +1,4 @@
-"""``leveret queues migrate MODULE:APP [--to quorum|classic]``: registered by ``framework.cli``.
+"""``leveret queues migrate MODULE:APP [--to quorum|classic]``: re-create an app's queues.
 
 Re-creates every queue of the app that exists on the broker with another type or other
 arguments (a classic queue the app now declares as a quorum queue, a DLQ that gained a bound),
@@ -7,8 +7,9 @@ keeping its messages; queues already as declared are left alone. Stop the app's 
 says (so a classic app can be moved before its configuration changes).
 
 Exit codes: 0 done (also when nothing needed migrating); 2 usage or configuration error (a bad
-MODULE:APP, a queue with consumers, a message that cannot be copied, a move that stalled: rerun
-once fixed, nothing is lost); 3 the broker could not be reached.
+MODULE:APP, a memory:// app without --amqp-url, a queue with consumers, a message that cannot be
+copied, a move that stalled: rerun once fixed, nothing is lost); 3 the broker could not be
+reached.
 """
 
 from __future__ import annotations
@@ -20,15 +21,21 @@ import sys
 from typing import Any
 
 from framework.argtypes import positive_float
-from framework.errors import BrokerUnreachable, ConfigurationError
+from framework.cli._common import (
+    AMQP_EXAMPLE,
+    add_amqp_url,
+    add_app,
+    check_amqp_url,
+    is_amqp,
+    load,
+    require_broker,
+)
+from framework.cli.exits import EXIT_OK, EXIT_USAGE
+from framework.errors import ConfigurationError
 from framework.queues.migrate import Migrated, migrate
 from framework.routing import QUEUE_TYPES
 
 __all__ = ["register"]
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_BROKER_UNREACHABLE = 3
 
 
 def register(commands: Any) -> None:
@@ -54,17 +61,11 @@ def register(commands: Any) -> None:
             "confirmed before it is acked. Stop the app's workers first."
         ),
     )
-    move.add_argument("app", metavar="MODULE:APP")
+    add_app(move)
     move.add_argument(
         "--to", choices=QUEUE_TYPES, help="the queue type to declare (default: the app's own)"
     )
-    move.add_argument(
-        "--url",
-        "--amqp-url",
-        dest="url",
-        metavar="URL",
-        help="RabbitMQ URL(s) (default: the app's)",
-    )
+    add_amqp_url(move, old_url=True)
     move.add_argument(
         "--timeout",
         type=positive_float,
@@ -77,23 +78,21 @@ def register(commands: Any) -> None:
 
 def _migrate(args: argparse.Namespace) -> int:
     from framework.transport.amqp import AmqpConfig, AmqpTransport
-    from framework.worker import load_app
 
-    try:
-        app = load_app(args.app)
-        url = args.url or app.url
-        if url.split("://", 1)[0].lower() not in ("amqp", "amqps"):
-            raise ConfigurationError(
-                "queues live on RabbitMQ: give the app an amqp:// URL or pass --url "
-                "(a memory:// app's queues vanish with its process)"
-            )
-        naming = app.naming
-        if args.to is not None:
-            naming = dataclasses.replace(naming, queue_type=args.to)
-        topology = app.topology_for(naming)
-    except ConfigurationError as exc:
-        print(f"leveret queues migrate: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    check_amqp_url(args.amqp_url)
+    app = load(args.app)
+    if args.amqp_url is None:
+        require_broker(app, args.app, what="leveret queues migrate")
+    url = args.amqp_url or app.url
+    if not is_amqp(url):
+        raise ConfigurationError(
+            f"{args.app} has no broker URL to migrate on (it was given a transport): pass "
+            f"--amqp-url {AMQP_EXAMPLE}"
+        )
+    naming = app.naming
+    if args.to is not None:
+        naming = dataclasses.replace(naming, queue_type=args.to)
+    topology = app.topology_for(naming)
     timeout = args.timeout
     transport = AmqpTransport(
         url,
@@ -112,14 +111,7 @@ def _migrate(args: argparse.Namespace) -> int:
         finally:
             await transport.close()
 
-    try:
-        done = asyncio.run(run())
-    except ConfigurationError as exc:  # a refused login or vhost too (BrokerAccessDenied)
-        print(f"leveret queues migrate: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except BrokerUnreachable as exc:
-        print(f"leveret queues migrate: {exc}", file=sys.stderr)
-        return EXIT_BROKER_UNREACHABLE
+    done = asyncio.run(run())  # a refused login is a ConfigurationError: exit 2
     queues = len(topology.queues)
     print(f"{len(done)} of {queues} queue(s) re-created; the others were already as declared")
     return EXIT_OK

@@ -1,19 +1,22 @@
-"""``leveret status MODULE:APP``: readiness from the command line, registered by ``framework.cli``.
+"""``leveret status MODULE:APP``: readiness from the command line.
 
 Connects to the app's broker without consuming, then prints what a worker's ``/ready`` checks
 (the broker answers, each handler queue has a consumer, the store answers) with each queue's
 ready messages, consumers and dead letters, as the broker counts them. ``--health-url`` also
 asks a running ``leveret run --health-port`` for its ``/live`` and ``/ready``.
 
-Exit codes: 0 ready; 1 not ready (or the health URL says so); 2 the app does not load or a URL
-is unusable; 3 the broker could not be reached.
+An app on the in-process broker (``memory://``) is refused: its queues live only in the
+process that runs it; pass ``--amqp-url``. A SQLite store file that does not exist is not
+created: the command exits 3 and says where it looked.
+
+Exit codes: 0 ready; 1 not ready (or the health URL says so); 2 the app does not load, is on
+memory:// or a URL is unusable; 3 the broker or the database could not be reached.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import urllib.error
 import urllib.request
 from typing import Any
@@ -21,15 +24,23 @@ from typing import Any
 import msgspec
 
 from framework.argtypes import positive_float
-from framework.errors import BrokerAccessDenied, BrokerUnreachable, ConfigurationError
+from framework.cli._common import (
+    add_amqp_url,
+    add_app,
+    add_db_url,
+    add_json,
+    check_amqp_url,
+    existing_store,
+    load,
+    print_json,
+    readable_handler,
+    require_broker,
+    table,
+)
+from framework.cli.exits import EXIT_FAILED, EXIT_OK
 from framework.health.checks import Readiness, readiness
 
 __all__ = ["register"]
-
-EXIT_READY = 0
-EXIT_NOT_READY = 1
-EXIT_USAGE = 2
-EXIT_BROKER_UNREACHABLE = 3
 
 
 def register(commands: Any) -> None:
@@ -43,9 +54,9 @@ def register(commands: Any) -> None:
             "and dead letters as the broker counts them."
         ),
     )
-    parser.add_argument("app", metavar="MODULE:APP", help="the App, e.g. handlers.app:app")
-    parser.add_argument("--amqp-url", metavar="URL", help="RabbitMQ URL instead of the app's own")
-    parser.add_argument("--db-url", metavar="URL", help="the store instead of the app's own")
+    add_app(parser)
+    add_amqp_url(parser)
+    add_db_url(parser)
     parser.add_argument(
         "--health-url",
         metavar="URL",
@@ -58,22 +69,22 @@ def register(commands: Any) -> None:
         metavar="SECONDS",
         help="deadline of each broker, store or HTTP call (default 5)",
     )
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    add_json(parser)
     parser.set_defaults(command=_status)
 
 
 def _status(args: argparse.Namespace) -> int:
     from framework.store.base import store_from_url
-    from framework.worker import configure_transport, load_app
+    from framework.worker import configure_transport
 
-    try:
-        app = load_app(args.app)
-        configure_transport(app, url=args.amqp_url, connect_timeout=args.timeout)
-        if args.db_url is not None:
-            app.use_store(store_from_url(args.db_url))
-    except ConfigurationError as exc:
-        print(f"leveret: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    check_amqp_url(args.amqp_url)
+    app = load(args.app)
+    configure_transport(app, url=args.amqp_url, connect_timeout=args.timeout)
+    require_broker(app, args.app, what="leveret status")
+    if args.db_url is not None:
+        app.use_store(store_from_url(args.db_url))
+    if app.store is not None:
+        existing_store(app.store, db_url_given=args.db_url is not None)
 
     async def check() -> Readiness:
         await app.transport.connect()
@@ -88,14 +99,7 @@ def _status(args: argparse.Namespace) -> int:
             if app.store is not None:
                 await app.store.close()
 
-    try:
-        report = asyncio.run(check())
-    except BrokerAccessDenied as exc:  # a configuration error, not an outage
-        print(f"leveret: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except BrokerUnreachable as exc:
-        print(f"leveret: {exc}", file=sys.stderr)
-        return EXIT_BROKER_UNREACHABLE
+    report = asyncio.run(check())  # a refused login is a ConfigurationError: exit 2
     served: dict[str, tuple[int, Any]] = {}
     if args.health_url:
         base = args.health_url.rstrip("/")
@@ -105,11 +109,11 @@ def _status(args: argparse.Namespace) -> int:
         body: dict[str, Any] = msgspec.to_builtins(report)
         if served:
             body["served"] = {path: answer for path, (_, answer) in served.items()}
-        print(msgspec.json.encode(body).decode())
+        print_json(body)
     else:
         _print(args.app, report, served)
     served_ok = all(status == 200 for status, _ in served.values())
-    return EXIT_READY if report.ready and served_ok else EXIT_NOT_READY
+    return EXIT_OK if report.ready and served_ok else EXIT_FAILED
 
 
 def _get(url: str, timeout: float) -> tuple[int, Any]:
@@ -135,23 +139,24 @@ def _print(spec: str, report: Readiness, served: dict[str, tuple[int, Any]]) -> 
     for check in report.checks:
         if not check.name.startswith("consumer "):
             print(f"  {'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
-    rows = [("queue", "handler", "ready", "consumers", "dead letters")]
-    rows += [
+    rows = [
         (
             q.queue,
-            q.handler,
+            readable_handler(q.handler),
             _cell(q.messages),
             _cell(q.consumers),
             _cell(q.dead_letters),
         )
         for q in report.queues
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print()
-    for row in rows:
-        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
-        cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
-        print(("  " + "  ".join(cells)).rstrip())
+    for line in table(
+        ("queue", "handler", "ready", "consumers", "dead letters"),
+        rows,
+        indent="  ",
+        right={2, 3, 4},
+    ):
+        print(line)
     missing = [c for c in report.checks if c.name.startswith("consumer ") and not c.ok]
     for check in missing:
         print(f"  FAIL  {check.name}: {check.detail}")

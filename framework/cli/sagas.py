@@ -1,8 +1,7 @@
 """``leveret sagas``: see and operate an app's sagas from the command line.
 
-    leveret sagas list MODULE:APP [--db-url URL] [--state S] [--saga NAME] [--limit N]
-                                  [--format table|json]
-    leveret sagas show MODULE:APP ID [--db-url URL] [--format table|json]
+    leveret sagas list MODULE:APP [--db-url URL] [--state S] [--saga NAME] [--limit N] [--json]
+    leveret sagas show MODULE:APP ID [--db-url URL] [--json]
     leveret sagas graph MODULE:APP NAME
     leveret sagas resume MODULE:APP ID [--db-url URL] [--amqp-url URL] [--connect-timeout S]
     leveret sagas abort MODULE:APP ID [--reason R] [--db-url URL] [--amqp-url URL]
@@ -14,9 +13,12 @@ transaction, then the outbox is published on the app's broker (connected without
 app on the in-process broker (``memory://``) has no broker another process could reach: there the
 messages stay in the outbox, and the app publishes them when it next runs.
 
-Exit codes: ``EXIT_OK`` 0; ``EXIT_REFUSED`` 1 (no saga with that id, or the action does not apply
-to it as it is); ``EXIT_USAGE`` 2 (MODULE:APP does not load, runs no sagas, an unknown saga name or
-state, an unusable URL); ``EXIT_UNREACHABLE`` 3 (the broker or the database did not answer).
+A SQLite store file that does not exist is not created: the command exits 3 and says where it
+looked (``--format table|json`` is the old, deprecated spelling of ``--json``).
+
+Exit codes: 0; 1 (no saga with that id, or the action does not apply to it as it is); 2
+(MODULE:APP does not load, runs no sagas, an unknown saga name or state, an unusable URL); 3 (the
+broker or the database did not answer, or the SQLite file does not exist).
 """
 
 from __future__ import annotations
@@ -33,40 +35,32 @@ import msgspec
 
 from framework.app import App
 from framework.argtypes import positive_float, positive_int
-from framework.errors import BrokerUnreachable, ConfigurationError
+from framework.cli._common import (
+    CommandError,
+    add_amqp_url,
+    add_app,
+    add_db_url,
+    add_json,
+    check_amqp_url,
+    existing_store,
+    load,
+    print_json,
+    table,
+)
+from framework.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from framework.logging import configure_logging
 from framework.saga.definition import START, Saga
 from framework.saga.diagram import mermaid
 from framework.saga.runner import SagaActionRefused
-from framework.store.base import (
-    HistoryRow,
-    SagaRecord,
-    SagaStatus,
-    Store,
-    StoreUnreachable,
-    store_from_url,
-)
+from framework.store.base import HistoryRow, SagaRecord, SagaStatus, Store, store_from_url
 from framework.transport.memory import MemoryTransport
 from framework.urls import redact
-from framework.worker import configure_transport, load_app
+from framework.worker import configure_transport
 
-__all__ = ["EXIT_OK", "EXIT_REFUSED", "EXIT_UNREACHABLE", "EXIT_USAGE", "register"]
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
+__all__ = ["register"]
 
 _REASON_WIDTH = 60
 _encode_json = msgspec.json.Encoder().encode
-
-
-class _Exit(Exception):
-    """Ends a command with ``code`` after printing ``message`` to stderr."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -92,17 +86,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     listing.add_argument(
         "--limit", type=positive_int, default=50, metavar="N", help="at most N (default 50)"
     )
-    _format(listing)
+    add_json(listing, old_format=("table",))
     listing.set_defaults(command=_command(_list))
 
     show = actions.add_parser("show", help="one saga: its state, data and timeline")
     _app_and_store(show)
     show.add_argument("id", metavar="ID", help="the saga id, e.g. order-1234")
-    _format(show)
+    add_json(show, old_format=("table",))
     show.set_defaults(command=_command(_show))
 
     graph = actions.add_parser("graph", help="a Mermaid state diagram of a saga definition")
-    graph.add_argument("app", metavar="MODULE:APP", help="the App, e.g. handlers.app:app")
+    add_app(graph)
     graph.add_argument("name", metavar="NAME", help="the saga definition's name, e.g. order")
     graph.set_defaults(command=_command(_graph))
 
@@ -117,11 +111,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             action.add_argument(
                 "--reason", default="aborted by an operator", help="recorded as the saga's reason"
             )
-        action.add_argument(
-            "--amqp-url",
-            metavar="URL",
-            help="RabbitMQ URL instead of the app's own, e.g. amqp://user:password@host:5672/vhost",
-        )
+        add_amqp_url(action)
         action.add_argument(
             "--connect-timeout",
             type=positive_float,
@@ -138,7 +128,9 @@ async def _list(args: argparse.Namespace) -> int:
     app = _load(args.app)
     definitions = _definitions(app)
     if args.saga is not None and args.saga not in definitions:
-        raise _Exit(EXIT_USAGE, f"{args.app} has no saga {args.saga!r}; {_known(definitions)}")
+        raise CommandError(
+            EXIT_USAGE, f"{args.app} has no saga {args.saga!r}; {_known(definitions)}"
+        )
     status, state = _state_filter(args.state, definitions, args.saga)
     store = _store(app, args)
     async with _opened(store):
@@ -147,8 +139,8 @@ async def _list(args: argparse.Namespace) -> int:
         else:  # a state name: the port filters by status only, so filter here
             found = await store.list_sagas(saga=args.saga, limit=sys.maxsize >> 1)
             records = [r for r in found if r.state == state][: args.limit]
-    if args.format == "json":
-        print(_encode_json([_summary(r) for r in records]).decode())
+    if args.json:
+        print_json([_summary(r) for r in records])
     else:
         print(_table(records))
     return EXIT_OK
@@ -160,11 +152,12 @@ async def _show(args: argparse.Namespace) -> int:
     async with _opened(store):
         record = await store.get_saga(args.id)
         if record is None:
-            raise _Exit(EXIT_REFUSED, f"no saga {args.id!r} in the store at {redact(store.url)}")
+            raise CommandError(
+                EXIT_FAILED, f"no saga {args.id!r} in the store at {redact(store.url)}"
+            )
         history = await store.history(args.id)
-    if args.format == "json":
-        detail = {**_summary(record), **_persisted(record), "history": history}
-        print(_encode_json(detail).decode())
+    if args.json:
+        print_json({**_summary(record), **_persisted(record), "history": history})
     else:
         print(_timeline(record, history))
     return EXIT_OK
@@ -174,7 +167,9 @@ async def _graph(args: argparse.Namespace) -> int:
     definitions = _definitions(_load(args.app))
     saga = definitions.get(args.name)
     if saga is None:
-        raise _Exit(EXIT_USAGE, f"{args.app} has no saga {args.name!r}; {_known(definitions)}")
+        raise CommandError(
+            EXIT_USAGE, f"{args.app} has no saga {args.name!r}; {_known(definitions)}"
+        )
     sys.stdout.write(mermaid(saga))
     return EXIT_OK
 
@@ -200,16 +195,9 @@ async def _operate(
 ) -> int:
     """Run an operator action through the app's runner, with the app's broker connected."""
     app = _load(args.app)
-    store = _store(app, args)
-    if args.amqp_url is not None and args.amqp_url.split("://", 1)[0].lower() not in (
-        "amqp",
-        "amqps",
-    ):
-        raise _Exit(EXIT_USAGE, "--amqp-url must start with amqp:// or amqps://")
-    try:
-        configure_transport(app, url=args.amqp_url, connect_timeout=args.connect_timeout)
-    except ConfigurationError as exc:
-        raise _Exit(EXIT_USAGE, str(exc)) from None
+    store = _store(app, args, reading=False)
+    check_amqp_url(args.amqp_url)
+    configure_transport(app, url=args.amqp_url, connect_timeout=args.connect_timeout)
     # The in-process broker would take the messages and lose them with this process: leave
     # them in the outbox for the app's own sweeper instead.
     live = not isinstance(app.transport, MemoryTransport)
@@ -220,9 +208,11 @@ async def _operate(
             await store.setup()
         record = await store.get_saga(args.id)
         if record is None:
-            raise _Exit(EXIT_REFUSED, f"no saga {args.id!r} in the store at {redact(store.url)}")
+            raise CommandError(
+                EXIT_FAILED, f"no saga {args.id!r} in the store at {redact(store.url)}"
+            )
         if record.saga not in app.sagas:
-            raise _Exit(
+            raise CommandError(
                 EXIT_USAGE,
                 f"{args.id!r} is a {record.saga!r} saga, which {args.app} does not run; "
                 f"{_known(_definitions(app))}",
@@ -230,9 +220,9 @@ async def _operate(
         try:
             new = await action(app, record)
         except SagaActionRefused as exc:
-            raise _Exit(EXIT_REFUSED, str(exc)) from None
+            raise CommandError(EXIT_FAILED, str(exc)) from None
         except LookupError as exc:
-            raise _Exit(EXIT_REFUSED, str(exc)) from None
+            raise CommandError(EXIT_FAILED, str(exc)) from None
         history = await store.history(args.id)
         emitted = history[-1].emitted if history else []
         pending = {r.message_id for r in await store.pending_outbox(limit=100_000)}
@@ -261,39 +251,31 @@ async def _operate(
 def _command(
     run: Callable[[argparse.Namespace], Coroutine[Any, Any, int]],
 ) -> Callable[[argparse.Namespace], int]:
-    """A synchronous entry point for ``leveret``'s dispatcher, mapping failures to exit codes."""
+    """A synchronous entry point for ``leveret``'s dispatcher (``main`` maps errors to codes)."""
 
     def command(args: argparse.Namespace) -> int:
-        try:
-            configure_logging(level="error")
-            return asyncio.run(run(args))
-        except _Exit as exc:
-            message, code = str(exc), exc.code
-        except ConfigurationError as exc:
-            message, code = str(exc), EXIT_USAGE
-        except BrokerUnreachable as exc:
-            message, code = f"cannot reach the broker at {exc.url}: {exc.reason}", EXIT_UNREACHABLE
-        except StoreUnreachable as exc:
-            message, code = str(exc), EXIT_UNREACHABLE
-        print(f"leveret: {message}", file=sys.stderr)
-        return code
+        configure_logging(level="error")
+        return asyncio.run(run(args))
 
     return command
 
 
 def _load(spec: str) -> App:
-    app = load_app(spec)  # AppLoadError is a ConfigurationError: exit 2
+    app = load(spec)  # AppLoadError is a ConfigurationError: exit 2
     if not app.sagas:
-        raise _Exit(EXIT_USAGE, f"{spec} runs no sagas: there is nothing to see or operate")
+        raise CommandError(EXIT_USAGE, f"{spec} runs no sagas: there is nothing to see or operate")
     return app
 
 
-def _store(app: App, args: argparse.Namespace) -> Store:
-    """The app's store, or the one ``--db-url`` names (then the app uses it too)."""
+def _store(app: App, args: argparse.Namespace, *, reading: bool = True) -> Store:
+    """The app's store, or the one ``--db-url`` names (then the app uses it too); when only
+    ``reading``, a SQLite file must exist (reading it must not create it)."""
     if args.db_url is not None:
         app.use_store(store_from_url(args.db_url))
     assert app.store is not None  # an app with sagas has one
-    return app.store
+    if not reading:
+        return app.store
+    return existing_store(app.store, db_url_given=args.db_url is not None)
 
 
 @contextlib.asynccontextmanager
@@ -332,7 +314,7 @@ def _state_filter(
     }
     if text not in names:
         whose = f"saga {only!r}" if only else "the app's sagas"
-        raise _Exit(
+        raise CommandError(
             EXIT_USAGE,
             f"--state {text!r} is neither a status ({', '.join(str(s) for s in SagaStatus)}) "
             f"nor a state of {whose} ({', '.join(sorted(names))})",
@@ -391,11 +373,7 @@ def _table(records: Sequence[SagaRecord]) -> str:
         )
         for r in records
     ]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (header, *rows)
-    ]
+    lines = table(header, rows)
     if not rows:
         lines.append("(no sagas)")
     return "\n".join(lines)
@@ -438,15 +416,8 @@ def _timeline(record: SagaRecord, history: Sequence[HistoryRow]) -> str:
 
 
 def _app_and_store(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("app", metavar="MODULE:APP", help="the App, e.g. handlers.app:app")
-    parser.add_argument(
-        "--db-url",
-        metavar="URL",
+    add_app(parser)
+    add_db_url(
+        parser,
         help="the saga store instead of the app's own: sqlite:///file.db or postgresql://...",
-    )
-
-
-def _format(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--format", choices=("table", "json"), default="table", help="output (default table)"
     )
