@@ -6,14 +6,16 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import structlog
 
+from framework import App
 from framework.cli import _parser, exits, main
-from framework.cli._common import readable_handler
+from framework.cli._common import load, readable_handler
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PAGE = ROOT / "docs" / "cli.md"
@@ -211,3 +213,22 @@ def test_status_shows_readable_handler_names() -> None:
     assert readable_handler(name) == "order_view.on_placed (projection)"
     assert readable_handler("orders.place_order") == "orders.place_order"
     assert readable_handler("billing.Charges.charge") == "billing.Charges.charge"
+
+
+def test_the_current_directory_comes_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``MODULE:APP`` is looked up in the current directory before anything else on sys.path
+    (an installed package of the same name, say), even when it is on sys.path already."""
+    name = f"leveret_cwd_{tmp_path.name.replace('-', '_')}"
+    installed, project = tmp_path / "site", tmp_path / "project"
+    installed.mkdir()
+    project.mkdir()
+    (installed / f"{name}.py").write_text("app = 'the installed one'\n")
+    (project / f"{name}.py").write_text("from framework import App\napp = App([])\n")
+    monkeypatch.syspath_prepend(str(installed))
+    monkeypatch.setattr(sys, "path", [*sys.path, str(project)])  # on the path, but last
+    monkeypatch.chdir(project)
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    try:
+        assert isinstance(load(f"{name}:app"), App)
+    finally:
+        sys.modules.pop(name, None)
