@@ -320,9 +320,11 @@ class Store(abc.ABC):
         """Unsent outbox rows, oldest first."""
 
     @abc.abstractmethod
-    async def failed_outbox(self, limit: int = 100) -> list[OutboxRow]:
+    async def failed_outbox(
+        self, limit: int = 100, *, saga_id: str | None = None
+    ) -> list[OutboxRow]:
         """Outbox rows that can never be published (``StoreTx.fail_outbox``), newest first,
-        with ``failed_at`` and ``error``."""
+        with ``failed_at`` and ``error``; only one saga's with ``saga_id``."""
 
     @abc.abstractmethod
     async def stats(self) -> StoreStats:

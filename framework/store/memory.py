@@ -167,8 +167,11 @@ class MemoryStore(Store):
             outbox_failed=len(self._failed),
         )
 
-    async def failed_outbox(self, limit: int = 100) -> list[OutboxRow]:
-        rows = sorted(self._failed.values(), key=lambda r: (r.failed_at, r.position), reverse=True)
+    async def failed_outbox(
+        self, limit: int = 100, *, saga_id: str | None = None
+    ) -> list[OutboxRow]:
+        rows = [r for r in self._failed.values() if saga_id is None or r.saga_id == saga_id]
+        rows.sort(key=lambda r: (r.failed_at, r.position), reverse=True)
         return rows[:limit]
 
     async def mark_sent(self, message_ids: Sequence[str]) -> None:

@@ -202,7 +202,7 @@ _FAIL = (
 )
 _FAILED = (
     f"SELECT position, {_sql.OUTBOX_COLUMNS}, failed_at, error FROM leveret_outbox_failed"
-    " ORDER BY failed_at DESC, position DESC LIMIT $1"
+    " WHERE $1::text IS NULL OR saga_id = $1 ORDER BY failed_at DESC, position DESC LIMIT $2"
 )
 _STATS = (
     "SELECT (SELECT count(*) FROM leveret_outbox WHERE sent_at IS NULL),"
@@ -498,9 +498,11 @@ class PostgresStore(Store):
             outbox_pending=row[0], oldest_pending_at=row[1], inbox_rows=row[2], outbox_failed=row[3]
         )
 
-    async def failed_outbox(self, limit: int = 100) -> list[OutboxRow]:
+    async def failed_outbox(
+        self, limit: int = 100, *, saga_id: str | None = None
+    ) -> list[OutboxRow]:
         async with self._connection() as conn:
-            rows = await conn.fetch(_FAILED, limit)
+            rows = await conn.fetch(_FAILED, saga_id, limit)
         return [_sql.failed_from_row(row) for row in rows]
 
     async def mark_sent(self, message_ids: Sequence[str]) -> None:

@@ -148,7 +148,7 @@ _FAIL_KEEP = (
 _FAIL_DROP = "DELETE FROM leveret_outbox WHERE message_id = ? AND sent_at IS NULL"
 _FAILED = (
     f"SELECT position, {_sql.OUTBOX_COLUMNS}, failed_at, error FROM leveret_outbox_failed"
-    " ORDER BY failed_at DESC, position DESC LIMIT ?"
+    " WHERE ? IS NULL OR saga_id = ? ORDER BY failed_at DESC, position DESC LIMIT ?"
 )
 _STATS = (
     "SELECT (SELECT count(*) FROM leveret_outbox WHERE sent_at IS NULL),"
@@ -533,9 +533,11 @@ class SqliteStore(Store):
             outbox_pending=pending, oldest_pending_at=oldest, inbox_rows=inbox, outbox_failed=failed
         )
 
-    async def failed_outbox(self, limit: int = 100) -> list[OutboxRow]:
+    async def failed_outbox(
+        self, limit: int = 100, *, saga_id: str | None = None
+    ) -> list[OutboxRow]:
         async with self._locked("failed_outbox") as conn:
-            rows = await conn.execute_fetchall(_FAILED, (limit,))
+            rows = await conn.execute_fetchall(_FAILED, (saga_id, saga_id, limit))
         return [_sql.failed_from_row(row) for row in rows]
 
     async def mark_sent(self, message_ids: Sequence[str]) -> None:

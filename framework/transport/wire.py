@@ -12,7 +12,8 @@ memory transport cannot fail on RabbitMQ for these reasons, and both raise the s
   outside signed 64 bits, a ``Decimal`` outside AMQP's decimal, a ``datetime`` outside
   1970-2106 (what an AMQP timestamp carries back), a table key that is not a string, nesting
   deeper than the encoder goes;
-* a negative ``expiration_ms``, a ``timestamp`` that is not whole seconds in 1970-2106.
+* an ``expiration_ms`` RabbitMQ refuses (negative, or past ten years), a ``timestamp`` that is
+  not whole seconds in 1970-2106.
 
 ``as_delivered`` gives headers as a consumer on RabbitMQ receives them: tuples become lists,
 ``bytearray`` becomes ``bytes``, a ``datetime`` becomes an aware UTC one in whole seconds,
@@ -255,8 +256,12 @@ def _decimal(where: str, value: decimal.Decimal) -> str | None:
     if not isinstance(exponent, int):
         return f"{where} holds {value}, which an AMQP decimal cannot carry"
     scale = 0 if exponent > 0 else -exponent
-    mantissa = int(value) if exponent > 0 else int(value.scaleb(scale))
-    if scale > 255 or not -_DECIMAL_MANTISSA <= mantissa < _DECIMAL_MANTISSA:
+    # Bounds first: int() of a Decimal like 1E+999999999 would build a billion-digit int.
+    too_big = scale > 255 or (value != 0 and value.adjusted() > 9)
+    if not too_big:
+        mantissa = int(value) if exponent > 0 else int(value.scaleb(scale))
+        too_big = not -_DECIMAL_MANTISSA <= mantissa < _DECIMAL_MANTISSA
+    if too_big:
         return (
             f"{where} holds {value}: an AMQP decimal has at most 255 decimal places and a "
             "32-bit mantissa; send it as a str"

@@ -159,7 +159,8 @@ async def test_an_outbox_row_that_can_never_be_published_fails_its_saga_once(
     assert [(e["log_level"], e["message_id"]) for e in failures] == [("error", bad.message_id)]
     assert not [e for e in logs if e["event"] == "outbox_publish_failed"]
     assert await store.pending_outbox() == []
-    [failed] = await store.failed_outbox()
+    [failed] = await store.failed_outbox(saga_id="order-o-1")
+    assert await store.failed_outbox(saga_id="order-o-2") == []
     assert failed.message_id == bad.message_id
     assert failed.failed_at is not None
     assert failed.error is not None
