@@ -25,26 +25,12 @@ from framework.transport.base import BindingSpec, ExchangeSpec, ExchangeType, Qu
 from framework.transport.memory import MemoryTransport
 from handlers.orders import build_orders
 from tests.app.conftest import next_item
-from tests.saga.conftest import (
-    Backend,
-    Deliveries,
-    MakeShop,
-    backend,
-    eventually,
-    make_shop,
-    saga_of,
-)
-from tests.store.conftest import make_store, postgres_url, store, store_kind, store_url
+from tests.saga.conftest import Backend, Deliveries, MakeShop, eventually, saga_of
 
-__all__ = [
-    "backend",
-    "make_shop",
-    "make_store",
-    "postgres_url",
-    "store",
-    "store_kind",
-    "store_url",
-]
+# The store tests' fixtures (memory, SQLite, PostgreSQL), for the outbox's tests here.
+from tests.store.conftest import make_store, store, store_kind, store_url
+
+__all__ = ["make_store", "store", "store_kind", "store_url"]
 
 
 def order(order_id: str) -> PlaceOrder:
