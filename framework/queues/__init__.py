@@ -1,7 +1,7 @@
 """The queues an app owns on RabbitMQ: re-creating them with another type or other arguments,
 and deleting them.
 
-``leveret queues migrate MODULE:APP [--to quorum|classic]`` (``framework.queues.cli``) runs
+``leveret queues migrate MODULE:APP [--to quorum|classic]`` (``framework.cli.queues``) runs
 ``migrate``: see ``framework.queues.migrate``. ``delete_topology`` removes an app's queues and
 exchanges (``python -m examples.shop`` does at the end of a run): see
 ``framework.queues.teardown``.
