@@ -153,6 +153,11 @@ class CrashingStore(Store):
     async def stats(self) -> Any:
         return await self._inner.stats()
 
+    async def failed_outbox(
+        self, limit: int = 100, *, saga_id: str | None = None
+    ) -> list[OutboxRow]:
+        return await self._inner.failed_outbox(limit, saga_id=saga_id)
+
     def __getattr__(self, name: str) -> Any:
         # Whatever else the store grows (health checks, counters) is the inner store's.
         return getattr(self._inner, name)
