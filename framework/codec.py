@@ -199,6 +199,8 @@ class Codec:
         try:
             message: Message = decoder.decode(body)
         except msgspec.ValidationError as exc:
+            if exc.__cause__ is not None:  # msgspec wraps what a __post_init__ raised
+                raise DecodeFailure(_invalid_message(exc.__cause__, str(exc))) from None
             raise DecodeFailure(f"validation_error: {_describe_validation(str(exc))}") from None
         except msgspec.DecodeError as exc:
             text = str(exc)
@@ -255,6 +257,14 @@ def _version(raw: Any) -> int:
         except ValueError:
             return -1
     return -1
+
+
+def _invalid_message(cause: BaseException, text: str) -> str:
+    """``invalid_message: ValueError: qty must be positive`` (``at $.items[0]`` when nested)."""
+    match = _VALIDATION.match(text)
+    path = match.group("path") if match else None
+    where = f" at {path}" if path and path != "$" else ""
+    return f"invalid_message: {type(cause).__name__}: {cause}{where}"
 
 
 def _describe_validation(text: str) -> str:

@@ -218,7 +218,7 @@ class SagaRunner:
                     f"saga {saga_id!r} is {record.status} already: there is nothing to {action}",
                 )
             try:
-                transition = decide(self._instance(record))
+                transition = decide(self.instance(record))
             except SagaDefinitionError as exc:
                 raise SagaActionRefused(saga_id, action, str(exc)) from None
             version = record.version + 1
@@ -334,7 +334,7 @@ class SagaRunner:
                 version = 1
             else:
                 ignored = self._ignore_reason(record, message)
-                instance = None if ignored else self._instance(record)
+                instance = None if ignored else self.instance(record)
                 transition = None if instance is None else saga.apply(instance, message)
                 if transition is None:
                     await self._note(
@@ -460,7 +460,8 @@ class SagaRunner:
             return f"ignored: stale timeout for {message.state!r} (v{message.armed_version})"
         return None
 
-    def _instance(self, record: SagaRecord) -> Instance[Any]:
+    def instance(self, record: SagaRecord) -> Instance[Any]:
+        """What the saga's transitions see of ``record``: its state decoded, its steps done."""
         persisted: Any = self._decode(record.data)
         return Instance(
             saga_id=record.saga_id,

@@ -13,36 +13,36 @@ Each captured message records which service emitted it (the handler that was run
 every handler that consumes its wire name — in this app or in others — by decoding its exact
 bytes the way that handler's pipeline would (strictly, through the upcasters), and checks that
 each service emitted only what it declares in ``Service(sends=...)``.
+
+Time: on a ``VirtualClock`` (``Harness(app, clock=VirtualClock())``) the broker's TTLs — delayed
+retries, saga deadlines — wait until ``advance(seconds)`` moves the clock past them; on the
+default, real clock ``settle()`` waits out delayed retries (not saga deadlines).
+``saga(saga_id)``, ``dead_letters(queue)`` and ``timers()`` read what a test checks;
+``publish_raw`` sends the bytes of a poison message.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from framework import envelope
 from framework.app import App
-from framework.errors import DecodeFailure
+from framework.dlq import DeadLetterInfo, describe
+from framework.errors import ConfigurationError, DecodeFailure
 from framework.handlers import HandlerSpec
-from framework.transport.base import (
-    Consumer,
-    Delivery,
-    DeliveryCallback,
-    OutgoingMessage,
-    QueueInfo,
-    Topology,
-    Transport,
-)
+from framework.messages import Message
+from framework.saga.definition import SagaTimeout
+from framework.testing._capture import CapturingTransport, running_queue
+from framework.testing.clock import VirtualClock
+from framework.testing.views import PendingTimer, SagaView, SettleTimeout
+from framework.transport.base import OutgoingMessage, Transport
 from framework.transport.memory import MemoryBroker, MemoryTransport
 
 __all__ = ["Captured", "Harness"]
-
-_running_queue: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "leveret_harness_queue", default=None
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,20 +90,26 @@ class Harness:
     Args:
         app: the app under test.
         settle_timeout: seconds ``settle`` waits before it fails.
+        clock: a ``VirtualClock`` for the broker's TTLs, moved by ``advance``; real time when
+            omitted.
     """
 
-    def __init__(self, app: App, *, settle_timeout: float = 10.0) -> None:
+    def __init__(
+        self, app: App, *, settle_timeout: float = 10.0, clock: VirtualClock | None = None
+    ) -> None:
         self.app = app
         self.settle_timeout = settle_timeout
-        self.broker = MemoryBroker()
+        self.clock = clock
+        self.broker = MemoryBroker(clock=clock)
         self.captured: list[Captured] = []
         self._handlers: dict[str, HandlerSpec] = {p.queue: p.spec for p in app.pipelines}
         naming = app.naming
         self._exchanges = {naming.commands, naming.events, naming.queries}
-        self._watched = [p.queue for p in app.pipelines] + [
-            q.name for q in app.topology.queues if q.dead_letter_exchange == naming.retry
-        ]
-        self._transport = _CapturingTransport(MemoryTransport(self.broker), self)
+        # Where saga deadlines are delivered: settle() does not wait for those.
+        self._deadline_queues = frozenset(
+            p.queue for p in app.pipelines if issubclass(p.spec.message_type, SagaTimeout)
+        )
+        self._transport = CapturingTransport(MemoryTransport(self.broker), self._capture)
         self._original: Transport | None = None
 
     async def __aenter__(self) -> Harness:
@@ -129,7 +135,7 @@ class Harness:
     def _capture(self, message: OutgoingMessage, exchange: str, routing_key: str) -> None:
         if exchange not in self._exchanges:
             return  # retries, dead letters and replies are the framework's, not a service's
-        queue = _running_queue.get()
+        queue = running_queue.get()
         spec = self._handlers.get(queue) if queue is not None else None
         self.captured.append(
             Captured(
@@ -141,30 +147,239 @@ class Harness:
             )
         )
 
-    async def settle(self, timeout: float | None = None) -> None:
-        """Wait until no handler runs and no message waits in a handler or retry queue.
+    # -- waiting -------------------------------------------------------------------------------
 
-        Saga deadlines armed for later are not waited for — unless a deadline equals one of
-        the retry delays, whose queue it then shares.
+    async def settle(self, timeout: float | None = None) -> None:
+        """Wait until no handler runs and no message waits in a handler queue.
+
+        On the real clock it also waits for delayed retries to come back and run; saga
+        deadlines are not waited for. On a ``VirtualClock`` nothing in a delay queue is waited
+        for: ``advance`` delivers it.
 
         Raises:
-            TimeoutError: still busy after ``timeout`` (default ``settle_timeout``) seconds.
+            SettleTimeout: (a ``TimeoutError``) still busy after ``timeout`` (default
+                ``settle_timeout``) seconds; it lists the busy queues and pending timers.
         """
+        seconds = self.settle_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(seconds):
+                await self._settled()
+        except TimeoutError:
+            raise SettleTimeout(
+                seconds,
+                busy=await self._busy(),
+                timers=await self.timers(),
+                virtual=self.clock is not None,
+            ) from None
+
+    async def _settled(self) -> None:
         transport = self._transport
-        async with asyncio.timeout(self.settle_timeout if timeout is None else timeout):
-            while True:
-                transport.started.clear()
-                busy = {t for t in transport.running if not t.done()}
-                if busy:
-                    await asyncio.wait(busy)
-                    continue
-                # A handler settles its delivery only after its own publishes, so nothing
-                # unsettled and nothing queued means nothing more can happen.
-                depths = [await transport.queue_depth(q) for q in self._watched]
-                if not transport.inner.unsettled() and not any(depths):
-                    return
-                # Deliveries handed out but not started yet, or a delayed retry due later.
-                await transport.started.wait()
+        while True:
+            transport.started.clear()
+            busy = {t for t in transport.running if not t.done()}
+            if busy:
+                await asyncio.wait(busy)
+                continue
+            # A handler settles its delivery only after its own publishes, so nothing
+            # unsettled and nothing queued means nothing more can happen.
+            if not transport.inner.unsettled() and not await self._waiting():
+                return
+            # Deliveries handed out but not started yet, or a delayed retry due later.
+            await transport.started.wait()
+
+    async def _waiting(self) -> bool:
+        """Whether a message waits that settle() must see handled."""
+        for queue in self._handlers:
+            if await self._transport.queue_depth(queue):
+                return True
+        if self.clock is not None:
+            return False
+        return any(t.kind != "deadline" for t in self._timers())
+
+    async def _busy(self) -> list[str]:
+        """One line per handler queue that is not idle."""
+        lines = []
+        for queue, spec in self._handlers.items():
+            running = sum(1 for q in self._transport.running.values() if q == queue)
+            handed = self._transport.inner.unsettled(queue) - running
+            ready = await self._transport.queue_depth(queue)
+            parts = [
+                f"{n} {what}"
+                for n, what in (
+                    (running, "running"),
+                    (handed, "delivered, not started"),
+                    (ready, "ready"),
+                )
+                if n > 0
+            ]
+            if parts:
+                lines.append(f"{queue} ({spec.name}): {', '.join(parts)}")
+        return lines
+
+    async def advance(self, seconds: float) -> None:
+        """Move the virtual clock ``seconds`` on, delivering each message whose time comes
+        (delayed retries, saga deadlines) and letting the app settle after each instant, so a
+        timer armed meanwhile within the window fires too; then settle.
+
+        Raises:
+            ConfigurationError: the harness runs on the real clock.
+            ValueError: ``seconds`` is negative.
+            SettleTimeout: the app did not settle (see ``settle``).
+        """
+        clock = self.clock
+        if clock is None:
+            raise ConfigurationError(
+                "advance() needs a virtual clock: Harness(app, clock=VirtualClock())"
+            )
+        if not seconds >= 0:
+            raise ValueError(f"advance() takes seconds >= 0, not {seconds!r}")
+        target = clock.now() + seconds
+        await self.settle()
+        while clock.fire_until(target):
+            await self.settle()
+        await self.settle()
+
+    async def timers(self) -> list[PendingTimer]:
+        """What waits in the delay queues for its time, soonest first."""
+        return self._timers()
+
+    def _timers(self) -> list[PendingTimer]:
+        now = self.broker.clock.now()
+        retry = self.app.naming.retry
+        found: list[PendingTimer] = []
+        for name, queue in list(self.broker.queues.items()):
+            if queue.spec.dead_letter_exchange != retry:
+                continue
+            for delivery, expires_at in self.broker.browse(name):
+                target = delivery.routing_key or ""
+                headers = delivery.headers
+                if target in self._deadline_queues:
+                    kind = "deadline"
+                elif envelope.ATTEMPT in headers:
+                    kind = "retry"
+                else:
+                    kind = "delayed"
+                saga_id = headers.get(envelope.SAGA_ID)
+                found.append(
+                    PendingTimer(
+                        due_in=0.0 if expires_at is None else max(0.0, expires_at - now),
+                        kind=kind,
+                        queue=target,
+                        type=delivery.type,
+                        message_id=delivery.message_id,
+                        saga_id=saga_id if isinstance(saga_id, str) else None,
+                        delay_queue=name,
+                    )
+                )
+        return sorted(found, key=lambda t: t.due_in)
+
+    # -- reading what happened -------------------------------------------------------------------
+
+    async def saga(self, saga_id: str) -> SagaView:
+        """A saga instance as its store holds it, with its data decoded and its timeline.
+
+        Args:
+            saga_id: ``<saga name>-<key>``, e.g. ``order-o-1``.
+
+        Raises:
+            ConfigurationError: the app runs no saga.
+            LookupError: there is no such instance (yet).
+        """
+        store = self.app.store
+        if store is None or not self.app.sagas:
+            raise ConfigurationError("this app runs no saga: there is no saga to look up")
+        record = await store.get_saga(saga_id)
+        if record is None:
+            names = ", ".join(f"{name}-<key>" for name in sorted(self.app.sagas))
+            raise LookupError(f"no saga {saga_id!r} in the store (this app's saga ids: {names})")
+        runner = self.app.sagas.get(record.saga)
+        if runner is None:
+            raise LookupError(f"saga {saga_id!r} belongs to {record.saga!r}, not run by this app")
+        instance = runner.instance(record)
+        return SagaView(
+            saga_id=record.saga_id,
+            saga=record.saga,
+            status=record.status,
+            state=record.state,
+            data=instance.data,
+            completed=instance.completed,
+            reason=record.reason,
+            version=record.version,
+            timeline=tuple(await store.history(saga_id)),
+        )
+
+    async def dead_letters(self, queue: str | type[Message] | None = None) -> list[DeadLetterInfo]:
+        """The messages in dead-letter queues, left where they are, oldest first per queue.
+
+        Args:
+            queue: a handler queue, its DLQ (``<queue>.dlq``), or a contract class (the DLQs
+                of its handlers); every DLQ of the app when omitted.
+
+        Raises:
+            ConfigurationError: ``queue`` names none of the app's handler queues or contracts.
+        """
+        found: list[DeadLetterInfo] = []
+        for dlq in self._dlqs(queue):
+            if dlq not in self.broker.queues:
+                continue  # declared when the app starts
+            for position, (delivery, _) in enumerate(self.broker.browse(dlq), start=1):
+                found.append(describe(delivery, queue=dlq, position=position))
+        return found
+
+    async def publish_raw(
+        self,
+        type: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        content_type: str | None = "application/json",
+    ) -> str:
+        """Publish ``body`` as any AMQP client could — not checked, not encoded by leveret — to
+        the exchange of the handlers of wire name ``type``: how a test sends a poison message.
+        Returns its message id.
+
+        Args:
+            message_id: a new random id by default; ``""`` sends none.
+            headers: its AMQP headers (``leveret-version`` among them, 1 when absent).
+
+        Raises:
+            ConfigurationError: no handler of this app takes ``type``.
+        """
+        kinds = {
+            p.spec.kind for p in self.app.pipelines if p.spec.message_type.__wire_name__ == type
+        }
+        if not kinds:
+            raise ConfigurationError(f"no handler of this app takes {type!r}")
+        chosen = uuid.uuid4().hex if message_id is None else message_id
+        message = OutgoingMessage(
+            body=body,
+            message_id=chosen,
+            type=type,
+            content_type=content_type,
+            headers=dict(headers or {}),
+        )
+        exchange = self.app.naming.exchange_for(kinds.pop())
+        await self._transport.publish(message, exchange=exchange, routing_key=type)
+        return chosen
+
+    def _dlqs(self, queue: str | type[Message] | None) -> list[str]:
+        naming = self.app.naming
+        handlers = list(self._handlers.items())
+        if queue is None:
+            chosen = [q for q, _ in handlers]
+        elif isinstance(queue, str):
+            chosen = [q for q, _ in handlers if queue in (q, naming.dlq(q))]
+        else:
+            wire_name = getattr(queue, "__wire_name__", None)
+            chosen = [q for q, spec in handlers if spec.message_type.__wire_name__ == wire_name]
+        if not chosen:
+            known = ", ".join(sorted(q for q, _ in handlers))
+            raise ConfigurationError(
+                f"{queue!r} is neither a handler queue of this app, nor its DLQ, nor a contract "
+                f"one of its handlers takes; its handler queues: {known}"
+            )
+        return [naming.dlq(q) for q in chosen]
 
     def emitted_by(self, service: str | None) -> list[Captured]:
         """The messages one service emitted (``None``: the test itself)."""
@@ -221,81 +436,3 @@ class Harness:
                 f"{len(problems)} emitted message(s) do not fit their consumers:\n"
                 + "\n".join(f"  {p}" for p in problems)
             )
-
-
-class _CapturingTransport(Transport):
-    """Delegates to a memory transport; records publishes and tracks running deliveries."""
-
-    def __init__(self, inner: MemoryTransport, harness: Harness) -> None:
-        self.inner = inner
-        self.harness = harness
-        self.running: set[asyncio.Task[Any]] = set()
-        self.started = asyncio.Event()
-
-    @property
-    def user(self) -> str | None:
-        return self.inner.user  # breaker control notes are admitted by it
-
-    async def connect(self) -> None:
-        await self.inner.connect()
-
-    async def declare(self, topology: Topology) -> None:
-        await self.inner.declare(topology)
-
-    async def delete_queue(self, name: str) -> None:
-        await self.inner.delete_queue(name)
-
-    async def publish(
-        self,
-        message: OutgoingMessage,
-        *,
-        exchange: str,
-        routing_key: str,
-        mandatory: bool = True,
-        timeout: float | None = None,
-    ) -> None:
-        await self.inner.publish(
-            message,
-            exchange=exchange,
-            routing_key=routing_key,
-            mandatory=mandatory,
-            timeout=timeout,
-        )
-        self.harness._capture(message, exchange, routing_key)
-
-    async def consume(self, queue: str, callback: DeliveryCallback, *, prefetch: int) -> Consumer:
-        return await self.inner.consume(queue, self._tracked(queue, callback), prefetch=prefetch)
-
-    def _tracked(
-        self, queue: str, callback: Callable[[Delivery], Awaitable[None]]
-    ) -> DeliveryCallback:
-        async def run(delivery: Delivery) -> None:
-            task = asyncio.current_task()
-            if task is not None:
-                self.running.add(task)
-                task.add_done_callback(self.running.discard)
-            self.started.set()
-            token = _running_queue.set(queue)
-            try:
-                await callback(delivery)
-            finally:
-                _running_queue.reset(token)
-
-        return run
-
-    async def request(
-        self, message: OutgoingMessage, *, exchange: str, routing_key: str, timeout: float
-    ) -> Delivery:
-        self.harness._capture(message, exchange, routing_key)
-        return await self.inner.request(
-            message, exchange=exchange, routing_key=routing_key, timeout=timeout
-        )
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def queue_depth(self, name: str) -> int:
-        return await self.inner.queue_depth(name)
-
-    async def queue_info(self, name: str) -> QueueInfo:
-        return await self.inner.queue_info(name)

@@ -7,9 +7,10 @@ Fixtures:
   ``MODULE:APP``) and its snapshots.
 * ``leveret_round_trip(source, *examples)`` and ``leveret_round_trip.files(source, directory)``:
   example messages and old payload files decode (through the upcasters) and round-trip.
-* ``leveret_harness(app)``: a ``Harness`` (async context manager) that runs the app on a private
-  in-memory broker, captures every message each service emits, and checks each against every
-  handler that consumes it (``assert_consumers_accept``).
+* ``leveret_harness(app, **options)``: a ``Harness`` (async context manager) that runs the app
+  on a private in-memory broker, captures every message each service emits, and checks each
+  against every handler that consumes it (``assert_consumers_accept``); with
+  ``clock=VirtualClock()``, ``await harness.advance(seconds)`` moves time.
 
 Settings (``[tool.pytest.ini_options]``): ``leveret_snapshots`` (default ``contracts/schemas``,
 relative to the rootdir), ``leveret_compat_mode`` (default ``backward``) and

@@ -7,6 +7,10 @@ connection. Routing (default, direct, topic, fanout), mandatory returns, publish
 3.10. A publish is refused for what AMQP cannot carry, with the AMQP transport's error, and
 headers reach consumers as the wire returns them (``framework.transport.wire``). Nothing here
 touches the network, and no state lives outside a broker object.
+
+TTLs run on the broker's clock: the event loop's by default, or one a test moves by hand
+(``framework.testing.VirtualClock``), so that delayed retries and saga deadlines come due
+without real waiting.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import dataclasses
 import itertools
 import uuid
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 import structlog
@@ -34,12 +39,50 @@ from framework.transport import base
 from framework.transport.base import Delivery, ExchangeType, OutgoingMessage, QueueSpec, Topology
 from framework.transport.wire import as_delivered, check_encodable
 
-__all__ = ["MemoryBroker", "MemoryTransport"]
+__all__ = ["BrokerClock", "Browsed", "MemoryBroker", "MemoryTransport", "Timer"]
 
 log = structlog.get_logger(__name__)
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 DEFAULT_USER = "guest"  # the user every MemoryTransport connects as, unless told otherwise
+
+
+class Timer(Protocol):
+    """A callback armed on a ``BrokerClock``."""
+
+    def cancel(self) -> None: ...
+
+
+class BrokerClock(Protocol):
+    """The time a ``MemoryBroker`` expires messages by, in seconds (any origin)."""
+
+    def now(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        """Run ``callback`` once ``now()`` reaches ``when``."""
+        ...
+
+
+class _LoopClock:
+    """The running event loop's clock: real time."""
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        return asyncio.get_running_loop().call_at(when, callback)
+
+
+class Browsed(NamedTuple):
+    """A message a queue holds, seen without taking it (``MemoryBroker.browse``).
+
+    Args:
+        delivery: the message as a consumer would get it (already settled: it cannot be acked).
+        expires_at: when its TTL ends on the broker's clock; None without a TTL.
+    """
+
+    delivery: Delivery
+    expires_at: float | None
 
 
 def _topic_match(pattern: list[str], words: list[str]) -> bool:
@@ -71,7 +114,7 @@ class _Queue:
         self.ready: deque[_Entry] = deque()
         self.consumers: list[_MemoryConsumer] = []
         self.next_consumer = 0
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Timer | None = None
         self.deleted = False
 
     def offer(self, entry: _Entry) -> bool:
@@ -112,7 +155,7 @@ class _Queue:
 
     def dispatch(self) -> None:
         """Hand ready messages to consumers with spare prefetch, round-robin; expire heads."""
-        now = asyncio.get_running_loop().time()
+        now = self.broker.clock.now()
         while self.ready:
             head = self.ready[0]
             if head.deadline is not None and head.deadline <= now:
@@ -139,8 +182,7 @@ class _Queue:
             self.timer = None
         # Like RabbitMQ, a message expires only once it reaches the head of its queue.
         if self.ready and self.ready[0].deadline is not None and not self.deleted:
-            loop = asyncio.get_running_loop()
-            self.timer = loop.call_at(self.ready[0].deadline, self.dispatch)
+            self.timer = self.broker.clock.call_at(self.ready[0].deadline, self.dispatch)
 
     def remove_consumer(self, consumer: _MemoryConsumer) -> None:
         if consumer in self.consumers:
@@ -151,9 +193,14 @@ class _Queue:
 
 
 class MemoryBroker:
-    """Exchanges, queues and bindings shared by the ``MemoryTransport`` objects that use it."""
+    """Exchanges, queues and bindings shared by the ``MemoryTransport`` objects that use it.
 
-    def __init__(self) -> None:
+    Args:
+        clock: what message TTLs run on; the event loop's clock (real time) by default.
+    """
+
+    def __init__(self, *, clock: BrokerClock | None = None) -> None:
+        self.clock: BrokerClock = clock if clock is not None else _LoopClock()
         self.exchanges: dict[str, base.ExchangeSpec] = {}
         self.queues: dict[str, _Queue] = {}
         self.bindings: dict[str, set[tuple[str, str]]] = {}  # exchange -> {(queue, key)}
@@ -189,6 +236,18 @@ class MemoryBroker:
             if binding.queue not in self.queues:
                 raise ConfigurationError(what + f"no queue {binding.queue!r}")
             self.bindings[binding.exchange].add((binding.queue, binding.routing_key))
+
+    def browse(self, queue: str) -> list[Browsed]:
+        """The messages ``queue`` holds ready, in order, left where they are (what RabbitMQ's
+        management UI shows with "get messages, requeue"); unacked deliveries are not among them.
+
+        Raises:
+            ConfigurationError: no such queue.
+        """
+        target = self.queues.get(queue)
+        if target is None:
+            raise ConfigurationError(f"queue {queue!r} does not exist")
+        return [Browsed(_MemoryDelivery(e), e.deadline) for e in target.ready]
 
     def unbind(self, binding: base.BindingSpec) -> None:
         bound = self.bindings.get(binding.exchange)
@@ -249,7 +308,7 @@ class MemoryBroker:
         entry = _Entry(message, exchange, key, next(self._seq))
         ttls = [t for t in (message.expiration_ms, queue.spec.message_ttl_ms) if t is not None]
         if ttls:  # the per-message and the queue's TTL: the shorter wins, as on RabbitMQ
-            entry.deadline = asyncio.get_running_loop().time() + min(ttls) / 1000
+            entry.deadline = self.clock.now() + min(ttls) / 1000
         return queue.offer(entry)
 
     def dead_letter(self, queue: _Queue, entry: _Entry, reason: str) -> None:
@@ -544,7 +603,12 @@ class MemoryTransport(base.Transport):
             raise ConfigurationError(f"queue {name!r} does not exist")
         return base.QueueInfo(messages=len(queue.ready), consumers=len(queue.consumers))
 
-    def unsettled(self) -> int:
-        """Deliveries handed to this connection's consumers and not yet acked or nacked,
-        including those whose callback has not started (the test harness waits on it)."""
-        return sum(len(consumer.unacked) for consumer in self._consumers)
+    def unsettled(self, queue: str | None = None) -> int:
+        """Deliveries handed to this connection's consumers (of ``queue``, or of any) and not
+        yet acked or nacked, including those whose callback has not started (the test harness
+        waits on it)."""
+        return sum(
+            len(consumer.unacked)
+            for consumer in self._consumers
+            if queue is None or consumer.queue == queue
+        )
