@@ -2,9 +2,8 @@
 
 ``Harness(app, clock=VirtualClock())`` runs the app's in-memory broker on it: message TTLs —
 delayed retries, saga deadlines, expiring messages — come due when the test calls
-``await harness.advance(seconds)``, never by real waiting. It is also a plain ``() -> float``
-callable, the clock type circuit breakers take (``Breakers(clock=...)``), so one clock can drive
-both.
+``await harness.advance(seconds)``, never by real waiting. Calling it (``clock()``) reads it, like
+the ``() -> float`` clocks elsewhere in leveret.
 """
 
 from __future__ import annotations
