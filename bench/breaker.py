@@ -159,7 +159,13 @@ class NullTransport(Transport):
     async def close(self) -> None: ...
 
     async def publish(
-        self, message: OutgoingMessage, *, exchange: str, routing_key: str, mandatory: bool = True
+        self,
+        message: OutgoingMessage,
+        *,
+        exchange: str,
+        routing_key: str,
+        mandatory: bool = True,
+        timeout: float | None = None,
     ) -> None:
         return None
 

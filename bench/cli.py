@@ -22,10 +22,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
+from bench.chart import write as write_chart
 from bench.harness import ROOT, Broker, SectionFailed, WorkerFailed, WorkerProcess
 from bench.worker import URL
 from bench.workload import FOLLOW_UP_TYPE, ORDER_TYPE, Names
@@ -37,7 +39,9 @@ OPT_IN = ("cluster",)
 DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in OPT_IN)
 PIPELINE = ("leveret", "aio-pika", "aiormq", "faststream", "faststream-msgspec")
 PUBLISH = ("leveret", "aio-pika", "aiormq")
-QUERY = ("leveret", "faststream")
+QUERY = ("leveret", "faststream", "faststream-request")
+# How the table names a contender where its key would mislead.
+QUERY_LABELS = {"faststream-request": "faststream broker.request"}
 SAGA = ("sqlite", "postgres")
 MB = 1024 * 1024
 
@@ -53,6 +57,7 @@ class Settings:
     window: int = 1_000
     query_messages: int = 3_000
     callers: int = 50
+    query_single_messages: int = 1_000  # the 1-caller row: round trips one after another
     memory_messages: int = 150_000  # --memory-messages 1000000 for the full million (~15 min)
     memory_warmup: int = 20_000
     saga_orders: int = 400  # per throughput run: about 5-15 s of saga work
@@ -71,12 +76,31 @@ QUICK = Settings(
     publish_sequential=2_000,
     publish_concurrent=5_000,
     query_messages=2_000,
+    query_single_messages=500,
     memory_messages=40_000,
     memory_warmup=10_000,
     saga_orders=150,
     saga_latency_orders=60,
     breaker_iterations=20_000,
     breaker_repeats=5,
+)
+
+# Every measurement a few messages long: what the cleanup test runs (tests/test_bench_cleanup.py).
+SMOKE = Settings(
+    rounds=1,
+    messages=200,
+    latency_messages=100,
+    publish_sequential=100,
+    publish_concurrent=200,
+    window=100,
+    query_messages=200,
+    query_single_messages=50,
+    memory_messages=2_000,
+    memory_warmup=500,
+    saga_orders=20,
+    saga_latency_orders=10,
+    breaker_iterations=1_000,
+    breaker_repeats=1,
 )
 
 
@@ -299,29 +323,65 @@ class Bench:
 
     # -- query ---------------------------------------------------------------------------------
 
+    async def query_once(self, contender: str, n: int, callers: int) -> dict[str, Any]:
+        names = Names(uuid.uuid4().hex[:8])
+        params = {"tag": names.tag, "messages": n, "callers": callers}
+        worker = await self._spawn("query", contender, params)
+        owned: list[str] = []
+        try:
+            owned = (await worker.expect("ready", 60))["queues"]
+            await worker.go()
+            res = await worker.expect("result", max(120.0, n / 50))
+            await worker.finish()
+            return res
+        finally:
+            worker.kill()
+            await self._cleanup(
+                names,
+                [
+                    *owned,
+                    names.replies,
+                    *self._leveret_queues(names, "bench.get_order_status"),
+                ],
+            )
+
     async def section_query(self) -> None:
-        n, callers = self.s.query_messages, self.s.callers
-        self.say(f"query: {n} round trips, {callers} concurrent callers, {self.s.rounds} rounds")
+        runs = ((self.s.callers, self.s.query_messages), (1, self.s.query_single_messages))
+        self.say(
+            "query: "
+            + ", ".join(f"{n} round trips with {c} caller{'s' * (c != 1)}" for c, n in runs)
+            + f", {self.s.rounds} rounds in alternation"
+        )
+        contenders = self.pick(QUERY)
         for r in range(self.s.rounds):
-            for contender in self.pick(QUERY):
-                names = Names(uuid.uuid4().hex[:8])
-                params = {"tag": names.tag, "messages": n, "callers": callers}
-                worker = await self._spawn("query", contender, params)
-                owned: list[str] = []
-                try:
-                    owned = (await worker.expect("ready", 60))["queues"]
-                    await worker.go()
-                    res = await worker.expect("result", max(120.0, n / 50))
-                    await worker.finish()
-                finally:
-                    worker.kill()
-                    await self._cleanup(
-                        names, [*owned, *self._leveret_queues(names, "bench.get_order_status")]
+            for callers, n in runs:
+                for contender in contenders:
+                    res = await self.query_once(contender, n, callers)
+                    label = QUERY_LABELS.get(contender, contender)
+                    metric = f"round trips, {callers} caller{'s' * (callers != 1)}"
+                    self.results.add(
+                        "query", label, metric, "/s", res["rate"], baseline="faststream"
                     )
-                self.results.add(
-                    "query", contender, "round trips", "/s", res["rate"], baseline="faststream"
-                )
-                self.say(f"  round {r + 1}  {contender:<20} {res['rate']:8.0f} round trips/s")
+                    self.results.add(
+                        "query",
+                        label,
+                        f"client CPU, {callers} caller{'s' * (callers != 1)}",
+                        "us/round trip",
+                        res["cpu_us"],
+                        baseline="faststream",
+                        higher_is_better=False,
+                    )
+                    self.say(
+                        f"  round {r + 1}  {callers:>2} caller{'s' * (callers != 1):<1} "
+                        f"{label:<28} {res['rate']:8.0f} round trips/s  "
+                        f"{res['cpu_us']:6.0f} us CPU/round trip"
+                    )
+        if "faststream-request" in contenders:
+            self.results.notes.append(
+                f"query: {QUERY_LABELS['faststream-request']} holds one lock for the whole round "
+                "trip (FastStream issue #1318): its callers take turns, so with 50 callers it "
+                "measures that lock; faststream matches replies by correlation id instead"
+            )
 
     @staticmethod
     def _leveret_queues(names: Names, wire_name: str) -> list[str]:
@@ -348,6 +408,7 @@ class Bench:
             return result
         finally:
             worker.kill()
+            await worker.finish(5)  # what it said before it died
             # With what the worker declared after ``ready``: delay tiers made on first use.
             await broker.delete(
                 queues=[*queues, *worker.declared_queues],
@@ -415,7 +476,8 @@ class Bench:
                     f"{res['cpu_us_per_saga'] / res['handled_per_saga']:5.0f} us CPU/msg  "
                     f"{res['handled_per_saga']:.2f} msgs handled/saga "
                     f"({res['published_per_saga']:.2f} published, "
-                    f"{res['timeouts_per_saga']:.2f} of them timeouts)  "
+                    f"{res['timeouts_per_saga']:.2f} of them timeouts; "
+                    f"{res.get('late', 0)} handled after the end)  "
                     f"p50 {lat['p50_ms']:.0f} ms p99 {lat['p99_ms']:.0f} ms at {rate:g}/s  "
                     f"{res['outcomes']}"
                 )
@@ -681,10 +743,10 @@ TARGETS = (
         1.8,
     ),
     Target(
-        "query: leveret >= 2x FastStream, 50 callers",
+        "query: leveret >= 2x FastStream (replies by correlation id), 50 callers",
         "query",
         "leveret",
-        "round trips",
+        "round trips, 50 callers",
         "faststream",
         2.0,
     ),
@@ -814,8 +876,8 @@ async def measure(
     return bench, info
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = QUICK if args.quick else Settings()
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    settings = SMOKE if args.smoke else QUICK if args.quick else Settings()
     overrides = {
         k: v
         for k, v in {
@@ -881,7 +943,8 @@ def run(args: argparse.Namespace) -> int:
     if bench.failed_sections:
         print(f"failed sections: {', '.join(bench.failed_sections)}")
     report = {
-        "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
+        "finished_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": info,
         "settings": asdict(settings),
         "elapsed_s": round(elapsed, 1),
@@ -900,6 +963,8 @@ def run(args: argparse.Namespace) -> int:
         "memory_series": bench.memory_series,
     }
     out.write_text(json.dumps(report, indent=2))
+    chart = write_chart(report, out.with_suffix(".svg"))
+    print(f"chart: {chart}")
     if args.markdown:
         md = table_lines(results, markdown=True)
         md += [""]
@@ -921,10 +986,17 @@ def main(argv: list[str] | None = None) -> int:
         "machine and runs the leveret pipeline and the saga on it with quorum queues, beside "
         "the single node with classic queues)",
     )
-    parser.add_argument(
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
         "--quick",
         action="store_true",
-        help="1 round and fewer messages: a smoke run of a minute or two",
+        help="1 round and fewer messages: a smoke run of a few minutes",
+    )
+    size.add_argument(
+        "--smoke",
+        action="store_true",
+        help="1 round of a few messages each: checks that the sections run and leave nothing "
+        "on the broker; its figures mean nothing",
     )
     parser.add_argument(
         "--contenders", help="comma-separated contenders to run (default: all of each section)"
@@ -943,4 +1015,4 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", help="also write the table as Markdown to this file")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    return run(args)
+    return run(args, argv)

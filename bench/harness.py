@@ -95,14 +95,21 @@ class WorkerProcess:
             if not line:
                 code = await self._proc.wait()
                 raise WorkerFailed(f"{self.label}: exited with code {code} (see the bench log)")
-            text = line.decode(errors="replace")
-            if text.startswith("BENCH "):
-                self._log.write(text)
-                event = json.loads(text[6:])
-                if event["event"] == "declared":
-                    self.declared_queues += event["queues"]
-                    self.declared_exchanges += event["exchanges"]
+            event = self._read(line)
+            if event is not None:
                 yield event
+
+    def _read(self, line: bytes) -> dict[str, Any] | None:
+        """The event on one line of the worker's stdout (None for library output)."""
+        text = line.decode(errors="replace")
+        if not text.startswith("BENCH "):
+            return None
+        self._log.write(text)
+        event: dict[str, Any] = json.loads(text[6:])
+        if event["event"] == "declared":
+            self.declared_queues += event["queues"]
+            self.declared_exchanges += event["exchanges"]
+        return event
 
     async def expect(self, name: str, timeout: float) -> dict[str, Any]:
         async for event in self.events(timeout):
@@ -116,11 +123,21 @@ class WorkerProcess:
         await self._proc.stdin.drain()
 
     async def finish(self, timeout: float = 30.0) -> int:
+        """Wait for the worker to exit (killed after ``timeout``), reading what it still says:
+        a queue it declares while stopping is reported after its result."""
         try:
-            return await asyncio.wait_for(self._proc.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._drain()
+                return await self._proc.wait()
         except TimeoutError:
             self.kill()
+            await self._drain()
             return await self._proc.wait()
+
+    async def _drain(self) -> None:
+        assert self._proc.stdout is not None
+        while line := await self._proc.stdout.readline():
+            self._read(line)
 
     def kill(self) -> None:
         if self._proc.returncode is None:

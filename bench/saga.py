@@ -7,17 +7,20 @@ and on a fresh store: a new SQLite file, or a new schema in ``LEVERET_POSTGRES_U
 Modes:
 
 - ``throughput``: ``messages`` orders are placed (``app.send``, confirmed) before ``go``; on ``go``
-  the consumers start, and the run ends when every saga is terminal and the shop is quiet (no
-  delivery in flight, every queue of the run empty). sagas/s = orders / (last delivery handled -
-  go). Every delivery a handler queue hands to the app is counted, and every publish the app
-  makes: the messages per saga are measured, not assumed.
+  the consumers start, and the run ends at the last terminal saga: when the delivery that made
+  the last saga terminal is done (the first delivery done after that saga's final transition).
+  sagas/s = orders / (that moment - go). Timers armed by sagas that finished before them come
+  back later to nothing; they are not waited for. Every delivery a handler queue hands to the
+  app up to the end is counted, and every publish the app makes: the messages per saga are
+  measured, not assumed (deliveries after the end, the last events' notifications and stale
+  timers, are reported apart as ``late``).
 - ``latency``: consumers run first; orders are placed at ``rate`` per second (open loop), and
   each saga's latency is placed (before ``app.send``) -> terminal (the saga record's
   ``updated_at`` when its final transition committed), both on this process's wall clock.
 
-The shop's steps arm 60-second timeouts (delayed messages through a TTL queue); a run is shorter
-than that, so none of them comes back during the measurement: they are counted as published,
-not as handled, and are deleted with the run's queues.
+The shop's steps arm timeouts (delayed messages through TTL queues: 60 s deadlines, 10 s
+compensation waits): the run is over before they come back. They are counted as published, and
+the orchestrator deletes their queues with the rest of what the app owns (``owned_topology``).
 """
 
 from __future__ import annotations
@@ -33,12 +36,15 @@ from typing import Any
 from bench.worker import Contender, Params, emit, wait_go
 from contracts.orders import LineItem, PlaceOrder
 from framework import App, AppConfig
+from framework.queues import owned_topology
 from framework.store import SagaRecord, Store
 from framework.transport.base import Delivery, Topology
 from handlers.app import build_app
 
 POSTGRES_URL = os.environ.get("LEVERET_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-QUIET = 0.3  # seconds without a delivery (and empty queues) that end a throughput run
+# What the saga publishes as it ends (on_completed, on_compensated): a cheap sign, before the
+# store is asked, that every saga may be terminal.
+TERMINAL_EVENTS = ("orders.order_completed", "orders.order_cancelled")
 
 
 def orders(tag: str, n: int) -> list[PlaceOrder]:
@@ -82,16 +88,22 @@ class Counted:
             await self._pipeline(delivery)
         finally:
             stats.in_flight -= 1
-            stats.handled[self.queue] += 1
-            stats.last = time.perf_counter()
+            stats.done.append((time.time(), self.queue))
 
 
 class Stats:
     def __init__(self) -> None:
         self.in_flight = 0
-        self.handled: Counter[str] = Counter()
+        self.done: list[tuple[float, str]] = []  # (wall clock, queue) of each delivery handled
         self.published: Counter[str] = Counter()
-        self.last = 0.0
+
+    def handled_by(self, end: float) -> Counter[str]:
+        """Deliveries handled up to ``end`` (wall clock), by queue."""
+        return Counter(queue for at, queue in self.done if at <= end)
+
+    def end_after(self, moment: float) -> float | None:
+        """When the first delivery done at or after ``moment`` was done (None: none yet)."""
+        return next((at for at, _ in self.done if at >= moment), None)
 
 
 def count_publishes(app: App, stats: Stats) -> None:
@@ -155,7 +167,8 @@ async def terminal_records(store: Store, tag: str, n: int) -> list[SagaRecord]:
 async def run_saga(p: Params, store: str) -> None:
     tag = p.tag
     url, schema = store_url(store, tag)
-    config = AppConfig(prefix=f"bench.{tag}", queue_type=p.queue_type)
+    # A fresh store: its schema is made before the run (the deploy step of a PostgreSQL store).
+    config = AppConfig(prefix=f"bench.{tag}", queue_type=p.queue_type, upgrade_db=True)
     app = build_app(p.url, db_url=url, config=config)
     assert app.store is not None
     stats = Stats()
@@ -166,14 +179,14 @@ async def run_saga(p: Params, store: str) -> None:
     consumers = []
     try:
         await app.start(consume=False)
-        queues = [q.name for q in app.topology.queues]
-        timeouts = app.naming.delay(60_000)  # the shop's step timeouts, declared on first use
+        # All the app owns, the delay tiers its sagas' deadlines declare on first use included;
+        # a tier made otherwise is reported as it is declared (report_declares).
+        owned = owned_topology(app)
         emit(
             "ready",
-            queues=[*queues, timeouts],
-            exchanges=[*(x.name for x in app.topology.exchanges), timeouts],
+            queues=[q.name for q in owned.queues],
+            exchanges=[x.name for x in owned.exchanges],
         )
-        queues = [q for q in queues if not q.endswith(".dlq")]
 
         async def start_consumers() -> None:
             for pipeline in app.pipelines:
@@ -195,16 +208,15 @@ async def run_saga(p: Params, store: str) -> None:
                 await place(batch[first : first + 200])
             stats.published.clear()  # the placing is not part of the run; counted below
             await wait_go()
-            started = time.perf_counter()
+            started = time.time()
             cpu = time.process_time()
             await start_consumers()
-            records = await wait_done(app, stats, tag, p.messages, queues)
-            elapsed = stats.last - started
+            records, end = await wait_done(app, stats, tag, p.messages)
             cpu = time.process_time() - cpu
         else:
             await start_consumers()
             await wait_go()
-            started = time.perf_counter()
+            started = time.time()
             cpu = time.process_time()
             loop = asyncio.get_running_loop()
             pending: set[asyncio.Future[None]] = set()
@@ -218,10 +230,11 @@ async def run_saga(p: Params, store: str) -> None:
                 fut.add_done_callback(pending.discard)
             if pending:
                 await asyncio.gather(*pending)
-            records = await wait_done(app, stats, tag, p.messages, queues)
-            elapsed = stats.last - started
+            records, end = await wait_done(app, stats, tag, p.messages)
             cpu = time.process_time() - cpu
-        handled = sum(stats.handled.values())
+        elapsed = end - started
+        by_queue = stats.handled_by(end)
+        handled = sum(by_queue.values())
         published = sum(stats.published.values())
         timeouts = sum(v for k, v in stats.published.items() if k.endswith(".timeout"))
         latencies = sorted(r.updated_at - placed[r.saga_id.removeprefix("order-")] for r in records)
@@ -239,7 +252,8 @@ async def run_saga(p: Params, store: str) -> None:
             p50_ms=_pct(latencies, 0.50) * 1000,
             p99_ms=_pct(latencies, 0.99) * 1000,
             outcomes=dict(outcomes),
-            by_queue=dict(stats.handled),
+            by_queue=dict(by_queue),
+            late=len(stats.done) - handled,
         )
     finally:
         for consumer in consumers:
@@ -258,24 +272,30 @@ def _pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p * len(values)))] if values else float("nan")
 
 
-async def wait_done(
-    app: App, stats: Stats, tag: str, n: int, queues: list[str]
-) -> list[SagaRecord]:
-    """Wait until every saga of the run is terminal and the shop is quiet; the records."""
+async def wait_done(app: App, stats: Stats, tag: str, n: int) -> tuple[list[SagaRecord], float]:
+    """Wait until every saga of the run is terminal; the records, and the end of the run: when
+    the delivery that made the last saga terminal was done (wall clock)."""
     assert app.store is not None
     deadline = time.monotonic() + max(120.0, n / 2)
+    asked = 0.0
+    records: list[SagaRecord] = []
     while True:
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
         if time.monotonic() > deadline:
             raise TimeoutError(f"sagas of {tag} not finished in time")
-        if stats.in_flight or time.perf_counter() - stats.last < QUIET:
-            continue
-        records = await terminal_records(app.store, tag, n)
         if len(records) < n:
-            continue
-        depths = [await app.transport.queue_depth(q) for q in queues]
-        if stats.in_flight == 0 and not any(depths):
-            return records
+            ended = sum(stats.published[e] for e in TERMINAL_EVENTS)
+            # The store is asked once every saga has said it ended, or every second regardless
+            # (a saga that ends compensation_failed publishes neither event).
+            if ended < n and time.monotonic() - asked < 1.0:
+                continue
+            asked = time.monotonic()
+            records = await terminal_records(app.store, tag, n)
+            if len(records) < n:
+                continue
+        end = stats.end_after(max(r.updated_at for r in records))
+        if end is not None:
+            return records, end
 
 
 async def run_sqlite(p: Params) -> None:

@@ -90,3 +90,4 @@ class Names:
         self.exchange = f"{self.prefix}.commands"
         self.input = f"{self.prefix}.in"  # leveret names its own handler queue
         self.sink = f"{self.prefix}.sink"
+        self.replies = f"{self.prefix}.replies"  # a query contender's own reply queue
