@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from framework.backoff import Backoff
+
 __all__ = ["DeadLetter", "Delay", "Redeliver", "RetryPolicy", "RetryStep"]
 
 
@@ -57,10 +59,8 @@ class RetryPolicy:
         maximum: float = 300.0,
     ) -> RetryPolicy:
         """Delays ``first, first*factor, ...`` (``count`` of them), each capped at ``maximum``."""
-        return cls(
-            immediate=immediate,
-            delays=tuple(min(first * factor**i, maximum) for i in range(count)),
-        )
+        growth = Backoff(initial=first, multiplier=factor, maximum=maximum, jitter=0.0)
+        return cls(immediate=immediate, delays=growth.delays(count))
 
     @classmethod
     def none(cls) -> RetryPolicy:

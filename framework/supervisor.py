@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from framework.backoff import Backoff
 from framework.health.http import HEALTH_SOCKET_ENV
 from framework.urls import redact
 from framework.worker import (
@@ -84,6 +85,7 @@ class RestartBackoff:
     initial: float = 0.5
     maximum: float = 10.0
     healthy_after: float = 2.0
+    _doubling: Backoff = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.initial < 0:
@@ -94,13 +96,20 @@ class RestartBackoff:
             )
         if self.healthy_after < 0:
             raise ValueError(f"healthy_after must be at least 0 seconds, got {self.healthy_after}")
+        doubling = Backoff(initial=self.initial, multiplier=2, maximum=self.maximum, jitter=0)
+        object.__setattr__(self, "_doubling", doubling)
 
-    def next_delay(self, previous: float | None, ran_for: float) -> float:
-        """The delay after a worker that ran ``ran_for`` seconds; ``previous`` was the last one
-        (None: this worker position never waited)."""
-        if previous is None or ran_for >= self.healthy_after:
-            return self.initial
-        return min(previous * 2, self.maximum)
+    def next_restart(self, previous: int, ran_for: float) -> int:
+        """The number in its sequence of the restart after a worker that ran ``ran_for``
+        seconds: 1 after one that had started fine, else one more than ``previous`` (the
+        number of the restart before; 0: this worker position was never restarted)."""
+        if previous == 0 or ran_for >= self.healthy_after:
+            return 1
+        return previous + 1
+
+    def delay(self, restart: int) -> float:
+        """Seconds before restart number ``restart`` of a sequence."""
+        return self._doubling.delay(restart)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +155,7 @@ class _Slot:
     index: int
     process: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
-    delay: float | None = None
+    sequence: int = 0  # the number of its last restart in the current sequence (RestartBackoff)
     restarts: int = 0
     final_code: int | None = None
 
@@ -288,20 +297,23 @@ class Supervisor:
             # the broker is in an outage (the fault suite: a link blackholed, then confirms
             # dropped) and is restarted like any other, or one outage would stop the service.
             fatal = code in _FATAL and not (code == EXIT_BROKER_UNREACHABLE and slot.restarts)
-            slot.delay = None if fatal else self.config.backoff.next_delay(slot.delay, ran_for)
+            delay = None
+            if not fatal:
+                slot.sequence = self.config.backoff.next_restart(slot.sequence, ran_for)
+                delay = self.config.backoff.delay(slot.sequence)
             _log.warning(
                 "worker_exited",
                 index=slot.index,
                 pid=process.pid,
                 ran_for=round(ran_for, 3),
-                restart_in=slot.delay,
+                restart_in=delay,
                 **_exit_fields(code),
             )
-            if fatal:
+            if delay is None:
                 self._fail(code)
                 return
             try:
-                async with asyncio.timeout(slot.delay):
+                async with asyncio.timeout(delay):
                     await self._stop.wait()
                 return  # stopping while waiting to restart: nothing left to drain here
             except TimeoutError:

@@ -410,10 +410,10 @@ async def test_worker_killed_again_and_again_is_back_within_seconds_each_time(
 def restart_delays(backoff: RestartBackoff, runs: Sequence[float]) -> list[float]:
     """The delays the supervisor waits after workers of one position ran ``runs`` seconds each."""
     delays: list[float] = []
-    delay: float | None = None
+    restart = 0
     for ran_for in runs:
-        delay = backoff.next_delay(delay, ran_for)
-        delays.append(delay)
+        restart = backoff.next_restart(restart, ran_for)
+        delays.append(backoff.delay(restart))
     return delays
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import enum
 import math
-import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from framework.backoff import Backoff
 from framework.errors import ConfigurationError
 
 __all__ = ["Backoff", "BreakerConfig", "ExceptionPredicate", "WindowType"]
@@ -25,50 +25,6 @@ class WindowType(enum.StrEnum):
 
     COUNT = "count"  # the last ``window_size`` calls
     TIME = "time"  # the calls of the last ``window_size`` seconds
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Wait in open state that grows with each consecutive opening, with random jitter.
-
-    ``wait(n) = min(maximum, initial * multiplier ** (n - 1))``, then multiplied by a random
-    factor in ``[1 - jitter, 1 + jitter]``; ``n`` is 1 for the first opening after a close.
-
-    Args:
-        initial: seconds of the first wait.
-        multiplier: growth per consecutive opening (1 for a fixed wait with jitter).
-        maximum: cap before jitter.
-        jitter: relative spread, 0 (none) to 1.
-        seed: seed of the private random generator (tests); None for a random one.
-    """
-
-    initial: float = 5.0
-    multiplier: float = 2.0
-    maximum: float = 300.0
-    jitter: float = 0.2
-    seed: int | None = None
-    _rng: random.Random = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if not (self.initial > 0 and self.maximum >= self.initial and self.multiplier >= 1):
-            raise ConfigurationError(
-                f"Backoff(initial={self.initial}, multiplier={self.multiplier}, "
-                f"maximum={self.maximum}): use initial > 0, multiplier >= 1, maximum >= initial"
-            )
-        if not 0 <= self.jitter <= 1:
-            raise ConfigurationError(f"Backoff.jitter={self.jitter}: use a value from 0 to 1")
-        object.__setattr__(self, "_rng", random.Random(self.seed))
-
-    @property
-    def longest(self) -> float:
-        """The longest wait it can return: ``maximum`` stretched by the jitter."""
-        return self.maximum * (1 + self.jitter)
-
-    def __call__(self, openings: int) -> float:
-        base = min(self.maximum, self.initial * self.multiplier ** max(0, openings - 1))
-        if not self.jitter:
-            return base
-        return base * self._rng.uniform(1 - self.jitter, 1 + self.jitter)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from framework.backoff import Backoff
 from framework.errors import RegistrationError
 from framework.messages import Command, Event, Message, MessageKind, kind_of
 from framework.store.base import SagaStatus
@@ -177,16 +178,26 @@ class RetryBackoff:
     Args:
         attempts: sends in all before giving up.
         first: seconds before the first resend; each next one waits ``factor`` times longer,
-            at most ``maximum``.
+            at most ``maximum`` (a ``framework.backoff.Backoff`` without jitter).
+
+    Raises:
+        ConfigurationError: a negative ``first``, a ``factor`` below 1 or a ``maximum`` below
+            ``first``.
     """
 
     attempts: int = 5
     first: float = 1.0
     factor: float = 2.0
     maximum: float = 60.0
+    _growth: Backoff = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        growth = Backoff(initial=self.first, multiplier=self.factor, maximum=self.maximum, jitter=0)
+        object.__setattr__(self, "_growth", growth)
 
     def delay(self, attempt: int) -> float:
-        return min(self.first * self.factor ** max(attempt - 1, 0), self.maximum)
+        """Seconds to wait after send number ``attempt`` (1: the first send)."""
+        return self._growth.delay(attempt)
 
 
 @dataclass(frozen=True, slots=True)
