@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import enum
 import math
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 from framework.backoff import Backoff
 from framework.errors import ConfigurationError
 
-__all__ = ["Backoff", "BreakerConfig", "ExceptionPredicate", "WindowType"]
+__all__ = ["Backoff", "BreakerConfig", "ExceptionMatch", "ExceptionPredicate", "WindowType"]
 
 ExceptionPredicate = Callable[[BaseException], bool]
+# Which exceptions: a tuple of exception classes, or a predicate.
+ExceptionMatch = tuple[type[BaseException], ...] | ExceptionPredicate
 
 
 class WindowType(enum.StrEnum):
@@ -49,12 +52,15 @@ class BreakerConfig:
             (``Backoff``) for a growing wait with jitter.
         automatic_transition: go half-open as soon as the wait is over (via a timer armed by the
             app) instead of on the first call after it.
-        record_exceptions: exception types that count as failures; empty means every exception
-            not ignored. Other exceptions count as successes.
-        ignore_exceptions: exception types that count neither way (a half-open probe that ends
-            with one gives its permit back).
-        record_exception: further predicate: True counts the exception as a failure.
-        ignore_exception: further predicate: True ignores the exception; wins over recording.
+        record_exceptions: the exceptions that count as failures: a tuple of exception classes,
+            or a predicate (True: a failure). Empty means every exception not ignored. Other
+            exceptions count as successes.
+        ignore_exceptions: the exceptions that count neither way (a half-open probe that ends
+            with one gives its permit back): a tuple of exception classes, or a predicate (True:
+            ignored). Ignoring wins over recording.
+        record_exception: deprecated, pass the predicate as ``record_exceptions`` (given with
+            classes there too, an exception counts as a failure if either says so).
+        ignore_exception: deprecated, pass the predicate as ``ignore_exceptions`` (likewise).
         record_result: predicate on a successful call's result: True counts it as a failure.
     """
 
@@ -68,13 +74,17 @@ class BreakerConfig:
     max_wait_in_half_open: float = 30.0
     wait_in_open: float | Callable[[int], float] = 30.0
     automatic_transition: bool = False
-    record_exceptions: tuple[type[BaseException], ...] = ()
-    ignore_exceptions: tuple[type[BaseException], ...] = ()
-    record_exception: ExceptionPredicate | None = None
-    ignore_exception: ExceptionPredicate | None = None
+    record_exceptions: ExceptionMatch = ()
+    ignore_exceptions: ExceptionMatch = ()
+    record_exception: InitVar[ExceptionPredicate | None] = None
+    ignore_exception: InitVar[ExceptionPredicate | None] = None
     record_result: Callable[[object], bool] | None = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(
+        self,
+        record_exception: ExceptionPredicate | None,
+        ignore_exception: ExceptionPredicate | None,
+    ) -> None:
         def bad(what: str) -> ConfigurationError:
             return ConfigurationError(f"BreakerConfig: {what}")
 
@@ -104,11 +114,24 @@ class BreakerConfig:
         if not callable(wait) and not (0 <= wait < math.inf):
             raise bad(f"wait_in_open={wait!r}: use finite seconds >= 0 or a Backoff")
         for name in ("record_exceptions", "ignore_exceptions"):
-            types = getattr(self, name)
-            if not isinstance(types, tuple) or not all(
-                isinstance(t, type) and issubclass(t, BaseException) for t in types
+            match = getattr(self, name)
+            if callable(match) and not isinstance(match, type):
+                continue
+            if not isinstance(match, tuple) or not all(
+                isinstance(t, type) and issubclass(t, BaseException) for t in match
             ):
-                raise bad(f"{name}={types!r}: use a tuple of exception classes")
+                raise bad(f"{name}={match!r}: use a tuple of exception classes, or a predicate")
+        for old, predicate in (("record", record_exception), ("ignore", ignore_exception)):
+            if predicate is None:
+                continue
+            warnings.warn(
+                f"BreakerConfig({old}_exception=...) is deprecated: pass the predicate as "
+                f"{old}_exceptions=...",
+                DeprecationWarning,
+                stacklevel=3,  # the caller of the dataclass's __init__
+            )
+            name = f"{old}_exceptions"
+            object.__setattr__(self, name, _either(getattr(self, name), predicate))
 
     @property
     def effective_minimum_calls(self) -> int:
@@ -139,19 +162,32 @@ class BreakerConfig:
 
     def classifier(self) -> Callable[[BaseException], bool | None]:
         """``exc -> True`` (failure), ``False`` (success) or ``None`` (ignored), built once."""
-        record_types, ignore_types = self.record_exceptions, self.ignore_exceptions
-        record_pred, ignore_pred = self.record_exception, self.ignore_exception
-        selective = bool(record_types) or record_pred is not None
+        record, ignore = _predicate(self.record_exceptions), _predicate(self.ignore_exceptions)
 
         def classify(exc: BaseException) -> bool | None:
-            if isinstance(exc, ignore_types) or (ignore_pred is not None and ignore_pred(exc)):
+            if ignore is not None and ignore(exc):
                 return None
-            if not selective:
-                return True
-            return isinstance(exc, record_types) or (record_pred is not None and record_pred(exc))
+            return True if record is None else record(exc)
 
         return classify
 
 
 def _not_int(value: object) -> bool:
     return not isinstance(value, int) or isinstance(value, bool)
+
+
+def _predicate(match: ExceptionMatch) -> ExceptionPredicate | None:
+    """``match`` as a predicate; None for no classes at all."""
+    if isinstance(match, tuple):
+        if not match:
+            return None
+        return lambda exc: isinstance(exc, match)
+    return match
+
+
+def _either(match: ExceptionMatch, predicate: ExceptionPredicate) -> ExceptionMatch:
+    """A match that holds where ``match`` or ``predicate`` does (the deprecated spelling)."""
+    first = _predicate(match)
+    if first is None:
+        return predicate
+    return lambda exc: first(exc) or predicate(exc)

@@ -341,13 +341,14 @@ def test_record_exceptions_makes_the_others_successes() -> None:
 
 
 def test_predicates_choose_and_ignoring_wins() -> None:
-    """record_exception picks failures, ignore_exception wins, record_result judges results."""
+    """A record_exceptions predicate picks failures, an ignore_exceptions one wins, and
+    record_result judges results."""
     breaker, _ = make(
         FakeClock(),
         window_size=10,
         minimum_calls=10,
-        record_exception=lambda e: isinstance(e, PublishNacked | PublishTimeout),
-        ignore_exception=lambda e: "transient" in str(e),
+        record_exceptions=lambda e: isinstance(e, PublishNacked | PublishTimeout),
+        ignore_exceptions=lambda e: "transient" in str(e),
         record_result=lambda result: result == "error-page",
     )
     timeout = PublishTimeout("no confirm", exchange="x", routing_key="k")
@@ -359,6 +360,24 @@ def test_predicates_choose_and_ignoring_wins() -> None:
     assert breaker.on_success(breaker.acquire(), 0.1, "fine") is Outcome.SUCCESS
     m = breaker.metrics()
     assert (m.buffered, m.failed) == (4, 2)
+
+
+def test_the_singular_predicate_spellings_warn_and_still_count() -> None:
+    """record_exception= and ignore_exception= are deprecated: they warn, and add their predicate
+    to record_exceptions / ignore_exceptions (either one matching is enough)."""
+    with pytest.warns(DeprecationWarning, match="record_exceptions="):
+        config = BreakerConfig(
+            record_exceptions=(PublishNacked,),
+            record_exception=lambda e: isinstance(e, PublishTimeout),
+        )
+    with pytest.warns(DeprecationWarning, match="ignore_exceptions="):
+        ignoring = BreakerConfig(ignore_exception=lambda e: "transient" in str(e))
+    classify = config.classifier()
+    assert classify(PublishNacked("nack", exchange="x", routing_key="k"))
+    assert classify(PublishTimeout("no confirm", exchange="x", routing_key="k"))
+    assert not classify(OSError())
+    assert ignoring.classifier()(OSError("transient")) is None
+    assert ignoring.classifier()(OSError("down")) is True
 
 
 def test_forced_open_disabled_and_reset() -> None:
@@ -457,6 +476,7 @@ def test_a_failing_listener_does_not_break_the_breaker() -> None:
         ({"max_wait_in_half_open": float("inf")}, "must not wait forever"),
         ({"wait_in_open": -1}, "wait_in_open=-1"),
         ({"ignore_exceptions": (ValueError, "x")}, "tuple of exception classes"),
+        ({"record_exceptions": KeyError}, "tuple of exception classes, or a predicate"),
         ({"window_type": "count"}, "WindowType.COUNT"),
     ],
 )

@@ -421,7 +421,7 @@ async def test_error_replies_count_and_fall_back(make_app: MakeApp, broker: Memo
 async def test_ignored_error_replies_pass_through_uncounted(make_app: MakeApp) -> None:
     """An error reply the predicates ignore is raised as QueryFailed and not counted."""
     config = quick(
-        ignore_exception=lambda e: isinstance(e, QueryFailed) and e.error_type == "LookupError"
+        ignore_exceptions=lambda e: isinstance(e, QueryFailed) and e.error_type == "LookupError"
     )
     breakers = Breakers([Downstream("orders", config=config)], clock=FakeClock(), status=False)
     await make_app([orders_service([], fail=True)])
