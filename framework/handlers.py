@@ -366,7 +366,7 @@ def _check_return(where: str, kind: MessageKind, message_type: type[Message], re
     if ret is inspect.Signature.empty:
         return
     if kind is MessageKind.QUERY:
-        reply = reply_type_of(message_type)  # type: ignore[arg-type]  # kind checked above
+        reply = reply_type_of(message_type)
         if ret is not reply:
             raise RegistrationError(
                 f"{where} handles {message_type.__qualname__}, whose reply is "

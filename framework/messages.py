@@ -145,11 +145,11 @@ def validate_contract(cls: type[Message]) -> None:
         raise ContractError(f"{cls.__qualname__} must be frozen: declare it with `frozen=True`")
 
 
-def reply_type_of(cls: type[Query[Any]]) -> type[Reply]:
+def reply_type_of(cls: type[Message]) -> type[Reply]:
     """Return ``R`` of a ``Query[R]`` subclass.
 
     Raises:
-        ContractError: the query class does not name its reply type.
+        ContractError: the class is not a query that names its reply type.
     """
     for klass in cls.__mro__:
         for base in getattr(klass, "__orig_bases__", ()):

@@ -217,7 +217,7 @@ def _check_fallback(
                 f"{where}: DefaultReply takes a reply or a function of the query, got {value!r}"
             )
         if query is not None and isinstance(value, Message):
-            expected = reply_type_of(query)  # type: ignore[arg-type]  # checked to be a Query
+            expected = reply_type_of(query)
             if not isinstance(value, expected):
                 raise ConfigurationError(
                     f"{where}: the default reply for {query.__qualname__} must be a "

@@ -22,7 +22,7 @@ import msgspec
 from framework import envelope
 from framework.app import App
 from framework.handlers import HandlerSpec
-from framework.messages import Message, MessageKind, Query, kind_of, reply_type_of
+from framework.messages import Message, MessageKind, kind_of, reply_type_of
 from framework.saga.definition import SagaTimeout
 from framework.transport.base import BindingSpec
 
@@ -247,7 +247,7 @@ class _Builder:
 
     def replies(self) -> list[type[Message]]:
         found = {
-            reply_type_of(_as_query(p.spec.message_type))
+            reply_type_of(p.spec.message_type)
             for p in self.app.pipelines
             if p.spec.kind is MessageKind.QUERY
         }
@@ -274,7 +274,7 @@ class _Builder:
                 **({"x-leveret-internal": True} if internal else {}),
             }
             if spec.kind is MessageKind.QUERY:
-                reply = reply_type_of(_as_query(spec.message_type))
+                reply = reply_type_of(spec.message_type)
                 operation["reply"] = {
                     "address": {
                         "location": "$message.header#/reply_to",
@@ -371,7 +371,3 @@ def _asyncapi_schema(node: Any) -> Any:
         out["items"] = out.pop("prefixItems")
         out["additionalItems"] = False
     return out
-
-
-def _as_query(cls: type[Message]) -> type[Query[Any]]:
-    return cls  # type: ignore[return-value]  # kind checked by the caller

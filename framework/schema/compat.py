@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from framework.codec import Codec
-from framework.messages import Message, MessageKind, Query, kind_of, reply_type_of
+from framework.messages import Message, MessageKind, kind_of, reply_type_of
 from framework.schema.snapshot import Snapshot, contract_schema, render
 from framework.schema.source import ContractSet
 from framework.schema.structural import Issue, compare
@@ -309,7 +309,7 @@ class _Check:
                 type_name=name,
             )
         if kind is MessageKind.QUERY:
-            reply = reply_type_of(_as_query(cls)).__wire_name__
+            reply = reply_type_of(cls).__wire_name__
             if snap.reply is not None and reply != snap.reply:
                 self.add(
                     wire,
@@ -364,10 +364,6 @@ class _Check:
                 item = msgspec.structs.replace(item, check="both")
             kept.append(item)
         self.breaks[:] = kept
-
-
-def _as_query(cls: type[Message]) -> type[Query[Any]]:
-    return cls  # type: ignore[return-value]  # kind checked by the caller
 
 
 def _field(path: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from framework.errors import ConfigurationError
-from framework.messages import Message, MessageKind, Query, kind_of, reply_type_of
+from framework.messages import Message, MessageKind, kind_of, reply_type_of
 from framework.schema.source import ContractSet
 
 __all__ = [
@@ -47,12 +47,8 @@ def contract_schema(cls: type[Message]) -> dict[str, Any]:
         "wire_name": cls.__wire_name__,
     }
     if kind is MessageKind.QUERY:
-        meta["reply"] = reply_type_of(_as_query(cls)).__wire_name__
+        meta["reply"] = reply_type_of(cls).__wire_name__
     return {"$schema": DIALECT, **msgspec.json.schema(cls), META: meta}
-
-
-def _as_query(cls: type[Message]) -> type[Query[Any]]:
-    return cls  # type: ignore[return-value]  # kind checked by the caller
 
 
 def file_name(wire_name: str, version: int) -> str:
