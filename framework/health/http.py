@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
+from framework.deprecation import renamed
 from framework.health.checks import readiness
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HEALTH_SOCKET_ENV",
-    "Answer",
+    "HealthResponse",
     "ask_unix",
     "serve_tcp",
     "serve_unix",
@@ -45,8 +46,10 @@ _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Servic
 _log = structlog.get_logger("leveret.health")
 
 # (status, JSON-able body) for a path.
-Answer = tuple[int, dict[str, Any]]
-Endpoint = Callable[[], Awaitable[Answer]]
+HealthResponse = tuple[int, dict[str, Any]]
+Endpoint = Callable[[], Awaitable[HealthResponse]]
+# ``Answer`` is the query reply of ``framework.bus``; here it was this module's former name.
+__getattr__ = renamed(__name__, {"Answer": ("HealthResponse", HealthResponse)})
 
 
 async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str] | None:
@@ -107,10 +110,10 @@ def _handler(
 def worker_endpoints(app: App, *, timeout: float) -> dict[str, Endpoint]:
     """``/live`` and ``/ready`` of one worker serving ``app``."""
 
-    async def live() -> Answer:
+    async def live() -> HealthResponse:
         return 200, {"live": True, "pid": os.getpid()}
 
-    async def ready() -> Answer:
+    async def ready() -> HealthResponse:
         if not app.started:
             return 503, {"ready": False, "pid": os.getpid(), "reason": "the app is not started"}
         report = await readiness(app, timeout=timeout)
@@ -132,7 +135,7 @@ async def serve_unix(path: str, endpoints: dict[str, Endpoint]) -> asyncio.Serve
     return await asyncio.start_unix_server(_handler(endpoints), path)
 
 
-async def ask_unix(path: str, target: str, *, timeout: float) -> Answer:
+async def ask_unix(path: str, target: str, *, timeout: float) -> HealthResponse:
     """``GET target`` on the Unix socket ``path``: the status and the JSON body.
 
     Raises:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from framework.health.http import Answer, Endpoint, ask_unix
+from framework.health.http import Endpoint, HealthResponse, ask_unix
 
 __all__ = ["WorkerView", "supervisor_endpoints"]
 
@@ -49,7 +49,7 @@ def supervisor_endpoints(
     async def gather(target: str) -> list[dict[str, Any]]:
         return list(await asyncio.gather(*(_ask(w, target, timeout) for w in workers())))
 
-    async def live() -> Answer:
+    async def live() -> HealthResponse:
         answers = await gather("/live")
         stuck = [a for a in answers if a["state"] == "stuck"]
         return (503 if stuck else 200), {
@@ -58,7 +58,7 @@ def supervisor_endpoints(
             "workers": answers,
         }
 
-    async def ready() -> Answer:
+    async def ready() -> HealthResponse:
         answers = await gather("/ready")
         ok = bool(answers) and all(a["ok"] for a in answers)
         return (200 if ok else 503), {"ready": ok, "pid": os.getpid(), "workers": answers}

@@ -28,7 +28,7 @@ import msgspec
 
 from framework.codec import Codec
 from framework.messages import Message, MessageKind, kind_of, reply_type_of
-from framework.schema.snapshot import Snapshot, contract_schema, render
+from framework.schema.snapshot import ContractSnapshot, contract_schema, render
 from framework.schema.source import ContractSet
 from framework.schema.structural import Issue, compare
 
@@ -121,7 +121,7 @@ def _line(contract: str, version: int | None, type_name: str | None, message: st
 
 def check(
     contracts: ContractSet,
-    snapshots: Mapping[tuple[str, int], Snapshot],
+    snapshots: Mapping[tuple[str, int], ContractSnapshot],
     *,
     mode: Mode | str = Mode.BACKWARD,
     transitive: bool = False,
@@ -134,7 +134,7 @@ class _Check:
     def __init__(
         self,
         contracts: ContractSet,
-        snapshots: Mapping[tuple[str, int], Snapshot],
+        snapshots: Mapping[tuple[str, int], ContractSnapshot],
         mode: Mode,
         transitive: bool,
     ) -> None:
@@ -146,7 +146,7 @@ class _Check:
         self.code: dict[str, dict[int, type[Message]]] = {}
         for cls in contracts.types:
             self.code.setdefault(cls.__wire_name__, {})[cls.__wire_version__] = cls
-        self.snaps: dict[str, dict[int, Snapshot]] = {}
+        self.snaps: dict[str, dict[int, ContractSnapshot]] = {}
         for (wire, version), snap in snapshots.items():
             self.snaps.setdefault(wire, {})[version] = snap
         self.breaks: list[Break] = []
@@ -294,7 +294,7 @@ class _Check:
                     type_name=code[version].__qualname__,
                 )
 
-    def version(self, wire: str, cls: type[Message], snap: Snapshot) -> None:
+    def version(self, wire: str, cls: type[Message], snap: ContractSnapshot) -> None:
         version = cls.__wire_version__
         name = cls.__qualname__
         before = len(self.breaks)

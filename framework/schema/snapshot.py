@@ -17,14 +17,15 @@ from typing import Any
 
 import msgspec
 
+from framework.deprecation import renamed
 from framework.errors import ConfigurationError
 from framework.messages import Message, MessageKind, kind_of, reply_type_of
 from framework.schema.source import ContractSet
 
 __all__ = [
     "DEFAULT_SNAPSHOT_DIR",
+    "ContractSnapshot",
     "ExportResult",
-    "Snapshot",
     "contract_schema",
     "export",
     "file_name",
@@ -118,8 +119,8 @@ def _is_snapshot(path: Path) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class Snapshot:
-    """One snapshot file as read back."""
+class ContractSnapshot:
+    """One contract's snapshot file as read back (not an aggregate's ``Snapshot``)."""
 
     wire_name: str
     version: int
@@ -130,7 +131,13 @@ class Snapshot:
     path: Path
 
 
-def read_snapshots(directory: str | Path = DEFAULT_SNAPSHOT_DIR) -> dict[tuple[str, int], Snapshot]:
+# The aggregate snapshots of framework.eventsourcing are ``Snapshot``; this was too.
+__getattr__ = renamed(__name__, {"Snapshot": ("ContractSnapshot", ContractSnapshot)})
+
+
+def read_snapshots(
+    directory: str | Path = DEFAULT_SNAPSHOT_DIR,
+) -> dict[tuple[str, int], ContractSnapshot]:
     """Every snapshot in ``directory``, by wire name and version.
 
     Raises:
@@ -143,7 +150,7 @@ def read_snapshots(directory: str | Path = DEFAULT_SNAPSHOT_DIR) -> dict[tuple[s
             f"no snapshot directory {source}: write the snapshots first with "
             "`leveret contracts export MODULE:APP --dir DIRECTORY` and commit them"
         )
-    found: dict[tuple[str, int], Snapshot] = {}
+    found: dict[tuple[str, int], ContractSnapshot] = {}
     for path in sorted(source.glob("*.json")):
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
@@ -153,7 +160,7 @@ def read_snapshots(directory: str | Path = DEFAULT_SNAPSHOT_DIR) -> dict[tuple[s
         if not isinstance(meta, dict):
             continue  # not one of ours
         try:
-            snapshot = Snapshot(
+            snapshot = ContractSnapshot(
                 wire_name=str(meta["wire_name"]),
                 version=int(meta["version"]),
                 kind=str(meta["kind"]),

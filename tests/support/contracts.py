@@ -8,7 +8,7 @@ from typing import Any
 
 from framework.messages import Command, Message
 from framework.schema import ContractSet, export, read_snapshots
-from framework.schema.snapshot import Snapshot
+from framework.schema.snapshot import ContractSnapshot
 from framework.upcasting import Upcaster
 
 __all__ = ["NO_DEFAULT", "make_contract", "snapshot_of"]
@@ -55,7 +55,7 @@ def snapshot_of(
     directory: Path,
     *classes: type[Message],
     upcasters: tuple[Upcaster[Any, Any], ...] = (),
-) -> dict[tuple[str, int], Snapshot]:
+) -> dict[tuple[str, int], ContractSnapshot]:
     """Export ``classes`` into ``directory`` and read the snapshots back."""
     export(ContractSet.of(classes, upcasters), directory)
     return read_snapshots(directory)
