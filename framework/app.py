@@ -9,11 +9,11 @@ import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, TypeVar
 
 import structlog
 
-from framework.bus import Answer, Bus, PublishMiddleware
+from framework.bus import Answer, Bus, PublishMiddleware, Requester
 from framework.codec import DEFAULT_MAX_BODY_SIZE, Codec
 from framework.consumer import HandlerPipeline
 from framework.context import Context
@@ -155,7 +155,7 @@ def transport_from_url(url: str, *, header_limits: HeaderLimits | None = None) -
     )
 
 
-class App:
+class App(Requester):
     """A set of services running on one transport.
 
     Args:
@@ -679,30 +679,10 @@ class App:
         """Publish an event (deadline ``timeout``, as for ``send``); see ``Bus.publish``."""
         return await self.bus.publish(event, timeout=timeout, **meta)
 
-    @overload
-    async def request(
-        self,
-        query: Query[R],
-        *,
-        timeout: float | None = ...,
-        with_meta: Literal[False] = ...,
-        **meta: Any,
-    ) -> R: ...
-
-    @overload
-    async def request(
-        self, query: Query[R], *, timeout: float | None = ..., with_meta: Literal[True], **meta: Any
-    ) -> Answer[R]: ...
-
-    async def request(
-        self, query: Query[R], *, timeout: float | None = None, with_meta: bool = False, **meta: Any
+    async def _request(
+        self, query: Query[R], timeout: float | None, with_meta: bool, meta: dict[str, Any]
     ) -> R | Answer[R]:
-        """Ask a query and wait for the reply (an ``Answer`` with ``with_meta=True``); see
-        ``Bus.request``."""
-        if with_meta:
-            return await self.bus.request(query, timeout=timeout, with_meta=True, **meta)
-        reply: R = await self.bus.request(query, timeout=timeout, **meta)
-        return reply
+        return await self.bus.request(query, timeout=timeout, with_meta=with_meta, **meta)
 
 
 def _contracts(handlers: Iterable[Any], extra: Iterable[type[Message]]) -> list[type[Message]]:

@@ -81,7 +81,56 @@ class Answer(Generic[R]):
         return self.fallback is not None
 
 
-class Bus:
+class Requester:
+    """``request``, typed once for ``Bus`` and ``App``; a subclass implements ``_request``."""
+
+    __slots__ = ()
+
+    @overload
+    async def request(
+        self,
+        query: Query[R],
+        *,
+        timeout: float | None = ...,
+        with_meta: Literal[False] = ...,
+        **meta: Any,
+    ) -> R: ...
+
+    @overload
+    async def request(
+        self, query: Query[R], *, timeout: float | None = ..., with_meta: Literal[True], **meta: Any
+    ) -> Answer[R]: ...
+
+    @overload
+    async def request(
+        self, query: Query[R], *, timeout: float | None = ..., with_meta: bool, **meta: Any
+    ) -> R | Answer[R]: ...
+
+    async def request(
+        self, query: Query[R], *, timeout: float | None = None, with_meta: bool = False, **meta: Any
+    ) -> R | Answer[R]:
+        """Ask a query and wait for its reply (or serve it from the bus's cache, see
+        ``cache_ttl``).
+
+        With ``with_meta=True`` the reply comes wrapped in an ``Answer`` that says whether a
+        circuit breaker's fallback gave it (and how old a cached reply is).
+
+        Raises:
+            WrongBus: ``query`` is not a Query.
+            QueryTimeout: no reply within ``timeout`` seconds.
+            QueryFailed: the handler raised; the reply carries its error.
+            Unroutable: no service answers this query.
+            BreakerOpen: the query's circuit breaker is open and it has no fallback.
+        """
+        return await self._request(query, timeout, with_meta, meta)
+
+    async def _request(
+        self, query: Query[R], timeout: float | None, with_meta: bool, meta: dict[str, Any]
+    ) -> R | Answer[R]:
+        raise NotImplementedError
+
+
+class Bus(Requester):
     """Sends, publishes and requests on behalf of an app and its handlers.
 
     Args:
@@ -224,36 +273,9 @@ class Bus:
         observer.publish_finished(state, out.routing_key, None)
         return result
 
-    @overload
-    async def request(
-        self,
-        query: Query[R],
-        *,
-        timeout: float | None = ...,
-        with_meta: Literal[False] = ...,
-        **meta: Any,
-    ) -> R: ...
-
-    @overload
-    async def request(
-        self, query: Query[R], *, timeout: float | None = ..., with_meta: Literal[True], **meta: Any
-    ) -> Answer[R]: ...
-
-    async def request(
-        self, query: Query[R], *, timeout: float | None = None, with_meta: bool = False, **meta: Any
+    async def _request(
+        self, query: Query[R], timeout: float | None, with_meta: bool, meta: dict[str, Any]
     ) -> R | Answer[R]:
-        """Ask a query and wait for its reply (or serve it from the cache, see ``cache_ttl``).
-
-        With ``with_meta=True`` the reply comes wrapped in an ``Answer`` that says whether a
-        circuit breaker's fallback gave it (and how old a cached reply is).
-
-        Raises:
-            WrongBus: ``query`` is not a Query.
-            QueryTimeout: no reply within ``timeout`` seconds.
-            QueryFailed: the handler raised; the reply carries its error.
-            Unroutable: no service answers this query.
-            BreakerOpen: the query's circuit breaker is open and it has no fallback.
-        """
         cls = type(query)
         if getattr(cls, "__kind__", None) is not MessageKind.QUERY:
             raise WrongBus(_wrong_bus(query, "request"))
