@@ -48,7 +48,6 @@ __all__ = [
     "Transport",
 ]
 
-DEFAULT_EXCHANGE = ""
 # RabbitMQ's direct reply-to: only the connection that sent a request can consume its replies,
 # so a reply addressed here cannot be aimed at anyone else's queue.
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to."
