@@ -16,7 +16,8 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from framework.envelope import new_message_id
-from framework.transport.amqp import _frames
+from framework.transport.amqp import _frames, _publish
+from framework.transport.base import OutgoingMessage
 
 short = st.text(max_size=40)
 header_values = st.one_of(
@@ -149,6 +150,39 @@ def test_properties_encode_like_pamqp(
         user_id=user_id,
     ).marshal()
     assert ours == theirs
+
+
+@given(
+    headers=st.dictionaries(st.text(max_size=20), header_values, max_size=4),
+    persistent=st.booleans(),
+    correlation_id=st.one_of(st.none(), short),
+    reply_to=st.one_of(st.none(), short),
+    expiration_ms=st.one_of(st.none(), st.integers(min_value=0, max_value=10**9)),
+    timestamp=st.one_of(st.none(), st.integers(min_value=0, max_value=2**34)),
+    message_type=st.one_of(st.none(), short),
+)
+def test_both_publish_paths_send_the_same_properties(
+    headers: dict[str, Any],
+    persistent: bool,
+    correlation_id: str | None,
+    reply_to: str | None,
+    expiration_ms: int | None,
+    timestamp: int | None,
+    message_type: str | None,
+) -> None:
+    """aiormq's Basic.Properties and the fast path's bytes come from one mapping of a message."""
+    message = OutgoingMessage(
+        body=b"{}",
+        message_id=new_message_id(),
+        type=message_type,
+        correlation_id=correlation_id,
+        headers=headers,
+        persistent=persistent,
+        expiration_ms=expiration_ms,
+        timestamp=timestamp,
+    )
+    slow = _publish._properties(message, reply_to).marshal()
+    assert _publish._wire_properties(message, reply_to) == slow
 
 
 @settings(max_examples=60, deadline=None)

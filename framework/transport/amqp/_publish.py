@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import aiormq.abc
 import msgspec
@@ -41,6 +42,7 @@ NACK_PAUSE = 0.25
 NACK_PATIENCE = 2.0
 
 _PLAIN = (str, int, bool, float, type(None))
+_P = TypeVar("_P")
 
 
 def _to_wire(value: Any) -> Any:
@@ -56,11 +58,14 @@ def _to_wire(value: Any) -> Any:
     return value
 
 
-def _properties(message: OutgoingMessage, reply_to: str | None) -> Basic.Properties:
-    timestamp = message.timestamp
-    expiration = message.expiration_ms
+def _encode_properties(
+    build: Callable[..., _P], message: OutgoingMessage, reply_to: str | None, timestamp: Any
+) -> _P:
+    """How an ``OutgoingMessage`` becomes AMQP basic properties: the one mapping of both publish
+    paths, handed to ``build`` (``timestamp`` as ``build`` takes it)."""
     headers = message.headers
-    return Basic.Properties(
+    expiration = message.expiration_ms
+    return build(
         content_type=message.content_type,
         headers={k: _to_wire(v) for k, v in headers.items()} if headers else None,
         delivery_mode=2 if message.persistent else 1,
@@ -68,28 +73,22 @@ def _properties(message: OutgoingMessage, reply_to: str | None) -> Basic.Propert
         reply_to=reply_to,
         expiration=None if expiration is None else str(expiration),
         message_id=message.message_id,
-        timestamp=None if timestamp is None else datetime.fromtimestamp(timestamp, UTC),
+        timestamp=timestamp,
         message_type=message.type,
         user_id=message.user_id,
     )
+
+
+def _properties(message: OutgoingMessage, reply_to: str | None) -> Basic.Properties:
+    """The properties as aiormq's ``basic_publish`` takes them (pamqp wants a datetime)."""
+    timestamp = message.timestamp
+    when = None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+    return _encode_properties(Basic.Properties, message, reply_to, when)
 
 
 def _wire_properties(message: OutgoingMessage, reply_to: str | None) -> bytes:
-    """The same properties as ``_properties``, encoded for the fast publish path."""
-    headers = message.headers
-    expiration = message.expiration_ms
-    return _frames.encode_properties(
-        content_type=message.content_type,
-        headers={k: _to_wire(v) for k, v in headers.items()} if headers else None,
-        delivery_mode=2 if message.persistent else 1,
-        correlation_id=message.correlation_id,
-        reply_to=reply_to,
-        expiration=None if expiration is None else str(expiration),
-        message_id=message.message_id,
-        timestamp=message.timestamp,
-        message_type=message.type,
-        user_id=message.user_id,
-    )
+    """The properties encoded for the fast publish path (the timestamp in whole seconds)."""
+    return _encode_properties(_frames.encode_properties, message, reply_to, message.timestamp)
 
 
 class _Attempt:
