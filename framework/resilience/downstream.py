@@ -18,6 +18,7 @@ from typing import Any
 from framework.errors import ConfigurationError
 from framework.messages import Message, MessageKind, Query, Reply, reply_type_of
 from framework.resilience.config import BreakerConfig
+from framework.transport.base import topic_match
 
 __all__ = ["CachedReply", "DefaultReply", "Downstream", "Fallback", "WhenOpen"]
 
@@ -162,7 +163,7 @@ class Downstream:
         """Whether this downstream gates messages published with ``routing_key``."""
         if any(cls.__wire_name__ == routing_key for cls in self.messages):
             return True
-        if any(_topic_match(p.split("."), routing_key.split(".")) for p in self.routes):
+        if any(topic_match(p.split("."), routing_key.split(".")) for p in self.routes):
             return True
         return (
             self.service is not None
@@ -223,13 +224,3 @@ def _check_fallback(
                     f"{where}: the default reply for {query.__qualname__} must be a "
                     f"{expected.__qualname__}, got {type(item.value).__qualname__}"
                 )
-
-
-def _topic_match(pattern: list[str], words: list[str]) -> bool:
-    """Whether topic-pattern words (``*`` one word, ``#`` zero or more) match ``words``."""
-    if not pattern:
-        return not words
-    head, rest = pattern[0], pattern[1:]
-    if head == "#":
-        return any(_topic_match(rest, words[i:]) for i in range(len(words) + 1))
-    return bool(words) and head in ("*", words[0]) and _topic_match(rest, words[1:])

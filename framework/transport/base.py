@@ -46,6 +46,7 @@ __all__ = [
     "QueueSpec",
     "Topology",
     "Transport",
+    "topic_match",
 ]
 
 # RabbitMQ's direct reply-to: only the connection that sent a request can consume its replies,
@@ -144,6 +145,17 @@ class Topology:
 
 
 T = TypeVar("T")
+
+
+def topic_match(pattern: list[str], words: list[str]) -> bool:
+    """Whether a topic binding's words (``*`` one word, ``#`` zero or more) match a routing
+    key's, as RabbitMQ's topic exchange decides (``key.split(".")`` for each)."""
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(topic_match(rest, words[i:]) for i in range(len(words) + 1))
+    return bool(words) and head in ("*", words[0]) and topic_match(rest, words[1:])
 
 
 def _unique(items: tuple[T, ...]) -> tuple[T, ...]:
