@@ -11,6 +11,7 @@ a test written once runs against both; the RabbitMQ runs carry the ``rabbitmq`` 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -79,10 +80,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _uncached_loggers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test caches a structlog logger: a module's logger first used after some test
-    configured logging as a worker does (``cache_logger_on_first_use``) would keep that
-    configuration for good, and every later ``capture_logs`` would miss its events."""
+def _logging_as_found(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Logging after a test is as it was before it.
+
+    No test caches a structlog logger: a module's logger first used after some test configured
+    logging as a worker does (``cache_logger_on_first_use``) would keep that configuration for
+    good, and every later ``capture_logs`` would miss its events. And what a test configured is
+    undone: an in-process ``leveret`` command configures logging onto the stream pytest captured
+    for that test, which is closed after it ("I/O operation on closed file" in whichever test
+    logs next).
+    """
     configure = structlog.configure
 
     def uncached(*args: object, **kwargs: object) -> None:
@@ -90,6 +97,16 @@ def _uncached_loggers(monkeypatch: pytest.MonkeyPatch) -> None:
         configure(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(structlog, "configure", uncached)
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    configure(**saved)
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
