@@ -24,9 +24,9 @@ PANELS = (
     ("query", "round trips, 1 caller", "Query: request/reply round trips, 1 caller"),
     ("saga", "throughput", "Saga: the shop's order saga on RabbitMQ, per store"),
 )
-WIDTH = 820
+WIDTH = 860
 LABEL_W = 210  # contender names, right-aligned before the bars
-BAR_W = 400
+BAR_W = 340
 ROW_H = 24
 BAR_H = 14
 HIGHLIGHT = "leveret"  # drawn in colour; every other contender in grey
