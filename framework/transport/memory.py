@@ -85,16 +85,6 @@ class Browsed(NamedTuple):
     expires_at: float | None
 
 
-def _topic_match(pattern: list[str], words: list[str]) -> bool:
-    """Whether binding-key words (``*`` one word, ``#`` zero or more) match routing-key words."""
-    if not pattern:
-        return not words
-    head, rest = pattern[0], pattern[1:]
-    if head == "#":
-        return any(_topic_match(rest, words[i:]) for i in range(len(words) + 1))
-    return bool(words) and head in ("*", words[0]) and _topic_match(rest, words[1:])
-
-
 class _Entry:
     """One message as one queue holds it; ``returns`` counts deliveries handed back."""
 
@@ -279,7 +269,7 @@ class MemoryBroker:
             if (
                 spec.type is ExchangeType.FANOUT
                 or (spec.type is ExchangeType.DIRECT and key == routing_key)
-                or (spec.type is ExchangeType.TOPIC and _topic_match(key.split("."), words))
+                or (spec.type is ExchangeType.TOPIC and base.topic_match(key.split("."), words))
             ):
                 names.add(queue_name)
         return [self.queues[name] for name in sorted(names)]
