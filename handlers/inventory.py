@@ -120,6 +120,37 @@ def quantities(items: Iterable[LineItem]) -> dict[str, int]:
     return dict(sorted(wanted.items()))
 
 
+async def load_stock(ctx: Context, sku: str, starting: Mapping[str, int]) -> Stock:
+    """The stock of ``sku``; a stream not written yet receives its ``starting`` stock first."""
+    item = await Stock.load(ctx, sku)
+    if item.version == 0 and sku in starting:
+        item.receive(starting[sku])
+    return item
+
+
+async def reserve_or_reject(
+    ctx: Context,
+    reservation: Reservation,
+    items: list[LineItem],
+    starting: Mapping[str, int],
+) -> None:
+    """Reserve ``items`` for the reservation's order if every SKU has them on hand, else record
+    its rejection naming the short SKUs; saves every stream it loaded. The SKUs are loaded in
+    name order, after the reservation: no two handlers wait for each other in a cycle."""
+    order_id = reservation.id
+    wanted = quantities(items)
+    stocks = [await load_stock(ctx, sku, starting) for sku in wanted]
+    short = [item.id for item in stocks if item.on_hand < wanted[item.id]]
+    if short:
+        reason = f"out of stock: {', '.join(short)}"
+        reservation.record(InventoryRejected(order_id=order_id, reason=reason))
+    else:
+        for item in stocks:
+            item.reserve(order_id, wanted[item.id])
+        reservation.record(InventoryReserved(order_id=order_id, items=items))
+    await save(ctx, *stocks, reservation)
+
+
 def build_inventory(stock: Mapping[str, int], *, max_length: int | None = None) -> Service:
     """The inventory service; ``stock`` is each SKU's starting stock, received on first use.
 
@@ -140,12 +171,6 @@ def build_inventory(stock: Mapping[str, int], *, max_length: int | None = None) 
         max_length=max_length,
     )
 
-    async def load_stock(ctx: Context, sku: str) -> Stock:
-        item = await Stock.load(ctx, sku)
-        if item.version == 0 and sku in starting:
-            item.receive(starting[sku])
-        return item
-
     @inventory.command(transactional=True)
     async def reserve(cmd: ReserveInventory, ctx: Context) -> None:
         reservation = await Reservation.load(ctx, cmd.order_id)
@@ -160,17 +185,7 @@ def build_inventory(stock: Mapping[str, int], *, max_length: int | None = None) 
                 InventoryRejected(order_id=cmd.order_id, reason="cancelled: released already")
             )
             return
-        wanted = quantities(cmd.items)
-        stocks = [await load_stock(ctx, sku) for sku in wanted]
-        short = [item.id for item in stocks if item.on_hand < wanted[item.id]]
-        if short:
-            reason = f"out of stock: {', '.join(short)}"
-            reservation.record(InventoryRejected(order_id=cmd.order_id, reason=reason))
-        else:
-            for item in stocks:
-                item.reserve(cmd.order_id, wanted[item.id])
-            reservation.record(InventoryReserved(order_id=cmd.order_id, items=cmd.items))
-        await save(ctx, *stocks, reservation)
+        await reserve_or_reject(ctx, reservation, cmd.items, starting)
 
     @inventory.command(transactional=True)
     async def release(cmd: ReleaseInventory, ctx: Context) -> None:

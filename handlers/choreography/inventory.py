@@ -28,7 +28,7 @@ from contracts.orders import OrderPlaced
 from contracts.payment import PaymentDeclined, PaymentRefunded
 from framework import Context, Service
 from framework.eventsourcing import EVENT_STORE_SCHEMA, save
-from handlers.inventory import Reservation, Stock, quantities
+from handlers.inventory import Reservation, Stock, quantities, reserve_or_reject
 
 __all__ = ["build_inventory"]
 
@@ -50,12 +50,6 @@ def build_inventory(stock: Mapping[str, int]) -> Service:
         ],
     )
 
-    async def load_stock(ctx: Context, sku: str) -> Stock:
-        item = await Stock.load(ctx, sku)
-        if item.version == 0 and sku in starting:
-            item.receive(starting[sku])
-        return item
-
     async def release(ctx: Context, order_id: str) -> None:
         reservation = await Reservation.load(ctx, order_id)
         if reservation.status != "reserved":
@@ -73,17 +67,7 @@ def build_inventory(stock: Mapping[str, int]) -> Service:
         reservation = await Reservation.load(ctx, evt.order_id)
         if reservation.status != "new":
             return
-        wanted = quantities(evt.items)
-        stocks = [await load_stock(ctx, sku) for sku in wanted]
-        short = [item.id for item in stocks if item.on_hand < wanted[item.id]]
-        if short:
-            reason = f"out of stock: {', '.join(short)}"
-            reservation.record(InventoryRejected(order_id=evt.order_id, reason=reason))
-        else:
-            for item in stocks:
-                item.reserve(evt.order_id, wanted[item.id])
-            reservation.record(InventoryReserved(order_id=evt.order_id, items=evt.items))
-        await save(ctx, *stocks, reservation)
+        await reserve_or_reject(ctx, reservation, evt.items, starting)
 
     @inventory.event(transactional=True)
     async def release_declined(evt: PaymentDeclined, ctx: Context) -> None:
